@@ -1,0 +1,50 @@
+"""Every size limit and tuning constant of the store, named in one place."""
+
+# Segments: strings shorter than this stay inline in the skeleton, because a reference
+# (16-byte hash) plus an index entry costs more than the string itself.
+MIN_SEGMENT = 48
+# Strings longer than this are not lifted out as one segment; they stay in the skeleton
+# stream, which is chunked (so they still deduplicate, by chunk).
+MAX_SEGMENT = 4 << 20
+# Token-id arrays with fewer ids than this stay inline.
+MIN_TOKENS = 16
+
+# Content-defined chunking of skeletons and opaque files.
+CHUNK_MIN = 2 << 10
+CHUNK_AVG = 8 << 10
+CHUNK_MAX = 64 << 10
+
+# Blocks: segments are packed into blocks that are compressed as a whole.
+BLOCK_TARGET = 1 << 20          # raw bytes per block written at ingest
+BLOCK_TARGET_COMPACT = 4 << 20  # raw bytes per block written by compact
+MAX_BLOCK_RAW = 16 << 20        # no block decodes to more than this (bounded decode)
+
+# zstd levels.
+LEVEL_INGEST = 3
+LEVEL_COMPACT = 19
+
+# Dictionaries: trained from the store's own segments.
+DICT_SIZE = 64 << 10
+DICT_TRAIN_MIN_BYTES = 1 << 20   # first training once this much new content exists
+DICT_SAMPLE_BYTES = 8 << 20      # at most this much sample content per training
+DICT_RETRAIN_FACTOR = 4          # retrain when stored content grows by this factor
+
+# Parsing: files larger than this are stored (deduplicated, chunked) but not parsed into
+# conversations, so ingest memory stays bounded.
+MAX_PARSE_BYTES = 128 << 20
+# JSONL lines longer than this are kept as skeleton bytes, not split into strings.
+MAX_LINE_BYTES = 64 << 20
+# Streaming: how much of a large file is read at a time.
+READ_WINDOW = 8 << 20
+
+# Names.
+MAX_NAME_COMPONENT = 255
+MAX_NAME_BYTES = 4096
+
+# LMDB map size: start here and grow in steps; the map is sparse, it costs no disk.
+MAP_SIZE_INITIAL = 1 << 30
+MAP_SIZE_STEP = 1 << 30
+MAP_SIZE_MAX = 1 << 40
+
+# Readers: decoded blocks kept in memory per Store.
+BLOCK_CACHE_BYTES = 64 << 20

@@ -1,0 +1,969 @@
+"""The store: one LMDB environment holding every stored file, deduplicated and compressed.
+
+Named databases (all keys and values are bytes):
+
+    meta       b"format" -> format version; b"counters" -> msgpack stats counters;
+               b"next_file" / b"next_block" / b"next_dict" -> u64; b"generation" -> u64;
+               b"ingest_dict" -> dictionary id used for new blocks
+    blocks     u64 block id -> frame (codec.py) whose decoded bytes are a pack of segments
+    segments   BLAKE2b-128 of a segment -> uvarints (block, slot, refcount, kind, length);
+               refcount = number of stored files that use the segment. A segment at
+               refcount 0 stays until gc (ingesting it again revives it).
+    manifests  u64 file id -> manifest (see _encode_manifest): header + piece lists
+    names      path -> u64 file id
+    dicts      u32 dictionary id -> msgpack {kind, bytes, trained_on, created}
+    index      b"model\\0<value>" / b"app\\0<value>" / b"day\\0<value>" -> u64 file ids (dupsort)
+
+Every change is one write transaction: a crash leaves the whole old state or the whole
+new one. Readers (other threads, other processes) never wait and never see half a put.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import os
+import struct
+import threading
+import time
+from collections import Counter, OrderedDict
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import lmdb
+
+from . import limits
+from .codec import (Dictionaries, build_pack, decode_frame, encode_frame, frame_dict_id,
+                    parse_pack, segment_hash)
+from .conversation import Parsed
+from .errors import Busy, Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
+from .packing import get_uvarint, pack, unpack, encode_uvarints
+from .pieces import KIND_NAMES, SKELETON, BLOB, VIEW, PieceList, PieceListBuilder, render
+from .splitter import build_view, content_kinds, looks_like_json, split_spans, split_stream
+
+FORMAT_VERSION = 1
+VIEWS = ("original", "text")
+_U64 = struct.Struct(">Q")
+
+
+def _u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    file_id: int
+    size: int
+    text_size: int
+    format: str
+    application: Optional[str]
+    model: Optional[str]
+    models: tuple
+    day: Optional[str]
+    mtime: float
+    error: Optional[str]
+    sha256: str
+    messages: int = 0
+    conversations: int = 0
+
+
+@dataclass(frozen=True)
+class PutResult:
+    name: str
+    file_id: int
+    size: int
+    new_bytes: int
+    dedup_bytes: int
+    format: str
+    error: Optional[str]
+    replaced: bool
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidName("empty name")
+    name = name.strip("/")
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") for p in parts) or "\0" in name:
+        raise InvalidName(f"invalid name: {name!r}")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidName(f"name is not valid UTF-8: {name!r}") from None
+    if len(raw) > limits.MAX_NAME_BYTES or any(len(p.encode("utf-8", "surrogateescape")) > limits.MAX_NAME_COMPONENT for p in parts):
+        raise InvalidName(f"name too long: {name[:80]!r}...")
+    return name
+
+
+def _seg_value(block: int, slot: int, refs: int, kind: int, length: int) -> bytes:
+    return encode_uvarints((block, slot, refs, kind, length))
+
+
+def _seg_fields(v) -> list[int]:
+    out, pos = [], 0
+    for _ in range(5):
+        n, pos = get_uvarint(v, pos)
+        out.append(n)
+    return out
+
+
+def _empty_counters() -> dict:
+    k = len(KIND_NAMES)
+    return {"files": 0, "naive": 0, "conversations": 0, "messages": 0, "parse_errors": 0,
+            "occ": [0] * k, "occ_bytes": [0] * k, "uniq": [0] * k, "uniq_bytes": [0] * k,
+            "blocks": 0, "block_bytes": 0, "block_raw": 0}
+
+
+class _BlockCache:
+    """Decoded blocks, least recently used dropped first, bounded in bytes."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._d: OrderedDict[int, tuple[bytes, list[int]]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key, value) -> None:
+        n = len(value[0])
+        if n > self.limit:
+            return
+        with self._lock:
+            if key in self._d:
+                return
+            self._d[key] = value
+            self._size += n
+            while self._size > self.limit:
+                _, old = self._d.popitem(last=False)
+                self._size -= len(old[0])
+
+    def drop(self, key) -> None:
+        with self._lock:
+            v = self._d.pop(key, None)
+            if v is not None:
+                self._size -= len(v[0])
+
+
+class _Ingest:
+    """One put's view of the write transaction: dedups segments, packs new ones."""
+
+    def __init__(self, store: "Store", txn):
+        self.s = store
+        self.txn = txn
+        self.seen: set[bytes] = set()
+        self.occ = Counter()
+        self.occ_bytes = Counter()
+        self.new_bytes = 0
+        self.dedup_bytes = 0
+        self.block_segs: list[bytes] = []
+        self.block_raw = 0
+        self.block_id = None
+        self.c = store._counters(txn)
+
+    def store_segment(self, data: bytes, kind: int) -> bytes:
+        h = segment_hash(data)
+        self.occ[kind] += 1
+        self.occ_bytes[kind] += len(data)
+        if h in self.seen:
+            self.dedup_bytes += len(data)
+            return h
+        self.seen.add(h)
+        txn, segs = self.txn, self.s._segs
+        v = txn.get(h, db=segs)
+        if v is not None:
+            block, slot, refs, k, ln = _seg_fields(v)
+            if refs == 0:
+                self.c["uniq"][k] += 1
+                self.c["uniq_bytes"][k] += ln
+            txn.put(h, _seg_value(block, slot, refs + 1, k, ln), db=segs)
+            self.dedup_bytes += len(data)
+            return h
+        if self.block_id is None:
+            self.block_id = self.s._next(txn, b"next_block")
+        txn.put(h, _seg_value(self.block_id, len(self.block_segs), 1, kind, len(data)), db=segs)
+        self.block_segs.append(data)
+        self.block_raw += len(data)
+        self.new_bytes += len(data)
+        self.c["uniq"][kind] += 1
+        self.c["uniq_bytes"][kind] += len(data)
+        if self.block_raw >= limits.BLOCK_TARGET:
+            self.flush()
+        return h
+
+    def flush(self) -> None:
+        if not self.block_segs:
+            return
+        self.s._write_block(self.txn, self.block_id, self.block_segs, self.c,
+                            limits.LEVEL_INGEST, self.s._ingest_dict(self.txn))
+        self.block_segs, self.block_raw, self.block_id = [], 0, None
+
+
+class _Hashing:
+    """A file-like wrapper that hashes what is read through it."""
+
+    def __init__(self, f):
+        self.f = f
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        self.n += len(data)
+        return data
+
+
+class Store:
+    def __init__(self, path, *, readonly: bool = False, create: bool = True,
+                 cache_bytes: int = limits.BLOCK_CACHE_BYTES):
+        self.path = Path(path)
+        self.readonly = readonly
+        if not self.path.is_dir():
+            if readonly or not create:
+                raise NotFound(f"no store at {self.path}")
+            try:
+                self.path.mkdir(parents=True)
+            except OSError as e:
+                raise StowError(f"cannot create store at {self.path}: {e.strerror}") from None
+        envdir = self.path / "lmdb"
+        if readonly and not envdir.is_dir():
+            raise NotFound(f"no store at {self.path}")
+        self._lockf = self._take_lock(fcntl.LOCK_SH, "is being compacted by another process")
+        envdir.mkdir(exist_ok=True)
+        try:
+            cur = (envdir / "data.mdb").stat().st_size
+        except FileNotFoundError:
+            cur = 0
+        map_size = max(limits.MAP_SIZE_INITIAL, -(-2 * cur // limits.MAP_SIZE_STEP) * limits.MAP_SIZE_STEP)
+        try:
+            self.env = lmdb.open(str(envdir), map_size=map_size, max_dbs=12, readonly=readonly,
+                                 readahead=False, meminit=False, max_readers=256, lock=True)
+        except lmdb.Error as e:
+            self._lockf.close()
+            raise StowError(f"cannot open store at {self.path}: {e}") from None
+        self.env.reader_check()
+        self._gate = threading.Condition()
+        self._active = 0
+        self._growing = False
+        self._cache = _BlockCache(cache_bytes)
+        self._dicts = Dictionaries()
+        open_db = lambda name, **kw: self.env.open_db(name, create=not readonly, **kw)  # noqa: E731
+        try:
+            self._meta = open_db(b"meta")
+            self._blocks = open_db(b"blocks", integerkey=False)
+            self._segs = open_db(b"segments")
+            self._mans = open_db(b"manifests")
+            self._names = open_db(b"names")
+            self._dictdb = open_db(b"dicts")
+            self._index = open_db(b"index", dupsort=True, dupfixed=True)
+        except lmdb.Error as e:
+            self.close()
+            raise StowError(f"store at {self.path} is not readable: {e}") from None
+        if not readonly:
+            self._init_format()
+        else:
+            self._check_format()
+
+    # ----------------------------------------------------------------- plumbing
+    def _take_lock(self, mode: int, what: str):
+        f = open(self.path / "stowfs.lock", "a+")
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise Busy(f"store {self.path} {what}") from None
+        return f
+
+    def close(self) -> None:
+        env = getattr(self, "env", None)
+        if env is not None:
+            env.close()
+            self.env = None
+        f = getattr(self, "_lockf", None)
+        if f is not None:
+            f.close()
+            self._lockf = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _enter(self):
+        with self._gate:
+            while self._growing:
+                self._gate.wait()
+            self._active += 1
+
+    def _leave(self):
+        with self._gate:
+            self._active -= 1
+            self._gate.notify_all()
+
+    def _read(self, fn):
+        """Run fn(txn) in a short read transaction."""
+        self._enter()
+        try:
+            for _ in range(3):
+                try:
+                    with self.env.begin(buffers=False) as txn:
+                        return fn(txn)
+                except lmdb.MapResizedError:
+                    self._adopt_map_size()
+        finally:
+            self._leave()
+        raise StowError("store map keeps being resized by another process")
+
+    def _write(self, fn):
+        """Run fn(txn) in one write transaction; grow the map and retry when full."""
+        if self.readonly:
+            from .errors import ReadOnly
+            raise ReadOnly("store opened read-only")
+        for _ in range(64):
+            self._enter()
+            try:
+                with self.env.begin(write=True) as txn:
+                    result = fn(txn)
+                    self._bump(txn)
+                return result
+            except lmdb.MapFullError:
+                grow = True
+            except lmdb.MapResizedError:
+                grow = False
+            except lmdb.Error as e:
+                if "No space left" in str(e) or "ENOSPC" in str(e) or getattr(e, "errno", None) == 28:
+                    raise StoreFull(f"disk full: nothing was stored ({self.path})") from None
+                raise
+            finally:
+                self._leave()
+            if grow:
+                self._grow_map()
+            else:
+                self._adopt_map_size()
+        raise StoreFull("store map cannot grow further")
+
+    def _exclusive(self, fn):
+        with self._gate:
+            self._growing = True
+            while self._active:
+                self._gate.wait()
+            try:
+                fn()
+            finally:
+                self._growing = False
+                self._gate.notify_all()
+
+    def _grow_map(self):
+        def grow():
+            size = self.env.info()["map_size"] + limits.MAP_SIZE_STEP
+            if size > limits.MAP_SIZE_MAX:
+                raise StoreFull(f"store reached its size limit ({limits.MAP_SIZE_MAX} bytes)")
+            self.env.set_mapsize(size)
+        self._exclusive(grow)
+
+    def _adopt_map_size(self):
+        self._exclusive(lambda: self.env.set_mapsize(0))
+
+    def _init_format(self):
+        def init(txn):
+            v = txn.get(b"format", db=self._meta)
+            if v is None:
+                txn.put(b"format", _u64(FORMAT_VERSION), db=self._meta)
+                txn.put(b"created", _u64(int(time.time())), db=self._meta)
+            elif _U64.unpack(v)[0] > FORMAT_VERSION:
+                raise StowError(f"store format {_U64.unpack(v)[0]} is newer than this stowfs ({FORMAT_VERSION})")
+        self._write(init)
+
+    def _check_format(self):
+        v = self._read(lambda txn: txn.get(b"format", db=self._meta))
+        if v is None:
+            raise NotFound(f"no store at {self.path}")
+        if _U64.unpack(v)[0] > FORMAT_VERSION:
+            raise StowError(f"store format {_U64.unpack(v)[0]} is newer than this stowfs ({FORMAT_VERSION})")
+
+    def _next(self, txn, key: bytes) -> int:
+        v = txn.get(key, db=self._meta)
+        n = _U64.unpack(v)[0] if v else 1
+        txn.put(key, _u64(n + 1), db=self._meta)
+        return n
+
+    def _bump(self, txn):
+        v = txn.get(b"generation", db=self._meta)
+        txn.put(b"generation", _u64((_U64.unpack(v)[0] if v else 0) + 1), db=self._meta)
+
+    def _counters(self, txn) -> dict:
+        v = txn.get(b"counters", db=self._meta)
+        c = _empty_counters()
+        if v:
+            c.update(unpack(v))
+        return c
+
+    def _save_counters(self, txn, c: dict) -> None:
+        txn.put(b"counters", pack(c), db=self._meta)
+
+    @property
+    def generation(self) -> int:
+        v = self._read(lambda txn: txn.get(b"generation", db=self._meta))
+        return _U64.unpack(v)[0] if v else 0
+
+    # ----------------------------------------------------------------- blocks
+    def _dict_bytes(self, txn, dict_id: int) -> bytes:
+        v = txn.get(struct.pack(">I", dict_id), db=self._dictdb)
+        if v is None:
+            raise Corrupt(f"dictionary {dict_id} is missing")
+        return unpack(v)["bytes"]
+
+    def _ingest_dict(self, txn) -> Optional[int]:
+        v = txn.get(b"ingest_dict", db=self._meta)
+        return _U64.unpack(v)[0] if v else None
+
+    def _write_block(self, txn, block_id: int, segs: list[bytes], c: dict, level: int,
+                     dict_id: Optional[int]) -> None:
+        raw = build_pack(segs)
+        if dict_id is not None:
+            self._dicts.ensure(dict_id, lambda: self._dict_bytes(txn, dict_id))
+        frame = encode_frame(raw, self._dicts, level, dict_id)
+        txn.put(_u64(block_id), frame, db=self._blocks)
+        c["blocks"] += 1
+        c["block_bytes"] += len(frame)
+        c["block_raw"] += len(raw)
+
+    def _block(self, txn, block_id: int) -> tuple[bytes, list[int]]:
+        hit = self._cache.get(block_id)
+        if hit is not None:
+            return hit
+        frame = txn.get(_u64(block_id), db=self._blocks)
+        if frame is None:
+            raise Corrupt(f"block {block_id} is missing")
+        dict_id = frame_dict_id(frame)
+        if dict_id is not None:
+            self._dicts.ensure(dict_id, lambda: self._dict_bytes(txn, dict_id))
+        raw = decode_frame(frame, self._dicts)
+        value = (raw, parse_pack(raw))
+        self._cache.put(block_id, value)
+        return value
+
+    def _segment(self, txn, h: bytes) -> bytes:
+        v = txn.get(h, db=self._segs)
+        if v is None:
+            raise Corrupt(f"segment {h.hex()} is missing")
+        block, slot, _refs, _kind, length = _seg_fields(v)
+        raw, offs = self._block(txn, block)
+        if slot + 1 >= len(offs):
+            raise Corrupt(f"segment {h.hex()}: block {block} has no slot {slot}")
+        seg = raw[offs[slot]:offs[slot + 1]]
+        if len(seg) != length or segment_hash(seg) != h:
+            self._cache.drop(block)
+            raise Corrupt(f"segment {h.hex()} in block {block} does not match its hash")
+        return seg
+
+    # ----------------------------------------------------------------- manifests
+    @staticmethod
+    def _encode_manifest(header: dict, views: dict[str, PieceList]) -> bytes:
+        import zstandard
+        head = pack(header)
+        body = zstandard.ZstdCompressor(level=3).compress(pack({k: v.to_obj() for k, v in views.items()}))
+        return encode_uvarints([len(head)]) + head + body
+
+    @staticmethod
+    def _manifest_header(v: bytes) -> dict:
+        n, pos = get_uvarint(v, 0)
+        return unpack(v[pos:pos + n])
+
+    @staticmethod
+    def _manifest_views(v: bytes) -> dict[str, PieceList]:
+        import zstandard
+        n, pos = get_uvarint(v, 0)
+        try:
+            body = zstandard.ZstdDecompressor().decompress(v[pos + n:], max_output_size=1 << 30)
+        except zstandard.ZstdError as e:
+            raise Corrupt(f"manifest does not decode: {e}") from None
+        return {k: PieceList.from_obj(o) for k, o in unpack(body).items()}
+
+    @staticmethod
+    def _info(h: dict) -> FileInfo:
+        return FileInfo(name=h["n"], file_id=h["id"], size=h["sz"], text_size=h["ts"],
+                        format=h["fm"], application=h.get("ap"), model=h.get("md"),
+                        models=tuple(h.get("ms") or ()), day=h.get("dy"), mtime=h["mt"],
+                        error=h.get("er"), sha256=h["sh"].hex(), messages=h.get("nm", 0),
+                        conversations=h.get("nc", 0))
+
+    def _file_id(self, txn, name: str) -> Optional[int]:
+        v = txn.get(name.encode("utf-8"), db=self._names)
+        return _U64.unpack(v)[0] if v else None
+
+    def _manifest(self, txn, name: str) -> bytes:
+        fid = self._file_id(txn, name)
+        if fid is None:
+            raise NotFound(f"no such file: {name}")
+        v = txn.get(_u64(fid), db=self._mans)
+        if v is None:
+            raise Corrupt(f"{name}: manifest {fid} is missing")
+        return v
+
+    # ----------------------------------------------------------------- writing
+    def put(self, name: str, data: bytes, *, mtime: Optional[float] = None) -> PutResult:
+        return self._put(name, lambda: io.BytesIO(data), len(data), mtime)
+
+    def put_file(self, name: str, src, *, mtime: Optional[float] = None) -> PutResult:
+        try:
+            size = os.path.getsize(src)
+        except OSError as e:
+            raise NotFound(f"cannot read {src}: {e.strerror}") from None
+        return self._put(name, lambda: open(src, "rb"), size, mtime)
+
+    def _parse(self, data: bytes, name: str) -> Parsed:
+        from .formats import parse
+        return parse(data, name)
+
+    def _put(self, name: str, opener, size: int, mtime: Optional[float]) -> PutResult:
+        name = check_name(name)
+        data = None
+        if size <= limits.MAX_PARSE_BYTES:
+            with opener() as f:
+                data = f.read()
+            parsed = self._parse(data, name)
+        else:
+            parsed = Parsed(format="unparsed", error=f"larger than {limits.MAX_PARSE_BYTES} bytes: "
+                            "stored and deduplicated, not parsed as a conversation")
+        kinds = content_kinds(parsed)
+        if data is not None:
+            from .views.text import render as render_text
+            fragments = list(render_text(parsed)) if parsed.is_conversation else []
+        else:
+            fragments = []
+        if mtime is None:
+            mtime = time.time()
+
+        def work(txn) -> PutResult:
+            self._check_place(txn, name)
+            ing = _Ingest(self, txn)
+            orig = PieceListBuilder(ing.store_segment)
+            with (io.BytesIO(data) if data is not None else opener()) as f:
+                hf = _Hashing(f)
+                head = data[:4096] if data is not None else None
+                if data is not None and parsed.spans:
+                    split_spans(data, parsed.spans, orig)
+                    hf.read(len(data))
+                else:
+                    if head is None:
+                        head = hf.read(4096)
+                        pending = [head]
+                        reader = lambda n: pending.pop() if pending else hf.read(n)  # noqa: E731
+                    else:
+                        reader = hf.read
+                    split_stream(reader, orig, kinds, looks_like_json(head))
+                    if data is None:
+                        pass
+                opl = orig.finish()
+            if hf.n != size or opl.size != size:
+                raise StowError(f"{name}: size changed while it was being stored")
+            tb = PieceListBuilder(ing.store_segment, VIEW)
+            build_view(fragments, tb, kinds)
+            tpl = tb.finish()
+            ing.flush()
+            c = ing.c
+            old = self._file_id(txn, name)
+            if old is not None:
+                self._unlink(txn, old, c)
+            fid = self._next(txn, b"next_file")
+            models = parsed.models()
+            conv0 = parsed.conversations[0] if parsed.conversations else None
+            day = None
+            if conv0 is not None and conv0.started and len(conv0.started) >= 10:
+                day = conv0.started[:10]
+            app = next((cv.application for cv in parsed.conversations if cv.application), None)
+            header = {"n": name, "id": fid, "sz": size, "ts": tpl.size, "fm": parsed.format,
+                      "ap": app, "md": models[0] if models else None, "ms": models[:16], "dy": day,
+                      "mt": float(mtime), "er": parsed.error, "sh": hf.h.digest(),
+                      "nm": parsed.message_count(), "nc": len(parsed.conversations),
+                      "ko": [[k, ing.occ[k], ing.occ_bytes[k]] for k in sorted(ing.occ)]}
+            txn.put(_u64(fid), self._encode_manifest(header, {"o": opl, "t": tpl}), db=self._mans)
+            txn.put(name.encode("utf-8"), _u64(fid), db=self._names)
+            for key in self._index_keys(header):
+                txn.put(key, _u64(fid), db=self._index)
+            c["files"] += 1
+            c["naive"] += size
+            c["conversations"] += header["nc"]
+            c["messages"] += header["nm"]
+            c["parse_errors"] += 1 if parsed.error else 0
+            for k, n in ing.occ.items():
+                c["occ"][k] += n
+                c["occ_bytes"][k] += ing.occ_bytes[k]
+            self._save_counters(txn, c)
+            return PutResult(name, fid, size, ing.new_bytes, ing.dedup_bytes, parsed.format,
+                             parsed.error, old is not None)
+
+        result = self._write(work)
+        self._maybe_train()
+        return result
+
+    def _check_place(self, txn, name: str) -> None:
+        """name must not be a directory, and no parent of it may be a file."""
+        key = name.encode("utf-8")
+        cur = txn.cursor(db=self._names)
+        if cur.set_range(key + b"/") and cur.key().startswith(key + b"/"):
+            raise Exists(f"{name} is a directory")
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if txn.get(parent.encode("utf-8"), db=self._names) is not None:
+                raise Exists(f"{parent} is a file, not a directory")
+
+    @staticmethod
+    def _index_keys(h: dict) -> list[bytes]:
+        keys = []
+        for field, value in (("model", h.get("md")), ("app", h.get("ap")), ("day", h.get("dy"))):
+            if value:
+                keys.append(field.encode() + b"\0" + str(value).encode("utf-8", "replace")[:400])
+        return keys
+
+    def _unlink(self, txn, fid: int, c: dict) -> dict:
+        """Drop a file's manifest and its references (segments stay until gc)."""
+        v = txn.get(_u64(fid), db=self._mans)
+        if v is None:
+            raise Corrupt(f"manifest {fid} is missing")
+        h = self._manifest_header(v)
+        views = self._manifest_views(v)
+        hashes = set()
+        for pl in views.values():
+            hashes |= pl.all_hashes()
+        for hsh in hashes:
+            sv = txn.get(hsh, db=self._segs)
+            if sv is None:
+                raise Corrupt(f"{h['n']}: segment {hsh.hex()} is missing")
+            block, slot, refs, kind, ln = _seg_fields(sv)
+            if refs <= 1:
+                c["uniq"][kind] -= 1
+                c["uniq_bytes"][kind] -= ln
+            txn.put(hsh, _seg_value(block, slot, max(refs - 1, 0), kind, ln), db=self._segs)
+        txn.delete(_u64(fid), db=self._mans)
+        txn.delete(h["n"].encode("utf-8"), db=self._names)
+        for key in self._index_keys(h):
+            txn.delete(key, _u64(fid), db=self._index)
+        c["files"] -= 1
+        c["naive"] -= h["sz"]
+        c["conversations"] -= h.get("nc", 0)
+        c["messages"] -= h.get("nm", 0)
+        c["parse_errors"] -= 1 if h.get("er") else 0
+        for k, n, b in h.get("ko", ()):
+            c["occ"][k] -= n
+            c["occ_bytes"][k] -= b
+        return h
+
+    def remove(self, name: str) -> None:
+        name = check_name(name)
+
+        def work(txn):
+            fid = self._file_id(txn, name)
+            if fid is None:
+                raise NotFound(f"no such file: {name}")
+            c = self._counters(txn)
+            self._unlink(txn, fid, c)
+            self._save_counters(txn, c)
+        self._write(work)
+
+    def rename(self, old: str, new: str) -> None:
+        old, new = check_name(old), check_name(new)
+        if old == new:
+            self.info(old)
+            return
+
+        def work(txn):
+            fid = self._file_id(txn, old)
+            if fid is None:
+                raise NotFound(f"no such file: {old}")
+            self._check_place(txn, new)
+            c = self._counters(txn)
+            other = self._file_id(txn, new)
+            if other is not None:
+                self._unlink(txn, other, c)
+            v = txn.get(_u64(fid), db=self._mans)
+            n, pos = get_uvarint(v, 0)
+            h = unpack(v[pos:pos + n])
+            h["n"] = new
+            head = pack(h)
+            txn.put(_u64(fid), encode_uvarints([len(head)]) + head + v[pos + n:], db=self._mans)
+            txn.delete(old.encode("utf-8"), db=self._names)
+            txn.put(new.encode("utf-8"), _u64(fid), db=self._names)
+            self._save_counters(txn, c)
+        self._write(work)
+
+    # ----------------------------------------------------------------- reading
+    def info(self, name: str) -> FileInfo:
+        name = check_name(name)
+        return self._info(self._manifest_header(self._read(lambda txn: self._manifest(txn, name))))
+
+    def info_by_id(self, file_id: int) -> FileInfo:
+        v = self._read(lambda txn: txn.get(_u64(file_id), db=self._mans))
+        if v is None:
+            raise NotFound(f"no file with id {file_id}")
+        return self._info(self._manifest_header(v))
+
+    def reader(self, name: str, view: str = "original") -> "ViewReader":
+        name = check_name(name)
+        if view not in VIEWS:
+            raise InvalidName(f"unknown view {view!r} (views: {', '.join(VIEWS)})")
+        v = self._read(lambda txn: self._manifest(txn, name))
+        return ViewReader(self, self._manifest_views(v)["o" if view == "original" else "t"])
+
+    def get(self, name: str, view: str = "original") -> bytes:
+        r = self.reader(name, view)
+        return r.read(0, r.size)
+
+    def iter_files(self, prefix: str = "") -> Iterator[FileInfo]:
+        """Every stored file whose name starts with prefix, sorted by name, a batch at a time
+        (no transaction is held between batches)."""
+        start = prefix.encode("utf-8")
+        pfx = start
+        while True:
+            def batch(txn, start=start):
+                out = []
+                cur = txn.cursor(db=self._names)
+                if not cur.set_range(start):
+                    return out
+                for k, v in cur:
+                    if not k.startswith(pfx):
+                        break
+                    if k == start and out == [] and start != pfx:
+                        continue
+                    m = txn.get(v, db=self._mans)
+                    if m is not None:
+                        out.append((k, self._info(self._manifest_header(m))))
+                    if len(out) >= 256:
+                        break
+                return out
+            rows = self._read(batch)
+            for _, info in rows:
+                yield info
+            if len(rows) < 256:
+                return
+            start = rows[-1][0]
+
+    def listdir(self, dirpath: str = "") -> list[tuple[str, Optional[FileInfo]]]:
+        prefix = (dirpath.strip("/") + "/") if dirpath.strip("/") else ""
+        pfx = prefix.encode("utf-8")
+
+        def work(txn):
+            out = []
+            cur = txn.cursor(db=self._names)
+            ok = cur.set_range(pfx)
+            while ok:
+                k = cur.key()
+                if not k.startswith(pfx):
+                    break
+                rest = k[len(pfx):]
+                slash = rest.find(b"/")
+                if slash >= 0:
+                    child = rest[:slash]
+                    out.append((child.decode("utf-8"), None))
+                    ok = cur.set_range(pfx + child + b"0")  # '0' sorts right after '/'
+                    continue
+                m = txn.get(cur.value(), db=self._mans)
+                if m is not None:
+                    out.append((rest.decode("utf-8"), self._info(self._manifest_header(m))))
+                ok = cur.next()
+            return out
+        return self._read(work)
+
+    def is_dir(self, path: str) -> bool:
+        p = path.strip("/")
+        if not p:
+            return True
+        pfx = (p + "/").encode("utf-8")
+
+        def work(txn):
+            cur = txn.cursor(db=self._names)
+            return cur.set_range(pfx) and cur.key().startswith(pfx)
+        return self._read(work)
+
+    def index_values(self, key: str) -> list[str]:
+        pfx = key.encode() + b"\0"
+
+        def work(txn):
+            out = []
+            cur = txn.cursor(db=self._index)
+            ok = cur.set_range(pfx)
+            while ok and cur.key().startswith(pfx):
+                out.append(cur.key()[len(pfx):].decode("utf-8", "replace"))
+                ok = cur.next_nodup()
+            return out
+        return self._read(work)
+
+    def index_files(self, key: str, value: str) -> list[FileInfo]:
+        k = key.encode() + b"\0" + value.encode("utf-8")
+
+        def work(txn):
+            out = []
+            cur = txn.cursor(db=self._index)
+            if cur.set_key(k):
+                for fid in cur.iternext_dup():
+                    m = txn.get(fid, db=self._mans)
+                    if m is not None:
+                        out.append(self._info(self._manifest_header(m)))
+            return out
+        return sorted(self._read(work), key=lambda i: i.name)
+
+    # ----------------------------------------------------------------- dictionaries
+    def _maybe_train(self) -> None:
+        def due(txn):
+            c = self._counters(txn)
+            live = sum(c["uniq_bytes"])
+            last = txn.get(b"trained_at", db=self._meta)
+            last = _U64.unpack(last)[0] if last else 0
+            if live < limits.DICT_TRAIN_MIN_BYTES:
+                return False
+            return last == 0 or live >= limits.DICT_RETRAIN_FACTOR * last
+        if due and self._read(due):
+            self.train()
+
+    def _sample_segments(self, txn, kinds: Optional[set[int]], budget: int) -> list[bytes]:
+        """Up to budget bytes of live segments, spread over the store (newest blocks first)."""
+        samples, total = [], 0
+        cur = txn.cursor(db=self._blocks)
+        if not cur.last():
+            return samples
+        while total < budget:
+            block_id = _U64.unpack(cur.key())[0]
+            raw, offs = self._block(txn, block_id)
+            for i in range(len(offs) - 1):
+                seg = raw[offs[i]:offs[i + 1]]
+                if 8 <= len(seg) <= 64 << 10:
+                    samples.append(seg)
+                    total += len(seg)
+            if not cur.prev():
+                break
+        return samples
+
+    def train(self, kind: Optional[int] = None) -> Optional[int]:
+        """Train a dictionary from the store's own segments and make it the one new blocks use.
+        Returns its id, or None when there is not enough content."""
+        import zstandard
+        samples = self._read(lambda txn: self._sample_segments(txn, None, limits.DICT_SAMPLE_BYTES))
+        if sum(map(len, samples)) < 64 << 10 or len(samples) < 16:
+            return None
+        try:
+            d = zstandard.train_dictionary(limits.DICT_SIZE, samples, k=256, d=8)
+        except zstandard.ZstdError:
+            return None
+        raw = d.as_bytes()
+
+        def work(txn):
+            did = self._next(txn, b"next_dict")
+            txn.put(struct.pack(">I", did), pack({"kind": kind, "bytes": raw, "created": time.time(),
+                                                  "samples": len(samples)}), db=self._dictdb)
+            txn.put(b"ingest_dict", _u64(did), db=self._meta)
+            c = self._counters(txn)
+            txn.put(b"trained_at", _u64(max(sum(c["uniq_bytes"]), 1)), db=self._meta)
+            return did
+        return self._write(work)
+
+    # ----------------------------------------------------------------- stats
+    def disk_bytes(self) -> int:
+        total = 0
+        for root, _dirs, files in os.walk(self.path):
+            for f in files:
+                try:
+                    st = os.lstat(os.path.join(root, f))
+                except FileNotFoundError:
+                    continue
+                total += st.st_blocks * 512
+        return total
+
+    def stats(self) -> dict:
+        c = self._read(self._counters)
+        ndicts = self._read(lambda txn: txn.stat(self._dictdb)["entries"])
+        disk = self.disk_bytes()
+        occ, uniq = sum(c["occ"]), sum(c["uniq"])
+        occ_b, uniq_b = sum(c["occ_bytes"]), sum(c["uniq_bytes"])
+        kinds = {}
+        for k, name in enumerate(KIND_NAMES):
+            if c["occ"][k] or c["uniq"][k]:
+                kinds[name] = {"segments": c["occ"][k], "segment_bytes": c["occ_bytes"][k],
+                               "unique_segments": c["uniq"][k], "unique_bytes": c["uniq_bytes"][k],
+                               "dedup_ratio": round(c["occ_bytes"][k] / c["uniq_bytes"][k], 3)
+                               if c["uniq_bytes"][k] else None}
+        return {
+            "files": c["files"], "conversations": c["conversations"], "messages": c["messages"],
+            "unparsed_files": c["parse_errors"],
+            "segments": occ, "unique_segments": uniq, "segment_bytes": occ_b, "unique_bytes": uniq_b,
+            "dedup_ratio": round(occ_b / uniq_b, 3) if uniq_b else None,
+            "blocks": c["blocks"], "block_bytes": c["block_bytes"], "block_raw_bytes": c["block_raw"],
+            "compression_ratio": round(c["block_raw"] / c["block_bytes"], 3) if c["block_bytes"] else None,
+            "dictionaries": ndicts,
+            "naive_bytes": c["naive"], "disk_bytes": disk,
+            "ratio": round(c["naive"] / disk, 3) if disk else None,
+            "savings_percent": round(100 * (1 - disk / c["naive"]), 2) if c["naive"] else None,
+            "by_kind": kinds,
+        }
+
+
+class ViewReader:
+    """Reads any byte range of one view, decoding only the pieces that range touches."""
+
+    def __init__(self, store: Store, pl: PieceList):
+        self._s = store
+        self._pl = pl
+        self.size = pl.size
+        self._layout = None
+        self._last = (-1, b"")
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset >= self.size or size <= 0:
+            return b""
+        end = min(self.size, offset + size)
+        if self._layout is None:
+            self._layout = self._pl.layout()
+        starts, gap_starts, chunk_starts = self._layout
+        pl = self._pl
+        return self._s._read(lambda txn: self._collect(txn, offset, end, starts, gap_starts, chunk_starts, pl))
+
+    def _collect(self, txn, offset, end, starts, gap_starts, chunk_starts, pl) -> bytes:
+        out = []
+        k = bisect_right(starts, offset) - 1
+        nelem = len(starts) - 1
+        pos = offset
+        while pos < end and k < nelem:
+            e0, e1 = starts[k], starts[k + 1]
+            lo, hi = pos - e0, min(end, e1) - e0
+            if hi > lo:
+                if k % 2 == 0:
+                    g = k // 2
+                    out.append(self._skeleton(txn, gap_starts[g] + lo, gap_starts[g] + hi, chunk_starts, pl))
+                else:
+                    out.append(self._rendered(txn, k // 2, pl)[lo:hi])
+            pos = e1
+            k += 1
+        return b"".join(out)
+
+    def _rendered(self, txn, i: int, pl: PieceList) -> bytes:
+        if self._last[0] == i:
+            return self._last[1]
+        seg = self._s._segment(txn, pl.hashes[16 * i:16 * i + 16])
+        data = render(seg, pl.styles[i])
+        if len(data) != pl.outlens[i]:
+            raise Corrupt("a stored piece renders to the wrong length")
+        self._last = (i, data)
+        return data
+
+    def _skeleton(self, txn, lo: int, hi: int, chunk_starts, pl) -> bytes:
+        out = []
+        j = bisect_right(chunk_starts, lo) - 1
+        while lo < hi:
+            c0 = chunk_starts[j]
+            chunk = self._s._segment(txn, pl.skel_hashes[16 * j:16 * j + 16])
+            part = chunk[lo - c0:hi - c0]
+            out.append(part)
+            lo += len(part)
+            j += 1
+        return b"".join(out)

@@ -1,0 +1,1 @@
+"""Building blocks of ``tools/bench``: corpora, peer systems, measurements, reports."""
