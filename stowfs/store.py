@@ -12,7 +12,7 @@ Named databases (all keys and values are bytes):
     manifests  u64 file id -> manifest (see _encode_manifest): header + piece lists
     names      path -> u64 file id
     dicts      u32 dictionary id -> msgpack {kind, bytes, trained_on, created}
-    index      b"model\\0<value>" / b"app\\0<value>" / b"day\\0<value>" -> u64 file ids (dupsort)
+    index      b"model\\0<value>\\0" + u64 file id -> b"" (likewise app, day)
 
 Every change is one write transaction: a crash leaves the whole old state or the whole
 new one. Readers (other threads, other processes) never wait and never see half a put.
@@ -264,7 +264,7 @@ class Store:
             self._mans = open_db(b"manifests")
             self._names = open_db(b"names")
             self._dictdb = open_db(b"dicts")
-            self._index = open_db(b"index", dupsort=True, dupfixed=True)
+            self._index = open_db(b"index")
         except lmdb.Error as e:
             self.close()
             raise StowError(f"store at {self.path} is not readable: {e}") from None
@@ -590,8 +590,8 @@ class Store:
                       "ko": [[k, ing.occ[k], ing.occ_bytes[k]] for k in sorted(ing.occ)]}
             txn.put(_u64(fid), self._encode_manifest(header, {"o": opl, "t": tpl}), db=self._mans)
             txn.put(name.encode("utf-8"), _u64(fid), db=self._names)
-            for key in self._index_keys(header):
-                txn.put(key, _u64(fid), db=self._index)
+            for key in self._index_keys(header, fid):
+                txn.put(key, b"", db=self._index)
             c["files"] += 1
             c["naive"] += size
             c["conversations"] += header["nc"]
@@ -621,11 +621,12 @@ class Store:
                 raise Exists(f"{parent} is a file, not a directory")
 
     @staticmethod
-    def _index_keys(h: dict) -> list[bytes]:
+    def _index_keys(h: dict, fid: int) -> list[bytes]:
         keys = []
         for field, value in (("model", h.get("md")), ("app", h.get("ap")), ("day", h.get("dy"))):
             if value:
-                keys.append(field.encode() + b"\0" + str(value).encode("utf-8", "replace")[:400])
+                v = str(value).replace("\0", "").encode("utf-8", "replace")[:400]
+                keys.append(field.encode() + b"\0" + v + b"\0" + _u64(fid))
         return keys
 
     def _unlink(self, txn, fid: int, c: dict) -> dict:
@@ -649,8 +650,8 @@ class Store:
             txn.put(hsh, _seg_value(block, slot, max(refs - 1, 0), kind, ln), db=self._segs)
         txn.delete(_u64(fid), db=self._mans)
         txn.delete(h["n"].encode("utf-8"), db=self._names)
-        for key in self._index_keys(h):
-            txn.delete(key, _u64(fid), db=self._index)
+        for key in self._index_keys(h, fid):
+            txn.delete(key, db=self._index)
         c["files"] -= 1
         c["naive"] -= h["sz"]
         c["conversations"] -= h.get("nc", 0)
@@ -795,22 +796,24 @@ class Store:
             cur = txn.cursor(db=self._index)
             ok = cur.set_range(pfx)
             while ok and cur.key().startswith(pfx):
-                out.append(cur.key()[len(pfx):].decode("utf-8", "replace"))
-                ok = cur.next_nodup()
+                value = cur.key()[len(pfx):-9]
+                out.append(value.decode("utf-8", "replace"))
+                ok = cur.set_range(pfx + value + b"\x01")  # skip the rest of this value's ids
             return out
         return self._read(work)
 
     def index_files(self, key: str, value: str) -> list[FileInfo]:
-        k = key.encode() + b"\0" + value.encode("utf-8")
+        pfx = key.encode() + b"\0" + value.encode("utf-8") + b"\0"
 
         def work(txn):
             out = []
             cur = txn.cursor(db=self._index)
-            if cur.set_key(k):
-                for fid in cur.iternext_dup():
-                    m = txn.get(fid, db=self._mans)
-                    if m is not None:
-                        out.append(self._info(self._manifest_header(m)))
+            ok = cur.set_range(pfx)
+            while ok and cur.key().startswith(pfx) and len(cur.key()) == len(pfx) + 8:
+                m = txn.get(cur.key()[-8:], db=self._mans)
+                if m is not None:
+                    out.append(self._info(self._manifest_header(m)))
+                ok = cur.next()
             return out
         return sorted(self._read(work), key=lambda i: i.name)
 

@@ -1,0 +1,328 @@
+"""The `stowfs` command line: argparse subcommands over stowfs.Store.
+
+Exit codes: 0 ok, 1 done with warnings (some inputs failed, verify found damage), 2 error.
+Errors print one line on stderr; --debug shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .errors import StoreFull, StowError
+
+EXIT_OK, EXIT_WARN, EXIT_ERROR = 0, 1, 2
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return str(n)
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown only on a terminal."""
+
+    def __init__(self, total_items: int, total_bytes: int, enabled: bool):
+        self.total_items, self.total_bytes = total_items, total_bytes
+        self.items = self.bytes = 0
+        self.enabled = enabled and sys.stderr.isatty()
+        self.t0 = time.monotonic()
+        self._last = 0.0
+
+    def step(self, nbytes: int) -> None:
+        self.items += 1
+        self.bytes += nbytes
+        now = time.monotonic()
+        if self.enabled and (now - self._last > 0.1 or self.items == self.total_items):
+            self._last = now
+            frac = self.bytes / self.total_bytes if self.total_bytes else 1.0
+            bar = "#" * int(30 * frac)
+            rate = self.bytes / max(now - self.t0, 1e-6)
+            sys.stderr.write(f"\r[{bar:<30}] {self.items}/{self.total_items} files "
+                             f"{_human(self.bytes)} {_human(rate)}/s ")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _open(args, readonly: bool = False):
+    from .store import Store
+    return Store(args.store, readonly=readonly)
+
+
+def _inputs(paths: list[str]) -> list[tuple[str, str]]:
+    """(source path, stored name) pairs; a directory keeps its relative paths under its own
+    name, as `cp -r` would."""
+    out = []
+    for p in paths:
+        p = os.path.abspath(p)
+        if os.path.isdir(p):
+            base = os.path.basename(p.rstrip("/")) or "root"
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                for f in sorted(files):
+                    src = os.path.join(root, f)
+                    if os.path.isfile(src) and not os.path.islink(src):
+                        out.append((src, base + "/" + os.path.relpath(src, p).replace(os.sep, "/")))
+        elif os.path.isfile(p):
+            out.append((p, os.path.basename(p)))
+        else:
+            raise StowError(f"no such file or directory: {p}")
+    return out
+
+
+def cmd_ingest(args) -> int:
+    items = _inputs(args.paths)
+    if args.prefix:
+        items = [(src, args.prefix.strip("/") + "/" + name) for src, name in items]
+    sizes = [os.path.getsize(src) for src, _ in items]
+    results, failures = [], []
+    prog = Progress(len(items), sum(sizes), not args.json and not args.quiet)
+    t0 = time.monotonic()
+    with _open(args) as store:
+        for (src, name), size in zip(items, sizes):
+            try:
+                results.append(store.put_file(name, src, mtime=os.path.getmtime(src)))
+            except StoreFull:
+                raise
+            except StowError as e:
+                failures.append({"path": src, "error": str(e)})
+                print(f"stowfs: {src}: {e}", file=sys.stderr)
+            prog.step(size)
+    prog.done()
+    dt = time.monotonic() - t0
+    total = sum(r.size for r in results)
+    summary = {
+        "files": len(results), "failed": len(failures), "bytes": total,
+        "new_bytes": sum(r.new_bytes for r in results),
+        "dedup_bytes": sum(r.dedup_bytes for r in results),
+        "replaced": sum(r.replaced for r in results),
+        "unparsed": sum(1 for r in results if r.error),
+        "seconds": round(dt, 3), "mb_per_s": round(total / dt / 1e6, 2) if dt > 0 else None,
+        "failures": failures,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(f"ingested {summary['files']} files, {_human(total)} in {dt:.1f}s "
+              f"({_human(total / dt if dt else 0)}/s): {_human(summary['new_bytes'])} new content, "
+              f"{_human(summary['dedup_bytes'])} already stored"
+              + (f", {summary['replaced']} replaced" if summary["replaced"] else "")
+              + (f", {summary['unparsed']} stored as opaque (see `stowfs ls --errors`)" if summary["unparsed"] else "")
+              + (f", {len(failures)} FAILED" if failures else ""))
+    return EXIT_WARN if failures else EXIT_OK
+
+
+def _info_dict(i) -> dict:
+    return {"name": i.name, "size": i.size, "text_size": i.text_size, "format": i.format,
+            "application": i.application, "model": i.model, "day": i.day,
+            "messages": i.messages, "conversations": i.conversations,
+            "mtime": i.mtime, "sha256": i.sha256, "error": i.error}
+
+
+def cmd_ls(args) -> int:
+    with _open(args, readonly=True) as store:
+        infos = [i for i in store.iter_files(args.prefix or "") if not args.errors or i.error]
+    if args.json:
+        print(json.dumps([_info_dict(i) for i in infos], indent=2))
+        return EXIT_OK
+    for i in infos:
+        if args.errors:
+            print(f"{i.name}\t{i.error}")
+        elif args.long:
+            print(f"{i.size:>12} {i.format:<20} {(i.model or '-'):<28} {i.name}")
+        else:
+            print(i.name)
+    return EXIT_OK
+
+
+def cmd_cat(args) -> int:
+    out = sys.stdout.buffer
+    with _open(args, readonly=True) as store:
+        for name in args.names:
+            r = store.reader(name, args.view)
+            pos = 0
+            while pos < r.size:
+                data = r.read(pos, 1 << 20)
+                if not data:
+                    raise StowError(f"{name}: short read at {pos}")
+                out.write(data)
+                pos += len(data)
+    out.flush()
+    return EXIT_OK
+
+
+def cmd_rm(args) -> int:
+    status = EXIT_OK
+    with _open(args) as store:
+        for name in args.names:
+            try:
+                store.remove(name)
+            except StowError as e:
+                print(f"stowfs: {name}: {e}", file=sys.stderr)
+                status = EXIT_WARN
+    return status
+
+
+def cmd_stats(args) -> int:
+    with _open(args, readonly=True) as store:
+        s = store.stats()
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return EXIT_OK
+    print(f"files            {s['files']} ({s['conversations']} conversations, {s['messages']} messages, "
+          f"{s['unparsed_files']} stored opaque)")
+    print(f"original bytes   {_human(s['naive_bytes'])}")
+    print(f"on disk          {_human(s['disk_bytes'])}  ratio {s['ratio']}x, saves {s['savings_percent']}%")
+    print(f"segments         {s['segments']} referenced, {s['unique_segments']} unique "
+          f"(dedup {s['dedup_ratio']}x)")
+    print(f"blocks           {s['blocks']}: {_human(s['block_raw_bytes'])} -> {_human(s['block_bytes'])} "
+          f"(compression {s['compression_ratio']}x, {s['dictionaries']} dictionaries)")
+    for kind, k in s["by_kind"].items():
+        print(f"  {kind:<10} {k['segments']:>9} refs {_human(k['segment_bytes']):>10}   "
+              f"{k['unique_segments']:>9} unique {_human(k['unique_bytes']):>10}  dedup {k['dedup_ratio']}x")
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    from .maintenance import verify
+    with _open(args, readonly=True) as store:
+        report = verify(store, progress=not args.json)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for p in report["problems"]:
+            print(f"DAMAGED: {p}")
+        print(f"checked {report['files']} files, {report['segments']} segments, {report['blocks']} blocks: "
+              + ("OK" if report["ok"] else f"{len(report['damaged_files'])} damaged files, "
+                 f"{len(report['problems'])} problems"))
+    return EXIT_OK if report["ok"] else EXIT_WARN
+
+
+def cmd_gc(args) -> int:
+    from .maintenance import gc
+    with _open(args) as store:
+        r = gc(store)
+    print(json.dumps(r, indent=2) if args.json else
+          f"freed {r['segments_freed']} segments ({_human(r['bytes_freed'])}), "
+          f"{r['blocks_deleted']} blocks deleted, {r['blocks_rewritten']} rewritten")
+    return EXIT_OK
+
+
+def cmd_compact(args) -> int:
+    from .maintenance import compact
+    r = compact(args.store, level=args.level, progress=not args.json)
+    print(json.dumps(r, indent=2) if args.json else
+          f"compacted: {_human(r['disk_before'])} -> {_human(r['disk_after'])} on disk, "
+          f"{r['blocks_before']} -> {r['blocks_after']} blocks, {r['dictionaries']} dictionaries")
+    return EXIT_OK
+
+
+def cmd_mount(args) -> int:
+    from . import mount
+    return mount.cmd_mount(args)
+
+
+def cmd_umount(args) -> int:
+    from . import mount
+    return mount.cmd_umount(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stowfs", description="LLM conversations stored compressed and "
+                                "deduplicated, shown as ordinary files.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def cmd(name, func, help_):
+        sp = sub.add_parser(name, help=help_, description=help_, conflict_handler="resolve")
+        sp.set_defaults(func=func)
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+        return sp
+
+    sp = cmd("mount", cmd_mount, "mount a store: every conversation as a file (created on first use)")
+    up = cmd("umount", cmd_umount, "unmount a mounted store")
+    try:
+        from .mount import add_arguments
+        add_arguments(sp, up)
+    except ImportError:  # the mount needs the optional 'fuse' extra
+        sp.add_argument("store")
+        sp.add_argument("mountpoint")
+        up.add_argument("mountpoint")
+
+    sp = cmd("ingest", cmd_ingest, "store files and directories (directories keep their relative paths)")
+    sp.add_argument("store", help="store directory (created on first use)")
+    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp.add_argument("--prefix", default="", help="store everything under this directory name")
+    sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+
+    sp = cmd("ls", cmd_ls, "list stored files")
+    sp.add_argument("store")
+    sp.add_argument("prefix", nargs="?", help="only names starting with this")
+    sp.add_argument("-l", "--long", action="store_true", help="size, format and model too")
+    sp.add_argument("--errors", action="store_true", help="only files not parsed as conversations, with why")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("cat", cmd_cat, "write stored files to stdout")
+    sp.add_argument("store")
+    sp.add_argument("names", nargs="+", metavar="NAME")
+    sp.add_argument("--view", choices=("original", "text"), default="original",
+                    help="original bytes (default) or the readable transcript")
+
+    sp = cmd("rm", cmd_rm, "remove stored files (space is freed by gc)")
+    sp.add_argument("store")
+    sp.add_argument("names", nargs="+", metavar="NAME")
+
+    sp = cmd("stats", cmd_stats, "how much is stored and how much it saves")
+    sp.add_argument("store")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("verify", cmd_verify, "check every block, segment and file; exit 1 names damaged files")
+    sp.add_argument("store")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("gc", cmd_gc, "free segments no stored file uses any more")
+    sp.add_argument("store")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("compact", cmd_compact, "retrain dictionaries, repack everything at a high level, "
+             "give free space back to the disk (needs the store unmounted)")
+    sp.add_argument("store")
+    sp.add_argument("--level", type=int, default=None, help="zstd level (default 19)")
+    sp.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("stowfs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except StowError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"stowfs: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"stowfs: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

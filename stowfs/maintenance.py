@@ -1,0 +1,372 @@
+"""Whole-store work: verify, gc and compact. Each walks the store once and reports numbers."""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import struct
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+import lmdb
+
+from . import limits
+from .codec import build_pack, decode_frame, encode_frame, frame_dict_id, parse_pack, segment_hash
+from .errors import Busy, Corrupt, StowError
+from .packing import pack
+from .pieces import KIND_NAMES
+from .store import Store, ViewReader, _seg_fields, _seg_value, _u64, _U64
+
+
+def _say(enabled: bool, msg: str) -> None:
+    if enabled and sys.stderr.isatty():
+        sys.stderr.write(f"\r{msg:<70}")
+        sys.stderr.flush()
+
+
+def verify(store: Store, progress: bool = False) -> dict:
+    """Check that every block decodes, every segment matches its hash, every manifest's
+    segments exist and are counted, and every file rebuilds to its recorded SHA-256."""
+    problems: list[str] = []
+    damaged: set[str] = set()
+    bad_segments: set[bytes] = set()
+    by_block: dict[int, list[tuple[int, bytes, int]]] = defaultdict(list)
+    stored_refs: dict[bytes, int] = {}
+
+    def load_segments(txn):
+        for h, v in txn.cursor(db=store._segs):
+            block, slot, refs, _kind, length = _seg_fields(v)
+            by_block[block].append((slot, h, length))
+            stored_refs[h] = refs
+    store._read(load_segments)
+
+    block_ids = store._read(lambda txn: [_U64.unpack(k)[0] for k in txn.cursor(db=store._blocks).iternext(values=False)])
+    for n, block_id in enumerate(block_ids):
+        _say(progress, f"verify: block {n + 1}/{len(block_ids)}")
+
+        def check(txn, block_id=block_id):
+            frame = txn.get(_u64(block_id), db=store._blocks)
+            did = frame_dict_id(frame)
+            if did is not None:
+                store._dicts.ensure(did, lambda: store._dict_bytes(txn, did))
+            raw = decode_frame(frame, store._dicts)
+            return raw, parse_pack(raw)
+        try:
+            raw, offs = store._read(check)
+        except Corrupt as e:
+            problems.append(f"block {block_id}: {e}")
+            bad_segments.update(h for _, h, _ in by_block.get(block_id, ()))
+            continue
+        for slot, h, length in by_block.get(block_id, ()):
+            if slot + 1 >= len(offs) or offs[slot + 1] - offs[slot] != length \
+                    or segment_hash(raw[offs[slot]:offs[slot + 1]]) != h:
+                problems.append(f"segment {h.hex()} in block {block_id} does not match its hash")
+                bad_segments.add(h)
+    known_blocks = set(block_ids)
+    for block_id, entries in by_block.items():
+        if block_id not in known_blocks:
+            problems.append(f"block {block_id} is missing ({len(entries)} segments)")
+            bad_segments.update(h for _, h, _ in entries)
+    store._cache = type(store._cache)(store._cache.limit)  # verify reads from disk, not memory
+
+    counted: dict[bytes, int] = defaultdict(int)
+    files = 0
+    fids = store._read(lambda txn: [(k, v) for k, v in txn.cursor(db=store._names)])
+    for n, (name_b, fid_b) in enumerate(fids):
+        name = name_b.decode("utf-8", "replace")
+        _say(progress, f"verify: file {n + 1}/{len(fids)}")
+        files += 1
+        m = store._read(lambda txn: txn.get(fid_b, db=store._mans))
+        if m is None:
+            problems.append(f"{name}: manifest missing")
+            damaged.add(name)
+            continue
+        try:
+            header = store._manifest_header(m)
+            views = store._manifest_views(m)
+        except (Corrupt, ValueError, KeyError) as e:
+            problems.append(f"{name}: manifest does not decode: {e}")
+            damaged.add(name)
+            continue
+        hashes = set()
+        for pl in views.values():
+            hashes |= pl.all_hashes()
+        for h in hashes:
+            counted[h] += 1
+            if h not in stored_refs:
+                problems.append(f"{name}: segment {h.hex()} is missing")
+                damaged.add(name)
+            elif h in bad_segments:
+                damaged.add(name)
+        if name in damaged:
+            continue
+        try:
+            digest = hashlib.sha256()
+            for view in ("o", "t"):
+                r = ViewReader(store, views[view])
+                pos = 0
+                while pos < r.size:
+                    chunk = r.read(pos, 8 << 20)
+                    if not chunk:
+                        raise Corrupt("short read")
+                    if view == "o":
+                        digest.update(chunk)
+                    pos += len(chunk)
+            if digest.digest() != header["sh"]:
+                raise Corrupt("rebuilt bytes do not match the recorded SHA-256")
+        except Corrupt as e:
+            problems.append(f"{name}: {e}")
+            damaged.add(name)
+    for h, refs in stored_refs.items():
+        if refs != counted.get(h, 0):
+            problems.append(f"segment {h.hex()}: reference count {refs}, used by {counted.get(h, 0)} files")
+    _say(progress, "")
+    if progress and sys.stderr.isatty():
+        sys.stderr.write("\r")
+    return {"ok": not problems, "files": files, "segments": len(stored_refs), "blocks": len(block_ids),
+            "damaged_files": sorted(damaged), "problems": problems}
+
+
+def _pack_blocks(store: Store, txn, items, c: dict, level: int, dict_for_kind, target: int) -> list[int]:
+    """Write the segments items [(kind, hash, bytes, refs)] into new blocks, kind by kind;
+    update their segment entries. Returns the new block ids."""
+    groups: list[tuple[int, list]] = []
+    cur_kind, cur, size = None, [], 0
+    for kind, h, seg, refs in items:
+        if cur and (kind != cur_kind or size + len(seg) > target):
+            groups.append((cur_kind, cur))
+            cur, size = [], 0
+        cur_kind = kind
+        cur.append((h, seg, refs))
+        size += len(seg)
+    if cur:
+        groups.append((cur_kind, cur))
+
+    def compress(group):
+        kind, segs = group
+        did = dict_for_kind(kind)
+        raw = build_pack([s for _, s, _ in segs])
+        return encode_frame(raw, store._dicts, level, did), len(raw)
+
+    new_ids = []
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        for (kind, segs), (frame, rawlen) in zip(groups, pool.map(compress, groups)):
+            bid = store._next(txn, b"next_block")
+            txn.put(_u64(bid), frame, db=store._blocks)
+            c["blocks"] += 1
+            c["block_bytes"] += len(frame)
+            c["block_raw"] += rawlen
+            for slot, (h, seg, refs) in enumerate(segs):
+                txn.put(h, _seg_value(bid, slot, refs, kind, len(seg)), db=store._segs)
+            new_ids.append(bid)
+    return new_ids
+
+
+def _drop_block(store: Store, txn, block_id: int, c: dict) -> None:
+    frame = txn.get(_u64(block_id), db=store._blocks)
+    if frame is None:
+        return
+    raw_len = len(store._block(txn, block_id)[0])
+    txn.delete(_u64(block_id), db=store._blocks)
+    store._cache.drop(block_id)
+    c["blocks"] -= 1
+    c["block_bytes"] -= len(frame)
+    c["block_raw"] -= raw_len
+
+
+def gc(store: Store, sparse: float = 0.5) -> dict:
+    """Delete segments no file uses; delete blocks left empty; repack blocks that are
+    mostly dead. One write transaction."""
+
+    def work(txn):
+        c = store._counters(txn)
+        live: dict[int, list] = defaultdict(list)
+        dead_bytes: dict[int, int] = defaultdict(int)
+        freed = freed_bytes = 0
+        dead = []
+        for h, v in txn.cursor(db=store._segs):
+            block, slot, refs, kind, length = _seg_fields(v)
+            if refs == 0:
+                freed += 1
+                freed_bytes += length
+                dead_bytes[block] += length
+                dead.append(h)
+            else:
+                live[block].append((slot, kind, h, refs, length))
+        for h in dead:
+            txn.delete(h, db=store._segs)
+        deleted = rewritten = 0
+        moving = []
+        for block in sorted(dead_bytes):
+            entries = live.get(block, [])
+            live_bytes = sum(e[4] for e in entries)
+            if not entries:
+                _drop_block(store, txn, block, c)
+                deleted += 1
+            elif live_bytes < sparse * (live_bytes + dead_bytes[block]):
+                raw, offs = store._block(txn, block)
+                for slot, kind, h, refs, _ in sorted(entries):
+                    moving.append((kind, h, bytes(raw[offs[slot]:offs[slot + 1]]), refs))
+                _drop_block(store, txn, block, c)
+                rewritten += 1
+        if moving:
+            moving.sort(key=lambda e: e[0])
+            ingest_dict = store._ingest_dict(txn)
+            if ingest_dict is not None:
+                store._dicts.ensure(ingest_dict, lambda: store._dict_bytes(txn, ingest_dict))
+            _pack_blocks(store, txn, moving, c, limits.LEVEL_INGEST, lambda k: ingest_dict,
+                         limits.BLOCK_TARGET)
+        store._save_counters(txn, c)
+        return {"segments_freed": freed, "bytes_freed": freed_bytes, "blocks_deleted": deleted,
+                "blocks_rewritten": rewritten}
+    return store._write(work)
+
+
+def _train_per_kind(store: Store, by_kind: dict[int, list]) -> dict[int, int]:
+    """Train one dictionary per kind of content that has enough of it."""
+    import zstandard
+    out = {}
+    for kind, entries in by_kind.items():
+        total = sum(e[4] for e in entries)
+        if total < 256 << 10 or len(entries) < 32:
+            continue
+        step = max(1, int(total / limits.DICT_SAMPLE_BYTES) + 1)
+        sample_keys = entries[::step]
+        samples = store._read(lambda txn: [bytes(store._segment(txn, e[1])) for e in sample_keys
+                                           if 8 <= e[4] <= 64 << 10])
+        if len(samples) < 16:
+            continue
+        try:
+            d = zstandard.train_dictionary(limits.DICT_SIZE, samples, k=256, d=8)
+        except zstandard.ZstdError:
+            continue
+        raw = d.as_bytes()
+
+        def put(txn, kind=kind, raw=raw, n=len(samples)):
+            did = store._next(txn, b"next_dict")
+            txn.put(struct.pack(">I", did), pack({"kind": KIND_NAMES[kind], "bytes": raw,
+                                                  "created": time.time(), "samples": n}), db=store._dictdb)
+            return did
+        out[kind] = store._write(put)
+    return out
+
+
+DB_NAMES = (b"meta", b"blocks", b"segments", b"manifests", b"names", b"dicts", b"index")
+
+
+def _copy_env(store: Store, dest) -> None:
+    """Copy every database into a new environment in key order (appends: full pages, no
+    free pages), then fsync it."""
+    info = store.env.info()
+    out = lmdb.open(str(dest), map_size=info["map_size"], max_dbs=12, readahead=False, meminit=False,
+                    sync=True)
+    try:
+        with store.env.begin() as src:
+            for name in DB_NAMES:
+                sdb = store.env.open_db(name, txn=src, create=False)
+                ddb = out.open_db(name)
+                batch, size = [], 0
+                for kv in src.cursor(db=sdb):
+                    batch.append(kv)
+                    size += len(kv[0]) + len(kv[1])
+                    if len(batch) >= 8192 or size > (64 << 20):
+                        with out.begin(write=True, db=ddb) as dtx:
+                            dtx.cursor(db=ddb).putmulti(batch, append=True)
+                        batch, size = [], 0
+                if batch:
+                    with out.begin(write=True, db=ddb) as dtx:
+                        dtx.cursor(db=ddb).putmulti(batch, append=True)
+        out.sync(True)
+    finally:
+        out.close()
+
+
+def compact(path, level: int | None = None, progress: bool = False) -> dict:
+    """Rewrite every live segment into large blocks grouped by kind, at a high zstd level
+    with per-kind dictionaries; then rewrite the LMDB file without free pages. Needs the
+    store to itself (not mounted, no other stowfs process)."""
+    level = limits.LEVEL_COMPACT if level is None else level
+    store = Store(path)
+    try:
+        store._lockf.close()
+        store._lockf = store._take_lock(fcntl.LOCK_EX, "is in use by another process (mounted?); "
+                                        "unmount it first")
+        disk_before = store.disk_bytes()
+        blocks_before = store._read(lambda txn: txn.stat(store._blocks)["entries"])
+        _say(progress, "compact: collecting garbage")
+        gc(store)
+        by_kind: dict[int, list] = defaultdict(list)
+
+        def collect(txn):
+            for h, v in txn.cursor(db=store._segs):
+                block, slot, refs, kind, length = _seg_fields(v)
+                by_kind[kind].append((block, h, slot, refs, length))
+        store._read(collect)
+        for entries in by_kind.values():
+            entries.sort()
+        _say(progress, "compact: training dictionaries")
+        dicts = _train_per_kind(store, by_kind)
+
+        def repack(txn):
+            c = store._counters(txn)
+            for did in dicts.values():
+                store._dicts.ensure(did, lambda did=did: store._dict_bytes(txn, did))
+            old_blocks = [_U64.unpack(k)[0] for k in txn.cursor(db=store._blocks).iternext(values=False)]
+
+            # stream kind by kind so memory stays at a few blocks
+            for kind in sorted(by_kind):
+                _say(progress, f"compact: repacking {KIND_NAMES[kind]}")
+                batch, size = [], 0
+                for block, h, slot, refs, length in by_kind[kind]:
+                    raw, offs = store._block(txn, block)
+                    batch.append((kind, h, bytes(raw[offs[slot]:offs[slot + 1]]), refs))
+                    size += length
+                    if size >= 4 * limits.BLOCK_TARGET_COMPACT:
+                        _pack_blocks(store, txn, batch, c, level, dicts.get, limits.BLOCK_TARGET_COMPACT)
+                        batch, size = [], 0
+                if batch:
+                    _pack_blocks(store, txn, batch, c, level, dicts.get, limits.BLOCK_TARGET_COMPACT)
+            for b in old_blocks:
+                _drop_block(store, txn, b, c)
+            # rewrite the segment index in key order so its pages are full
+            rows = list(txn.cursor(db=store._segs))
+            txn.drop(store._segs, delete=False)
+            cur = txn.cursor(db=store._segs)
+            cur.putmulti(rows, append=True)
+            if dicts:
+                newest = max(dicts.values())
+                txn.put(b"ingest_dict", _u64(newest), db=store._meta)
+            store._save_counters(txn, c)
+        store._write(repack)
+        _say(progress, "compact: rewriting the store file")
+        envdir = store.path / "lmdb"
+        tmp = store.path / "lmdb.compact"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            _copy_env(store, tmp)
+        except lmdb.Error as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StowError(f"compact: copying the store failed: {e}") from None
+        store.env.close()
+        store.env = None
+        os.replace(tmp / "data.mdb", envdir / "data.mdb")
+        shutil.rmtree(tmp, ignore_errors=True)
+        dfd = os.open(envdir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    finally:
+        store.close()
+    with Store(path, readonly=True) as s2:
+        blocks_after = s2._read(lambda txn: txn.stat(s2._blocks)["entries"])
+        disk_after = s2.disk_bytes()
+    _say(progress, "")
+    if progress and sys.stderr.isatty():
+        sys.stderr.write("\r")
+    return {"disk_before": disk_before, "disk_after": disk_after, "blocks_before": blocks_before,
+            "blocks_after": blocks_after, "dictionaries": len(dicts), "level": level}

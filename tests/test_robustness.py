@@ -1,0 +1,193 @@
+"""Hostile input, crashes, corruption and concurrency, through the real CLI."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from realdata import corpus_dir
+from stowfs.store import Store
+
+CLI = [sys.executable, "-m", "stowfs"]
+
+
+def run(*args, input=None, check=True, timeout=600):
+    p = subprocess.run([*CLI, *map(str, args)], input=input, capture_output=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"stowfs {' '.join(map(str, args))} -> {p.returncode}\n{p.stderr.decode()}")
+    return p
+
+
+HOSTILE = {
+    "empty.json": b"",
+    "truncated.json": b'{"model": "gpt-4", "messages": [{"role": "user", "content": "' + b"abc " * 40,
+    "invalid-utf8.json": b'{"messages": [{"role": "user", "content": "caf\xe9 ' + b"x" * 60 + b'"}]}',
+    "binary.bin": bytes(range(256)) * 64,
+    "deep.json": b"[" * 100_000 + b"]" * 100_000,
+    "nan.json": b'{"model": "m", "messages": [{"role": "user", "content": "' + b"n" * 60 + b'"}], "t": NaN}',
+    "dupkeys.json": b'{"model": "a", "model": "b", "messages": [{"role": "user", "content": "' + b"d" * 60
+                    + b'", "content": "' + b"e" * 60 + b'"}]}',
+    "hugenum.json": b'{"messages": [], "n": ' + b"9" * 50_000 + b"}",
+    "lone-surrogate.json": b'{"messages": [{"role": "user", "content": "\\ud800 ' + b"s" * 60 + b'"}]}',
+    "bom.json": b'\xef\xbb\xbf{"model": "m", "messages": [{"role": "user", "content": "' + b"b" * 60 + b'"}]}',
+    "crlf.jsonl": b'{"a": "' + b"r" * 60 + b'"}\r\n{"a": "' + b"r" * 60 + b'"}\r\n',
+    "escapes.json": json.dumps({"messages": [{"role": "user", "content": "<tag> & \u2028 é/" * 8}]}).encode(),
+    "go-style.json": b'{"content": "\\u003ctag\\u003e \\u0026 ' + b"g" * 60 + b'"}',
+    "php-style.json": b'{"content": "http:\\/\\/example.com\\/' + b"p" * 60 + b' caf\\u00e9"}',
+    "upper-hex.json": b'{"content": "caf\\u00E9 ' + b"u" * 60 + b'"}',
+}
+
+
+def test_hostile_inputs_are_stored_losslessly_with_a_reason(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, data in HOSTILE.items():
+        (src / name).write_bytes(data)
+    store = tmp_path / "store"
+    p = run("ingest", store, src, "--json")
+    summary = json.loads(p.stdout)
+    assert summary["files"] == len(HOSTILE) and summary["failed"] == 0
+    assert b"Traceback" not in p.stderr
+    for name, data in HOSTILE.items():
+        assert run("cat", store, f"in/{name}").stdout == data, name
+    errors = run("ls", store, "--errors").stdout.decode().splitlines()
+    reasons = dict(line.split("\t", 1) for line in errors)
+    for name in ("in/empty.json", "in/truncated.json", "in/invalid-utf8.json", "in/binary.bin"):
+        assert name in reasons and reasons[name].strip(), name
+    assert run("verify", store).returncode == 0
+
+
+def test_errors_are_one_line_with_exit_codes(tmp_path):
+    store = tmp_path / "store"
+    p = run("cat", store, "nope", check=False)
+    assert p.returncode == 2 and p.stderr.decode().count("\n") == 1 and b"Traceback" not in p.stderr
+    p = run("ingest", store, tmp_path / "missing", check=False)
+    assert p.returncode == 2 and b"no such file" in p.stderr
+    p = run("rm", store, "nope", check=False)
+    assert p.returncode == 1
+
+
+def _big_jsonl(path, size: int) -> None:
+    """A session file of `size` bytes built from real Claude Code lines, each line made
+    unique (as a real long session's are) but sharing its message content."""
+    lines = (corpus_dir() / "claude-code-spotter" / "transcripts" / "tool_heavy.jsonl").read_bytes().splitlines()
+    written = i = 0
+    with open(path, "wb") as f:
+        while written < size:
+            line = lines[i % len(lines)].replace(b'"uuid":"', b'"uuid":"%08d-' % i, 1) + b"\n"
+            f.write(line)
+            written += len(line)
+            i += 1
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_one_gigabyte_file_streams_in_bounded_memory(tmp_path):
+    big = tmp_path / "big.jsonl"
+    _big_jsonl(big, 1 << 30)
+    store = tmp_path / "store"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    run("ingest", store, big, "-q")
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kb < 600 * 1024, f"ingest of 1 GiB peaked at {peak_kb // 1024} MiB (before {before // 1024})"
+    out = tmp_path / "back"
+    with open(out, "wb") as f:
+        subprocess.run([*CLI, "cat", str(store), "big.jsonl"], stdout=f, check=True, timeout=600)
+    assert _sha256(out) == _sha256(big)
+    with Store(store) as s:
+        assert s.disk_bytes() < (1 << 30) // 20   # repetitive content: stored many times smaller
+
+
+def test_kill_9_during_ingest_leaves_a_clean_store(tmp_path):
+    big = tmp_path / "big.jsonl"
+    _big_jsonl(big, 300 << 20)
+    small = corpus_dir() / "agent-history-redacted" / "claude-session-01.jsonl"
+    store = tmp_path / "store"
+    run("ingest", store, small)
+    proc = subprocess.Popen([*CLI, "ingest", str(store), str(big), "-q"])
+    time.sleep(3)
+    assert proc.poll() is None, "ingest finished before it could be killed; make the file bigger"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert run("verify", store).returncode == 0
+    names = run("ls", store).stdout.decode().split()
+    assert names == ["claude-session-01.jsonl"]
+    assert run("cat", store, "claude-session-01.jsonl").stdout == small.read_bytes()
+    run("ingest", store, big, "-q")
+    assert run("ls", store).stdout.decode().split() == ["big.jsonl", "claude-session-01.jsonl"]
+
+
+def test_corrupted_frame_is_found_and_never_read_as_wrong_bytes(tmp_path):
+    root = corpus_dir()
+    store = tmp_path / "store"
+    run("ingest", store, root / "agent-history-redacted", root / "aider-chat-history" / "examples")
+    with Store(store) as s:
+        victim = "examples/census.md"
+        r = s.reader(victim)
+        seg_hash = r._pl.skel_hashes[:16] if r._pl.skel_hashes else r._pl.hashes[:16]
+        v = s._read(lambda txn: txn.get(seg_hash, db=s._segs))
+        from stowfs.store import _seg_fields, _u64
+        block = _seg_fields(v)[0]
+        frame = s._read(lambda txn: txn.get(_u64(block), db=s._blocks))
+    data_file = store / "lmdb" / "data.mdb"
+    raw = bytearray(data_file.read_bytes())
+    at = raw.find(frame)
+    assert at >= 0
+    raw[at + len(frame) // 2] ^= 0x5A
+    data_file.write_bytes(bytes(raw))
+    p = run("verify", store, "--json", check=False)
+    assert p.returncode == 1
+    report = json.loads(p.stdout)
+    assert victim in report["damaged_files"]
+    p = run("cat", store, victim, check=False)
+    assert p.returncode == 2 and b"Traceback" not in p.stderr
+    assert len(p.stdout) < (root / "aider-chat-history" / "examples" / "census.md").stat().st_size
+    # files in other blocks still read
+    ok = run("cat", store, "agent-history-redacted/codex-session-01.jsonl", check=False)
+    if ok.returncode == 0:
+        assert ok.stdout == (root / "agent-history-redacted" / "codex-session-01.jsonl").read_bytes()
+
+
+HOLD_WRITER = """
+import sys, time, lmdb
+env = lmdb.open(sys.argv[1], max_dbs=12)
+txn = env.begin(write=True)
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+txn.abort()
+"""
+
+
+def test_readers_work_while_a_writer_holds_the_store_and_a_second_writer_waits(tmp_path):
+    root = corpus_dir()
+    store = tmp_path / "store"
+    f = root / "agent-history-redacted" / "codex-session-01.jsonl"
+    run("ingest", store, f)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITER, str(store / "lmdb"), "3"],
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"holding"
+        t0 = time.monotonic()
+        assert run("cat", store, "codex-session-01.jsonl").stdout == f.read_bytes()
+        assert time.monotonic() - t0 < 2.5, "a reader waited for the writer"
+        g = root / "agent-history-redacted" / "gemini-session-01.json"
+        run("ingest", store, g)            # waits for the writer, then succeeds
+        assert time.monotonic() - t0 >= 2.0
+        assert run("cat", store, "gemini-session-01.json").stdout == g.read_bytes()
+    finally:
+        holder.kill()
+        holder.wait()
