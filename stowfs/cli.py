@@ -87,14 +87,17 @@ def cmd_ingest(args) -> int:
     prog = Progress(len(items), sum(sizes), not args.json and not args.quiet)
     t0 = time.monotonic()
     with _open(args) as store:
-        for (src, name), size in zip(items, sizes):
-            try:
-                results.append(store.put_file(name, src, mtime=os.path.getmtime(src)))
-            except StoreFull:
-                raise
-            except StowError as e:
-                failures.append({"path": src, "error": str(e)})
-                print(f"stowfs: {src}: {e}", file=sys.stderr)
+        todo = ((name, src, os.path.getmtime(src)) for src, name in items)
+        by_name = {name: (src, size) for (src, name), size in zip(items, sizes)}
+        for name, r in store.put_many(todo):
+            src, size = by_name[name]
+            if isinstance(r, StoreFull):
+                raise r
+            if isinstance(r, StowError):
+                failures.append({"path": src, "error": str(r)})
+                print(f"stowfs: {src}: {r}", file=sys.stderr)
+            else:
+                results.append(r)
             prog.step(size)
     prog.done()
     dt = time.monotonic() - t0

@@ -86,15 +86,14 @@ def verify(store: Store, progress: bool = False) -> dict:
             continue
         try:
             header = store._manifest_header(m)
-            views = store._manifest_views(m)
+            if header["pl"] in bad_segments:
+                raise Corrupt("its piece lists are damaged")
+            views = store._read(lambda txn: store._views(txn, header))
         except (Corrupt, ValueError, KeyError) as e:
-            problems.append(f"{name}: manifest does not decode: {e}")
+            problems.append(f"{name}: {e}")
             damaged.add(name)
             continue
-        hashes = set()
-        for pl in views.values():
-            hashes |= pl.all_hashes()
-        for h in hashes:
+        for h in store._hashes(header, views):
             counted[h] += 1
             if h not in stored_refs:
                 problems.append(f"{name}: segment {h.hex()} is missing")
@@ -231,7 +230,9 @@ def _train_per_kind(store: Store, by_kind: dict[int, list]) -> dict[int, int]:
     out = {}
     for kind, entries in by_kind.items():
         total = sum(e[4] for e in entries)
-        if total < 256 << 10 or len(entries) < 32:
+        # a dictionary pays for itself only on the first ~100 KB of each block: worth its
+        # 64 KB when the kind fills several of compact's large blocks
+        if total < 4 * limits.BLOCK_TARGET_COMPACT or len(entries) < 32:
             continue
         step = max(1, int(total / limits.DICT_SAMPLE_BYTES) + 1)
         sample_keys = entries[::step]
@@ -252,6 +253,15 @@ def _train_per_kind(store: Store, by_kind: dict[int, list]) -> dict[int, int]:
             return did
         out[kind] = store._write(put)
     return out
+
+
+def _drop_unused_dicts(store: Store, txn) -> None:
+    """Delete dictionaries that no block names, except the one new blocks use."""
+    used = {frame_dict_id(f) for f in txn.cursor(db=store._blocks).iternext(keys=False)}
+    used.add(store._ingest_dict(txn))
+    for key in list(txn.cursor(db=store._dictdb).iternext(values=False)):
+        if struct.unpack(">I", key)[0] not in used:
+            txn.delete(key, db=store._dictdb)
 
 
 DB_NAMES = (b"meta", b"blocks", b"segments", b"manifests", b"names", b"dicts", b"index")
@@ -336,9 +346,7 @@ def compact(path, level: int | None = None, progress: bool = False) -> dict:
             txn.drop(store._segs, delete=False)
             cur = txn.cursor(db=store._segs)
             cur.putmulti(rows, append=True)
-            if dicts:
-                newest = max(dicts.values())
-                txn.put(b"ingest_dict", _u64(newest), db=store._meta)
+            _drop_unused_dicts(store, txn)
             store._save_counters(txn, c)
         store._write(repack)
         _say(progress, "compact: rewriting the store file")

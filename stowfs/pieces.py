@@ -17,8 +17,9 @@ from .chunker import StreamChunker
 from .packing import decode_uvarints, encode_uvarints
 
 # Segment kinds (stats and dictionaries are kept per kind).
-OTHER, SYSTEM, USER, ASSISTANT, TOOL, SKELETON, BLOB, TOKENS, VIEW = range(9)
-KIND_NAMES = ["other", "system", "user", "assistant", "tool", "skeleton", "blob", "tokens", "view"]
+OTHER, SYSTEM, USER, ASSISTANT, TOOL, SKELETON, BLOB, TOKENS, VIEW, PIECES = range(10)
+KIND_NAMES = ["other", "system", "user", "assistant", "tool", "skeleton", "blob", "tokens", "view",
+              "pieces"]
 ROLE_KIND = {"system": SYSTEM, "developer": SYSTEM, "user": USER, "human": USER,
              "assistant": ASSISTANT, "model": ASSISTANT, "gpt": ASSISTANT, "tool": TOOL}
 

@@ -9,7 +9,10 @@ Named databases (all keys and values are bytes):
     segments   BLAKE2b-128 of a segment -> uvarints (block, slot, refcount, kind, length);
                refcount = number of stored files that use the segment. A segment at
                refcount 0 stays until gc (ingesting it again revives it).
-    manifests  u64 file id -> manifest (see _encode_manifest): header + piece lists
+    manifests  u64 file id -> msgpack header: name, size, SHA-256, format, metadata, view
+               sizes, and "pl", the hash of a segment (kind "pieces") holding the piece lists
+               of the original and text views; kept in blocks like any segment, so the long
+               hash lists of similar files compress against each other
     names      path -> u64 file id
     dicts      u32 dictionary id -> msgpack {kind, bytes, trained_on, created}
     index      b"model\\0<value>\\0" + u64 file id -> b"" (likewise app, day)
@@ -40,7 +43,7 @@ from .codec import (Dictionaries, build_pack, decode_frame, encode_frame, frame_
 from .conversation import Parsed
 from .errors import Busy, Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
 from .packing import get_uvarint, pack, unpack, encode_uvarints
-from .pieces import KIND_NAMES, SKELETON, BLOB, VIEW, PieceList, PieceListBuilder, render
+from .pieces import KIND_NAMES, PIECES, VIEW, PieceList, PieceListBuilder, render
 from .splitter import build_view, content_kinds, looks_like_json, split_spans, split_stream
 
 FORMAT_VERSION = 1
@@ -469,26 +472,25 @@ class Store:
 
     # ----------------------------------------------------------------- manifests
     @staticmethod
-    def _encode_manifest(header: dict, views: dict[str, PieceList]) -> bytes:
-        import zstandard
-        head = pack(header)
-        body = zstandard.ZstdCompressor(level=3).compress(pack({k: v.to_obj() for k, v in views.items()}))
-        return encode_uvarints([len(head)]) + head + body
-
-    @staticmethod
     def _manifest_header(v: bytes) -> dict:
-        n, pos = get_uvarint(v, 0)
-        return unpack(v[pos:pos + n])
+        try:
+            return unpack(v)
+        except Exception as e:
+            raise Corrupt(f"manifest does not decode: {e}") from None
+
+    def _views(self, txn, header: dict) -> dict[str, PieceList]:
+        seg = self._segment(txn, header["pl"])
+        try:
+            return {k: PieceList.from_obj(o) for k, o in unpack(seg).items()}
+        except Exception as e:
+            raise Corrupt(f"{header.get('n')}: piece lists do not decode: {e}") from None
 
     @staticmethod
-    def _manifest_views(v: bytes) -> dict[str, PieceList]:
-        import zstandard
-        n, pos = get_uvarint(v, 0)
-        try:
-            body = zstandard.ZstdDecompressor().decompress(v[pos + n:], max_output_size=1 << 30)
-        except zstandard.ZstdError as e:
-            raise Corrupt(f"manifest does not decode: {e}") from None
-        return {k: PieceList.from_obj(o) for k, o in unpack(body).items()}
+    def _hashes(header: dict, views: dict[str, PieceList]) -> set[bytes]:
+        out = {header["pl"]}
+        for pl in views.values():
+            out |= pl.all_hashes()
+        return out
 
     @staticmethod
     def _info(h: dict) -> FileInfo:
@@ -527,6 +529,53 @@ class Store:
         return parse(data, name)
 
     def _put(self, name: str, opener, size: int, mtime: Optional[float]) -> PutResult:
+        result = self._write(self._prepare(name, opener, size, mtime))
+        self._maybe_train()
+        return result
+
+    def put_many(self, items, *, batch_files: int = 256, batch_bytes: int = 32 << 20):
+        """Store many files: items are (name, source path, mtime or None). Yields
+        (name, PutResult or StowError) in order. Files are committed in batches (one fsync
+        per batch instead of per file); each file is its own child transaction, so a file
+        that fails leaves nothing behind and does not spoil its batch, and each file is
+        either wholly stored or not at all."""
+        batch, nbytes = [], 0
+
+        def commit():
+            def work(txn):
+                out = []
+                for name, w in batch:
+                    try:
+                        with self.env.begin(write=True, parent=txn) as child:
+                            out.append((name, w(child)))
+                    except StowError as e:
+                        out.append((name, e))
+                return out
+            done = self._write(work)
+            self._maybe_train()
+            return done
+
+        for name, src, mtime in items:
+            try:
+                size = os.path.getsize(src)
+                w = self._prepare(name, lambda src=src: open(src, "rb"), size, mtime)
+            except StowError as e:
+                yield name, e
+                continue
+            except OSError as e:
+                yield name, StowError(f"cannot read {src}: {e.strerror}")
+                continue
+            batch.append((name, w))
+            nbytes += size
+            if len(batch) >= batch_files or nbytes >= batch_bytes or size > limits.MAX_PARSE_BYTES:
+                yield from commit()
+                batch, nbytes = [], 0
+        if batch:
+            yield from commit()
+
+    def _prepare(self, name: str, opener, size: int, mtime: Optional[float]):
+        """Read and parse a file (no transaction held); return the function that stores it
+        inside a write transaction."""
         name = check_name(name)
         data = None
         if size <= limits.MAX_PARSE_BYTES:
@@ -571,6 +620,7 @@ class Store:
             tb = PieceListBuilder(ing.store_segment, VIEW)
             build_view(fragments, tb, kinds)
             tpl = tb.finish()
+            pieces_hash = ing.store_segment(pack({"o": opl.to_obj(), "t": tpl.to_obj()}), PIECES)
             ing.flush()
             c = ing.c
             old = self._file_id(txn, name)
@@ -585,10 +635,10 @@ class Store:
             app = next((cv.application for cv in parsed.conversations if cv.application), None)
             header = {"n": name, "id": fid, "sz": size, "ts": tpl.size, "fm": parsed.format,
                       "ap": app, "md": models[0] if models else None, "ms": models[:16], "dy": day,
-                      "mt": float(mtime), "er": parsed.error, "sh": hf.h.digest(),
+                      "mt": float(mtime), "er": parsed.error, "sh": hf.h.digest(), "pl": pieces_hash,
                       "nm": parsed.message_count(), "nc": len(parsed.conversations),
                       "ko": [[k, ing.occ[k], ing.occ_bytes[k]] for k in sorted(ing.occ)]}
-            txn.put(_u64(fid), self._encode_manifest(header, {"o": opl, "t": tpl}), db=self._mans)
+            txn.put(_u64(fid), pack(header), db=self._mans)
             txn.put(name.encode("utf-8"), _u64(fid), db=self._names)
             for key in self._index_keys(header, fid):
                 txn.put(key, b"", db=self._index)
@@ -603,10 +653,7 @@ class Store:
             self._save_counters(txn, c)
             return PutResult(name, fid, size, ing.new_bytes, ing.dedup_bytes, parsed.format,
                              parsed.error, old is not None)
-
-        result = self._write(work)
-        self._maybe_train()
-        return result
+        return work
 
     def _check_place(self, txn, name: str) -> None:
         """name must not be a directory, and no parent of it may be a file."""
@@ -635,11 +682,7 @@ class Store:
         if v is None:
             raise Corrupt(f"manifest {fid} is missing")
         h = self._manifest_header(v)
-        views = self._manifest_views(v)
-        hashes = set()
-        for pl in views.values():
-            hashes |= pl.all_hashes()
-        for hsh in hashes:
+        for hsh in self._hashes(h, self._views(txn, h)):
             sv = txn.get(hsh, db=self._segs)
             if sv is None:
                 raise Corrupt(f"{h['n']}: segment {hsh.hex()} is missing")
@@ -689,12 +732,9 @@ class Store:
             other = self._file_id(txn, new)
             if other is not None:
                 self._unlink(txn, other, c)
-            v = txn.get(_u64(fid), db=self._mans)
-            n, pos = get_uvarint(v, 0)
-            h = unpack(v[pos:pos + n])
+            h = self._manifest_header(txn.get(_u64(fid), db=self._mans))
             h["n"] = new
-            head = pack(h)
-            txn.put(_u64(fid), encode_uvarints([len(head)]) + head + v[pos + n:], db=self._mans)
+            txn.put(_u64(fid), pack(h), db=self._mans)
             txn.delete(old.encode("utf-8"), db=self._names)
             txn.put(new.encode("utf-8"), _u64(fid), db=self._names)
             self._save_counters(txn, c)
@@ -715,8 +755,8 @@ class Store:
         name = check_name(name)
         if view not in VIEWS:
             raise InvalidName(f"unknown view {view!r} (views: {', '.join(VIEWS)})")
-        v = self._read(lambda txn: self._manifest(txn, name))
-        return ViewReader(self, self._manifest_views(v)["o" if view == "original" else "t"])
+        views = self._read(lambda txn: self._views(txn, self._manifest_header(self._manifest(txn, name))))
+        return ViewReader(self, views["o" if view == "original" else "t"])
 
     def get(self, name: str, view: str = "original") -> bytes:
         r = self.reader(name, view)
@@ -856,7 +896,9 @@ class Store:
         if sum(map(len, samples)) < 64 << 10 or len(samples) < 16:
             return None
         try:
-            d = zstandard.train_dictionary(limits.DICT_SIZE, samples, k=256, d=8)
+            total = sum(map(len, samples))
+            size = max(4 << 10, min(limits.DICT_SIZE, total // 32))
+            d = zstandard.train_dictionary(size, samples, k=256, d=8)
         except zstandard.ZstdError:
             return None
         raw = d.as_bytes()
