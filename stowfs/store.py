@@ -10,7 +10,8 @@ Named databases (all keys and values are bytes):
                refcount = number of stored files that use the segment. A segment at
                refcount 0 stays until gc (ingesting it again revives it).
     manifests  u64 file id -> msgpack header: name, size, SHA-256, format, metadata, view
-               sizes, and "pl", the hash of a segment (kind "pieces") holding the piece lists
+               sizes, and "pl", the hashes of the segments (kind "pieces", 1 MiB each at most)
+               whose bytes, joined, hold the piece lists
                of the original and text views; kept in blocks like any segment, so the long
                hash lists of similar files compress against each other
     names      path -> u64 file id
@@ -479,7 +480,8 @@ class Store:
             raise Corrupt(f"manifest does not decode: {e}") from None
 
     def _views(self, txn, header: dict) -> dict[str, PieceList]:
-        seg = self._segment(txn, header["pl"])
+        pl = header["pl"]
+        seg = b"".join(self._segment(txn, pl[i:i + 16]) for i in range(0, len(pl), 16))
         try:
             return {k: PieceList.from_obj(o) for k, o in unpack(seg).items()}
         except Exception as e:
@@ -487,7 +489,8 @@ class Store:
 
     @staticmethod
     def _hashes(header: dict, views: dict[str, PieceList]) -> set[bytes]:
-        out = {header["pl"]}
+        pl = header["pl"]
+        out = {pl[i:i + 16] for i in range(0, len(pl), 16)}
         for pl in views.values():
             out |= pl.all_hashes()
         return out
@@ -620,7 +623,10 @@ class Store:
             tb = PieceListBuilder(ing.store_segment, VIEW)
             build_view(fragments, tb, kinds)
             tpl = tb.finish()
-            pieces_hash = ing.store_segment(pack({"o": opl.to_obj(), "t": tpl.to_obj()}), PIECES)
+            blob = pack({"o": opl.to_obj(), "t": tpl.to_obj()})
+            step = limits.BLOCK_TARGET
+            pieces_hash = b"".join(ing.store_segment(blob[i:i + step], PIECES)
+                                   for i in range(0, max(len(blob), 1), step))
             ing.flush()
             c = ing.c
             old = self._file_id(txn, name)

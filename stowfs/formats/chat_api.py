@@ -184,13 +184,21 @@ class ItemsBuilder:
 
 # --- requests -------------------------------------------------------------------------
 
+def _has_role_dict(items: list) -> bool:
+    return any(isinstance(x, dict) and isinstance(x.get("role"), str) for x in items[:50])
+
+
 def request_kind(d: dict) -> Optional[str]:
-    if isinstance(d.get("messages"), list):
+    msgs = d.get("messages")
+    if isinstance(msgs, list) and (_has_role_dict(msgs) or (not msgs and "model" in d)):
         return ANTHROPIC if _looks_anthropic(d) else OPENAI_CHAT
     if isinstance(d.get("input"), (str, list)) and ("model" in d or "instructions" in d
                                                     or "previous_response_id" in d):
         return RESPONSES
-    if isinstance(d.get("contents"), list):
+    contents = d.get("contents")
+    if isinstance(contents, list) and (any(isinstance(x, dict) and "parts" in x
+                                           for x in contents[:50])
+                                       or (not contents and "model" in d)):
         return GEMINI
     return None
 
@@ -204,9 +212,11 @@ def _gemini_contents(contents: list, model: Optional[str] = None) -> list[Messag
         if not isinstance(c, dict):
             continue
         role = c.get("role")
-        role = {"model": ASSISTANT, "function": TOOL, None: USER}.get(role, role) \
-            if not isinstance(role, str) or role in ("model", "function") else role
-        if not isinstance(role, str):
+        if role == "model":
+            role = ASSISTANT
+        elif role == "function":
+            role = TOOL
+        elif not isinstance(role, str):
             role = USER
         out.append(Message(role=role, parts=content_parts(c.get("parts")),
                            model=model if role == ASSISTANT else None))
@@ -448,7 +458,7 @@ def _body(v: Any) -> Any:
     return v
 
 
-def _conversation(kind: str, req: Optional[dict], resp: Optional[_Resp]) -> Conversation:
+def build_conversation(kind: str, req: Optional[dict], resp: Optional[_Resp]) -> Conversation:
     conv = Conversation(application=APPLICATION[kind])
     if req is not None:
         conv.messages = request_messages(req, kind)
@@ -491,10 +501,10 @@ def recognise(d: dict) -> Optional[tuple[str, Conversation]]:
         if req_kind is None and resp is None:
             return None
         kind = req_kind or resp.kind  # type: ignore[union-attr]
-        conv = _conversation(kind, req if req_kind else None, resp)
+        conv = build_conversation(kind, req if req_kind else None, resp)
         for key in ("method", "uri", "url", "status", "source_file", "index"):
             v = d.get(key)
-            if isinstance(v, (str, int)) and not isinstance(v, bool):
+            if isinstance(v, str) or (type(v) is int and -2 ** 63 <= v < 2 ** 63):
                 conv.metadata[key] = v
         uri = d.get("uri") or d.get("url")
         if isinstance(uri, str):
@@ -504,8 +514,8 @@ def recognise(d: dict) -> Optional[tuple[str, Conversation]]:
         return EXCHANGE, conv
     kind = request_kind(d)
     if kind is not None:
-        return kind, _conversation(kind, d, None)
+        return kind, build_conversation(kind, d, None)
     resp = _response(d)
     if resp is not None:
-        return resp.kind, _conversation(resp.kind, None, resp)
+        return resp.kind, build_conversation(resp.kind, None, resp)
     return None

@@ -248,13 +248,17 @@ def _str(v: Any) -> Optional[str]:
     return v if isinstance(v, str) else None
 
 
+_USAGE_MAX = 2 ** 62
+
+
 def add_usage(total: dict[str, int], usage: Any) -> None:
-    """Add the top-level integer counters of a usage dict into total (nested dicts skipped)."""
+    """Add the top-level integer counters of a usage dict into total (nested dicts, floats
+    and absurd values skipped, so the sums always fit a signed 64-bit integer)."""
     if not isinstance(usage, dict):
         return
     for k, v in usage.items():
-        if type(v) is int and isinstance(k, str):
-            total[k] = total.get(k, 0) + v
+        if type(v) is int and 0 <= v < _USAGE_MAX and isinstance(k, str):
+            total[k] = min(total.get(k, 0) + v, _USAGE_MAX)
 
 
 def iso_from_unix(ts: Any) -> Optional[str]:

@@ -1,0 +1,267 @@
+"""Coding-agent session logs: Claude Code JSONL, Codex CLI rollout JSONL, Gemini CLI JSON.
+
+Each `parse_*` function takes already-decoded JSON (a list of line objects, or the session
+object) and returns one Conversation. `session_kind(lines)` tells which JSONL dialect a
+list of line objects is, if any.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Optional
+
+from ..conversation import (ASSISTANT, SYSTEM, TEXT, THINKING, TOOL, TOOL_CALL, USER,
+                            Conversation, Message, Part)
+from .chat_api import ItemsBuilder
+from .common import (add_usage, compact_json, content_parts, finish, function_response_parts,
+                     time_range)
+
+CLAUDE_CODE = "claude-code-jsonl"
+CODEX = "codex-rollout-jsonl"
+GEMINI_CLI = "gemini-cli-json"
+GEMINI_CLI_LOGS = "gemini-cli-logs"
+
+_CC_META_TYPES = {"summary", "file-history-snapshot", "queue-operation", "last-prompt",
+                  "progress", "system", "custom-title", "attachment"}
+_CODEX_TYPES = {"session_meta", "response_item", "event_msg", "turn_context", "compacted"}
+_CODEX_LEGACY_ITEMS = {"message", "function_call", "function_call_output", "reasoning",
+                       "custom_tool_call", "custom_tool_call_output", "local_shell_call"}
+
+
+def _s(v: Any) -> Optional[str]:
+    return v if isinstance(v, str) else None
+
+
+def is_claude_code_line(d: dict) -> bool:
+    t = d.get("type")
+    if t in ("user", "assistant"):
+        return isinstance(d.get("message"), dict) and (
+            "uuid" in d or "sessionId" in d or "parentUuid" in d)
+    if t in _CC_META_TYPES:
+        return any(k in d for k in ("sessionId", "leafUuid", "uuid", "messageId", "lastPrompt"))
+    return False
+
+
+def is_codex_line(d: dict) -> bool:
+    return d.get("type") in _CODEX_TYPES and "payload" in d
+
+
+def session_kind(lines: list) -> Optional[str]:
+    """CLAUDE_CODE, CODEX or None, judged on the first object lines."""
+    seen = 0
+    legacy_codex = False
+    for d in lines:
+        if not isinstance(d, dict):
+            continue
+        if is_codex_line(d):
+            return CODEX
+        if is_claude_code_line(d):
+            return CLAUDE_CODE
+        if seen == 0 and "id" in d and "timestamp" in d and "type" not in d \
+                and ("instructions" in d or "git" in d):
+            legacy_codex = True      # old Codex: header line, then bare Responses items
+        elif legacy_codex and d.get("type") in _CODEX_LEGACY_ITEMS:
+            return CODEX
+        seen += 1
+        if seen >= 20:
+            break
+    return None
+
+
+# --- Claude Code ----------------------------------------------------------------------
+
+def parse_claude_code(lines: list) -> Conversation:
+    conv = Conversation(application="claude-code")
+    msgs = conv.messages
+    stamps: list[str] = []
+    usage_by_id: dict[str, Any] = {}
+    last_id: Optional[str] = None
+    for d in lines:
+        if not isinstance(d, dict):
+            continue
+        ts = _s(d.get("timestamp"))
+        if ts:
+            stamps.append(ts)
+        if conv.id is None and isinstance(d.get("sessionId"), str):
+            conv.id = d["sessionId"]
+        for key, meta in (("cwd", "cwd"), ("gitBranch", "git_branch"), ("version", "version"),
+                          ("agentId", "agent_id"), ("slug", "slug")):
+            if meta not in conv.metadata and isinstance(d.get(key), str) and d[key]:
+                conv.metadata[meta] = d[key]
+        if d.get("isSidechain") is True:
+            conv.metadata["sidechain"] = True
+        t = d.get("type")
+        m = d.get("message")
+        if t == "assistant" and isinstance(m, dict):
+            mid = _s(m.get("id"))
+            parts = content_parts(m.get("content"))
+            model = _s(m.get("model"))
+            if mid is not None and mid == last_id and msgs and msgs[-1].role == ASSISTANT:
+                msgs[-1].parts.extend(parts)        # one API message streamed over lines
+            else:
+                msgs.append(Message(role=ASSISTANT, parts=parts, timestamp=ts, model=model))
+            last_id = mid
+            if mid is not None:
+                usage_by_id[mid] = m.get("usage")   # repeated per line: count once
+            else:
+                add_usage(conv.usage, m.get("usage"))
+            continue
+        if t == "user" and isinstance(m, dict):
+            role = m.get("role") if isinstance(m.get("role"), str) else USER
+            msgs.append(Message(role=role, parts=content_parts(m.get("content")), timestamp=ts))
+        elif t == "system" and isinstance(d.get("content"), str) and d["content"]:
+            msgs.append(Message(role=SYSTEM, parts=[Part(kind=TEXT, text=d["content"])],
+                                name=_s(d.get("subtype")), timestamp=ts))
+        elif t == "summary" and isinstance(d.get("summary"), str):
+            msgs.append(Message(role=SYSTEM, parts=[Part(kind=TEXT, text=d["summary"])],
+                                name="summary", timestamp=ts))
+        else:
+            continue
+        last_id = None
+    for u in usage_by_id.values():
+        add_usage(conv.usage, u)
+    conv.started, conv.ended = time_range(stamps)
+    return finish(conv)
+
+
+# --- Codex CLI ------------------------------------------------------------------------
+
+def parse_codex(lines: list) -> Conversation:
+    conv = Conversation(application="codex-cli")
+    b = ItemsBuilder()
+    stamps: list[str] = []
+    model: Optional[str] = None
+    events: list[Message] = []          # event_msg copies, used only if there are no items
+    have_items = False
+    for d in lines:
+        if not isinstance(d, dict):
+            continue
+        ts = _s(d.get("timestamp"))
+        if ts:
+            stamps.append(ts)
+        t, p = d.get("type"), d.get("payload")
+        if not isinstance(p, dict):
+            if t in _CODEX_LEGACY_ITEMS and b.add(d, ts, model):
+                have_items = True
+            elif "instructions" in d and conv.id is None:        # legacy header line
+                conv.id = _s(d.get("id"))
+                if isinstance(d.get("instructions"), str) and d["instructions"]:
+                    b.messages.append(Message(role=SYSTEM, parts=content_parts(
+                        d["instructions"]), name="instructions", timestamp=ts))
+            continue
+        if t == "session_meta":
+            conv.id = conv.id or _s(p.get("id") or p.get("session_id"))
+            for key in ("cwd", "cli_version", "originator", "model_provider", "source"):
+                if isinstance(p.get(key), str):
+                    conv.metadata.setdefault(key, p[key])
+            instr = p.get("base_instructions", p.get("instructions"))
+            if isinstance(instr, dict):
+                instr = instr.get("text")
+            if isinstance(instr, str) and instr and not any(
+                    m.name == "instructions" for m in b.messages):
+                b.messages.append(Message(role=SYSTEM, parts=content_parts(instr),
+                                          name="instructions", timestamp=ts))
+        elif t == "turn_context":
+            model = _s(p.get("model")) or model
+        elif t == "response_item":
+            if b.add(p, ts, model):
+                have_items = True
+        elif t == "compacted":
+            if isinstance(p.get("message"), str) and p["message"]:
+                b.messages.append(Message(role=SYSTEM, parts=content_parts(p["message"]),
+                                          name="compacted", timestamp=ts))
+        elif t == "event_msg":
+            pt = p.get("type")
+            if pt == "token_count" and isinstance(p.get("info"), dict):
+                total = p["info"].get("total_token_usage")
+                if isinstance(total, dict):        # cumulative: keep the last one
+                    conv.usage = {}
+                    add_usage(conv.usage, total)
+            elif pt in ("user_message", "agent_message") and isinstance(p.get("message"), str):
+                role = USER if pt == "user_message" else ASSISTANT
+                events.append(Message(role=role, parts=content_parts(p["message"]),
+                                      timestamp=ts, model=model if role == ASSISTANT else None))
+            elif pt == "agent_reasoning" and isinstance(p.get("text"), str):
+                events.append(Message(role=ASSISTANT, parts=[Part(kind=THINKING, text=p["text"])],
+                                      timestamp=ts, model=model))
+    conv.messages = b.messages
+    if not have_items:
+        conv.messages.extend(events)
+    conv.started, conv.ended = time_range(stamps)
+    return finish(conv, model)
+
+
+# --- Gemini CLI -----------------------------------------------------------------------
+
+def is_gemini_cli(d: dict) -> bool:
+    msgs = d.get("messages")
+    if not isinstance(d.get("sessionId"), str) or not isinstance(msgs, list):
+        return False
+    if "projectHash" in d or "startTime" in d:
+        return True
+    first = next((m for m in msgs if isinstance(m, dict)), None)
+    return first is not None and "type" in first and "role" not in first
+
+
+def parse_gemini_cli(d: dict) -> Conversation:
+    conv = Conversation(application="gemini-cli", id=d["sessionId"],
+                        started=_s(d.get("startTime")), ended=_s(d.get("lastUpdated")))
+    for key in ("projectHash", "kind"):
+        if isinstance(d.get(key), str):
+            conv.metadata[key] = d[key]
+    for m in d["messages"]:
+        if not isinstance(m, dict):
+            continue
+        t, ts = m.get("type"), _s(m.get("timestamp"))
+        if t == "user":
+            conv.messages.append(Message(role=USER, parts=content_parts(m.get("content")),
+                                         timestamp=ts))
+            continue
+        if t not in ("gemini", "model", "assistant"):
+            conv.messages.append(Message(role=SYSTEM, parts=content_parts(m.get("content")),
+                                         name=_s(t), timestamp=ts))
+            continue
+        parts: list[Part] = []
+        for th in m.get("thoughts") or []:
+            if isinstance(th, dict) and isinstance(th.get("description"), str):
+                parts.append(Part(kind=THINKING, text=th["description"],
+                                  name=_s(th.get("subject"))))
+        parts.extend(content_parts(m.get("content")))
+        results: list[Part] = []
+        calls = m.get("toolCalls") if isinstance(m.get("toolCalls"), list) else []
+        for tc in calls:
+            if not isinstance(tc, dict):
+                continue
+            parts.append(Part(kind=TOOL_CALL, name=_s(tc.get("name")), call_id=_s(tc.get("id")),
+                              text=compact_json(tc.get("args", {}))))
+            for r in tc.get("result") or []:
+                if isinstance(r, dict) and isinstance(r.get("functionResponse"), dict):
+                    results.extend(function_response_parts(r["functionResponse"]))
+        add_usage(conv.usage, m.get("tokens"))
+        conv.messages.append(Message(role=ASSISTANT, parts=parts, timestamp=ts,
+                                     model=_s(m.get("model"))))
+        if results:
+            conv.messages.append(Message(role=TOOL, parts=results, timestamp=ts))
+    return finish(conv)
+
+
+def is_gemini_cli_logs(items: list) -> bool:
+    first = next((x for x in items if isinstance(x, dict)), None)
+    return first is not None and isinstance(first.get("sessionId"), str) \
+        and "messageId" in first and "message" in first
+
+
+def parse_gemini_cli_logs(items: list) -> list[Conversation]:
+    """logs.json: [{sessionId, messageId, type, message, timestamp}] -> one per session."""
+    by_session: dict[str, Conversation] = defaultdict(lambda: Conversation(
+        application="gemini-cli"))
+    for x in items:
+        if not isinstance(x, dict) or not isinstance(x.get("sessionId"), str):
+            continue
+        conv = by_session[x["sessionId"]]
+        conv.id = x["sessionId"]
+        t = x.get("type")
+        role = USER if t == "user" else ASSISTANT if t in ("gemini", "model") else \
+            t if isinstance(t, str) else USER
+        conv.messages.append(Message(role=role, parts=content_parts(x.get("message")),
+                                     timestamp=_s(x.get("timestamp"))))
+    return [finish(c) for c in by_session.values()]

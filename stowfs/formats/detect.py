@@ -1,0 +1,237 @@
+"""Format detection by content, and the never-raising `parse` entry point.
+
+Order: empty -> not UTF-8 (binary / opaque) -> JSON document -> JSONL -> Markdown (aider)
+-> plain text. JSON values are then matched against the known shapes; anything else is
+returned as a non-conversation with a one-line reason in Parsed.error.
+
+Non-conversation labels: "empty", "binary", "opaque" (not UTF-8), "json", "jsonl", "text".
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+import json
+import re
+from collections import Counter
+from typing import Any, Optional
+
+from ..conversation import Conversation, Parsed
+from . import agent_sessions as agents
+from . import aider, chat_api, sharegpt, stowken
+
+MESSAGES_JSONL = "messages-jsonl"
+MIXED_JSONL = "mixed-jsonl"
+
+_FIRST_NON_WS = re.compile(r"[^ \t\r\n]")
+_BAD_LINES_TOLERATED = 0.01      # JSONL: skip up to 1% unparseable lines (at least one)
+
+
+def _fail(fmt: str, reason: str) -> Parsed:
+    return Parsed(format=fmt, conversations=[], error=reason)
+
+
+def _json_error(e: BaseException, prefix: str = "JSON") -> str:
+    if isinstance(e, json.JSONDecodeError):
+        msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg  # "Unterminated string starting at"
+        return f"{prefix}: {msg} at line {e.lineno} column {e.colno}"
+    if isinstance(e, RecursionError):
+        return f"{prefix}: nested too deeply"
+    msg = str(e).split(";")[0]     # int max-str-digits: keep the first clause
+    return f"{prefix}: {msg[:200]}"
+
+
+def parse(data: bytes, name: str = "") -> Parsed:
+    """Detect the format of `data` by content and parse it. Never raises.
+
+    `name` is informational only: detection never looks at it. The cyclic garbage
+    collector is paused while parsing (json.loads of a large file creates millions of
+    containers and the collector would otherwise rescan them over and over: ~3x slower);
+    nothing here creates reference cycles, and the previous state is restored.
+    """
+    with _gc_paused():
+        try:
+            return _parse(data if isinstance(data, bytes) else bytes(data))
+        except Exception as e:  # noqa: BLE001 - contract: never raise on any input
+            reason = f"parser error: {type(e).__name__}: {e}"[:240].replace("\n", " ")
+            return _fail("opaque", reason)
+
+
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause the cyclic collector while any thread is parsing; the last parser to finish
+    restores the state the first one found (a plain disable/enable pair per call would
+    let two overlapping parses leave it off for good)."""
+    global _gc_users, _gc_was_enabled
+    with _gc_lock:
+        if _gc_users == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_users += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+def _parse(data: bytes) -> Parsed:
+    if not data:
+        return _fail("empty", "empty file")
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        text = str(memoryview(data)[bom:], "utf-8")
+    except UnicodeDecodeError as e:
+        pos = e.start + bom
+        if b"\x00" in data[:8192]:
+            return _fail("binary", f"binary data (not UTF-8 text at byte {pos})")
+        return _fail("opaque", f"not valid UTF-8 at byte {pos}")
+    m = _FIRST_NON_WS.search(text)
+    if m is None:
+        return _fail("text", "only whitespace")
+    if "\x00" in text[:8192]:
+        return _fail("binary", f"binary data (NUL byte at byte {data.index(0)})")
+    if text[m.start()] in "{[":
+        return _parse_json_text(text, m.start())
+    if aider.looks_like_aider(text):
+        return aider.parse_aider(data, bom)
+    return _fail("text", "text, not a recognised conversation format")
+
+
+def _parse_json_text(text: str, start: int) -> Parsed:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":
+            eol = text.find("\n", start)
+            first = text[start:eol if eol >= 0 else len(text)]
+            try:
+                json.loads(first)
+            except (ValueError, RecursionError):
+                return _fail("opaque", _json_error(e))
+            return _parse_jsonl(text)
+        return _fail("opaque", _json_error(e))
+    except (ValueError, RecursionError) as e:
+        return _fail("opaque", _json_error(e))
+    return parse_value(value)
+
+
+# --- one JSON value -------------------------------------------------------------------
+
+def recognise_object(d: dict) -> Optional[tuple[str, Conversation]]:
+    """(format, Conversation) when one JSON object is a whole conversation."""
+    if stowken.is_stowken(d):
+        return stowken.STOWKEN, stowken.parse_stowken(d)
+    if agents.is_gemini_cli(d):
+        return agents.GEMINI_CLI, agents.parse_gemini_cli(d)
+    if sharegpt.is_sharegpt(d):
+        return sharegpt.SHAREGPT, sharegpt.parse_sharegpt(d)
+    if sharegpt.is_alpaca(d):
+        return sharegpt.ALPACA, sharegpt.parse_alpaca(d)
+    return chat_api.recognise(d)
+
+
+def _is_message(x: Any) -> bool:
+    return isinstance(x, dict) and isinstance(x.get("role"), str) and (
+        "content" in x or "tool_calls" in x)
+
+
+def _message_list(items: list) -> Parsed:
+    """A bare list of chat messages: one conversation."""
+    d = {"messages": items}
+    kind = chat_api.request_kind(d) or chat_api.OPENAI_CHAT
+    conv = chat_api.build_conversation(kind, d, None)
+    return Parsed(format=kind, conversations=[conv])
+
+
+def parse_value(value: Any) -> Parsed:
+    """Parse an already-decoded JSON document."""
+    if isinstance(value, dict):
+        if agents.is_claude_code_line(value) or agents.is_codex_line(value):
+            return _parse_lines([value])            # a one-line session log
+        found = recognise_object(value)
+        if found is not None:
+            return Parsed(format=found[0], conversations=[found[1]])
+        return _fail("json", "JSON but no recognised conversation format")
+    if isinstance(value, list):
+        if not value:
+            return _fail("json", "empty JSON array")
+        if agents.is_gemini_cli_logs(value):
+            return Parsed(format=agents.GEMINI_CLI_LOGS,
+                          conversations=agents.parse_gemini_cli_logs(value))
+        if all(map(_is_message, value)):
+            return _message_list(value)
+        labels: Counter[str] = Counter()
+        convs = []
+        for item in value:
+            found = recognise_object(item) if isinstance(item, dict) else None
+            if found is not None:
+                labels[found[0]] += 1
+                convs.append(found[1])
+        if not convs:
+            return _fail("json", "JSON array but no recognised conversation format")
+        label = labels.most_common(1)[0][0] if len(labels) == 1 else "mixed-json"
+        return Parsed(format=label, conversations=convs)
+    return _fail("json", f"JSON {type(value).__name__}, not a conversation")
+
+
+# --- JSONL ----------------------------------------------------------------------------
+
+def _parse_jsonl(text: str) -> Parsed:
+    lines = text.split("\n")
+    values: list[Any] = []
+    numbers: list[int] = []
+    bad: list[tuple[int, BaseException]] = []
+    loads = json.loads
+    for i, line in enumerate(lines):
+        if not line or line.isspace():
+            continue
+        try:
+            values.append(loads(line))
+            numbers.append(i + 1)
+        except (ValueError, RecursionError) as e:
+            bad.append((i + 1, e))
+    if bad:
+        lineno, err = bad[0]
+        if not values or len(bad) > max(1, int(len(values) * _BAD_LINES_TOLERATED)):
+            return _fail("opaque", _json_error(err, f"JSONL line {lineno}"))
+    parsed = _parse_lines(values, numbers)
+    if bad and parsed.conversations:
+        skipped = [n for n, _ in bad]
+        for conv in parsed.conversations:
+            conv.metadata["skipped_lines"] = skipped
+    return parsed
+
+
+def _parse_lines(values: list, numbers: Optional[list[int]] = None) -> Parsed:
+    kind = agents.session_kind(values)
+    if kind == agents.CLAUDE_CODE:
+        return Parsed(format=kind, conversations=[agents.parse_claude_code(values)])
+    if kind == agents.CODEX:
+        return Parsed(format=kind, conversations=[agents.parse_codex(values)])
+    labels: Counter[str] = Counter()
+    convs = []
+    for idx, value in enumerate(values):
+        found = recognise_object(value) if isinstance(value, dict) else None
+        if found is None:
+            continue
+        label, conv = found
+        labels[label] += 1
+        if numbers is not None:
+            conv.metadata["line"] = numbers[idx]
+        convs.append(conv)
+    if convs:
+        label = labels.most_common(1)[0][0] + "-jsonl" if len(labels) == 1 else MIXED_JSONL
+        return Parsed(format=label, conversations=convs)
+    if values and all(map(_is_message, values)):
+        parsed = _message_list(values)
+        parsed.format = MESSAGES_JSONL
+        return parsed
+    return _fail("jsonl", "JSONL but no recognised conversation format")
