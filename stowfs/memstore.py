@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional
 
 from .errors import Exists, InvalidName, NotFound
@@ -133,7 +133,7 @@ class MemoryStore:
                 return
             self._check_place(new)
             info, data, text = self._files.pop(old)
-            self._files[new] = (_replace_name(info, new), data, text)
+            self._files[new] = (replace(info, name=new), data, text)
             self._generation += 1
 
     # ------------------------------------------------------------------ reading
@@ -219,7 +219,3 @@ class MemoryStore:
 def _index_value(info: FileInfo, key: str) -> Optional[str]:
     return {"model": info.model, "app": info.application, "day": info.day}[key]
 
-
-def _replace_name(info: FileInfo, name: str) -> FileInfo:
-    from dataclasses import replace
-    return replace(info, name=name)

@@ -35,7 +35,6 @@ FILE_CODES = {"conversations": 0, "text": 1, "errors": 2, "link": 3}
 DIR_BASE = 1 << 62
 DIR_SPAN = 1 << 61
 INBOX_BASE = DIR_BASE + DIR_SPAN
-MAX_INO = (1 << 63) - 1
 NAME_MAX = 255
 
 

@@ -1,0 +1,597 @@
+"""The filesystem model: the store shown as a tree of inodes. No FUSE library here.
+
+    /                       root (read-only)
+    inbox/                  writable; ingested on close (inbox.py)
+    conversations/PATH      original bytes            (inode 16 + file_id*8 + 0)
+    text/PATH.txt           readable transcript       (... + 1)
+    errors/FLAT.txt         why PATH is not a conversation (... + 2)
+    by-model/MODEL/FLAT     symlink ../../conversations/PATH (... + 3); same for by-app/APP/
+                            and by-day/YYYY-MM-DD/
+    stats.json              Store.stats() as JSON
+
+FLAT is the stored path with '%' and '/' percent-encoded (names.flat), so the by-* and
+errors/ directories are flat and each entry maps back to exactly one stored path.
+
+The model is synchronous and thread-safe: the adapter (stowfs.fuse_ops) runs the calls
+that may block (open, uncached read, flush of a written file, unlink, rename, readdir
+from the start, refresh) in worker threads, and the quick ones on the event loop. Each
+store call opens and closes its own transaction. Errors are raised as OSError(errno) or
+stowfs.errors.StowError (which carry .errno); anything else is a bug.
+
+Memory: the inode table holds only what the kernel references (lookup counts, dropped by
+forget); directory listings are built per opendir from Store.listdir / index_files; the
+only other caches are the bounded LRU of decoded bytes and a few per-generation values.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from bisect import bisect_right
+from typing import Callable, Iterator, Optional
+
+from ..errors import Corrupt, InvalidName, NotFound
+from .cache import ByteLRU
+from .inbox import Inbox
+from .names import (BY_KEYS, ROOT_INO, STATS_INO, TOP, dir_ino, file_ino, fits, flat, join,
+                    link_target, split, unflat)
+from .node import DIR, FILE, LINK, Attr, DirHandle, Handle, Node, accmode_writes, fs_error
+
+log = logging.getLogger(__name__)
+
+# Files up to this size are decoded whole on open and served from the LRU; larger ones are
+# read range by range (ViewReader.read decodes only what a range touches).
+WHOLE_LIMIT = 16 << 20
+STORE_VIEWS = {"conversations": "original", "text": "text"}
+
+
+class Notifier:
+    """Where the model reports kernel cache entries that went stale. The FUSE adapter
+    forwards these to the kernel; tests record them."""
+
+    def entry(self, parent_ino: int, name: str) -> None:
+        pass
+
+
+def render_stats(stats: dict) -> bytes:
+    """stats.json: the same bytes `stowfs stats --json` prints."""
+    return (json.dumps(stats, indent=2) + "\n").encode()
+
+
+def error_text(info) -> bytes:
+    return f"{info.name}: {info.error}\n".encode("utf-8", "surrogateescape")
+
+
+def index_value(info, key: str) -> Optional[str]:
+    return {"model": info.model, "app": info.application, "day": info.day}[key]
+
+
+class Filesystem:
+    def __init__(self, store, spool_dir, *, cache_bytes: int = 64 << 20,
+                 notifier: Optional[Notifier] = None, uid: Optional[int] = None,
+                 gid: Optional[int] = None):
+        self.store = store
+        self.notifier = notifier or Notifier()
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.cache = ByteLRU(cache_bytes)
+        self.whole_limit = min(WHOLE_LIMIT, max(cache_bytes // 4, 1 << 20))
+        self.mount_time = time.time()
+        self._lock = threading.RLock()
+        self.inbox = Inbox(store, spool_dir, self._lock)
+        self._nodes: dict[int, Node] = {ROOT_INO: Node(ROOT_INO, DIR, "root", "")}
+        for name, ino in TOP.items():
+            view = "stats" if ino == STATS_INO else name
+            self._nodes[ino] = self.inbox.top if name == "inbox" else \
+                Node(ino, FILE if ino == STATS_INO else DIR, view, "")
+        self._fixed = set(self._nodes)
+        self._handles: dict[int, object] = {}
+        self._next_fh = 0
+        self._memos: dict[str, tuple[int, object]] = {}
+        self._seen_generation = store.generation
+
+    # ================================================================== inode table
+    def _node(self, ino: int) -> Node:
+        try:
+            return self._nodes[ino]
+        except KeyError:
+            raise fs_error(errno.ENOENT, f"unknown inode {ino}") from None
+
+    def remember(self, node: Node) -> Node:
+        """The kernel now holds one more reference to node (lookup, readdirplus, create)."""
+        with self._lock:
+            known = self._nodes.get(node.ino)
+            if known is None:
+                self._nodes[node.ino] = known = node
+            elif known is not node and node.view != "inbox":
+                known.path, known.info = node.path, node.info   # e.g. renamed since
+            known.nlookup += 1
+            return known
+
+    def forget(self, ino: int, n: int) -> None:
+        with self._lock:
+            node = self._nodes.get(ino)
+            if node is None or ino in self._fixed:
+                return
+            node.nlookup -= n
+            if node.nlookup <= 0:
+                del self._nodes[ino]
+
+    def known_inodes(self) -> int:
+        return len(self._nodes)
+
+    def _add_handle(self, h) -> int:
+        with self._lock:
+            self._next_fh += 1
+            self._handles[self._next_fh] = h
+            return self._next_fh
+
+    def _handle(self, fh: int):
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise fs_error(errno.EBADF) from None
+
+    # ================================================================== store helpers
+    def _info(self, path: str):
+        try:
+            return self.store.info(path)
+        except (NotFound, InvalidName):
+            return None
+
+    def _memo(self, key: str, fn: Callable):
+        """fn() cached until the store's generation changes (any process, any change)."""
+        gen = self.store.generation
+        hit = self._memos.get(key)
+        if hit is not None and hit[0] == gen:
+            return hit[1]
+        value = fn()
+        self._memos[key] = (gen, value)
+        return value
+
+    def _stats_json(self) -> bytes:
+        return self._memo("stats", lambda: render_stats(self.store.stats()))
+
+    def _index_values(self, key: str) -> set:
+        return self._memo("values:" + key, lambda: set(self.store.index_values(key)))
+
+    def _error_files(self) -> list:
+        # TODO(store): an index of errored files would avoid this scan (cached per generation).
+        return self._memo("errors", lambda: [i for i in self.store.iter_files() if i.error])
+
+    @staticmethod
+    def _file_node(view: str, info) -> Node:
+        kind = LINK if view == "link" else FILE
+        return Node(file_ino(info.file_id, view), kind, view, info.name, info)
+
+    @staticmethod
+    def _dir_node(view: str, path: str) -> Node:
+        return Node(dir_ino(view, path), DIR, view, path)
+
+    # ================================================================== attributes
+    def getattr(self, ino: int) -> Attr:
+        return self._attr(self._node(ino))
+
+    def _attr(self, node: Node) -> Attr:
+        v = node.view
+        if v == "inbox":
+            return self.inbox.attr(node)
+        if node.kind == DIR:
+            perm = 0o755 if v in ("inbox", "conversations") else 0o555
+            return Attr(node.ino, stat.S_IFDIR | perm, 0, self.mount_time)
+        if v == "stats":
+            return Attr(node.ino, stat.S_IFREG | 0o444, len(self._stats_json()), time.time(),
+                        attr_timeout=0)
+        info = node.info
+        if node.kind == LINK:
+            return Attr(node.ino, stat.S_IFLNK | 0o777, len(link_target(info.name).encode()), info.mtime)
+        size = {"conversations": info.size, "text": info.text_size}.get(v)
+        if size is None:
+            size = len(error_text(info))
+        return Attr(node.ino, stat.S_IFREG | 0o444, size, info.mtime)
+
+    def readlink(self, ino: int) -> str:
+        node = self._node(ino)
+        if node.kind != LINK:
+            raise fs_error(errno.EINVAL)
+        return link_target(node.info.name)
+
+    # ================================================================== names
+    def lookup(self, parent: int, name: str) -> tuple[Node, Attr]:
+        """Resolve name in parent; the caller must remember() the node once the kernel has it."""
+        node = self._child(self._node(parent), name)
+        return node, self._attr(node)
+
+    def _child(self, d: Node, name: str) -> Node:
+        if d.kind != DIR:
+            raise fs_error(errno.ENOTDIR)
+        v = d.view
+        if v == "root":
+            if name in TOP:
+                return self._nodes[TOP[name]]
+        elif v == "inbox":
+            return self.inbox.child(d, name)
+        elif v == "conversations":
+            path = join(d.path, name)
+            info = self._info(path)
+            if info is not None:
+                return self._file_node(v, info)
+            if self.store.is_dir(path):
+                return self._dir_node(v, path)
+        elif v == "text":
+            if name.endswith(".txt"):
+                info = self._info(join(d.path, name[:-4]))
+                if info is not None:
+                    return self._file_node(v, info)
+            path = join(d.path, name)
+            if self.store.is_dir(path):
+                return self._dir_node(v, path)
+        elif v == "errors":
+            path = unflat(name[:-4]) if name.endswith(".txt") else None
+            info = self._info(path) if path else None
+            if info is not None and info.error:
+                return self._file_node(v, info)
+        elif v in BY_KEYS:
+            key = BY_KEYS[v]
+            value = unflat(name)
+            if value is not None and not d.path:
+                if value in self._index_values(key):
+                    return self._dir_node(v, value)
+            elif value is not None:
+                info = self._info(value)
+                if info is not None and index_value(info, key) == d.path:
+                    return self._file_node("link", info)
+        raise fs_error(errno.ENOENT)
+
+    def _list(self, d: Node) -> list[tuple[str, Node]]:
+        v = d.view
+        if v == "root":
+            return [(name, self._nodes[ino]) for name, ino in TOP.items()]
+        if v == "inbox":
+            return self.inbox.list(d)
+        out = []
+        if v in ("conversations", "text"):
+            for name, info in self.store.listdir(d.path):
+                if info is None:
+                    out.append((name, self._dir_node(v, join(d.path, name))))
+                else:
+                    out.append((name + ".txt" if v == "text" else name, self._file_node(v, info)))
+        elif v == "errors":
+            out = [(flat(i.name) + ".txt", self._file_node(v, i)) for i in self._error_files()]
+        elif v in BY_KEYS:
+            key = BY_KEYS[v]
+            if not d.path:
+                out = [(flat(value), self._dir_node(v, value))
+                       for value in sorted(self._index_values(key)) if value]
+            else:
+                out = [(flat(i.name), self._file_node("link", i))
+                       for i in self.store.index_files(key, d.path)]
+        return out
+
+    # ================================================================== directories
+    def opendir(self, ino: int) -> int:
+        node = self._node(ino)
+        if node.kind != DIR:
+            raise fs_error(errno.ENOTDIR)
+        return self._add_handle(DirHandle(node))
+
+    def readdir(self, fh: int, start_id: int) -> Iterator[tuple[str, Node, Attr, int]]:
+        """Entries after start_id as (name, node, attr, next_id). Offsets are inode numbers:
+        the listing is ordered by inode, so a name created or removed while the directory
+        is being read never makes another entry appear twice or go missing. Starting at 0
+        (re)reads the directory (may block); later calls continue the same listing."""
+        dh = self._handle(fh)
+        if start_id == 0 or not dh.entries:
+            seen, entries = set(), []
+            for name, node in self._list(dh.node):
+                if name not in seen and fits(name):
+                    seen.add(name)
+                    entries.append((node.ino, name, node))
+            entries.sort(key=lambda e: e[0])
+            dh.entries, dh.inos = entries, [e[0] for e in entries]
+        return self._entries(dh, bisect_right(dh.inos, start_id))
+
+    def _entries(self, dh: DirHandle, first: int):
+        for i in range(first, len(dh.entries)):
+            ino, name, node = dh.entries[i]
+            try:
+                attr = self._attr(node)
+            except FileNotFoundError:
+                continue     # an inbox file that went away meanwhile
+            yield name, node, attr, ino
+
+    def releasedir(self, fh: int) -> None:
+        with self._lock:
+            self._handles.pop(fh, None)
+
+    # ================================================================== files
+    def open(self, ino: int, flags: int) -> tuple[int, bool, bool]:
+        """Open ino; returns (fh, keep_cache, direct_io). May decode: call off the event loop."""
+        node = self._node(ino)
+        if node.view == "inbox":
+            return self._add_handle(self.inbox.open(node, flags)), False, False
+        if node.kind == DIR:
+            raise fs_error(errno.EISDIR)
+        if accmode_writes(flags):
+            raise fs_error(errno.EACCES, "only inbox/ is writable")
+        if node.view == "stats":
+            return self._add_handle(Handle(node, data=self._stats_json())), False, True
+        if node.view == "errors":
+            return self._add_handle(Handle(node, data=error_text(node.info))), True, False
+        if node.kind != FILE:
+            raise fs_error(errno.EINVAL)
+        fid, view = node.info.file_id, STORE_VIEWS[node.view]
+        current = self._info(node.path)
+        if current is None or current.file_id != fid:
+            # Replaced or removed since the kernel looked it up: ESTALE makes the kernel
+            # look the name up again and open what it names now.
+            raise fs_error(errno.ESTALE)
+        h = Handle(node, key=(fid, view), size=current.size if view == "original" else current.text_size)
+        if self.cache.get(h.key) is None:
+            h.reader = self.store.reader(node.path, view)
+            again = self._info(node.path)
+            if again is None or again.file_id != fid or h.reader.size != h.size:
+                raise fs_error(errno.ESTALE)
+            if h.size <= self.whole_limit:
+                self._decode_whole(h)
+        return self._add_handle(h), True, False
+
+    def _decode_whole(self, h: Handle) -> bytes:
+        data = self.cache.get(h.key)
+        if data is None:
+            with h.lock:
+                if h.reader is None:
+                    h.reader = self.store.reader(h.node.path, STORE_VIEWS[h.node.view])
+                    if h.reader.size != h.size:
+                        raise fs_error(errno.ESTALE)
+                data = h.reader.read(0, h.size)
+            if len(data) != h.size:
+                raise Corrupt(f"{h.node.path}: decoded {len(data)} bytes, expected {h.size}")
+            self.cache.put(h.key, data)
+        return data
+
+    def read_cached(self, fh: int, offset: int, size: int) -> Optional[bytes]:
+        """The bytes if they can be served without I/O, else None (then call read())."""
+        h = self._handle(fh)
+        if h.data is not None:
+            return h.data[offset:offset + size]
+        if h.key is not None:
+            data = self.cache.get(h.key)
+            if data is not None:
+                return data[offset:offset + size]
+        return None
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        h = self._handle(fh)
+        if h.data is not None:
+            return h.data[offset:offset + size]
+        if h.fd >= 0:
+            return self.inbox.read(h, offset, size)
+        if h.size <= self.whole_limit:
+            return self._decode_whole(h)[offset:offset + size]
+        with h.lock:
+            if h.reader is None:
+                h.reader = self.store.reader(h.node.path, STORE_VIEWS[h.node.view])
+            return h.reader.read(offset, size)
+
+    def write(self, fh: int, offset: int, data: bytes) -> int:
+        h = self._handle(fh)
+        if h.fd < 0:
+            raise fs_error(errno.EBADF)
+        return self.inbox.write(h, offset, data)
+
+    def pending_ingest(self, fh: int) -> bool:
+        """Whether flush/release of fh will ingest (then call them off the event loop)."""
+        h = self._handles.get(fh)
+        return h is not None and h.fd >= 0 and Inbox.pending(h)
+
+    def flush(self, fh: int) -> None:
+        """close(): for a written inbox file, ingest it now, so that when close() returns
+        the file is committed and visible under conversations/."""
+        h = self._handle(fh)
+        if h.fd >= 0:
+            self._ingested(h, self.inbox.flush(h))
+
+    def fsync(self, fh: int) -> None:
+        h = self._handle(fh)
+        if h.fd >= 0:
+            os.fsync(h.fd)
+
+    def release(self, fh: int) -> None:
+        with self._lock:
+            h = self._handles.pop(fh, None)
+        if h is not None and h.fd >= 0:
+            self._ingested(h, self.inbox.release(h))
+
+    def _ingested(self, h: Handle, result) -> None:
+        if result is None:
+            return
+        path, old, new = result
+        if h.node.ingested:
+            parent, name = self.inbox.parent_of(h.node)
+            if parent:
+                self.notifier.entry(parent, name)
+        self._changed(path, old, new)
+
+    # ================================================================== changes
+    def create(self, parent: int, name: str, mode: int, flags: int) -> tuple[int, Node, Attr]:
+        d = self._writable_dir(parent)
+        h = self.inbox.create(d, name, mode, flags)
+        return self._add_handle(h), h.node, self.inbox.attr(h.node, h.fd)
+
+    def mkdir(self, parent: int, name: str, mode: int) -> tuple[Node, Attr]:
+        node = self.inbox.mkdir(self._writable_dir(parent), name, mode)
+        return node, self.inbox.attr(node)
+
+    def mknod(self, parent: int, name: str) -> None:
+        """symlink, link, mknod: only regular files and directories can be stored."""
+        self._writable_dir(parent)
+        raise fs_error(errno.EPERM, "inbox/ holds regular files and directories only")
+
+    def _writable_dir(self, parent: int) -> Node:
+        d = self._node(parent)
+        if d.kind != DIR:
+            raise fs_error(errno.ENOTDIR)
+        if d.view != "inbox":
+            raise fs_error(errno.EACCES, "only inbox/ is writable")
+        return d
+
+    def setattr(self, ino: int, fh: Optional[int] = None, *, size=None, mode=None,
+                atime_ns=None, mtime_ns=None) -> Attr:
+        """truncate, chmod, utime: inbox/ only (ownership changes are accepted and ignored)."""
+        node = self._node(ino)
+        if node.view != "inbox":
+            raise fs_error(errno.EACCES, "only inbox/ is writable")
+        h = self._handles.get(fh) if fh is not None else None
+        fd = h.fd if isinstance(h, Handle) else -1
+        return self.inbox.setattr(node, fd, size=size, mode=mode, atime_ns=atime_ns, mtime_ns=mtime_ns)
+
+    def unlink(self, parent: int, name: str) -> None:
+        """rm: in inbox/ drops the spool file; in conversations/ deletes the conversation."""
+        d = self._node(parent)
+        if d.view == "inbox":
+            self.inbox.unlink(d, name)
+            return
+        node = self._child(d, name)
+        if d.view != "conversations":
+            raise fs_error(errno.EACCES, "only conversations/ and inbox/ entries can be removed")
+        if node.kind == DIR:
+            raise fs_error(errno.EISDIR)
+        self.store.remove(node.path)
+        # Keep the kernel's entries of directories this emptied: `rm -r` rmdirs them next.
+        self._changed(node.path, node.info, None, dir_views=("text",))
+
+    def rmdir(self, parent: int, name: str) -> None:
+        d = self._node(parent)
+        if d.view == "inbox":
+            self.inbox.rmdir(d, name)
+            return
+        if d.view != "conversations":
+            self._child(d, name)
+            raise fs_error(errno.EACCES, "only conversations/ and inbox/ entries can be removed")
+        path = join(d.path, name)
+        if self._info(path) is not None:
+            raise fs_error(errno.ENOTDIR)
+        if self.store.is_dir(path):
+            raise fs_error(errno.ENOTEMPTY)
+        # A directory of conversations/ exists while a file lies under it: once its last
+        # file is removed it is gone already, which is what rmdir asked for.
+        self._gone_dirs(path)
+
+    def rename(self, p1: int, n1: str, p2: int, n2: str, *, noreplace: bool = False,
+               exchange: bool = False) -> None:
+        d1, d2 = self._node(p1), self._node(p2)
+        if exchange:
+            raise fs_error(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        if d1.view == d2.view == "inbox":
+            self.inbox.rename(d1, n1, d2, n2, noreplace)
+            return
+        src = self._child(d1, n1)
+        if d1.view != "conversations":
+            raise fs_error(errno.EACCES, "only conversations/ and inbox/ entries can be renamed")
+        if d2.view != "conversations":
+            raise fs_error(errno.EXDEV)
+        dst_path = join(d2.path, n2)
+        dst_info = self._info(dst_path)
+        if noreplace and (dst_info is not None or self.store.is_dir(dst_path)):
+            raise fs_error(errno.EEXIST)
+        if src.kind == FILE:
+            if self.store.is_dir(dst_path):
+                raise fs_error(errno.EISDIR)
+            self._move(src.info, dst_path, dst_info)
+            return
+        if dst_info is not None:
+            raise fs_error(errno.ENOTDIR)
+        if self.store.is_dir(dst_path):
+            raise fs_error(errno.ENOTEMPTY)
+        if dst_path == src.path or dst_path.startswith(src.path + "/"):
+            raise fs_error(errno.EINVAL)
+        # One store rename per file: not atomic as a whole (each file moves atomically).
+        for info in list(self.store.iter_files(src.path + "/")):
+            self._move(info, dst_path + info.name[len(src.path):], None)
+        # Directory inodes are derived from their path: the kernel's entry for the new name
+        # still holds the old directory's inode, so make it look the name up again.
+        with self._lock:
+            moved = self._nodes.get(src.ino)
+            if moved is not None:
+                moved.path = dst_path        # serves the new path until the kernel forgets it
+        parent, name = split(dst_path)
+        for view in STORE_VIEWS:
+            self.notifier.entry(dir_ino(view, parent), name)
+
+    def _move(self, info, new_path: str, replaced) -> None:
+        self.store.rename(info.name, new_path)
+        new = self._info(new_path)
+        with self._lock:   # the kernel moved its entry: the inodes now stand for new_path
+            for view in ("conversations", "text", "errors", "link"):
+                node = self._nodes.get(file_ino(info.file_id, view))
+                if node is not None and new is not None:
+                    node.path, node.info = new_path, new
+        self._changed(info.name, info, None)
+        self._changed(new_path, replaced, new)
+
+    def statfs(self):
+        return os.statvfs(self.inbox.root)
+
+    # ================================================================== invalidation
+    def _dentries(self, path: str, info) -> set[tuple[int, str]]:
+        """The kernel entries that show stored file `path` (with metadata `info`)."""
+        d, base = split(path)
+        out = {(dir_ino("conversations", d), base), (dir_ino("text", d), base + ".txt")}
+        if info is not None:
+            if info.error:
+                out.add((TOP["errors"], flat(path) + ".txt"))
+            for view, key in BY_KEYS.items():
+                value = index_value(info, key)
+                if value:
+                    out.add((dir_ino(view, value), flat(path)))
+        return out
+
+    def _changed(self, path: str, old, new, dir_views=tuple(STORE_VIEWS)) -> None:
+        """Stored file `path` changed from old to new (None: absent): tell the kernel."""
+        if old is not None and new is not None and old.file_id == new.file_id and old.name == new.name:
+            return
+        for parent, name in self._dentries(path, old) | (self._dentries(path, new) if new else set()):
+            self.notifier.entry(parent, name)
+        if new is None:
+            self._gone_dirs(split(path)[0], dir_views)
+            if old is not None:
+                for view, key in BY_KEYS.items():
+                    value = index_value(old, key)
+                    if value and value not in self._index_values(key):
+                        self.notifier.entry(TOP[view], flat(value))
+
+    def _gone_dirs(self, path: str, views=tuple(STORE_VIEWS)) -> None:
+        """Invalidate path and its ancestors in conversations/ and text/ while they no longer exist."""
+        while path and not self.store.is_dir(path):
+            parent, name = split(path)
+            for view in views:
+                self.notifier.entry(dir_ino(view, parent), name)
+            path = parent
+
+    def refresh(self) -> bool:
+        """If the store changed (this or another process), invalidate what the kernel
+        holds that no longer matches. Returns whether the generation had changed."""
+        gen = self.store.generation
+        if gen == self._seen_generation:
+            return False
+        self._seen_generation = gen
+        with self._lock:
+            nodes = [n for n in self._nodes.values()
+                     if n.ino not in self._fixed and n.view not in ("inbox", "stats")]
+        for n in nodes:
+            if n.kind == DIR:
+                if n.view in STORE_VIEWS:
+                    if not self.store.is_dir(n.path):
+                        self._gone_dirs(n.path)
+                elif n.path not in self._index_values(BY_KEYS[n.view]):
+                    self.notifier.entry(TOP[n.view], flat(n.path))
+            else:
+                current = self._info(n.path)
+                if current is None or current.file_id != n.info.file_id:
+                    self._changed(n.path, n.info, current)
+        return True

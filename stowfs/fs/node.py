@@ -1,0 +1,76 @@
+"""What the filesystem model hands out: nodes (what an inode stands for), attributes and
+open-file handles. Plain data, no I/O."""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+DIR, FILE, LINK = "dir", "file", "link"
+
+# Kernel cache lifetimes (seconds). Stored content is immutable per inode, so its entries
+# and attributes may be cached for long: the model invalidates entries when a name is
+# replaced or removed. inbox/ changes under writers; stats.json changes with the store.
+LONG = 3600.0
+INBOX_TIMEOUT = 1.0
+
+
+def fs_error(code: int, detail: str = "") -> OSError:
+    """The error the model raises: an OSError carrying the errno the kernel should see."""
+    msg = os.strerror(code)
+    return OSError(code, f"{msg}: {detail}" if detail else msg)
+
+
+@dataclass(eq=False)
+class Node:
+    """One inode: a directory, file or symlink of one view ('conversations', 'text',
+    'errors', 'by-model', ..., 'link' for the by-* symlinks, 'inbox', 'stats', 'root')."""
+    ino: int
+    kind: str
+    view: str
+    path: str                       # store path, metadata value or inbox-relative path
+    info: Any = None                # FileInfo of stored files and links
+    nlookup: int = 0                # how many references the kernel holds
+    # inbox files
+    dirty: bool = False             # written (or created, truncated, touched) since its last ingest
+    failed: int = 0                 # errno of a failed write: never ingest what we know is partial
+    writers: int = 0                # open writable handles
+    unlinked: bool = False          # removed or renamed over by the user
+    ingested: bool = False          # stored, and its spool file removed
+
+
+@dataclass
+class Attr:
+    ino: int
+    mode: int
+    size: int
+    mtime: float
+    nlink: int = 1
+    entry_timeout: float = LONG
+    attr_timeout: float = LONG
+
+
+@dataclass(eq=False)
+class Handle:
+    """An open file."""
+    node: Node
+    data: Optional[bytes] = None    # whole content fixed at open (errors/, stats.json)
+    reader: Any = None              # a store ViewReader (conversations/, text/)
+    key: Any = None                 # cache key of the decoded content
+    size: int = 0
+    fd: int = -1                    # inbox/: the spool file
+    writable: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(eq=False)
+class DirHandle:
+    node: Node
+    entries: list = field(default_factory=list)   # [(ino, name, Node)] sorted by ino
+    inos: list = field(default_factory=list)
+
+
+def accmode_writes(flags: int) -> bool:
+    return (flags & os.O_ACCMODE) != os.O_RDONLY
+

@@ -1,0 +1,418 @@
+"""`stowfs mount` and `stowfs umount`.
+
+mount checks what it can in the calling process (mount point, store, whether the store
+is already mounted), then daemonizes *before* anything opens LMDB (an environment must
+not cross fork()). The daemon opens the store, recovers the spool, mounts, and only then
+reports "ready" through a pipe; the calling process waits on that pipe, so `stowfs mount`
+returns once the mount is usable, and any error (busy store, failed mount) reaches the
+user as one line with exit code 2. SIGINT/SIGTERM/SIGHUP unmount cleanly. The daemon
+logs to STORE/mount.log (or --log FILE; stderr with -f).
+
+umount runs `fusermount3 -u` (falling back to umount(8)) and waits for the daemon to
+finish, so the store is free when it returns.
+
+Also runnable as `python -m stowfs.mount {mount,umount} ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import logging
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("stowfs.mount")
+
+READY_TIMEOUT = 120.0   # seconds the calling process waits for the daemon's mount
+LOCK_NAME = "mount.lock"
+SPOOL_NAME = "spool"
+LOG_NAME = "mount.log"
+
+
+class MountError(Exception):
+    """A failure explained in one line."""
+
+
+def _err(msg: str) -> int:
+    print(f"stowfs: error: {msg}", file=sys.stderr)
+    return 2
+
+
+# ====================================================================== arguments
+def add_arguments(mount_parser: argparse.ArgumentParser, umount_parser: argparse.ArgumentParser) -> None:
+    p = mount_parser
+    p.add_argument("store", help="store directory (a new store is created on first use)")
+    p.add_argument("mountpoint", help="empty directory to mount on")
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="stay in the foreground (log to stderr) instead of daemonizing")
+    p.add_argument("--debug", action="store_true", help="debug logging (and FUSE debug output with -f)")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
+                   help="FUSE mount options, comma-separated (e.g. allow_other); repeatable")
+    p.add_argument("--cache-mb", dest="cache_mb", type=int, default=64, metavar="MB",
+                   help="size of the cache of decoded files, in MiB (default: 64)")
+    p.add_argument("--log", metavar="FILE", help=f"daemon log file (default: STORE/{LOG_NAME})")
+    p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)   # tests: MemoryStore
+    umount_parser.add_argument("mountpoint", help="where a store is mounted")
+
+
+# ====================================================================== checks
+def _mounts() -> list[tuple[str, str, str]]:
+    """(source, mountpoint, fstype) of every mount, with /proc/mounts' octal escapes decoded."""
+    out = []
+    unescape = lambda s: re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)  # noqa: E731
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                out.append((unescape(parts[0]), unescape(parts[1]), parts[2]))
+    return out
+
+
+def mount_entry(mountpoint: str):
+    mp = os.path.abspath(mountpoint)
+    for entry in _mounts():
+        if entry[1] == mp:
+            return entry
+    return None
+
+
+def _check_mountpoint(mountpoint: str) -> str:
+    mp = os.path.abspath(mountpoint)
+    entry = mount_entry(mp)
+    if entry is not None:
+        if _is_stale(entry):
+            raise MountError(f"{mp} is a stale mount (its daemon died): run `stowfs umount {mp}` first")
+        raise MountError(f"{mp} is already mounted")
+    try:
+        os.stat(mp)
+    except FileNotFoundError:
+        raise MountError(f"mount point {mp} does not exist") from None
+    except OSError as e:
+        raise MountError(f"cannot use mount point {mp}: {e.strerror}") from None
+    if not os.path.isdir(mp):
+        raise MountError(f"mount point {mp} is not a directory")
+    return mp
+
+
+def _is_stale(entry) -> bool:
+    """Whether a FUSE mount has lost its daemon. A stat of the mount point may be answered
+    from the kernel's cache, so look up a name that cannot be cached (in a thread: a hung
+    daemon must not hang us)."""
+    if not entry[2].startswith("fuse"):
+        return False
+    pid = _daemon_pid(entry)
+    if pid and _alive(pid):
+        return False
+    result = []
+
+    def probe():
+        try:
+            os.stat(os.path.join(entry[1], f".stowfs-probe-{os.getpid()}"))
+        except OSError as e:
+            result.append(e.errno)
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(5)
+    return result == [errno.ENOTCONN]
+
+
+def _check_store(store: str, memory: bool) -> Path:
+    """The store directory; a new store is made on first use (STORE does not exist yet but
+    its parent does, or STORE is an empty directory)."""
+    path = Path(store).absolute()
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise MountError(f"no store at {path} (and no directory {path.parent} to create it in)")
+        try:
+            path.mkdir()
+        except OSError as e:
+            raise MountError(f"cannot create a store at {path}: {e.strerror}") from None
+    if not path.is_dir():
+        raise MountError(f"{path} is not a store directory")
+    if not memory and not (path / "lmdb").is_dir():
+        if any(p.name not in (SPOOL_NAME, LOG_NAME, LOCK_NAME) for p in path.iterdir()):
+            raise MountError(f"{path} is not a stowfs store (and not empty)")
+    return path
+
+
+def _lock_store(path: Path):
+    """Hold STORE/mount.lock for the life of the mount: one mount per store (the spool is
+    its alone). Raises MountError naming the holder."""
+    f = open(path / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise MountError(f"store {path} is busy: already mounted ({holder})") from None
+    return f
+
+
+def _fuse_options(args, store: Path) -> set[str]:
+    opts = {"default_permissions", "subtype=stowfs",
+            "fsname=stowfs:" + str(store).replace("\\", "\\\\").replace(",", "\\,")}
+    for group in args.options or []:
+        opts.update(o.strip() for o in group.split(",") if o.strip())
+    if args.debug and args.foreground:
+        opts.add("debug")
+    return opts
+
+
+# ====================================================================== mount
+def cmd_mount(args) -> int:
+    try:
+        mp = _check_mountpoint(args.mountpoint)
+        store = _check_store(args.store, getattr(args, "memory", False))
+        _lock_store(store).close()      # early, friendly check; the daemon takes it for real
+    except MountError as e:
+        return _err(str(e))
+    if args.foreground:
+        return _serve(args, store, mp, _report_stderr)
+    return _daemonize(args, store, mp)
+
+
+def _report_stderr(error):
+    if error:
+        print(f"stowfs: error: {error}", file=sys.stderr)
+
+
+def _daemonize(args, store: Path, mp: str) -> int:
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:   # first child: new session, then the daemon as a grandchild
+        code = 2
+        try:
+            os.close(r)
+            os.setsid()
+            if os.fork() == 0:
+                code = _daemon_child(args, store, mp, w)
+            else:
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.waitpid(pid, 0)
+    msg, deadline = b"", time.monotonic() + READY_TIMEOUT
+    with os.fdopen(r, "rb", buffering=0) as f:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([f], [], [], left)[0]:
+                return _err(f"the mount did not become ready in {READY_TIMEOUT:.0f}s (see {_log_path(args, store)})")
+            chunk = f.read(4096)
+            if not chunk:
+                break
+            msg += chunk
+    text = msg.decode("utf-8", "replace").strip()
+    if text == "ready":
+        return 0
+    if text.startswith("error: "):
+        return _err(text[len("error: "):])
+    return _err(f"the mount daemon died before the mount was ready (see {_log_path(args, store)})")
+
+
+def _log_path(args, store: Path) -> str:
+    return os.path.abspath(args.log) if getattr(args, "log", None) else str(store / LOG_NAME)
+
+
+def _daemon_child(args, store: Path, mp: str, ready_fd: int) -> int:
+    """Runs in the daemon: stdio to /dev/null and the log, then serve."""
+    os.chdir("/")
+    logf = _log_path(args, store)
+    fd = os.open(logf, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(fd, 2)      # whatever bypasses logging (a C library, a fatal error) lands in the log
+    os.close(null)
+    os.close(fd)
+
+    def report(error):
+        nonlocal ready_fd
+        if ready_fd < 0:
+            return
+        try:
+            os.write(ready_fd, b"ready\n" if error is None else f"error: {error}\n".encode())
+        finally:
+            os.close(ready_fd)
+            ready_fd = -1
+    return _serve(args, store, mp, report)
+
+
+def _setup_logging(args) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if args.debug else logging.INFO)
+    if not args.debug:
+        logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+
+
+def _serve(args, store: Path, mp: str, report) -> int:
+    """Open the store, mount, serve until unmounted or signalled. report(None) once the
+    mount is ready, report(message) if it never will be."""
+    _setup_logging(args)
+    try:
+        import pyfuse3
+        import trio
+        from .fs import Filesystem
+        from .fuse_ops import KernelNotifier, Operations, watch_store
+    except ImportError as e:
+        report(f"FUSE support is not installed ({e.name}): pip install 'stowfs[fuse]'")
+        return 2
+    from .errors import StowError
+
+    lock = st = None
+    try:
+        lock = _lock_store(store)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} at {mp}\n")
+        lock.flush()
+        cache = max(1, args.cache_mb) << 20
+        if getattr(args, "memory", False):
+            from .memstore import MemoryStore
+            st = MemoryStore(store)
+        else:
+            from .store import Store
+            st = Store(store, create=True)      # its block cache keeps its own default size
+        fs = Filesystem(st, store / SPOOL_NAME, cache_bytes=cache, notifier=KernelNotifier())
+        removed, left = fs.inbox.recover()
+        if removed or left:
+            log.info("spool recovery: %d already stored, %d left in inbox/", removed, len(left))
+        pyfuse3.init(Operations(fs), mp, _fuse_options(args, store))
+    except BaseException as e:
+        if isinstance(e, (MountError, StowError)):
+            msg = str(e)
+        elif isinstance(e, OSError):
+            msg = f"{e.filename}: {e.strerror}" if e.filename else (e.strerror or str(e))
+        elif isinstance(e, RuntimeError):
+            msg = f"cannot mount on {mp}: {e}"
+        else:
+            log.exception("mount failed")
+            msg = f"mount failed: {e!r}"
+        log.error("mount failed: %s", msg)
+        report(msg)
+        _close(st, lock)
+        return 2
+
+    log.info("mounted %s at %s (pid %d)", store, mp, os.getpid())
+    code = 0
+    try:
+        trio.run(_main, fs, report, watch_store)
+    except BaseException:
+        log.exception("the FUSE main loop failed")
+        code = 2
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+        except Exception:
+            log.exception("unmounting failed")
+        _close(st, lock)
+        log.info("unmounted %s", mp)
+    return code
+
+
+def _close(st, lock) -> None:
+    if st is not None:
+        st.close()
+    if lock is not None:
+        lock.seek(0)
+        lock.truncate()
+        lock.close()
+
+
+async def _main(fs, report, watch_store) -> None:
+    import pyfuse3
+    import trio
+
+    async def stop_on_signal():
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("%s: unmounting", signal.Signals(signum).name)
+                pyfuse3.terminate()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signal)
+        nursery.start_soon(watch_store, fs)
+        report(None)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+# ====================================================================== umount
+def cmd_umount(args) -> int:
+    mp = os.path.abspath(args.mountpoint)
+    entry = mount_entry(mp)
+    if entry is None:
+        return _err(f"{mp} is not mounted")
+    daemon = _daemon_pid(entry)
+    if shutil.which("fusermount3"):
+        cmd = ["fusermount3", "-u", mp]
+    elif shutil.which("fusermount"):
+        cmd = ["fusermount", "-u", mp]
+    else:
+        cmd = ["umount", mp]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0 and cmd[0] != "umount" and os.geteuid() == 0:
+        r = subprocess.run(["umount", mp], capture_output=True, text=True)
+    if r.returncode != 0:
+        why = (r.stderr or r.stdout).strip().splitlines()
+        why = why[-1] if why else f"{cmd[0]} failed"
+        if "busy" in why.lower():
+            why = f"{mp} is busy (a process is using it); close it and retry"
+        return _err(why)
+    if daemon:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(daemon):
+            time.sleep(0.05)
+    return 0
+
+
+def _daemon_pid(entry) -> int:
+    """The pid of the daemon serving this mount, from STORE/mount.lock (0 if unknown)."""
+    source = entry[0]
+    if not source.startswith("stowfs:"):
+        return 0
+    try:
+        text = (Path(source[len("stowfs:"):]) / LOCK_NAME).read_text()
+    except OSError:
+        return 0
+    m = re.match(r"pid (\d+) at (.*)$", text.strip())
+    return int(m.group(1)) if m and m.group(2) == entry[1] else 0
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid runs (a zombie does not: nobody may reap a double-forked daemon)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(") ")[2][:1] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stowfs.mount")
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("mount", help="mount a store")
+    u = sub.add_parser("umount", help="unmount")
+    add_arguments(m, u)
+    args = parser.parse_args(argv)
+    return cmd_mount(args) if args.command == "mount" else cmd_umount(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Shared fixtures: real mounts that never outlive a test.
+
+`mounter` starts `stowfs mount` (or `python -m stowfs.mount` until the CLI has it), waits
+for the mount with a timeout, and in teardown always runs `fusermount3 -u -z` and kills a
+daemon that is still alive. Every test mount lives under MOUNT_BASE, and stale ones from
+an earlier crashed run are swept at session start. A test fails if its daemon log shows
+a traceback or an ERROR line it did not declare as expected.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+if not CORPUS.is_dir():
+    CORPUS = Path("/work/shared/corpus")
+MOUNT_BASE = Path(tempfile.gettempdir()) / "stowfs-test-mounts"
+MOUNT_TIMEOUT = 60
+
+
+def _fuse_usable() -> bool:
+    return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
+
+
+def _stowfs_command() -> list[str]:
+    """The `stowfs` CLI once it has `mount`; the mount module directly until then."""
+    exe = Path(sys.executable).with_name("stowfs")
+    if exe.exists():
+        r = subprocess.run([str(exe), "mount", "--help"], capture_output=True, text=True)
+        if r.returncode == 0 and "--cache-mb" in r.stdout:
+            return [str(exe)]
+    return [sys.executable, "-m", "stowfs.mount"]
+
+
+def _mounts_under(base: Path) -> list[str]:
+    out = []
+    with open("/proc/mounts") as f:
+        for line in f:
+            mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[1])
+            if mp.startswith(str(base) + "/"):
+                out.append(mp)
+    return out
+
+
+def _daemon_pid(store: Path) -> int:
+    try:
+        m = re.match(r"pid (\d+)", (store / "mount.lock").read_text())
+    except OSError:
+        return 0
+    return int(m.group(1)) if m else 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def pytest_sessionstart(session):
+    """Sweep mounts a crashed earlier run left behind: those whose test session (the pid
+    in the mount point's name) is gone. Another test session running at the same time
+    keeps its mounts."""
+    for mp in _mounts_under(MOUNT_BASE):
+        owner = Path(mp).name.split("-")[0]
+        if not (owner.isdigit() and _alive(int(owner))):
+            subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
+
+
+class Mount:
+    def __init__(self, store: Path, path: Path, log: Path, cmd: list[str]):
+        self.store, self.path, self.log, self.cmd = store, path, log, cmd
+        self.pid = 0
+        self.expected_errors: list[str] = []   # regexes of log lines a test provokes on purpose
+
+    def __truediv__(self, other) -> Path:
+        return self.path / other
+
+    def start(self, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([*self.cmd, "mount", str(self.store), str(self.path), "--log", str(self.log), *extra],
+                           capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
+        if check:
+            assert r.returncode == 0, f"mount failed: {r.stderr}\n{self.log_text()}"
+            assert self.mounted(), "mount returned 0 but nothing is mounted"
+            self.pid = _daemon_pid(self.store)
+            assert self.pid and _alive(self.pid), "daemon not running after mount"
+        return r
+
+    def mounted(self) -> bool:
+        return str(self.path) in _mounts_under(MOUNT_BASE)
+
+    def umount(self) -> None:
+        r = subprocess.run([*self.cmd, "umount", str(self.path)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert not self.mounted()
+        assert not (self.pid and _alive(self.pid)), "daemon still running after umount"
+
+    def kill9(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def unexpected_log_lines(self) -> list[str]:
+        bad = []
+        for line in self.log_text().splitlines():
+            if ("Traceback" in line or " ERROR " in line or " CRITICAL " in line) and \
+                    not any(re.search(p, line) for p in self.expected_errors):
+                bad.append(line)
+        return bad
+
+    def cleanup(self) -> None:
+        if self.mounted():
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+        pid = self.pid or _daemon_pid(self.store)
+        deadline = time.monotonic() + 10
+        while pid and _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def stowfs_cmd() -> list[str]:
+    return _stowfs_command()
+
+
+@pytest.fixture
+def mounter(tmp_path, stowfs_cmd):
+    """mounter(store=None) -> an unmounted Mount; call .start(). Always cleaned up."""
+    if not _fuse_usable():
+        pytest.skip("FUSE is not available")
+    made: list[Mount] = []
+
+    def make(store: Path | None = None) -> Mount:
+        if store is None:
+            store = tmp_path / f"store{len(made)}"
+            store.mkdir()
+        MOUNT_BASE.mkdir(exist_ok=True)
+        mp = MOUNT_BASE / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        mp.mkdir()
+        m = Mount(store, mp, tmp_path / f"daemon{len(made)}.log", stowfs_cmd)
+        made.append(m)
+        return m
+
+    try:
+        yield make
+    finally:
+        for m in made:
+            m.cleanup()
+    problems = [line for m in made for line in m.unexpected_log_lines()]
+    if problems:
+        pytest.fail("daemon log shows unexpected errors:\n" + "\n".join(problems[:20]) +
+                    "\n--- full log ---\n" + "\n".join(m.log_text()[-6000:] for m in made))
+
+
+@pytest.fixture
+def mount(mounter) -> Mount:
+    m = mounter()
+    m.start()
+    return m

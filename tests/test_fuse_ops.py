@@ -1,0 +1,148 @@
+"""The pyfuse3 adapter, called directly (no mount): replies, errno mapping, robustness."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from types import SimpleNamespace
+
+import pytest
+
+pyfuse3 = pytest.importorskip("pyfuse3")
+import trio  # noqa: E402
+
+from stowfs import fuse_ops  # noqa: E402
+from stowfs.errors import Busy, Corrupt, StoreFull  # noqa: E402
+from stowfs.fs import Filesystem  # noqa: E402
+from stowfs.fs.names import ROOT_INO, TOP  # noqa: E402
+from stowfs.memstore import MemoryStore  # noqa: E402
+from test_fs_model import Recorder, analyze, conv  # noqa: E402
+
+
+@pytest.fixture
+def store():
+    return MemoryStore(analyze=analyze)
+
+
+@pytest.fixture
+def ops(store, tmp_path):
+    return fuse_ops.Operations(Filesystem(store, tmp_path / "spool", notifier=Recorder()))
+
+
+def call(fn, *args):
+    return trio.run(lambda: fn(*args))
+
+
+def fuse_errno(fn, *args) -> int:
+    with pytest.raises(pyfuse3.FUSEError) as ei:
+        call(fn, *args)
+    return ei.value.errno
+
+
+def lookup_path(ops, path: str) -> pyfuse3.EntryAttributes:
+    attr = ops.fs.getattr(ROOT_INO)
+    ino = ROOT_INO
+    for part in path.split("/"):
+        attr = call(ops.lookup, ino, part.encode(), None)
+        ino = attr.st_ino
+    return attr
+
+
+def test_lookup_getattr_read(ops, store):
+    data = conv("hello")
+    store.put("d/x.json", data)
+    attr = lookup_path(ops, "conversations/d/x.json")
+    assert stat.S_ISREG(attr.st_mode) and attr.st_size == len(data)
+    assert attr.entry_timeout >= 60 and attr.attr_timeout >= 60      # immutable: cache long
+    assert call(ops.getattr, attr.st_ino, None).st_size == len(data)
+    fi = call(ops.open, attr.st_ino, os.O_RDONLY, None)
+    assert fi.keep_cache and not fi.direct_io
+    assert call(ops.read, fi.fh, 0, 100000) == data
+    assert call(ops.read, fi.fh, 5, 3) == data[5:8]
+    call(ops.flush, fi.fh)
+    call(ops.release, fi.fh)
+    link = lookup_path(ops, "by-model/m-1/d%2Fx.json")
+    assert call(ops.readlink, link.st_ino, None) == b"../../conversations/d/x.json"
+
+
+def test_errno_mapping(ops, store, monkeypatch):
+    store.put("x.json", conv("x"))
+    assert fuse_errno(ops.lookup, TOP["conversations"], b"nope", None) == errno.ENOENT
+    ino = lookup_path(ops, "conversations/x.json").st_ino
+    assert fuse_errno(ops.open, ino, os.O_WRONLY, None) == errno.EACCES
+    assert fuse_errno(ops.mkdir, TOP["text"], b"d", 0o755, None) == errno.EACCES
+    assert fuse_errno(ops.symlink, TOP["inbox"], b"l", b"t", None) == errno.EPERM
+    assert fuse_errno(ops.link, ino, TOP["inbox"], b"l", None) == errno.EPERM
+    assert fuse_errno(ops.mknod, TOP["conversations"], b"n", stat.S_IFIFO, 0, None) == errno.EACCES
+    assert fuse_errno(ops.unlink, TOP["text"], b"x.json.txt", None) == errno.EACCES
+    assert fuse_errno(ops.rename, TOP["conversations"], b"x.json", TOP["inbox"], b"y", 0, None) == errno.EXDEV
+    assert fuse_errno(ops.rename, TOP["conversations"], b"x.json", TOP["conversations"], b"y",
+                      pyfuse3.RENAME_EXCHANGE, None) == errno.EINVAL
+    assert fuse_errno(ops.getattr, 123456, None) == errno.ENOENT
+    assert fuse_errno(ops.read, 999, 0, 10) == errno.EBADF
+    for exc, code in ((Busy("busy"), errno.EBUSY), (StoreFull("full"), errno.ENOSPC)):
+        monkeypatch.setattr(ops.fs.store, "info", lambda *a, e=exc: (_ for _ in ()).throw(e))
+        assert fuse_errno(ops.lookup, TOP["conversations"], b"x.json", None) == code
+
+
+def test_no_exception_escapes(ops, store, monkeypatch, caplog):
+    store.put("x.json", conv("x"))
+
+    def bug(*a):
+        raise ValueError("a bug")
+    monkeypatch.setattr(ops.fs.store, "info", bug)
+    with caplog.at_level(logging.ERROR, logger="stowfs.fuse_ops"):
+        assert fuse_errno(ops.lookup, TOP["conversations"], b"x.json", None) == errno.EIO
+    assert "a bug" in caplog.text and "Traceback" in caplog.text
+    monkeypatch.setattr(ops.fs.store, "info", lambda *a: (_ for _ in ()).throw(Corrupt("bad frame")))
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="stowfs.fuse_ops"):
+        assert fuse_errno(ops.lookup, TOP["conversations"], b"x.json", None) == errno.EIO
+    assert "bad frame" in caplog.text
+
+
+def test_inbox_create_write_flush_ingests(ops, store):
+    fi, attr = call(ops.create, TOP["inbox"], b"new.json", 0o644, os.O_WRONLY | os.O_CREAT, None)
+    assert not fi.keep_cache and attr.st_size == 0
+    data = conv("written")
+    assert call(ops.write, fi.fh, 0, data) == len(data)
+    fields = SimpleNamespace(update_size=False, update_mode=True, update_atime=False,
+                             update_mtime=True, update_uid=False, update_gid=False)
+    new = pyfuse3.EntryAttributes()
+    new.st_mode, new.st_mtime_ns = stat.S_IFREG | 0o640, 1_600_000_000 * 10**9
+    assert call(ops.setattr, attr.st_ino, new, fields, fi.fh, None).st_size == len(data)
+    call(ops.flush, fi.fh)                      # close() returns: stored
+    assert store.get("new.json") == data
+    assert store.info("new.json").mtime == 1_600_000_000
+    call(ops.release, fi.fh)
+    assert (TOP["inbox"], "new.json") in ops.fs.notifier.entries
+
+
+def test_readdir_resumes_and_counts_lookups(ops, store, monkeypatch):
+    for i in range(10):
+        store.put(f"f{i}.json", conv(str(i)))
+    got = []
+
+    def reply(token, name, attr, next_id):
+        if len(got) >= token:                  # token: how many entries fit this time
+            return False
+        got.append((name, attr.st_ino, next_id))
+        return True
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    fh = call(ops.opendir, TOP["conversations"], None)
+    before = ops.fs.known_inodes()
+    call(ops.readdir, fh, 0, 4)
+    assert len(got) == 4 and ops.fs.known_inodes() == before + 4
+    call(ops.readdir, fh, got[-1][2], 100)
+    call(ops.releasedir, fh)
+    names = [g[0] for g in got]
+    assert sorted(names) == sorted(f"f{i}.json".encode() for i in range(10))
+    assert [g[1] for g in got] == sorted(g[1] for g in got)          # offsets: inode order
+    call(ops.forget, [(ino, 1) for _, ino, _ in got])
+    assert ops.fs.known_inodes() == before
+
+
+def test_statfs(ops):
+    st = call(ops.statfs, None)
+    assert st.f_bsize > 0 and st.f_namemax >= 255

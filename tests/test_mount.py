@@ -1,0 +1,356 @@
+"""Mounted end to end: real `stowfs mount`, real cp / cat / cmp / grep / ls / rm / mv."""
+from __future__ import annotations
+
+import errno
+import filecmp
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CORPUS, _alive
+
+pytestmark = pytest.mark.mount
+
+
+def run(*cmd, check=True, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120, **kw)
+    if check:
+        assert r.returncode == 0, f"{cmd}: {r.stderr}"
+    return r
+
+
+def corpus_files() -> list[Path]:
+    return sorted(p for p in CORPUS.rglob("*") if p.is_file())
+
+
+def sharegpt_files(dest: Path, n: int) -> list[Path]:
+    """n real ShareGPT conversations from the corpus, one file each."""
+    items = json.loads((CORPUS / "sharegpt-v3-subset" / "sharegpt_v3_first_1366.json").read_bytes())
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, item in enumerate(items[:n]):
+        p = dest / f"conv{i:04d}.json"
+        p.write_text(json.dumps(item, indent=1))
+        out.append(p)
+    return out
+
+
+def wait_for(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def store_files(store: Path) -> dict:
+    from stowfs.store import Store
+    with Store(store) as s:
+        return {i.name: i for i in s.iter_files()}
+
+
+# ---------------------------------------------------------------------- the corpus
+def test_cp_corpus_then_cmp_and_grep(mount):
+    run("cp", "-r", CORPUS, mount / "inbox" / "corpus")
+    for src in corpus_files():
+        rel = src.relative_to(CORPUS)
+        run("cmp", src, mount / "conversations" / "corpus" / rel)
+    # nothing left in inbox/ but the directories cp made
+    assert [p for p in (mount / "inbox").rglob("*") if p.is_file()] == []
+    hits = run("grep", "-rl", "doesnt seem to start", mount / "text").stdout.split()
+    rels = {str(Path(h).relative_to(mount / "text")) for h in hits}
+    assert "corpus/claude-code-spotter/transcripts/short.jsonl.txt" in rels
+    for rel in rels:
+        assert b"doesnt seem to start" in (CORPUS / rel[len("corpus/"):-len(".txt")]).read_bytes()
+    # every by-* link resolves to a conversation; errors/ names real files
+    for top in ("by-model", "by-app", "by-day"):
+        links = [p for p in (mount / top).rglob("*") if p.is_symlink()]
+        assert links, top
+        for link in links:
+            assert os.readlink(link).startswith("../../conversations/")
+            assert link.resolve().is_file()
+    assert any((mount / "by-app").iterdir())
+    for e in (mount / "errors").iterdir():
+        assert e.read_text().strip()
+    # stat sizes are exact (no decode to stat)
+    for src in corpus_files()[:20]:
+        rel = src.relative_to(CORPUS)
+        assert (mount / "conversations" / "corpus" / rel).stat().st_size == src.stat().st_size
+    mount.umount()
+    # the mount and the store agree byte for byte
+    from stowfs.store import Store
+    mount.start()
+    with Store(mount.store, readonly=True) as s:
+        for info in list(s.iter_files())[:40]:
+            assert (mount / "text" / (info.name + ".txt")).read_bytes() == s.get(info.name, "text")
+            assert (mount / "conversations" / info.name).read_bytes() == s.get(info.name)
+
+
+def test_large_files_read_in_ranges(mounter):
+    m = mounter()
+    m.start("--cache-mb", "4")       # whole-file decode limit ~1 MiB: ranges are decoded
+    big = [CORPUS / "sharegpt-v3-subset" / "sharegpt_v3_first_1366.json",
+           CORPUS / "aider-chat-history" / "chat-history.md"]
+    for src in big:
+        run("cp", src, m / "inbox")
+    for src in big:
+        run("cmp", src, m / "conversations" / src.name)
+        with open(m / "conversations" / src.name, "rb") as f:   # random access
+            f.seek(src.stat().st_size // 2)
+            assert f.read(5000) == src.read_bytes()[src.stat().st_size // 2:][:5000]
+
+
+# ---------------------------------------------------------------------- concurrency
+def test_parallel_writers_and_readers(mount, tmp_path):
+    files = sharegpt_files(tmp_path / "src", 240)
+    groups = [files[i::4] for i in range(4)]
+    for i, g in enumerate(groups):
+        (mount / "inbox" / f"w{i}").mkdir()
+    stop = threading.Event()
+    reader_errors = []
+
+    def reader():
+        while not stop.is_set():
+            for cmd in (["ls", "-R", mount / "conversations"], ["cat", mount / "stats.json"]):
+                r = run(*cmd, check=False)
+                if r.returncode:
+                    reader_errors.append(r.stderr)
+            for p in list((mount / "conversations").rglob("*.json"))[:20]:
+                r = run("cat", p, check=False)
+                if r.returncode:
+                    reader_errors.append(r.stderr)
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        writers = [subprocess.Popen(["cp", *map(str, g), str(mount / "inbox" / f"w{i}")],
+                                    stderr=subprocess.PIPE, text=True) for i, g in enumerate(groups)]
+        for w in writers:
+            _, err = w.communicate(timeout=180)
+            assert w.returncode == 0, err
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert reader_errors == []
+    for i, g in enumerate(groups):
+        for src in g:
+            assert filecmp.cmp(src, mount / "conversations" / f"w{i}" / src.name, shallow=False)
+    assert sorted(p.name for p in (mount / "inbox").rglob("*")) == ["w0", "w1", "w2", "w3"]
+    assert json.loads((mount / "stats.json").read_text())["files"] == len(files)
+
+
+WRITER = textwrap.dedent("""
+    import os, sys
+    src, dest = sys.argv[1], sys.argv[2]
+    for name in sorted(os.listdir(src)):
+        data = open(os.path.join(src, name), "rb").read()
+        try:
+            fd = os.open(os.path.join(dest, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            for off in range(0, len(data), 4096):
+                os.write(fd, data[off:off + 4096])
+            os.close(fd)
+        except OSError:
+            break
+        print(name, flush=True)
+""")
+
+
+def test_kill9_during_writes_then_remount(mounter, tmp_path):
+    m = mounter()
+    m.start()
+    src = tmp_path / "src"
+    files = {p.name: p for p in sharegpt_files(src, 400)}
+    w = subprocess.Popen([sys.executable, "-c", WRITER, str(src), str(m / "inbox")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    closed = []
+    for line in w.stdout:
+        closed.append(line.strip())
+        if len(closed) == 60:
+            m.expected_errors.append(".")      # the daemon dies mid-request: anything goes
+            m.kill9()
+            break
+    w.kill()
+    w.communicate()
+    assert not m.mounted() and not _alive(m.pid)
+    m.start()
+    for name in closed:                       # every file whose close() returned: there, intact
+        assert filecmp.cmp(files[name], m / "conversations" / name, shallow=False), name
+    for name, p in files.items():             # the rest: intact, or still in inbox/, never half-stored
+        stored = m / "conversations" / name
+        if stored.exists():
+            assert filecmp.cmp(p, stored, shallow=False), name
+        elif (m / "inbox" / name).exists():
+            assert p.read_bytes().startswith((m / "inbox" / name).read_bytes())
+    m.expected_errors.clear()
+    m.umount()
+
+
+# ---------------------------------------------------------------------- changes
+def test_rm_replace_rename(mount, tmp_path):
+    a, b = sharegpt_files(tmp_path / "src", 2)
+    (mount / "inbox" / "d").mkdir()
+    run("cp", a, mount / "inbox" / "d" / "x.json")
+    x = mount / "conversations" / "d" / "x.json"
+    assert x.read_bytes() == a.read_bytes()       # now in the kernel page cache
+    text_before = (mount / "text" / "d" / "x.json.txt").read_bytes()
+    # replace: the same path written again shows the new bytes at once
+    run("cp", b, mount / "inbox" / "d" / "x.json")
+    assert x.read_bytes() == b.read_bytes()
+    assert (mount / "text" / "d" / "x.json.txt").read_bytes() != text_before
+    # rename, then rename a directory
+    run("mv", x, mount / "conversations" / "d" / "y.json")
+    assert not x.exists()
+    assert (mount / "conversations" / "d" / "y.json").read_bytes() == b.read_bytes()
+    assert (mount / "text" / "d" / "y.json.txt").exists()
+    run("mv", mount / "conversations" / "d", mount / "conversations" / "e")
+    assert (mount / "conversations" / "e" / "y.json").read_bytes() == b.read_bytes()
+    assert not (mount / "conversations" / "d").exists()
+    # rm -r removes the conversations and their directory
+    run("rm", "-r", mount / "conversations" / "e")
+    assert list((mount / "conversations").iterdir()) == []
+    assert list((mount / "text").iterdir()) == []
+    assert list((mount / "by-day").iterdir()) == []
+    # inbox: mkdir persists, rename within inbox, rm
+    (mount / "inbox" / "keep" / "sub").mkdir(parents=True)
+    assert (mount / "inbox" / "keep" / "sub").is_dir()
+    run("mv", mount / "inbox" / "keep", mount / "inbox" / "kept")
+    assert (mount / "inbox" / "kept" / "sub").is_dir()
+    run("rmdir", mount / "inbox" / "kept" / "sub")
+
+
+def test_read_only_places(mount, tmp_path):
+    (a,) = sharegpt_files(tmp_path / "src", 1)
+    run("cp", a, mount / "inbox" / "a.json")
+    for cmd, path in ((["touch"], "conversations/a.json"), (["mkdir"], "text/d"),
+                      (["touch"], "stats.json"), (["rm", "-f"], "text/a.json.txt"),
+                      (["touch"], "conversations/new.json"), (["mkdir"], "conversations/d"),
+                      (["ln", "-s", "x"], "inbox/link")):
+        r = run(*cmd, mount / path, check=False)
+        assert r.returncode != 0, (cmd, path)
+        assert "Permission denied" in r.stderr or "Operation not permitted" in r.stderr, r.stderr
+    with pytest.raises(PermissionError):
+        open(mount / "conversations" / "a.json", "r+b")
+    with pytest.raises(OSError) as ei:
+        os.rename(mount / "inbox", mount / "conversations" / "x")
+    assert ei.value.errno in (errno.EACCES, errno.EXDEV)
+
+
+def test_errors_entry_and_stats(mount, tmp_path):
+    before = json.loads((mount / "stats.json").read_text())
+    p = tmp_path / "notes.bin"
+    p.write_bytes(bytes(range(256)) * 10)
+    run("cp", p, mount / "inbox")
+    assert (mount / "conversations" / "notes.bin").read_bytes() == p.read_bytes()
+    err = mount / "errors" / "notes.bin.txt"
+    assert err.is_file() and "notes.bin" in err.read_text()
+    after = json.loads((mount / "stats.json").read_text())
+    assert after != before and after["files"] == before["files"] + 1
+
+
+def test_other_process_ingest_is_seen(mount, tmp_path):
+    from stowfs.store import Store
+    a, b = sharegpt_files(tmp_path / "src", 2)
+    run("cp", a, mount / "inbox" / "x.json")
+    x = mount / "conversations" / "x.json"
+    assert x.read_bytes() == a.read_bytes()
+    with Store(mount.store) as s:                # like `stowfs ingest` while mounted
+        s.put_file("x.json", str(b))
+        s.put_file("other.json", str(a))
+    assert wait_for(lambda: x.read_bytes() == b.read_bytes(), 5)
+    assert (mount / "conversations" / "other.json").read_bytes() == a.read_bytes()
+
+
+# ---------------------------------------------------------------------- mount and umount
+def test_mount_errors_are_one_line(mounter, tmp_path):
+    m = mounter(tmp_path / "missing" / "store")
+    r = m.start(check=False)
+    assert r.returncode == 2 and r.stderr.startswith("stowfs: error: ") and r.stderr.count("\n") == 1
+    assert "no store" in r.stderr
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file.txt").write_text("not a store")
+    r = mounter(tmp_path / "junk").start(check=False)
+    assert r.returncode == 2 and "not a stowfs store" in r.stderr
+    fresh = mounter(tmp_path / "new-store")   # first use: created
+    fresh.start()
+    fresh.umount()
+    m = mounter()
+    m.start()
+    other = mounter(m.store)                    # the same store again: busy
+    r = other.start(check=False)
+    assert r.returncode == 2 and "busy" in r.stderr and r.stderr.count("\n") == 1
+    r = run(*m.cmd, "mount", m.store, m.path, check=False)   # already mounted there
+    assert r.returncode == 2 and "already mounted" in r.stderr
+    m.expected_errors.append(".")
+    os.kill(m.pid, signal.SIGKILL)              # a crashed daemon leaves a stale mount
+    assert wait_for(lambda: not _alive(m.pid))
+    fresh_store = tmp_path / "another"
+    fresh_store.mkdir()
+    r = run(*m.cmd, "mount", fresh_store, m.path, check=False)
+    assert r.returncode == 2 and "stale" in r.stderr and r.stderr.count("\n") == 1
+    run(*m.cmd, "umount", m.path)               # umount clears a stale mount
+    assert not m.mounted()
+    r = run(*m.cmd, "umount", m.path, check=False)
+    assert r.returncode == 2 and "not mounted" in r.stderr
+
+
+def test_sigterm_unmounts_cleanly(mount):
+    run("cp", CORPUS / "claude-code-spotter" / "transcripts" / "short.jsonl", mount / "inbox")
+    os.kill(mount.pid, signal.SIGTERM)
+    assert wait_for(lambda: not mount.mounted() and not _alive(mount.pid), 10)
+    assert "SIGTERM: unmounting" in mount.log_text()
+    mount.start()
+    assert (mount / "conversations" / "short.jsonl").stat().st_size > 0
+    mount.umount()
+
+
+def test_mount_and_cli_agree(mount, tmp_path):
+    cli = Path(sys.executable).with_name("stowfs")
+    if not cli.exists():
+        pytest.skip("the stowfs CLI is not installed")
+    src = CORPUS / "claude-code-spotter" / "transcripts"
+    run("cp", "-r", src, mount / "inbox" / "t")
+    names = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
+    for name in names:
+        for view, path in (("original", mount / "conversations" / "t" / name),
+                           ("text", mount / "text" / "t" / (name + ".txt"))):
+            out = subprocess.run([cli, "cat", "--view", view, mount.store, f"t/{name}"],
+                                 capture_output=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            assert out.stdout == path.read_bytes(), (view, name)
+    cli_stats = json.loads(run(cli, "stats", "--json", mount.store).stdout)
+    mount_stats = json.loads((mount / "stats.json").read_text())
+    on_disk = {"disk_bytes", "ratio", "savings_percent"}     # the daemon's log grows meanwhile
+    assert {k: v for k, v in cli_stats.items() if k not in on_disk} == \
+        {k: v for k, v in mount_stats.items() if k not in on_disk}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_disk_full_gives_enospc(mounter, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    run("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", small)
+    try:
+        m = mounter(small / "store")
+        m.start()
+        big = CORPUS / "sharegpt-v3-subset" / "sharegpt_v3_first_1366.json"
+        r = run("cp", big, m / "inbox", check=False)
+        assert r.returncode != 0 and "No space left on device" in r.stderr
+        assert not (m / "conversations" / big.name).exists()      # nothing half-stored
+        run("rm", m / "inbox" / big.name)                          # the partial spool file
+        ok = CORPUS / "claude-code-spotter" / "transcripts" / "short.jsonl"
+        run("cp", ok, m / "inbox")                                 # and the mount goes on
+        run("cmp", ok, m / "conversations" / "short.jsonl")
+        m.umount()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
