@@ -153,7 +153,13 @@ class Operations(pyfuse3.Operations):
     # ------------------------------------------------------------------ files
     @_handler
     async def open(self, inode, flags, ctx):
-        fh, keep_cache, direct_io = await _blocking(self.fs.open, inode, flags)
+        fh, keep_cache, direct_io = self.fs.open(inode, flags)
+        if self.fs.needs_decode(fh):
+            try:
+                await _blocking(self.fs.decode, fh)
+            except BaseException:
+                self.fs.release(fh)
+                raise
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct_io)
 
     @_handler

@@ -922,7 +922,7 @@ class Store:
     # ----------------------------------------------------------------- stats
     def disk_bytes(self) -> int:
         total = 0
-        for root, _dirs, files in os.walk(self.path):
+        for root, _dirs, files in os.walk(self.path / "lmdb"):
             for f in files:
                 try:
                     st = os.lstat(os.path.join(root, f))

@@ -310,7 +310,8 @@ class Filesystem:
 
     # ================================================================== files
     def open(self, ino: int, flags: int) -> tuple[int, bool, bool]:
-        """Open ino; returns (fh, keep_cache, direct_io). May decode: call off the event loop."""
+        """Open ino; returns (fh, keep_cache, direct_io). Quick: a stored file is decoded by
+        decode(fh) (see needs_decode), which the adapter runs off the event loop."""
         node = self._node(ino)
         if node.view == "inbox":
             return self._add_handle(self.inbox.open(node, flags)), False, False
@@ -330,25 +331,39 @@ class Filesystem:
             # Replaced or removed since the kernel looked it up: ESTALE makes the kernel
             # look the name up again and open what it names now.
             raise fs_error(errno.ESTALE)
-        h = Handle(node, key=(fid, view), size=current.size if view == "original" else current.text_size)
-        if self.cache.get(h.key) is None:
-            h.reader = self.store.reader(node.path, view)
-            again = self._info(node.path)
-            if again is None or again.file_id != fid or h.reader.size != h.size:
-                raise fs_error(errno.ESTALE)
-            if h.size <= self.whole_limit:
-                self._decode_whole(h)
-        return self._add_handle(h), True, False
+        size = current.size if view == "original" else current.text_size
+        return self._add_handle(Handle(node, key=(fid, view), size=size)), True, False
+
+    def needs_decode(self, fh: int) -> bool:
+        h = self._handles.get(fh)
+        return isinstance(h, Handle) and h.key is not None and h.reader is None \
+            and self.cache.get(h.key) is None
+
+    def decode(self, fh: int) -> None:
+        """Decode an opened stored file: whole (into the LRU) up to whole_limit; larger
+        files only get their reader, and each read decodes its range. Blocking."""
+        h = self._handle(fh)
+        self._reader(h)
+        if h.size <= self.whole_limit:
+            self._decode_whole(h)
+
+    def _reader(self, h: Handle):
+        with h.lock:
+            if h.reader is None:
+                node = h.node
+                reader = self.store.reader(node.path, STORE_VIEWS[node.view])
+                again = self._info(node.path)   # the reader is of the version open() checked
+                if again is None or again.file_id != node.info.file_id or reader.size != h.size:
+                    raise fs_error(errno.ESTALE)
+                h.reader = reader
+            return h.reader
 
     def _decode_whole(self, h: Handle) -> bytes:
         data = self.cache.get(h.key)
         if data is None:
+            reader = self._reader(h)
             with h.lock:
-                if h.reader is None:
-                    h.reader = self.store.reader(h.node.path, STORE_VIEWS[h.node.view])
-                    if h.reader.size != h.size:
-                        raise fs_error(errno.ESTALE)
-                data = h.reader.read(0, h.size)
+                data = reader.read(0, h.size)
             if len(data) != h.size:
                 raise Corrupt(f"{h.node.path}: decoded {len(data)} bytes, expected {h.size}")
             self.cache.put(h.key, data)
@@ -373,10 +388,9 @@ class Filesystem:
             return self.inbox.read(h, offset, size)
         if h.size <= self.whole_limit:
             return self._decode_whole(h)[offset:offset + size]
+        reader = self._reader(h)
         with h.lock:
-            if h.reader is None:
-                h.reader = self.store.reader(h.node.path, STORE_VIEWS[h.node.view])
-            return h.reader.read(offset, size)
+            return reader.read(offset, size)
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         h = self._handle(fh)
