@@ -41,9 +41,9 @@ FIXED_MTIME = 1_717_200_000  # 2024-06-01T00:00:00Z
 
 SIZES = {
     # kind: (quick, full)
-    "chats": (2_000, None),  # None = every complete record (17,671)
+    "chats": (600, None),  # records; None = every complete record (17,671)
     "api-log": (60, 300),  # conversations
-    "sessions": (5_000_000, 40_000_000),  # target bytes
+    "sessions": (4_000_000, 40_000_000),  # target bytes
 }
 VERSION_FRACTIONS = (0.4, 0.6, 0.8, 1.0)
 
@@ -284,7 +284,7 @@ def build_sessions(out: Path, seed: int, quick: bool, shared: Path) -> dict:
     claude = [(rel, d) for rel, d in claude if d.count(b"\n") >= 5]
     misses = 0
     while total < target and misses < 50:
-        (rel_a, a), (rel_b, b) = rng.choice(claude), rng.choice(claude)
+        (rel_a, a), (_, b) = rng.choice(claude), rng.choice(claude)
         part = _prefix(a, rng.choice((0.5, 0.7, 0.9, 1.0))) + _prefix(b, rng.choice((0.3, 0.6, 1.0)))
         new_sid = str(uuid.UUID(int=rng.getrandbits(128), version=4)).encode()
         for old in {_session_id(a), _session_id(b)}:

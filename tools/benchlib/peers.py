@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .procs import CommandFailed, pids_serving, run_checked, umount_path, wait_mounted
+from .procs import CommandFailed, is_mounted, pids_serving, run_checked, umount_path, wait_mounted
 
 STOWKEN_HELPER = Path(__file__).with_name("stowken_ingest.py")
 
@@ -104,6 +104,7 @@ class Peer:
     label = "?"
     kind = "mount"
     notes = ""
+    repeat_create = True  # False: created (and its create time taken) once per corpus
 
     def __init__(self, env: Env):
         self.env = env
@@ -213,6 +214,7 @@ class PlainDir(Peer):
 
 class PerFileZstd(Peer):
     name, label, kind = "zstd", "zstd -19 per file", "archive"
+    repeat_create = False
     notes = "each file compressed on its own (zstd -19); no mount, read back by decompressing"
 
     def install_if_missing(self):
@@ -234,6 +236,7 @@ class PerFileZstd(Peer):
 
 class TarZstd(Peer):
     name, label, kind = "tarzstd", "tar | zstd -19 --long=27", "archive"
+    repeat_create = False
     notes = "one solid stream; size reference (no random access)"
 
     def install_if_missing(self):
@@ -253,6 +256,7 @@ class TarZstd(Peer):
 
 class TarXz(Peer):
     name, label, kind = "tarxz", "tar | xz -9e", "archive"
+    repeat_create = False
     notes = "one solid stream; size reference (no random access)"
 
     def install_if_missing(self):
@@ -410,8 +414,15 @@ class Stowfs(Peer):
                       else "stowfs mount, cp -r SRC MNT/inbox/, wait until inbox/ is empty")
 
     def cli(self) -> list[str]:
-        exe = shutil.which("stowfs") or str(Path(sys.executable).with_name("stowfs"))
-        return [exe]
+        """$STOWFS_CLI, else ``stowfs`` on PATH, beside this python, or in the repo's .venv."""
+        if os.environ.get("STOWFS_CLI"):
+            return os.environ["STOWFS_CLI"].split()
+        repo = Path(__file__).resolve().parents[2]
+        for c in (shutil.which("stowfs"), Path(sys.executable).with_name("stowfs"),
+                  repo / ".venv" / "bin" / "stowfs"):
+            if c and Path(c).is_file() and os.access(c, os.X_OK):
+                return [str(c)]
+        return ["stowfs"]
 
     def install_if_missing(self):
         try:
@@ -467,7 +478,7 @@ class Stowfs(Peer):
         return self.cli() + ["mount", str(self.stored_path()), str(mp)]
 
     def umount(self):
-        if self.mountpoint is not None and os.path.ismount(self.mountpoint):
+        if self.mountpoint is not None and is_mounted(self.mountpoint):
             subprocess.run(self.cli() + ["umount", str(self.mountpoint)], capture_output=True, timeout=120)
         super().umount()
 
@@ -504,6 +515,8 @@ class Stowken(Peer):
         out = run_checked([str(self.env.venv_python()), str(STOWKEN_HELPER), "ingest",
                            str(self.src), str(self.stored_path())], timeout=7200).stdout
         self.extra.update(json.loads(out.strip().splitlines()[-1]))
+        if self.extra["stored_conversations"] == 0:
+            raise PeerFailed(f"stored no conversation: {self.extra.get('error_samples')}")
 
     def verify_text(self) -> dict:
         out = run_checked([str(self.env.venv_python()), str(STOWKEN_HELPER), "verify",

@@ -97,7 +97,12 @@ def conversation(path: Path, rel: str) -> dict | None:
     turns = [t for t in turns if t]
     if not turns:
         return None
-    return {"id": rel, "model": model or "unknown", "application": "stowfs-bench", "messages": turns}
+    return {"id": conv_id(rel), "model": model or "unknown", "application": "stowfs-bench", "messages": turns}
+
+
+def conv_id(rel: str) -> str:
+    """Stowken keeps one manifest file per id, so an id cannot hold a '/'."""
+    return rel.replace("/", "__")
 
 
 def files(src: Path):
@@ -147,7 +152,7 @@ def verify(src: Path, vault_path: Path) -> dict:
         conv = conversation(p, rel)
         if conv is None:
             continue
-        got = vault.retrieve_batch([rel])
+        got = vault.retrieve_batch([conv["id"]])
         if not got:
             missing += 1
             continue
