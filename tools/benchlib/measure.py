@@ -97,11 +97,13 @@ def compare(expected: dict[str, str], got: dict[str, str]) -> dict:
 class CorpusRun:
     """Measures a list of created peers on one corpus source folder."""
 
-    def __init__(self, src: Path, peers: list, work: Path, runs: int = 3, log=print):
+    def __init__(self, src: Path, peers: list, work: Path, runs: int = 3, log=print,
+                 create_runs: int | None = None):
         self.src = Path(src)
         self.peers = peers
         self.work = Path(work)
         self.runs = max(3, runs)
+        self.create_runs = self.runs if create_runs is None else max(1, create_runs)
         self.log = log
         self.results: dict[str, dict] = {p.name: {"system": p.name, "label": p.label, "kind": p.kind,
                                                   "notes": p.notes, "status": "ok"} for p in peers}
@@ -119,9 +121,9 @@ class CorpusRun:
         self.results[peer.name]["status"] = "failed"
         self.results[peer.name]["reason"] = why[-800:]
 
-    def _rounds(self, peers):
+    def _rounds(self, peers, runs: int | None = None):
         """Yield (round, peer) with the peer order rotated every round."""
-        for i in range(self.runs):
+        for i in range(self.runs if runs is None else runs):
             k = i % len(peers) if peers else 0
             for p in peers[k:] + peers[:k]:
                 yield i, p
@@ -132,10 +134,10 @@ class CorpusRun:
     # ------------------------------------------------------------------ phases
     def create_all(self):
         samples: dict[str, list[float]] = {p.name: [] for p in self.peers}
-        for i, p in self._rounds(self.peers):
+        for i, p in self._rounds(self.peers, self.create_runs):
             if self.results[p.name]["status"] != "ok" or (i > 0 and not p.repeat_create):
                 continue
-            self.log(f"    create {p.name} (run {i + 1}/{self.runs if p.repeat_create else 1})")
+            self.log(f"    create {p.name} (run {i + 1}/{self.create_runs if p.repeat_create else 1})")
             try:
                 samples[p.name].append(p.create(self.src, self.work / "sys" / p.name))
             except Exception as e:  # noqa: BLE001 - a failing system is reported, not fatal
@@ -152,6 +154,8 @@ class CorpusRun:
     def verify_archives(self):
         """Size references: extract everything (timed, cold and warm) and check the bytes."""
         peers = self._alive({"archive"})
+        if peers:
+            self.log(f"    extract {', '.join(p.name for p in peers)} (cold and warm)")
         cold = {p.name: [] for p in peers}
         warm = {p.name: [] for p in peers}
         for mode, store in (("cold", cold), ("warm", warm)):
@@ -199,6 +203,7 @@ class CorpusRun:
         try:
             # correctness first, on a fresh mount: a wrong system is failed, not timed
             for p in peers:
+                self.log(f"    mount {p.name}, sha256 of every file")
                 try:
                     self._mount(p)
                     c = compare(self.expected, hashes_via_read(p.root()))
@@ -221,6 +226,7 @@ class CorpusRun:
 
     def _warm(self, peers):
         for op in OPS:
+            self.log(f"    warm {op}: {len(peers)} systems x {self.runs} runs")
             samples = {p.name: [] for p in peers}
             for p in peers:  # one unmeasured pass fills the caches
                 run_op(op, p.root())
@@ -235,6 +241,7 @@ class CorpusRun:
     def _cold(self, peers):
         mount_s = {p.name: [] for p in peers}
         for op in OPS:
+            self.log(f"    cold {op} (fresh mount, caches dropped): {len(peers)} systems x {self.runs} runs")
             samples = {p.name: [] for p in peers}
             for _, p in self._rounds(peers):
                 try:
@@ -274,6 +281,7 @@ class CorpusRun:
         self.measure_mounts()
         self.measure_stores()
         return {"files": len(self.expected), "raw_bytes": self.raw_bytes, "runs": self.runs,
+                "create_runs": self.create_runs,
                 "cold_cache_dropped": self.can_drop, "grep_word": GREP_WORD,
                 "systems": self.results}
 

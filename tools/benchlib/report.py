@@ -7,6 +7,7 @@ matplotlib is used from the running interpreter if it has it, else from the benc
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -39,7 +40,8 @@ def cell(text) -> str:
 def corpus_table(name: str, c: dict) -> str:
     lines = [f"### {name}: {c['files']:,} files, {fmt_bytes(c['raw_bytes'])} "
              f"({c['raw_bytes']:,} bytes)", "",
-             f"Timings in seconds: median (min–max) of {c['runs']} interleaved runs. "
+             f"Timings in seconds: median (min–max) of {c['runs']} interleaved runs "
+             f"(create: {c.get('create_runs', c['runs'])}; size references once). "
              f"Cold = {'page cache dropped + ' if c.get('cold_cache_dropped') else ''}fresh mount. "
              f"grep word: `{c['grep_word']}`.", "",
              "| system | status | on disk | ratio | create s | MB/s in | mount s | ls -R cold / warm | "
@@ -108,11 +110,8 @@ def charts(results: dict, out: Path, env=None) -> str:
     """Draw the charts here if matplotlib imports, else in the bench venv. Returns a note."""
     tmp = out / "results.json"
     tmp.write_text(json.dumps(results, indent=2) + "\n")
-    try:
-        import matplotlib  # noqa: F401
+    if importlib.util.find_spec("matplotlib") is not None:
         return draw(results, out)
-    except ImportError:
-        pass
     if env is None:
         return "skipped: matplotlib not installed"
     if not env.venv_has("matplotlib"):
