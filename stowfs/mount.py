@@ -95,7 +95,13 @@ def _check_mountpoint(mountpoint: str) -> str:
     try:
         os.stat(mp)
     except FileNotFoundError:
-        raise MountError(f"mount point {mp} does not exist") from None
+        # like the store, a missing mount point is made on first use when its parent exists
+        try:
+            os.mkdir(mp)
+        except FileNotFoundError:
+            raise MountError(f"mount point {mp} does not exist (nor does its parent)") from None
+        except OSError as e:
+            raise MountError(f"cannot create mount point {mp}: {e.strerror}") from None
     except OSError as e:
         raise MountError(f"cannot use mount point {mp}: {e.strerror}") from None
     if not os.path.isdir(mp):

@@ -354,3 +354,12 @@ def test_disk_full_gives_enospc(mounter, tmp_path):
         m.umount()
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_missing_mount_point_is_made_when_its_parent_exists(mounter, tmp_path):
+    m = mounter()
+    m.path.rmdir()                              # as on a fresh machine: ~/convos not there yet
+    m.start()
+    assert m.mounted() and (m.path / "inbox").is_dir()
+    r = run(*m.cmd, "mount", m.store, tmp_path / "no" / "such" / "dir", check=False)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
