@@ -132,16 +132,14 @@ def _is_stale(entry) -> bool:
 
 
 def _check_store(store: str, memory: bool) -> Path:
-    """The store directory; a new store is made on first use (STORE does not exist yet but
-    its parent does, or STORE is an empty directory)."""
+    """The store directory; a new store is made on first use, with its parents (as
+    `stowfs ingest` does), or in an empty directory."""
     path = Path(store).absolute()
     if not path.exists():
-        if not path.parent.is_dir():
-            raise MountError(f"no store at {path} (and no directory {path.parent} to create it in)")
         try:
-            path.mkdir()
+            path.mkdir(parents=True)
         except OSError as e:
-            raise MountError(f"cannot create a store at {path}: {e.strerror}") from None
+            raise MountError(f"no store at {path}, and it cannot be created: {e.strerror}") from None
     if not path.is_dir():
         raise MountError(f"{path} is not a store directory")
     if not memory and not (path / "lmdb").is_dir():

@@ -273,10 +273,14 @@ def test_other_process_ingest_is_seen(mount, tmp_path):
 
 # ---------------------------------------------------------------------- mount and umount
 def test_mount_errors_are_one_line(mounter, tmp_path):
-    m = mounter(tmp_path / "missing" / "store")
+    (tmp_path / "a-file").write_text("x")
+    m = mounter(tmp_path / "a-file" / "store")    # cannot be created: its parent is a file
     r = m.start(check=False)
     assert r.returncode == 2 and r.stderr.startswith("stowfs: error: ") and r.stderr.count("\n") == 1
     assert "no store" in r.stderr
+    deep = mounter(tmp_path / "missing" / "parents" / "store")   # first use: made with parents
+    deep.start()
+    deep.umount()
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "file.txt").write_text("not a store")
     r = mounter(tmp_path / "junk").start(check=False)
