@@ -100,6 +100,22 @@ def frame_dict_id(frame: bytes) -> int | None:
     return None
 
 
+def frame_raw_size(frame: bytes) -> int:
+    """The decoded size a frame declares, read from its header without decoding."""
+    if not frame:
+        raise Corrupt("empty frame")
+    tag = frame[0]
+    if tag == RAW:
+        return len(frame) - 1
+    pos = 1 if tag == ZSTD else get_uvarint(frame, 1)[1] if tag == ZSTD_DICT else None
+    if pos is None:
+        raise Corrupt(f"unknown frame tag 0x{tag:02x}")
+    try:
+        return zstd.frame_content_size(memoryview(frame)[pos:])
+    except zstd.ZstdError as e:
+        raise Corrupt(f"bad zstd frame: {e}") from None
+
+
 def decode_frame(frame: bytes, dicts: Dictionaries) -> bytes:
     if not frame:
         raise Corrupt("empty frame")

@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import lmdb
 
 from . import limits
-from .codec import build_pack, decode_frame, encode_frame, frame_dict_id, parse_pack, segment_hash
-from .errors import Busy, Corrupt, StowError
+from .codec import (build_pack, decode_frame, encode_frame, frame_dict_id, frame_raw_size,
+                    parse_pack, segment_hash)
+from .errors import Corrupt, StowError
 from .packing import pack
 from .pieces import KIND_NAMES
 from .store import Store, ViewReader, _seg_fields, _seg_value, _u64, _U64
@@ -168,7 +169,7 @@ def _drop_block(store: Store, txn, block_id: int, c: dict) -> None:
     frame = txn.get(_u64(block_id), db=store._blocks)
     if frame is None:
         return
-    raw_len = len(store._block(txn, block_id)[0])
+    raw_len = frame_raw_size(frame)
     txn.delete(_u64(block_id), db=store._blocks)
     store._cache.drop(block_id)
     c["blocks"] -= 1

@@ -211,19 +211,21 @@ class _Ingest:
         self.block_segs, self.block_raw, self.block_id = [], 0, None
 
 
-class _Hashing:
-    """A file-like wrapper that hashes what is read through it."""
-
-    def __init__(self, f):
-        self.f = f
-        self.h = hashlib.sha256()
-        self.n = 0
-
-    def read(self, n: int) -> bytes:
-        data = self.f.read(n)
-        self.h.update(data)
-        self.n += len(data)
-        return data
+def _split_file(opener, b: PieceListBuilder, kinds) -> tuple[bytes, int]:
+    """Stream a file too large to hold through the splitter; returns (sha256, bytes read)."""
+    h = hashlib.sha256()
+    nread = 0
+    with opener() as f:
+        def read(n: int) -> bytes:
+            nonlocal nread
+            chunk = f.read(n)
+            h.update(chunk)
+            nread += len(chunk)
+            return chunk
+        head = read(4096)
+        first = [head]
+        split_stream(lambda n: first.pop() if first else read(n), b, kinds, looks_like_json(head))
+    return h.digest(), nread
 
 
 class Store:
@@ -597,28 +599,22 @@ class Store:
         if mtime is None:
             mtime = time.time()
 
+        digest = hashlib.sha256(data).digest() if data is not None else None
+
         def work(txn) -> PutResult:
             self._check_place(txn, name)
             ing = _Ingest(self, txn)
             orig = PieceListBuilder(ing.store_segment)
-            with (io.BytesIO(data) if data is not None else opener()) as f:
-                hf = _Hashing(f)
-                head = data[:4096] if data is not None else None
-                if data is not None and parsed.spans:
+            if data is None:
+                sha, nread = _split_file(opener, orig, kinds)
+            else:
+                sha, nread = digest, len(data)
+                if parsed.spans:
                     split_spans(data, parsed.spans, orig)
-                    hf.read(len(data))
                 else:
-                    if head is None:
-                        head = hf.read(4096)
-                        pending = [head]
-                        reader = lambda n: pending.pop() if pending else hf.read(n)  # noqa: E731
-                    else:
-                        reader = hf.read
-                    split_stream(reader, orig, kinds, looks_like_json(head))
-                    if data is None:
-                        pass
-                opl = orig.finish()
-            if hf.n != size or opl.size != size:
+                    split_stream(io.BytesIO(data).read, orig, kinds, looks_like_json(data[:4096]))
+            opl = orig.finish()
+            if nread != size or opl.size != size:
                 raise StowError(f"{name}: size changed while it was being stored")
             tb = PieceListBuilder(ing.store_segment, VIEW)
             build_view(fragments, tb, kinds)
@@ -641,7 +637,7 @@ class Store:
             app = next((cv.application for cv in parsed.conversations if cv.application), None)
             header = {"n": name, "id": fid, "sz": size, "ts": tpl.size, "fm": parsed.format,
                       "ap": app, "md": models[0] if models else None, "ms": models[:16], "dy": day,
-                      "mt": float(mtime), "er": parsed.error, "sh": hf.h.digest(), "pl": pieces_hash,
+                      "mt": float(mtime), "er": parsed.error, "sh": sha, "pl": pieces_hash,
                       "nm": parsed.message_count(), "nc": len(parsed.conversations),
                       "ko": [[k, ing.occ[k], ing.occ_bytes[k]] for k in sorted(ing.occ)]}
             txn.put(_u64(fid), pack(header), db=self._mans)
@@ -876,7 +872,7 @@ class Store:
         if due and self._read(due):
             self.train()
 
-    def _sample_segments(self, txn, kinds: Optional[set[int]], budget: int) -> list[bytes]:
+    def _sample_segments(self, txn, budget: int) -> list[bytes]:
         """Up to budget bytes of live segments, spread over the store (newest blocks first)."""
         samples, total = [], 0
         cur = txn.cursor(db=self._blocks)
@@ -898,7 +894,7 @@ class Store:
         """Train a dictionary from the store's own segments and make it the one new blocks use.
         Returns its id, or None when there is not enough content."""
         import zstandard
-        samples = self._read(lambda txn: self._sample_segments(txn, None, limits.DICT_SAMPLE_BYTES))
+        samples = self._read(lambda txn: self._sample_segments(txn, limits.DICT_SAMPLE_BYTES))
         if sum(map(len, samples)) < 64 << 10 or len(samples) < 16:
             return None
         try:

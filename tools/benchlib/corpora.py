@@ -345,10 +345,16 @@ def tree_digest(root: Path) -> str:
 
 
 def file_hashes(root: Path) -> dict[str, str]:
-    """{relative path: sha256 hex} of every regular file under ``root``, sorted by path."""
+    """{relative path: sha256 hex} of every regular file under ``root``, sorted by path.
+    Also how the bench reads a system under test, so a listing error raises instead of
+    silently hiding files."""
     out = {}
     root = Path(root)
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def fail(err):
+        raise err
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
         dirnames.sort()
         for fn in filenames:
             p = Path(dirpath) / fn

@@ -17,7 +17,6 @@ Rules:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import statistics
@@ -65,24 +64,6 @@ def run_op(op: str, root: Path) -> tuple[float, str]:
     t = time.perf_counter()
     r = run_checked(op_command(op, root), timeout=3600)
     return time.perf_counter() - t, r.stdout.strip()
-
-
-def hashes_via_read(root: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file, read through the system under test."""
-    out = {}
-
-    def fail(err):
-        raise err
-
-    for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
-        for fn in filenames:
-            p = Path(dirpath) / fn
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            out[p.relative_to(root).as_posix()] = h.hexdigest()
-    return out
 
 
 def compare(expected: dict[str, str], got: dict[str, str]) -> dict:
@@ -170,7 +151,7 @@ class CorpusRun:
                     p.extract(dest)
                     store[p.name].append(time.perf_counter() - t)
                     if "correct" not in self.results[p.name]:
-                        c = compare(self.expected, hashes_via_read(dest))
+                        c = compare(self.expected, file_hashes(dest))
                         self.results[p.name]["correct"] = c
                         if not c["ok"]:
                             self._fail(p, f"wrong bytes after extract: {c}")
@@ -206,7 +187,7 @@ class CorpusRun:
                 self.log(f"    mount {p.name}, sha256 of every file")
                 try:
                     self._mount(p)
-                    c = compare(self.expected, hashes_via_read(p.root()))
+                    c = compare(self.expected, file_hashes(p.root()))
                     self.results[p.name]["correct"] = c
                     if not c["ok"]:
                         self._fail(p, f"wrong bytes through the mount: {c}")
