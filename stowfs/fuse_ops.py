@@ -153,13 +153,10 @@ class Operations(pyfuse3.Operations):
     # ------------------------------------------------------------------ files
     @_handler
     async def open(self, inode, flags, ctx):
+        # No decode here: with keep_cache the kernel serves a warm file from its page
+        # cache and sends no READ at all, so decoding at open would be wasted work; the
+        # first READ decodes (off the event loop), see read().
         fh, keep_cache, direct_io = self.fs.open(inode, flags)
-        if self.fs.needs_decode(fh):
-            try:
-                await _blocking(self.fs.decode, fh)
-            except BaseException:
-                self.fs.release(fh)
-                raise
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct_io)
 
     @_handler

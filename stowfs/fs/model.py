@@ -310,8 +310,8 @@ class Filesystem:
 
     # ================================================================== files
     def open(self, ino: int, flags: int) -> tuple[int, bool, bool]:
-        """Open ino; returns (fh, keep_cache, direct_io). Quick: a stored file is decoded by
-        decode(fh) (see needs_decode), which the adapter runs off the event loop."""
+        """Open ino; returns (fh, keep_cache, direct_io). Quick: a stored file is decoded
+        at its first read(), which the adapter runs off the event loop."""
         node = self._node(ino)
         if node.view == "inbox":
             return self._add_handle(self.inbox.open(node, flags)), False, False
@@ -333,19 +333,6 @@ class Filesystem:
             raise fs_error(errno.ESTALE)
         size = current.size if view == "original" else current.text_size
         return self._add_handle(Handle(node, key=(fid, view), size=size)), True, False
-
-    def needs_decode(self, fh: int) -> bool:
-        h = self._handles.get(fh)
-        return isinstance(h, Handle) and h.key is not None and h.reader is None \
-            and self.cache.get(h.key) is None
-
-    def decode(self, fh: int) -> None:
-        """Decode an opened stored file: whole (into the LRU) up to whole_limit; larger
-        files only get their reader, and each read decodes its range. Blocking."""
-        h = self._handle(fh)
-        self._reader(h)
-        if h.size <= self.whole_limit:
-            self._decode_whole(h)
 
     def _reader(self, h: Handle):
         with h.lock:
