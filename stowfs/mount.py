@@ -57,8 +57,10 @@ def add_arguments(mount_parser: argparse.ArgumentParser, umount_parser: argparse
     p.add_argument("--debug", action="store_true", help="debug logging (and FUSE debug output with -f)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="FUSE mount options, comma-separated (e.g. allow_other); repeatable")
-    p.add_argument("--cache-mb", dest="cache_mb", type=int, default=64, metavar="MB",
-                   help="size of the cache of decoded files, in MiB (default: 64)")
+    p.add_argument("--cache-mb", dest="cache_mb", type=int, default=48, metavar="MB",
+                   help="memory for decoded data, in MiB: two thirds for decoded blocks, one third "
+                        "for whole decoded files (default: 48; the kernel's page cache keeps "
+                        "file contents too)")
     p.add_argument("--log", metavar="FILE", help=f"daemon log file (default: STORE/{LOG_NAME})")
     p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)   # tests: MemoryStore
     umount_parser.add_argument("mountpoint", help="where a store is mounted")
@@ -264,6 +266,23 @@ def _setup_logging(args) -> None:
         logging.getLogger("pyfuse3").setLevel(logging.WARNING)
 
 
+def _limit_malloc_growth() -> None:
+    """Worker threads that each allocate and free multi-MB buffers make glibc open an arena
+    per thread and raise its mmap threshold, so freed blocks stay in the heap: RSS far
+    above the configured caches (measured on 17,671 chats files: peak 316 MB, 244 MB with
+    these settings, same speed). Two arenas and a fixed 128 KiB threshold fix both."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt"):
+        logging.getLogger("stowfs").info("not glibc: malloc left as it is")
+        return
+    M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8
+    libc.mallopt(M_ARENA_MAX, 2)
+    libc.mallopt(M_MMAP_THRESHOLD, 128 << 10)
+
+
 def _serve(args, store: Path, mp: str, report) -> int:
     """Open the store, mount, serve until unmounted or signalled. report(None) once the
     mount is ready, report(message) if it never will be."""
@@ -285,14 +304,15 @@ def _serve(args, store: Path, mp: str, report) -> int:
         lock.truncate()
         lock.write(f"pid {os.getpid()} at {mp}\n")
         lock.flush()
-        cache = max(1, args.cache_mb) << 20
+        budget = max(3, args.cache_mb) << 20
+        _limit_malloc_growth()
         if getattr(args, "memory", False):
             from .memstore import MemoryStore
             st = MemoryStore(store)
         else:
             from .store import Store
-            st = Store(store, create=True)      # its block cache keeps its own default size
-        fs = Filesystem(st, store / SPOOL_NAME, cache_bytes=cache, notifier=KernelNotifier())
+            st = Store(store, create=True, cache_bytes=budget * 2 // 3)
+        fs = Filesystem(st, store / SPOOL_NAME, cache_bytes=budget // 3, notifier=KernelNotifier())
         removed, left = fs.inbox.recover()
         if removed or left:
             log.info("spool recovery: %d already stored, %d left in inbox/", removed, len(left))
