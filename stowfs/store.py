@@ -24,7 +24,6 @@ new one. Readers (other threads, other processes) never wait and never see half 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import os
 import struct
@@ -41,11 +40,10 @@ import lmdb
 from . import limits
 from .codec import (Dictionaries, build_pack, decode_frame, encode_frame, frame_dict_id,
                     parse_pack, segment_hash)
-from .conversation import Parsed
 from .errors import Busy, Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
 from .packing import get_uvarint, pack, unpack, encode_uvarints
-from .pieces import KIND_NAMES, PIECES, VIEW, PieceList, PieceListBuilder, render
-from .splitter import build_view, content_kinds, looks_like_json, split_spans, split_stream
+from .pieces import KIND_NAMES, PieceList, render
+from .planner import Plan, describe, plan_bytes, plan_path, plan_paths, split_views, unparsed
 
 FORMAT_VERSION = 1
 VIEWS = ("original", "text")
@@ -177,9 +175,14 @@ class _Ingest:
         h = segment_hash(data)
         self.occ[kind] += 1
         self.occ_bytes[kind] += len(data)
+        self.add(h, data, kind)
+        return h
+
+    def add(self, h: bytes, data: bytes, kind: int) -> None:
+        """Reference segment h (= segment_hash(data)) once more for this file."""
         if h in self.seen:
             self.dedup_bytes += len(data)
-            return h
+            return
         self.seen.add(h)
         txn, segs = self.txn, self.s._segs
         v = txn.get(h, db=segs)
@@ -190,7 +193,7 @@ class _Ingest:
                 self.c["uniq_bytes"][k] += ln
             txn.put(h, _seg_value(block, slot, refs + 1, k, ln), db=segs)
             self.dedup_bytes += len(data)
-            return h
+            return
         if self.block_id is None:
             self.block_id = self.s._next(txn, b"next_block")
         txn.put(h, _seg_value(self.block_id, len(self.block_segs), 1, kind, len(data)), db=segs)
@@ -201,7 +204,6 @@ class _Ingest:
         self.c["uniq_bytes"][kind] += len(data)
         if self.block_raw >= limits.BLOCK_TARGET:
             self.flush()
-        return h
 
     def flush(self) -> None:
         if not self.block_segs:
@@ -211,21 +213,71 @@ class _Ingest:
         self.block_segs, self.block_raw, self.block_id = [], 0, None
 
 
-def _split_file(opener, b: PieceListBuilder, kinds) -> tuple[bytes, int]:
-    """Stream a file too large to hold through the splitter; returns (sha256, bytes read)."""
-    h = hashlib.sha256()
-    nread = 0
-    with opener() as f:
-        def read(n: int) -> bytes:
-            nonlocal nread
-            chunk = f.read(n)
-            h.update(chunk)
-            nread += len(chunk)
-            return chunk
-        head = read(4096)
-        first = [head]
-        split_stream(lambda n: first.pop() if first else read(n), b, kinds, looks_like_json(head))
-    return h.digest(), nread
+def _planned(items, workers: int):
+    """(name, src, mtime, size, Plan | None | error) for each item, in order. Plans are
+    made in worker processes (spawned: an LMDB environment must not cross a fork) with a
+    bounded number of files and bytes in flight, or here when workers == 0."""
+    from collections import deque
+    bytes_max = 64 << 20
+
+    def prepared():
+        for name, src, mtime in items:
+            try:
+                name = check_name(name)
+                size = os.path.getsize(src)
+            except StowError as e:
+                yield name, src, mtime, 0, e
+                continue
+            except OSError as e:
+                yield name, src, mtime, 0, StowError(f"cannot read {src}: {e.strerror}")
+                continue
+            yield name, src, time.time() if mtime is None else float(mtime), size, None
+
+    if workers <= 0:
+        for name, src, mtime, size, err in prepared():
+            if err is None:
+                try:
+                    err = plan_path(name, src, mtime)
+                except OSError as e:
+                    err = StowError(f"cannot read {src}: {e.strerror}")
+            yield name, src, mtime, size, err
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    group_files, group_bytes = 32, 4 << 20
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        window: deque = deque()       # (rows of one group, future of their plans or None)
+        inflight = 0
+        group: list = []
+
+        def plannable(row) -> bool:
+            return row[4] is None and row[3] <= limits.MAX_PARSE_BYTES
+
+        def submit():
+            nonlocal group
+            todo = [(r[0], r[1], r[2]) for r in group if plannable(r)]
+            window.append((group, pool.submit(plan_paths, todo) if todo else None))
+            group = []
+
+        def settle():
+            nonlocal inflight
+            rows, fut = window.popleft()
+            plans = iter(fut.result() if fut is not None else ())
+            for row in rows:
+                inflight -= row[3]
+                yield row[:4] + ((next(plans) if plannable(row) else row[4]),)
+
+        for row in prepared():
+            group.append(row)
+            inflight += row[3]
+            if len(group) >= group_files or sum(r[3] for r in group) >= group_bytes:
+                submit()
+            while window and (len(window) > 2 * workers or inflight >= bytes_max):
+                yield from settle()
+        if group:
+            submit()
+        while window:
+            yield from settle()
 
 
 class Store:
@@ -520,36 +572,55 @@ class Store:
 
     # ----------------------------------------------------------------- writing
     def put(self, name: str, data: bytes, *, mtime: Optional[float] = None) -> PutResult:
-        return self._put(name, lambda: io.BytesIO(data), len(data), mtime)
-
-    def put_file(self, name: str, src, *, mtime: Optional[float] = None) -> PutResult:
-        try:
-            size = os.path.getsize(src)
-        except OSError as e:
-            raise NotFound(f"cannot read {src}: {e.strerror}") from None
-        return self._put(name, lambda: open(src, "rb"), size, mtime)
-
-    def _parse(self, data: bytes, name: str) -> Parsed:
-        from .formats import parse
-        return parse(data, name)
-
-    def _put(self, name: str, opener, size: int, mtime: Optional[float]) -> PutResult:
-        result = self._write(self._prepare(name, opener, size, mtime))
+        name = check_name(name)
+        mtime = time.time() if mtime is None else float(mtime)
+        if len(data) <= limits.MAX_PARSE_BYTES:
+            plan = plan_bytes(name, data, mtime)
+            work = lambda txn: self._apply(txn, plan)  # noqa: E731
+        else:
+            work = lambda txn: self._stream(txn, name, lambda: io.BytesIO(data), len(data), mtime)  # noqa: E731
+        result = self._write(work)
         self._maybe_train()
         return result
 
-    def put_many(self, items, *, batch_files: int = 256, batch_bytes: int = 32 << 20):
+    def put_file(self, name: str, src, *, mtime: Optional[float] = None) -> PutResult:
+        name = check_name(name)
+        mtime = time.time() if mtime is None else float(mtime)
+        try:
+            plan = plan_path(name, src, mtime)
+            size = plan.size if plan is not None else os.path.getsize(src)
+        except OSError as e:
+            raise NotFound(f"cannot read {src}: {e.strerror}") from None
+        if plan is not None:
+            work = lambda txn: self._apply(txn, plan)  # noqa: E731
+        else:
+            work = lambda txn: self._stream(txn, name, lambda: open(src, "rb"), size, mtime)  # noqa: E731
+        result = self._write(work)
+        self._maybe_train()
+        return result
+
+    def put_many(self, items, *, workers: Optional[int] = None, batch_files: int = 256,
+                 batch_bytes: int = 32 << 20):
         """Store many files: items are (name, source path, mtime or None). Yields
-        (name, PutResult or StowError) in order. Files are committed in batches (one fsync
-        per batch instead of per file); each file is its own child transaction, so a file
-        that fails leaves nothing behind and does not spoil its batch, and each file is
-        either wholly stored or not at all."""
+        (name, PutResult or StowError) in order.
+
+        Files are planned (parsed, split, hashed: no store needed) in `workers` worker
+        processes (default: one per CPU when there are enough files) while this process
+        applies finished plans; they are committed in batches, one fsync per batch. Each
+        file is its own child transaction, so a file that fails leaves nothing behind and
+        does not spoil its batch, and each file is either wholly stored or not at all."""
+        items = list(items)
+        if workers is None:
+            workers = (os.cpu_count() or 1) if len(items) >= 32 else 0
         batch, nbytes = [], 0
 
         def commit():
             def work(txn):
                 out = []
                 for name, w in batch:
+                    if isinstance(w, BaseException):     # failed before it got here
+                        out.append((name, w))
+                        continue
                     try:
                         with self.env.begin(write=True, parent=txn) as child:
                             out.append((name, w(child)))
@@ -560,102 +631,73 @@ class Store:
             self._maybe_train()
             return done
 
-        for name, src, mtime in items:
-            try:
-                size = os.path.getsize(src)
-                w = self._prepare(name, lambda src=src: open(src, "rb"), size, mtime)
-            except StowError as e:
-                yield name, e
-                continue
-            except OSError as e:
-                yield name, StowError(f"cannot read {src}: {e.strerror}")
-                continue
+        for name, src, mtime, size, plan in _planned(items, workers):
+            if isinstance(plan, BaseException):
+                w = plan                                 # keeps its place in the order
+            elif plan is None:
+                w = lambda txn, name=name, src=src, size=size, mtime=mtime: self._stream(  # noqa: E731
+                    txn, name, lambda: open(src, "rb"), size, mtime)
+            else:
+                w = lambda txn, plan=plan: self._apply(txn, plan)  # noqa: E731
             batch.append((name, w))
             nbytes += size
-            if len(batch) >= batch_files or nbytes >= batch_bytes or size > limits.MAX_PARSE_BYTES:
+            if len(batch) >= batch_files or nbytes >= batch_bytes or plan is None:
                 yield from commit()
                 batch, nbytes = [], 0
         if batch:
             yield from commit()
 
-    def _prepare(self, name: str, opener, size: int, mtime: Optional[float]):
-        """Read and parse a file (no transaction held); return the function that stores it
-        inside a write transaction."""
-        name = check_name(name)
-        data = None
-        if size <= limits.MAX_PARSE_BYTES:
-            with opener() as f:
-                data = f.read()
-            parsed = self._parse(data, name)
-        else:
-            parsed = Parsed(format="unparsed", error=f"larger than {limits.MAX_PARSE_BYTES} bytes: "
-                            "stored and deduplicated, not parsed as a conversation")
-        kinds = content_kinds(parsed)
-        if data is not None:
-            from .views.text import render as render_text
-            fragments = list(render_text(parsed)) if parsed.is_conversation else []
-        else:
-            fragments = []
-        if mtime is None:
-            mtime = time.time()
+    def _apply(self, txn, plan: Plan) -> PutResult:
+        """Store a planned file inside a write transaction."""
+        self._check_place(txn, plan.name)
+        if plan.original.size != plan.size:
+            raise StowError(f"{plan.name}: piece list does not add up to the file size")
+        ing = _Ingest(self, txn)
+        for h, (data, kind) in plan.segments.items():
+            ing.add(h, data, kind)
+        ing.occ, ing.occ_bytes = plan.occ, plan.occ_bytes
+        ing.dedup_bytes += plan.repeat_bytes
+        ing.flush()
+        return self._record_file(txn, ing, plan.name, plan.size, plan.mtime, plan.sha, plan.meta,
+                                 plan.text.size, plan.pieces)
 
-        digest = hashlib.sha256(data).digest() if data is not None else None
+    def _stream(self, txn, name: str, opener, size: int, mtime: float) -> PutResult:
+        """Store a file too large to hold in memory, a window at a time (not parsed)."""
+        self._check_place(txn, name)
+        ing = _Ingest(self, txn)
+        parsed = unparsed(size)
+        opl, tpl, pieces, sha, nread = split_views(None, opener, parsed, ing.store_segment)
+        if nread != size or opl.size != size:
+            raise StowError(f"{name}: size changed while it was being stored")
+        ing.flush()
+        return self._record_file(txn, ing, name, size, mtime, sha, describe(parsed), tpl.size, pieces)
 
-        def work(txn) -> PutResult:
-            self._check_place(txn, name)
-            ing = _Ingest(self, txn)
-            orig = PieceListBuilder(ing.store_segment)
-            if data is None:
-                sha, nread = _split_file(opener, orig, kinds)
-            else:
-                sha, nread = digest, len(data)
-                if parsed.spans:
-                    split_spans(data, parsed.spans, orig)
-                else:
-                    split_stream(io.BytesIO(data).read, orig, kinds, looks_like_json(data[:4096]))
-            opl = orig.finish()
-            if nread != size or opl.size != size:
-                raise StowError(f"{name}: size changed while it was being stored")
-            tb = PieceListBuilder(ing.store_segment, VIEW)
-            build_view(fragments, tb, kinds)
-            tpl = tb.finish()
-            blob = pack({"o": opl.to_obj(), "t": tpl.to_obj()})
-            step = limits.BLOCK_TARGET
-            pieces_hash = b"".join(ing.store_segment(blob[i:i + step], PIECES)
-                                   for i in range(0, max(len(blob), 1), step))
-            ing.flush()
-            c = ing.c
-            old = self._file_id(txn, name)
-            if old is not None:
-                self._unlink(txn, old, c)
-            fid = self._next(txn, b"next_file")
-            models = parsed.models()
-            conv0 = parsed.conversations[0] if parsed.conversations else None
-            day = None
-            if conv0 is not None and conv0.started and len(conv0.started) >= 10:
-                day = conv0.started[:10]
-            app = next((cv.application for cv in parsed.conversations if cv.application), None)
-            header = {"n": name, "id": fid, "sz": size, "ts": tpl.size, "fm": parsed.format,
-                      "ap": app, "md": models[0] if models else None, "ms": models[:16], "dy": day,
-                      "mt": float(mtime), "er": parsed.error, "sh": sha, "pl": pieces_hash,
-                      "nm": parsed.message_count(), "nc": len(parsed.conversations),
-                      "ko": [[k, ing.occ[k], ing.occ_bytes[k]] for k in sorted(ing.occ)]}
-            txn.put(_u64(fid), pack(header), db=self._mans)
-            txn.put(name.encode("utf-8"), _u64(fid), db=self._names)
-            for key in self._index_keys(header, fid):
-                txn.put(key, b"", db=self._index)
-            c["files"] += 1
-            c["naive"] += size
-            c["conversations"] += header["nc"]
-            c["messages"] += header["nm"]
-            c["parse_errors"] += 1 if parsed.error else 0
-            for k, n in ing.occ.items():
-                c["occ"][k] += n
-                c["occ_bytes"][k] += ing.occ_bytes[k]
-            self._save_counters(txn, c)
-            return PutResult(name, fid, size, ing.new_bytes, ing.dedup_bytes, parsed.format,
-                             parsed.error, old is not None)
-        return work
+    def _record_file(self, txn, ing: "_Ingest", name: str, size: int, mtime: float, sha: bytes,
+                     meta: dict, text_size: int, pieces: bytes) -> PutResult:
+        """Write the manifest, name and index entries, replacing an older file of that name."""
+        c = ing.c
+        old = self._file_id(txn, name)
+        if old is not None:
+            self._unlink(txn, old, c)
+        fid = self._next(txn, b"next_file")
+        header = {"n": name, "id": fid, "sz": size, "ts": text_size, **meta, "mt": float(mtime),
+                  "sh": sha, "pl": pieces,
+                  "ko": [[k, ing.occ[k], ing.occ_bytes[k]] for k in sorted(ing.occ)]}
+        txn.put(_u64(fid), pack(header), db=self._mans)
+        txn.put(name.encode("utf-8"), _u64(fid), db=self._names)
+        for key in self._index_keys(header, fid):
+            txn.put(key, b"", db=self._index)
+        c["files"] += 1
+        c["naive"] += size
+        c["conversations"] += header["nc"]
+        c["messages"] += header["nm"]
+        c["parse_errors"] += 1 if header["er"] else 0
+        for k, n in ing.occ.items():
+            c["occ"][k] += n
+            c["occ_bytes"][k] += ing.occ_bytes[k]
+        self._save_counters(txn, c)
+        return PutResult(name, fid, size, ing.new_bytes, ing.dedup_bytes, header["fm"],
+                         header["er"], old is not None)
 
     def _check_place(self, txn, name: str) -> None:
         """name must not be a directory, and no parent of it may be a file."""

@@ -183,3 +183,21 @@ def test_compact_shrinks_and_keeps_every_byte(tmp_path):
         p = files[0]
         again = s.put("again", p.read_bytes())
         assert again.new_bytes < 0.2 * max(again.size, 1) + 4096
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_put_many_in_worker_processes_keeps_order_and_isolates_failures(tmp_path, workers):
+    root = corpus_dir()
+    files = corpus_files()
+    items = [(str(p.relative_to(root)), str(p), None) for p in files]
+    items.insert(3, ("../bad-name", str(files[0]), None))
+    items.insert(7, ("missing.json", str(tmp_path / "no-such-file"), None))
+    with Store(tmp_path / "store") as s:
+        out = list(s.put_many(items, workers=workers, batch_files=16))
+        assert [n for n, _ in out] == [n for n, _, _ in items]
+        errors = {n for n, r in out if isinstance(r, Exception)}
+        assert errors == {"../bad-name", "missing.json"}
+        for p in files:
+            assert s.get(str(p.relative_to(root))) == p.read_bytes()
+        assert s.stats()["files"] == len(files)
+        assert verify(s)["ok"]
