@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 
 from .chunker import StreamChunker
-from .packing import decode_uvarints, encode_uvarints
+from .packing import decode_uvarints, encode_uvarints, pack, unpack
 
 # Segment kinds (stats and dictionaries are kept per kind).
 OTHER, SYSTEM, USER, ASSISTANT, TOOL, SKELETON, BLOB, TOKENS, VIEW, PIECES = range(10)
@@ -157,3 +157,40 @@ class PieceListBuilder:
         pl.skel_hashes = bytes(self._skel)
         pl.styles = bytes(self._styles)
         return pl
+
+
+def pack_views(original: PieceList, text: PieceList) -> bytes:
+    """Both views' piece lists, as stored. The text view quotes the original's segments,
+    so its references are written as positions in the original's list where they can be
+    (a varint: index + 1) and as hashes only where they cannot (0): hashes are random
+    bytes no compressor shrinks, 16 of them per message per view."""
+    first: dict[bytes, int] = {}
+    for i, h in enumerate(original.ref_hashes()):
+        first.setdefault(h, i)
+    index, extra = [], bytearray()
+    for h in text.ref_hashes():
+        i = first.get(h)
+        if i is None:
+            index.append(0)
+            extra += h
+        else:
+            index.append(i + 1)
+    t = text.to_obj()
+    t[3] = bytes(extra)
+    return pack({"o": original.to_obj(), "t": t, "ti": encode_uvarints(index)})
+
+
+def unpack_views(blob: bytes) -> dict[str, PieceList]:
+    d = unpack(blob)
+    views = {"o": PieceList.from_obj(d["o"]), "t": PieceList.from_obj(d["t"])}
+    if "ti" in d:
+        orig, extra = views["o"].hashes, views["t"].hashes
+        out, e = bytearray(), 0
+        for i in decode_uvarints(d["ti"]):
+            if i:
+                out += orig[16 * (i - 1):16 * i]
+            else:
+                out += extra[e:e + 16]
+                e += 16
+        views["t"].hashes = bytes(out)
+    return views

@@ -18,8 +18,7 @@ from typing import Optional
 from . import limits
 from .codec import segment_hash
 from .conversation import Parsed
-from .packing import pack
-from .pieces import PIECES, VIEW, PieceList, PieceListBuilder
+from .pieces import PIECES, VIEW, PieceList, PieceListBuilder, pack_views
 from .splitter import build_view, content_kinds, looks_like_json, split_spans, split_stream
 
 
@@ -75,7 +74,7 @@ def split_views(data: Optional[bytes], opener, parsed: Parsed, store_segment):
         from .views.text import render
         build_view(render(parsed), text, kinds)
     tpl = text.finish()
-    blob = pack({"o": opl.to_obj(), "t": tpl.to_obj()})
+    blob = pack_views(opl, tpl)
     step = limits.BLOCK_TARGET   # piece lists of huge files: several bounded segments
     pieces = b"".join(store_segment(blob[i:i + step], PIECES) for i in range(0, max(len(blob), 1), step))
     return opl, tpl, pieces, sha, nread

@@ -42,7 +42,7 @@ from .codec import (Dictionaries, build_pack, decode_frame, encode_frame, frame_
                     parse_pack, segment_hash)
 from .errors import Busy, Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
 from .packing import get_uvarint, pack, unpack, encode_uvarints
-from .pieces import KIND_NAMES, PieceList, render
+from .pieces import KIND_NAMES, PieceList, render, unpack_views
 from .planner import Plan, describe, plan_bytes, plan_path, plan_paths, split_views, unparsed
 
 FORMAT_VERSION = 1
@@ -537,7 +537,7 @@ class Store:
         pl = header["pl"]
         seg = b"".join(self._segment(txn, pl[i:i + 16]) for i in range(0, len(pl), 16))
         try:
-            return {k: PieceList.from_obj(o) for k, o in unpack(seg).items()}
+            return unpack_views(seg)
         except Exception as e:
             raise Corrupt(f"{header.get('n')}: piece lists do not decode: {e}") from None
 
