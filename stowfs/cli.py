@@ -178,7 +178,8 @@ def cmd_stats(args) -> int:
     with _open(args, readonly=True) as store:
         s = store.stats()
     if args.json:
-        print(json.dumps(s, indent=2))
+        from .store import stats_json
+        sys.stdout.buffer.write(stats_json(s))
         return EXIT_OK
     print(f"files            {s['files']} ({s['conversations']} conversations, {s['messages']} messages, "
           f"{s['unparsed_files']} stored opaque)")

@@ -997,6 +997,12 @@ class Store:
         }
 
 
+def stats_json(stats: dict) -> bytes:
+    """The one spelling of the stats as JSON: `stowfs stats --json` and MOUNT/stats.json."""
+    import json
+    return (json.dumps(stats, indent=2) + "\n").encode()
+
+
 class ViewReader:
     """Reads any byte range of one view, decoding only the pieces that range touches."""
 

@@ -25,7 +25,6 @@ only other caches are the bounded LRU of decoded bytes and a few per-generation 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import stat
@@ -34,6 +33,7 @@ import time
 from bisect import bisect_right
 from typing import Callable, Iterator, Optional
 
+from ..store import stats_json
 from ..errors import Corrupt, InvalidName, NotFound
 from .cache import ByteLRU
 from .inbox import Inbox
@@ -57,9 +57,7 @@ class Notifier:
         pass
 
 
-def render_stats(stats: dict) -> bytes:
-    """stats.json: the same bytes `stowfs stats --json` prints."""
-    return (json.dumps(stats, indent=2) + "\n").encode()
+render_stats = stats_json   # stats.json: the same bytes `stowfs stats --json` prints
 
 
 def error_text(info) -> bytes:
