@@ -298,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("store")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("compact", cmd_compact, "retrain dictionaries, repack everything at a high level, "
-             "give free space back to the disk (needs the store unmounted)")
+    sp = cmd("compact", cmd_compact, "repack everything into large blocks at a high zstd level, "
+             "in file order; give free space back to the disk (needs the store unmounted)")
     sp.add_argument("store")
     sp.add_argument("--level", type=int, default=None, help="zstd level (default 19)")
     sp.add_argument("--json", action="store_true")

