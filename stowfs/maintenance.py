@@ -16,6 +16,7 @@ from . import limits
 from .codec import (build_pack, decode_frame, encode_frame, frame_dict_id, frame_raw_size,
                     parse_pack, segment_hash)
 from .errors import Corrupt, StowError
+from .packing import pack
 from .store import Store, ViewReader, _seg_fields, _seg_value, _u64, _U64
 
 
@@ -83,7 +84,7 @@ def verify(store: Store, progress: bool = False) -> dict:
             damaged.add(name)
             continue
         try:
-            header = store._manifest_header(m)
+            header = store._read(lambda txn: store._manifest_header(m, txn))
             if any(header["pl"][i:i + 16] in bad_segments for i in range(0, len(header["pl"]), 16)):
                 raise Corrupt("its piece lists are damaged")
             views = store._read(lambda txn: store._views(txn, header))
@@ -219,10 +220,32 @@ def gc(store: Store, sparse: float = 0.5) -> dict:
     return store._write(work)
 
 
+def _train_manifest_dict(store: Store, txn) -> None:
+    """Train the manifest dictionary on this store's headers and rewrite every header
+    with it (stores with fewer than 64 files keep plain headers: too few to train on)."""
+    import zstandard
+    rows = [(k, store._manifest_header(v, txn)) for k, v in txn.cursor(db=store._mans)]
+    if len(rows) < 64:
+        return
+    samples = [pack(h) for _, h in rows[::max(1, len(rows) // 8000)]]
+    size = max(2 << 10, min(16 << 10, sum(map(len, samples)) // 16))
+    d = zstandard.train_dictionary(size, samples, k=64, d=8)
+    did = store._next(txn, b"next_dict")
+    txn.put(struct.pack(">I", did), pack({"kind": "manifest", "bytes": d.as_bytes(),
+                                          "samples": len(samples)}), db=store._dictdb)
+    txn.put(b"manifest_dict", _u64(did), db=store._meta)
+    for key, header in rows:
+        txn.put(key, store._encode_header(txn, header), db=store._mans)
+
+
 def _drop_unused_dicts(store: Store, txn) -> None:
-    """Delete dictionaries that no block names, except the one new blocks use."""
+    """Delete dictionaries that no block names, except the ones new blocks and
+    manifests use."""
     used = {frame_dict_id(f) for f in txn.cursor(db=store._blocks).iternext(keys=False)}
     used.add(store._ingest_dict(txn))
+    v = txn.get(b"manifest_dict", db=store._meta)
+    if v is not None:
+        used.add(_U64.unpack(v)[0])
     for key in list(txn.cursor(db=store._dictdb).iternext(values=False)):
         if struct.unpack(">I", key)[0] not in used:
             txn.delete(key, db=store._dictdb)
@@ -305,6 +328,7 @@ def compact(path, level: int | None = None, progress: bool = False) -> dict:
             index = list(txn.cursor(db=store._segs))
             txn.drop(store._segs, delete=False)
             txn.cursor(db=store._segs).putmulti(index, append=True)
+            _train_manifest_dict(store, txn)
             _drop_unused_dicts(store, txn)
             store._save_counters(txn, c)
         store._write(repack)

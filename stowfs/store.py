@@ -526,12 +526,31 @@ class Store:
         return seg
 
     # ----------------------------------------------------------------- manifests
-    @staticmethod
-    def _manifest_header(v: bytes) -> dict:
+    def _manifest_header(self, v: bytes, txn) -> dict:
+        """A stored header: msgpack, or (first byte 0, which no msgpack map starts with)
+        uvarint dictionary id + zstd frame made with the store's manifest dictionary."""
         try:
+            if v[:1] == b"\0":
+                did, pos = get_uvarint(v, 1)
+                self._dicts.ensure(did, lambda: self._dict_bytes(txn, did))
+                v = self._dicts.decompressor(did).decompress(v[pos:], max_output_size=1 << 20)
             return unpack(v)
+        except Corrupt:
+            raise
         except Exception as e:
             raise Corrupt(f"manifest does not decode: {e}") from None
+
+    def _encode_header(self, txn, header: dict) -> bytes:
+        """Headers of one store are alike (keys, formats, models, dates): once compact has
+        trained a manifest dictionary they are stored compressed with it (measured: 275 ->
+        124 bytes a file on api-log, 195 -> 107 on chats)."""
+        raw = pack(header)
+        v = txn.get(b"manifest_dict", db=self._meta)
+        if v is None:
+            return raw
+        did = _U64.unpack(v)[0]
+        self._dicts.ensure(did, lambda: self._dict_bytes(txn, did))
+        return b"\0" + encode_uvarints([did]) + self._dicts.compressor(limits.LEVEL_COMPACT, did).compress(raw)
 
     def _views(self, txn, header: dict) -> dict[str, PieceList]:
         pl = header["pl"]
@@ -683,7 +702,7 @@ class Store:
         header = {"n": name, "id": fid, "sz": size, "ts": text_size, **meta, "mt": float(mtime),
                   "sh": sha, "pl": pieces,
                   "ko": [[k, ing.occ[k], ing.occ_bytes[k]] for k in sorted(ing.occ)]}
-        txn.put(_u64(fid), pack(header), db=self._mans)
+        txn.put(_u64(fid), self._encode_header(txn, header), db=self._mans)
         txn.put(name.encode("utf-8"), _u64(fid), db=self._names)
         for key in self._index_keys(header, fid):
             txn.put(key, b"", db=self._index)
@@ -725,7 +744,7 @@ class Store:
         v = txn.get(_u64(fid), db=self._mans)
         if v is None:
             raise Corrupt(f"manifest {fid} is missing")
-        h = self._manifest_header(v)
+        h = self._manifest_header(v, txn)
         for hsh in self._hashes(h, self._views(txn, h)):
             sv = txn.get(hsh, db=self._segs)
             if sv is None:
@@ -776,9 +795,9 @@ class Store:
             other = self._file_id(txn, new)
             if other is not None:
                 self._unlink(txn, other, c)
-            h = self._manifest_header(txn.get(_u64(fid), db=self._mans))
+            h = self._manifest_header(txn.get(_u64(fid), db=self._mans), txn)
             h["n"] = new
-            txn.put(_u64(fid), pack(h), db=self._mans)
+            txn.put(_u64(fid), self._encode_header(txn, h), db=self._mans)
             txn.delete(old.encode("utf-8"), db=self._names)
             txn.put(new.encode("utf-8"), _u64(fid), db=self._names)
             self._save_counters(txn, c)
@@ -787,19 +806,21 @@ class Store:
     # ----------------------------------------------------------------- reading
     def info(self, name: str) -> FileInfo:
         name = check_name(name)
-        return self._info(self._manifest_header(self._read(lambda txn: self._manifest(txn, name))))
+        return self._info(self._read(lambda txn: self._manifest_header(self._manifest(txn, name), txn)))
 
     def info_by_id(self, file_id: int) -> FileInfo:
-        v = self._read(lambda txn: txn.get(_u64(file_id), db=self._mans))
-        if v is None:
-            raise NotFound(f"no file with id {file_id}")
-        return self._info(self._manifest_header(v))
+        def work(txn):
+            v = txn.get(_u64(file_id), db=self._mans)
+            if v is None:
+                raise NotFound(f"no file with id {file_id}")
+            return self._manifest_header(v, txn)
+        return self._info(self._read(work))
 
     def reader(self, name: str, view: str = "original") -> "ViewReader":
         name = check_name(name)
         if view not in VIEWS:
             raise InvalidName(f"unknown view {view!r} (views: {', '.join(VIEWS)})")
-        views = self._read(lambda txn: self._views(txn, self._manifest_header(self._manifest(txn, name))))
+        views = self._read(lambda txn: self._views(txn, self._manifest_header(self._manifest(txn, name), txn)))
         return ViewReader(self, views["o" if view == "original" else "t"])
 
     def get(self, name: str, view: str = "original") -> bytes:
@@ -824,7 +845,7 @@ class Store:
                         continue
                     m = txn.get(v, db=self._mans)
                     if m is not None:
-                        out.append((k, self._info(self._manifest_header(m))))
+                        out.append((k, self._info(self._manifest_header(m, txn))))
                     if len(out) >= 256:
                         break
                 return out
@@ -856,7 +877,7 @@ class Store:
                     continue
                 m = txn.get(cur.value(), db=self._mans)
                 if m is not None:
-                    out.append((rest.decode("utf-8"), self._info(self._manifest_header(m))))
+                    out.append((rest.decode("utf-8"), self._info(self._manifest_header(m, txn))))
                 ok = cur.next()
             return out
         return self._read(work)
@@ -896,7 +917,7 @@ class Store:
             while ok and cur.key().startswith(pfx) and len(cur.key()) == len(pfx) + 8:
                 m = txn.get(cur.key()[-8:], db=self._mans)
                 if m is not None:
-                    out.append(self._info(self._manifest_header(m)))
+                    out.append(self._info(self._manifest_header(m, txn)))
                 ok = cur.next()
             return out
         return sorted(self._read(work), key=lambda i: i.name)

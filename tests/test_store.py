@@ -201,3 +201,26 @@ def test_put_many_in_worker_processes_keeps_order_and_isolates_failures(tmp_path
             assert s.get(str(p.relative_to(root))) == p.read_bytes()
         assert s.stats()["files"] == len(files)
         assert verify(s)["ok"]
+
+
+def test_compact_compresses_headers_and_everything_still_works(tmp_path):
+    recs = sharegpt_records(120)
+    path = tmp_path / "store"
+    originals = {f"c/{i:03d}.json": json.dumps(openai_form(r), indent=2).encode() for i, r in enumerate(recs)}
+    with Store(path) as s:
+        for name, data in originals.items():
+            s.put(name, data)
+        before = {n: s.info(n) for n in originals}
+    compact(path)
+    with Store(path) as s:
+        raw = s._read(lambda txn: txn.get(b"\0" * 7 + b"\1", db=s._mans))
+        assert raw is not None and raw[:1] == b"\0", "headers are stored compressed after compact"
+        assert {n: s.info(n) for n in originals} == before
+        assert [n for n, _ in s.listdir("c")] == sorted(n.split("/")[1] for n in originals)
+        assert len(s.index_files("model", "gpt-3.5-turbo")) == len(originals)
+        s.rename("c/000.json", "d/moved.json")
+        assert s.get("d/moved.json") == originals["c/000.json"]
+        s.remove("c/001.json")
+        r = s.put("new.json", originals["c/002.json"])        # new header, same dictionary
+        assert s.info("new.json").sha256 == before["c/002.json"].sha256 and r.new_bytes < 4096
+        assert verify(s)["ok"]
