@@ -18,7 +18,8 @@ _WINDOW = 32
 _MASK = 0x3F  # one anchor in 64 qualifies
 
 
-def cut_points(buf, final: bool, lo: int = limits.CHUNK_MIN, hi: int = limits.CHUNK_MAX) -> list[int]:
+def cut_points(buf, final: bool, lo: int = limits.CHUNK_MIN, hi: int = limits.CHUNK_MAX,
+               mask: int = _MASK) -> list[int]:
     """End offsets of the chunks that can be cut from buf. With final=False the tail that
     could still grow into a longer chunk is left uncut (its start is the last cut)."""
     n = len(buf)
@@ -33,7 +34,7 @@ def cut_points(buf, final: bool, lo: int = limits.CHUNK_MIN, hi: int = limits.CH
         cut = None
         for m in _ANCHOR.finditer(buf, pos + lo, min(limit, n)):
             e = m.end()
-            if zlib.crc32(buf[e - _WINDOW:e]) & _MASK == 0:
+            if zlib.crc32(buf[e - _WINDOW:e]) & mask == 0:
                 cut = e
                 break
         if cut is None:

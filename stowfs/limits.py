@@ -13,6 +13,10 @@ MIN_TOKENS = 16
 CHUNK_MIN = 2 << 10
 CHUNK_AVG = 8 << 10
 CHUNK_MAX = 64 << 10
+# Piece lists are cut the same way, smaller: what a grown file adds is a few records.
+PIECES_CHUNK_MIN = 512
+PIECES_CHUNK_MAX = 16 << 10
+PIECES_CHUNK_MASK = 0x0F         # one anchor in 16 qualifies: chunks of ~2 KiB
 
 # Blocks: segments are packed into blocks that are compressed as a whole.
 BLOCK_TARGET = 1 << 20          # raw bytes per block written at ingest

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 
 from .chunker import StreamChunker
-from .packing import decode_uvarints, encode_uvarints, pack, unpack
+from .packing import decode_uvarints, encode_uvarints, get_uvarint, pack, put_uvarint, unpack
 
 # Segment kinds (stats and dictionaries are kept per kind).
 OTHER, SYSTEM, USER, ASSISTANT, TOOL, SKELETON, BLOB, TOKENS, VIEW, PIECES = range(10)
@@ -84,6 +84,7 @@ class PieceList:
     styles: bytes = b""
     outlens: list[int] = field(default_factory=list)  # rendered length of each ref
     size: int = 0
+    events: bytes = b""          # order skeleton chunks (S) and refs (R) were made in
 
     def to_obj(self) -> list:
         return [self.skel_hashes, encode_uvarints(self.skel_lens), encode_uvarints(self.gaps),
@@ -128,11 +129,13 @@ class PieceListBuilder:
         self._skel = bytearray()
         self._styles = bytearray()
         self._gap = 0
+        self._events = bytearray()     # b"S" per skeleton chunk, b"R" per ref, in order
         self._chunker = StreamChunker(self._chunk)
 
     def _chunk(self, data: bytes) -> None:
         self._skel += self._store(data, self._kind)
         self._pl.skel_lens.append(len(data))
+        self._events += b"S"
 
     def gap(self, data) -> None:
         if data:
@@ -148,6 +151,7 @@ class PieceListBuilder:
         self._styles.append(style)
         pl.outlens.append(out_len)
         pl.size += out_len
+        self._events += b"R"
 
     def finish(self) -> PieceList:
         self._chunker.finish()
@@ -156,10 +160,102 @@ class PieceListBuilder:
         pl.hashes = bytes(self._hashes)
         pl.skel_hashes = bytes(self._skel)
         pl.styles = bytes(self._styles)
+        pl.events = bytes(self._events)
         return pl
 
 
+# The stored form of both views' piece lists (format 2). It is a stream of records in
+# the order the file was split, original view first, so a file that grew (a session
+# appended to, rewritten with one more turn) writes the same bytes as before up to its
+# old end: content-defined chunks of this stream (PIECES segments) are then shared with
+# the older version, and only the chunks around the changes are new.
+#
+#   0xC1 (a byte msgpack never uses, so format 1 blobs, which are msgpack maps, differ)
+#   records, per view:  S  uvarint length, 16-byte hash         a skeleton chunk
+#                       R  uvarint gap, style, uvarint length,  a reference by hash
+#                          16-byte hash
+#                       P  uvarint gap, style, uvarint length,  a reference to the same
+#                          uvarint i                            segment as original ref i
+#                       E  uvarint last gap, uvarint size       end of the view
+_MAGIC2 = 0xC1
+
+
 def pack_views(original: PieceList, text: PieceList) -> bytes:
+    out = bytearray([_MAGIC2])
+    first: dict[bytes, int] = {}
+    for i, h in enumerate(original.ref_hashes()):
+        first.setdefault(h, i)
+    for pl, positions in ((original, None), (text, first)):
+        ev = pl.events if len(pl.events) == len(pl.skel_lens) + len(pl.outlens) \
+            else b"S" * len(pl.skel_lens) + b"R" * len(pl.outlens)
+        si = ri = 0
+        for e in ev:
+            if e == 0x53:      # S
+                out += b"S"
+                put_uvarint(out, pl.skel_lens[si])
+                out += pl.skel_hashes[16 * si:16 * si + 16]
+                si += 1
+                continue
+            h = pl.hashes[16 * ri:16 * ri + 16]
+            pos = positions.get(h) if positions is not None else None
+            out += b"R" if pos is None else b"P"
+            put_uvarint(out, pl.gaps[ri])
+            out.append(pl.styles[ri])
+            put_uvarint(out, pl.outlens[ri])
+            if pos is None:
+                out += h
+            else:
+                put_uvarint(out, pos)
+            ri += 1
+        out += b"E"
+        put_uvarint(out, pl.gaps[-1] if pl.gaps else 0)
+        put_uvarint(out, pl.size)
+    return bytes(out)
+
+
+def _read_view(blob: bytes, pos: int, orig: "PieceList | None") -> tuple[PieceList, int]:
+    skel_hashes, hashes, styles, events = bytearray(), bytearray(), bytearray(), bytearray()
+    skel_lens, gaps, outlens = [], [], []
+    while True:
+        tag = blob[pos]
+        pos += 1
+        if tag == 0x53:                                   # S
+            n, pos = get_uvarint(blob, pos)
+            skel_lens.append(n)
+            skel_hashes += blob[pos:pos + 16]
+            pos += 16
+            events.append(tag)
+        elif tag in (0x52, 0x50):                         # R, P
+            g, pos = get_uvarint(blob, pos)
+            gaps.append(g)
+            styles.append(blob[pos])
+            n, pos = get_uvarint(blob, pos + 1)
+            outlens.append(n)
+            if tag == 0x52:
+                hashes += blob[pos:pos + 16]
+                pos += 16
+            else:
+                i, pos = get_uvarint(blob, pos)
+                if orig is None or 16 * i + 16 > len(orig.hashes):
+                    raise ValueError("reference to a missing original piece")
+                hashes += orig.hashes[16 * i:16 * i + 16]
+            events.append(0x52)
+        elif tag == 0x45:                                 # E
+            g, pos = get_uvarint(blob, pos)
+            size, pos = get_uvarint(blob, pos)
+            gaps.append(g)
+            pl = PieceList(bytes(skel_hashes), skel_lens, gaps, bytes(hashes), bytes(styles),
+                           outlens, size, bytes(events))
+            if len(pl.skel_hashes) != 16 * len(skel_lens) or len(pl.hashes) != 16 * len(outlens):
+                raise ValueError("truncated piece list")
+            if sum(gaps) + sum(outlens) != size or sum(skel_lens) != sum(gaps):
+                raise ValueError("piece list does not add up")
+            return pl, pos
+        else:
+            raise ValueError(f"unknown piece record 0x{tag:02x}")
+
+
+def _pack_views_v1(original: PieceList, text: PieceList) -> bytes:
     """Both views' piece lists, as stored. The text view quotes the original's segments,
     so its references are written as positions in the original's list where they can be
     (a varint: index + 1) and as hashes only where they cannot (0): hashes are random
@@ -181,6 +277,15 @@ def pack_views(original: PieceList, text: PieceList) -> bytes:
 
 
 def unpack_views(blob: bytes) -> dict[str, PieceList]:
+    if blob[:1] == bytes([_MAGIC2]):
+        try:
+            o, pos = _read_view(blob, 1, None)
+            t, pos = _read_view(blob, pos, o)
+        except IndexError:
+            raise ValueError("truncated piece list") from None
+        if pos != len(blob):
+            raise ValueError("trailing bytes after the piece lists")
+        return {"o": o, "t": t}
     d = unpack(blob)
     views = {"o": PieceList.from_obj(d["o"]), "t": PieceList.from_obj(d["t"])}
     if "ti" in d:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import limits
+from .chunker import cut_points
 from .codec import segment_hash
 from .conversation import Parsed
 from .pieces import PIECES, VIEW, PieceList, PieceListBuilder, pack_views
@@ -75,8 +76,10 @@ def split_views(data: Optional[bytes], opener, parsed: Parsed, store_segment):
         build_view(render(parsed), text, kinds)
     tpl = text.finish()
     blob = pack_views(opl, tpl)
-    step = limits.BLOCK_TARGET   # piece lists of huge files: several bounded segments
-    pieces = b"".join(store_segment(blob[i:i + step], PIECES) for i in range(0, max(len(blob), 1), step))
+    # Content-defined chunks: a grown file's piece lists share all but their last chunks.
+    cuts = cut_points(blob, True, limits.PIECES_CHUNK_MIN, limits.PIECES_CHUNK_MAX,
+                      limits.PIECES_CHUNK_MASK)
+    pieces = b"".join(store_segment(blob[a:b], PIECES) for a, b in zip([0, *cuts], cuts))
     return opl, tpl, pieces, sha, nread
 
 
