@@ -6,7 +6,9 @@ added, old ones stay readable.
     0x00 RAW        payload is the decoded bytes
     0x01 ZSTD       payload is one zstd frame (content size and checksum included)
     0x02 ZSTD_DICT  uvarint dictionary id, then one zstd frame made with that dictionary
-    (0x10.. reserved for delta frames)
+    0x10 DELTA      a segment kept as a zstd frame made with another segment (its base)
+                    as a raw-content dictionary; the segment index names the base
+    (0x11.. reserved)
 
 A block's decoded bytes are a *pack* of segments: ``uvarint n | n x uvarint length | bytes``.
 Segments are addressed by BLAKE2b-128 of their own bytes (see segment_hash); the block
@@ -25,8 +27,8 @@ from . import limits
 from .errors import Corrupt
 from .packing import get_uvarint, put_uvarint
 
-RAW, ZSTD, ZSTD_DICT = 0x00, 0x01, 0x02
-KNOWN_TAGS = {RAW: "raw", ZSTD: "zstd", ZSTD_DICT: "zstd+dict"}
+RAW, ZSTD, ZSTD_DICT, DELTA = 0x00, 0x01, 0x02, 0x10
+KNOWN_TAGS = {RAW: "raw", ZSTD: "zstd", ZSTD_DICT: "zstd+dict", DELTA: "delta"}
 
 HASH_SIZE = 16
 
@@ -144,6 +146,35 @@ def decode_frame(frame: bytes, dicts: Dictionaries) -> bytes:
         raise Corrupt(f"zstd frame does not decode: {e}") from None
     if len(out) != size:
         raise Corrupt("frame decoded to the wrong size")
+    return out
+
+
+def _delta_params(base_len: int, size: int, level: int) -> zstd.ZstdCompressionParameters:
+    # the window must reach back over the whole base (zstd's --patch-from does the same)
+    wl = max(10, min(27, (base_len + size).bit_length()))
+    return zstd.ZstdCompressionParameters.from_level(level, window_log=wl, write_checksum=0,
+                                                     write_content_size=1)
+
+
+def encode_delta(data: bytes, base: bytes, level: int = limits.LEVEL_DELTA) -> bytes:
+    """data as a zstd frame that uses base as a raw-content dictionary (no tag: the
+    segment index says a segment is a delta and names its base)."""
+    d = zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT)
+    c = zstd.ZstdCompressor(compression_params=_delta_params(len(base), len(data), level), dict_data=d)
+    return c.compress(data)
+
+
+def decode_delta(payload: bytes, base: bytes, size: int) -> bytes:
+    """The segment a delta payload rebuilds from its base; raises Corrupt when it does
+    not decode to exactly size bytes."""
+    try:
+        d = zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT)
+        out = zstd.ZstdDecompressor(dict_data=d, max_window_size=1 << 27).decompress(
+            payload, max_output_size=max(size, 1))
+    except zstd.ZstdError as e:
+        raise Corrupt(f"delta does not decode: {e}") from None
+    if len(out) != size:
+        raise Corrupt("delta decoded to the wrong size")
     return out
 
 

@@ -26,6 +26,17 @@ MAX_BLOCK_RAW = 16 << 20        # no block decodes to more than this (bounded de
 # zstd levels.
 LEVEL_INGEST = 3
 LEVEL_COMPACT = 19
+LEVEL_DELTA = 9                  # deltas are small: a higher level costs little
+
+# Near-duplicate deltas (neardup.py finds candidates, codec.encode_delta encodes).
+DELTA_MIN = 2 << 10              # smaller segments: a delta saves too little to pay
+DELTA_MAX = 1 << 20              # larger ones: too slow to encode against a base
+DELTA_MAX_DEPTH = 3              # a read decodes at most this many bases first
+DELTA_CANDIDATES = 2             # bases tried per new segment (a delta encode each)
+LSH_BUCKET = 16                  # segments one LSH bucket holds at most
+SIGNATURE_CACHE = 4096           # signatures of recent segments kept in memory (128 B each)
+DELTA_KEEP = 0.5                 # kept when at most this share of the plain zstd frame
+NEAR_THRESHOLD = 0.5             # default estimated-Jaccard threshold for a candidate
 
 # Dictionaries: trained from the store's own segments.
 DICT_SIZE = 64 << 10

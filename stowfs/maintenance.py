@@ -17,7 +17,9 @@ from .codec import (build_pack, decode_frame, encode_frame, frame_dict_id, frame
                     parse_pack, segment_hash)
 from .errors import Corrupt, StowError
 from .packing import pack
-from .store import Store, ViewReader, _seg_fields, _seg_value, _u64, _U64
+from . import neardup
+from .store import (_NEAR_PREFIX, Store, ViewReader, _seg_delta, _seg_fields, _seg_parse,
+                    _seg_value, _seg_with, _u64, _U64)
 
 
 def _say(enabled: bool, msg: str) -> None:
@@ -34,12 +36,22 @@ def verify(store: Store, progress: bool = False) -> dict:
     bad_segments: set[bytes] = set()
     by_block: dict[int, list[tuple[int, bytes, int]]] = defaultdict(list)
     stored_refs: dict[bytes, int] = {}
+    deltas: dict[bytes, bytes] = {}              # delta segment -> its base
+    counted: dict[bytes, int] = defaultdict(int)
 
     def load_segments(txn):
         for h, v in txn.cursor(db=store._segs):
-            block, slot, refs, _kind, length = _seg_fields(v)
+            try:
+                (block, slot, refs, _kind, length), delta = _seg_parse(v)
+            except (Corrupt, ValueError) as e:
+                problems.append(f"segment {h.hex()}: index entry does not decode: {e}")
+                bad_segments.add(h)
+                continue
             by_block[block].append((slot, h, length))
             stored_refs[h] = refs
+            if delta is not None:
+                deltas[h] = delta[1]
+                counted[delta[1]] += 1           # a delta holds a reference on its base
     store._read(load_segments)
 
     block_ids = store._read(lambda txn: [_U64.unpack(k)[0] for k in txn.cursor(db=store._blocks).iternext(values=False)])
@@ -60,10 +72,24 @@ def verify(store: Store, progress: bool = False) -> dict:
             bad_segments.update(h for _, h, _ in by_block.get(block_id, ()))
             continue
         for slot, h, length in by_block.get(block_id, ()):
+            if h in deltas:
+                continue                         # checked below, once every block is
             if slot + 1 >= len(offs) or offs[slot + 1] - offs[slot] != length \
                     or segment_hash(raw[offs[slot]:offs[slot + 1]]) != h:
                 problems.append(f"segment {h.hex()} in block {block_id} does not match its hash")
                 bad_segments.add(h)
+    for h, base in deltas.items():
+        if h in bad_segments:
+            continue
+        if base not in stored_refs:
+            problems.append(f"segment {h.hex()}: its delta base {base.hex()} is missing")
+            bad_segments.add(h)
+            continue
+        try:
+            store._read(lambda txn, h=h: store._segment(txn, h))
+        except Corrupt as e:
+            problems.append(f"segment {h.hex()} (delta): {e}")
+            bad_segments.add(h)
     known_blocks = set(block_ids)
     for block_id, entries in by_block.items():
         if block_id not in known_blocks:
@@ -71,7 +97,6 @@ def verify(store: Store, progress: bool = False) -> dict:
             bad_segments.update(h for _, h, _ in entries)
     store._cache = type(store._cache)(store._cache.limit)  # verify reads from disk, not memory
 
-    counted: dict[bytes, int] = defaultdict(int)
     files = 0
     fids = store._read(lambda txn: [(k, v) for k, v in txn.cursor(db=store._names)])
     for n, (name_b, fid_b) in enumerate(fids):
@@ -120,7 +145,8 @@ def verify(store: Store, progress: bool = False) -> dict:
             damaged.add(name)
     for h, refs in stored_refs.items():
         if refs != counted.get(h, 0):
-            problems.append(f"segment {h.hex()}: reference count {refs}, used by {counted.get(h, 0)} files")
+            problems.append(f"segment {h.hex()}: reference count {refs}, used by {counted.get(h, 0)} "
+                            "files and deltas")
     _say(progress, "")
     if progress and sys.stderr.isatty():
         sys.stderr.write("\r")
@@ -129,9 +155,10 @@ def verify(store: Store, progress: bool = False) -> dict:
 
 
 def _pack_blocks(store: Store, txn, items, c: dict, level: int, dict_id, target: int) -> list[int]:
-    """Write the segments items [(kind, hash, bytes, refs)] into new blocks of about
-    target bytes, in the order given; update their segment entries. Returns the new
-    block ids."""
+    """Write the segments items [(kind, hash, stored bytes, index entry)] into new blocks
+    of about target bytes, in the order given; point their index entries at the new
+    places (a delta stays a delta: its stored bytes are copied as they are). Returns the
+    new block ids."""
     groups: list[list] = []
     cur, size = [], 0
     for item in items:
@@ -155,8 +182,8 @@ def _pack_blocks(store: Store, txn, items, c: dict, level: int, dict_id, target:
             c["blocks"] += 1
             c["block_bytes"] += len(frame)
             c["block_raw"] += rawlen
-            for slot, (kind, h, seg, refs) in enumerate(group):
-                txn.put(h, _seg_value(bid, slot, refs, kind, len(seg)), db=store._segs)
+            for slot, (_kind, h, _seg, v) in enumerate(group):
+                txn.put(h, _seg_with(v, block=bid, slot=slot), db=store._segs)
             new_ids.append(bid)
     return new_ids
 
@@ -182,18 +209,40 @@ def gc(store: Store, sparse: float = 0.5) -> dict:
         live: dict[int, list] = defaultdict(list)
         dead_bytes: dict[int, int] = defaultdict(int)
         freed = freed_bytes = 0
-        dead = []
+        # Dead segments; a dead delta gives back its reference on its base, which may
+        # die in turn.
+        dead: set[bytes] = set()
+        todo = [bytes(h) for h, v in txn.cursor(db=store._segs) if _seg_fields(v)[2] == 0]
+        while todo:
+            h = todo.pop()
+            if h in dead:
+                continue
+            dead.add(h)
+            (_b, _s, _r, _k, length), delta = _seg_parse(txn.get(h, db=store._segs))
+            if delta is None:
+                continue
+            c["deltas"] -= 1
+            c["delta_raw"] -= length
+            bv = txn.get(delta[1], db=store._segs)
+            if bv is None:
+                raise Corrupt(f"segment {h.hex()}: its delta base is missing")
+            _bb, _bs, brefs, bkind, blen = _seg_fields(bv)
+            txn.put(delta[1], _seg_with(bv, refs=max(brefs - 1, 0)), db=store._segs)
+            if brefs <= 1:
+                c["uniq"][bkind] -= 1
+                c["uniq_bytes"][bkind] -= blen
+                todo.append(delta[1])
         for h, v in txn.cursor(db=store._segs):
             block, slot, refs, kind, length = _seg_fields(v)
-            if refs == 0:
+            if h in dead:
                 freed += 1
                 freed_bytes += length
                 dead_bytes[block] += length
-                dead.append(h)
             else:
-                live[block].append((slot, kind, h, refs, length))
+                live[block].append((slot, kind, bytes(h), v, length))
         for h in dead:
             txn.delete(h, db=store._segs)
+        _drop_near_entries(store, txn, dead)
         deleted = rewritten = 0
         moving = []
         for block in sorted(dead_bytes):
@@ -204,8 +253,8 @@ def gc(store: Store, sparse: float = 0.5) -> dict:
                 deleted += 1
             elif live_bytes < sparse * (live_bytes + dead_bytes[block]):
                 raw, offs = store._block(txn, block)
-                for slot, kind, h, refs, _ in sorted(entries):
-                    moving.append((kind, h, bytes(raw[offs[slot]:offs[slot + 1]]), refs))
+                for slot, kind, h, v, _ in sorted(entries):
+                    moving.append((kind, h, bytes(raw[offs[slot]:offs[slot + 1]]), v))
                 _drop_block(store, txn, block, c)
                 rewritten += 1
         if moving:
@@ -218,6 +267,69 @@ def gc(store: Store, sparse: float = 0.5) -> dict:
         return {"segments_freed": freed, "bytes_freed": freed_bytes, "blocks_deleted": deleted,
                 "blocks_rewritten": rewritten}
     return store._write(work)
+
+
+def _undelta_order(store: Store, txn, rows: list, c: dict) -> tuple[list, set]:
+    """compact's segment order with every delta placed right after its base, and the
+    bases that only deltas kept alive left out. Each delta gives back its reference on
+    its base (compact stores it plain). Returns (rows in order, hashes of dead bases)."""
+    children: dict[bytes, list] = defaultdict(list)
+    by_hash = {}
+    for row in rows:
+        by_hash[row[3]] = row
+        d = _seg_delta(row[4])
+        if d is not None:
+            children[d[1]].append(row)
+    dead: set[bytes] = set()
+    for base, kids in children.items():
+        v = txn.get(base, db=store._segs)
+        if v is None:
+            raise Corrupt(f"segment {base.hex()}: a delta's base is missing")
+        _b, _s, refs, kind, length = _seg_fields(v)
+        refs = max(refs - len(kids), 0)
+        txn.put(base, _seg_with(v, refs=refs), db=store._segs)
+        if refs == 0:
+            dead.add(base)
+            c["uniq"][kind] -= 1
+            c["uniq_bytes"][kind] -= length
+    c["deltas"] = c["delta_raw"] = c["delta_bytes"] = 0      # every delta is stored plain now
+    order: list = []
+    placed: set[bytes] = set()
+
+    def emit(row):
+        stack = [row]
+        while stack:
+            r = stack.pop()
+            if r[3] in placed:
+                continue
+            placed.add(r[3])
+            if r[3] not in dead:
+                order.append(r)
+            stack.extend(reversed(children.get(r[3], ())))
+    for row in rows:
+        d = _seg_delta(row[4])
+        if d is None or d[1] not in by_hash:
+            emit(row)
+    for row in rows:            # deltas whose base chain is broken: in their own place
+        emit(row)
+    return order, dead
+
+
+def _drop_near_entries(store: Store, txn, dead: set[bytes]) -> None:
+    """Delete the LSH entries of deleted segments (matched by the hash prefix, which is
+    all an entry keeps; an entry whose prefix a live segment shares stays)."""
+    if not dead:
+        return
+    n = _NEAR_PREFIX
+    prefixes = {h[:n] for h in dead}
+    cur = txn.cursor(db=store._segs)
+    prefixes = {p for p in prefixes if not (cur.set_range(p) and cur.key()[:n] == p)}
+    if not prefixes:
+        return
+    nb = neardup.BAND_KEY_BYTES
+    stale = [bytes(k) for k in txn.cursor(db=store._near).iternext(values=False) if k[nb:] in prefixes]
+    for k in stale:
+        txn.delete(k, db=store._near)
 
 
 def _train_manifest_dict(store: Store, txn) -> None:
@@ -251,7 +363,7 @@ def _drop_unused_dicts(store: Store, txn) -> None:
             txn.delete(key, db=store._dictdb)
 
 
-DB_NAMES = (b"meta", b"blocks", b"segments", b"manifests", b"names", b"dicts", b"index")
+DB_NAMES = (b"meta", b"blocks", b"segments", b"manifests", b"names", b"dicts", b"index", b"near")
 
 
 def _copy_env(store: Store, dest) -> None:
@@ -304,18 +416,28 @@ def compact(path, level: int | None = None, progress: bool = False) -> dict:
         def collect(txn):
             for h, v in txn.cursor(db=store._segs):
                 block, slot, refs, kind, length = _seg_fields(v)
-                rows.append((block, slot, kind, h, refs, length))
+                rows.append((block, slot, kind, h, v, length))
         store._read(collect)
         rows.sort()
 
         def repack(txn):
             c = store._counters(txn)
             old_blocks = [_U64.unpack(k)[0] for k in txn.cursor(db=store._blocks).iternext(values=False)]
+            order, dead = _undelta_order(store, txn, rows, c)
             _say(progress, "compact: repacking")
             batch, size = [], 0
-            for block, slot, kind, h, refs, length in rows:
-                raw, offs = store._block(txn, block)
-                batch.append((kind, h, bytes(raw[offs[slot]:offs[slot + 1]]), refs))
+            for block, slot, kind, h, v, length in order:
+                if _seg_delta(v) is not None:
+                    # a delta becomes plain again, right behind its base: in one large
+                    # block zstd -19 finds the match itself (measured smaller than
+                    # keeping the delta), and a read decodes no chain
+                    data = store._segment(txn, h)
+                    (_b, _s, refs, kind, length), _ = _seg_parse(txn.get(h, db=store._segs))
+                    batch.append((kind, h, data, _seg_value(0, 0, refs, kind, length)))
+                else:
+                    raw, offs = store._block(txn, block)
+                    v = txn.get(h, db=store._segs)     # its refcount may have changed
+                    batch.append((kind, h, bytes(raw[offs[slot]:offs[slot + 1]]), v))
                 size += length
                 if size >= 4 * limits.BLOCK_TARGET_COMPACT:
                     _pack_blocks(store, txn, batch, c, level, None, limits.BLOCK_TARGET_COMPACT)
@@ -324,6 +446,9 @@ def compact(path, level: int | None = None, progress: bool = False) -> dict:
                 _pack_blocks(store, txn, batch, c, level, None, limits.BLOCK_TARGET_COMPACT)
             for b in old_blocks:
                 _drop_block(store, txn, b, c)
+            for h in dead:
+                txn.delete(h, db=store._segs)
+            _drop_near_entries(store, txn, dead)
             # rewrite the segment index in key order so its pages are full
             index = list(txn.cursor(db=store._segs))
             txn.drop(store._segs, delete=False)

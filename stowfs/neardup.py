@@ -25,7 +25,7 @@ SAMPLE = 8                   # one window in SAMPLE is kept (a power of two)
 NUM_BINS = 32
 BANDS = 4
 ROWS = 4
-BAND_KEY_BYTES = 8           # 1 byte band number + 7 bytes of the band's hash
+BAND_KEY_BYTES = 4           # hash of (band number, the band's values)
 _EMPTY = np.uint32(0xFFFFFFFF)
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -97,8 +97,7 @@ def band_keys(sig: bytes) -> list[bytes]:
         band = x[b * ROWS:(b + 1) * ROWS]
         if (band == _EMPTY).any():
             continue
-        digest = hashlib.blake2b(band.tobytes(), digest_size=BAND_KEY_BYTES - 1).digest()
-        out.append(bytes([b]) + digest)
+        out.append(hashlib.blake2b(bytes([b]) + band.tobytes(), digest_size=BAND_KEY_BYTES).digest())
     return out
 
 

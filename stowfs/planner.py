@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import limits
+from . import limits, neardup
 from .chunker import cut_points
 from .codec import segment_hash
 from .conversation import Parsed
@@ -87,11 +87,13 @@ class Recorder:
     """A store_segment that only hashes and remembers: each distinct segment once, in
     first-seen order, with occurrence counts per kind."""
 
-    def __init__(self):
+    def __init__(self, signatures: bool = True):
         self.segments: dict[bytes, tuple[bytes, int]] = {}
+        self.sigs: dict[bytes, bytes] = {}
         self.occ: Counter = Counter()
         self.occ_bytes: Counter = Counter()
         self.repeat_bytes = 0
+        self._signatures = signatures
 
     def __call__(self, data: bytes, kind: int) -> bytes:
         h = segment_hash(data)
@@ -101,6 +103,8 @@ class Recorder:
             self.repeat_bytes += len(data)
         else:
             self.segments[h] = (data, kind)
+            if self._signatures and limits.DELTA_MIN <= len(data) <= limits.DELTA_MAX:
+                self.sigs[h] = neardup.signature(data)   # here, in the worker processes
         return h
 
 
@@ -118,6 +122,7 @@ class Plan:
     occ: Counter = field(default_factory=Counter)
     occ_bytes: Counter = field(default_factory=Counter)
     repeat_bytes: int = 0
+    sigs: dict = field(default_factory=dict)   # MinHash signatures of delta candidates
 
 
 def plan_bytes(name: str, data: bytes, mtime: float) -> Plan:
@@ -126,7 +131,7 @@ def plan_bytes(name: str, data: bytes, mtime: float) -> Plan:
     rec = Recorder()
     opl, tpl, pieces, sha, _ = split_views(data, None, parsed, rec)
     return Plan(name, len(data), mtime, sha, describe(parsed), opl, tpl, pieces,
-                rec.segments, rec.occ, rec.occ_bytes, rec.repeat_bytes)
+                rec.segments, rec.occ, rec.occ_bytes, rec.repeat_bytes, rec.sigs)
 
 
 def plan_path(name: str, path: str, mtime: float) -> Optional[Plan]:

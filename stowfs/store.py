@@ -6,9 +6,16 @@ Named databases (all keys and values are bytes):
                b"next_file" / b"next_block" / b"next_dict" -> u64; b"generation" -> u64;
                b"ingest_dict" -> dictionary id used for new blocks
     blocks     u64 block id -> frame (codec.py) whose decoded bytes are a pack of segments
-    segments   BLAKE2b-128 of a segment -> uvarints (block, slot, refcount, kind, length);
-               refcount = number of stored files that use the segment. A segment at
-               refcount 0 stays until gc (ingesting it again revives it).
+    segments   BLAKE2b-128 of a segment -> uvarints (block, slot, refcount, kind, length),
+               and for a segment kept as a delta: uvarints (DELTA, depth) + the base's
+               hash. refcount = number of stored files that use the segment + number of
+               deltas made against it, so a base lives as long as a delta needs it. A
+               segment at refcount 0 stays until gc (ingesting it again revives it).
+    near       LSH band key (4 bytes, neardup.py) + first 4 bytes of a segment's hash ->
+               b"": where new segments look for a near-duplicate base. Only segments of
+               DELTA_MIN bytes or more, and not chat messages (user, assistant: near
+               copies are rare there, and 18 bytes a band entry would cost more than
+               deltas save); derived data (gc drops entries of deleted segments)
     manifests  u64 file id -> msgpack header: name, size, SHA-256, format, metadata, view
                sizes, and "pl", the hashes of the segments (kind "pieces", 1 MiB each at most)
                whose bytes, joined, hold the piece lists
@@ -38,16 +45,19 @@ from typing import Iterator, Optional
 import lmdb
 
 from . import limits
-from .codec import (Dictionaries, build_pack, decode_frame, encode_frame, frame_dict_id,
-                    parse_pack, segment_hash)
+from . import neardup
+from .codec import (DELTA, Dictionaries, build_pack, decode_delta, decode_frame, encode_delta,
+                    encode_frame, frame_dict_id, parse_pack, segment_hash)
 from .errors import Busy, Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
 from .packing import get_uvarint, pack, unpack, encode_uvarints
-from .pieces import KIND_NAMES, PieceList, render, unpack_views
+from .pieces import ASSISTANT, KIND_NAMES, USER, PieceList, render, unpack_views
 from .planner import Plan, describe, plan_bytes, plan_path, plan_paths, split_views, unparsed
 
 FORMAT_VERSION = 1
 VIEWS = ("original", "text")
 _U64 = struct.Struct(">Q")
+_NEAR_PREFIX = 4                        # bytes of a segment hash an LSH entry keeps
+_NOT_INDEXED = (USER, ASSISTANT)        # kinds whose segments get no LSH entries
 
 
 def _u64(n: int) -> bytes:
@@ -100,23 +110,71 @@ def check_name(name: str) -> str:
     return name
 
 
-def _seg_value(block: int, slot: int, refs: int, kind: int, length: int) -> bytes:
-    return encode_uvarints((block, slot, refs, kind, length))
+def _seg_value(block: int, slot: int, refs: int, kind: int, length: int,
+               delta: Optional[tuple[int, bytes]] = None) -> bytes:
+    """A segment index entry; delta = (depth, base hash) for a segment kept as a delta."""
+    v = encode_uvarints((block, slot, refs, kind, length))
+    if delta is not None:
+        v += encode_uvarints((DELTA, delta[0])) + delta[1]
+    return v
 
 
-def _seg_fields(v) -> list[int]:
+def _seg_parse(v) -> tuple[list[int], Optional[tuple[int, bytes]]]:
     out, pos = [], 0
     for _ in range(5):
         n, pos = get_uvarint(v, pos)
         out.append(n)
-    return out
+    if pos == len(v):
+        return out, None
+    tag, pos = get_uvarint(v, pos)
+    depth, pos = get_uvarint(v, pos)
+    if tag != DELTA or len(v) - pos != 16:
+        raise Corrupt(f"unknown segment encoding {tag}")
+    return out, (depth, bytes(v[pos:]))
+
+
+def _seg_fields(v) -> list[int]:
+    """(block, slot, refcount, kind, length) of a segment index entry."""
+    return _seg_parse(v)[0]
+
+
+def _seg_delta(v) -> Optional[tuple[int, bytes]]:
+    """(depth, base hash) when the segment is kept as a delta, else None."""
+    return _seg_parse(v)[1]
+
+
+def _seg_with(v, *, refs: Optional[int] = None, block: Optional[int] = None,
+              slot: Optional[int] = None) -> bytes:
+    """The same entry with its refcount or place changed, its encoding kept."""
+    (b, sl, r, kind, length), delta = _seg_parse(v)
+    return _seg_value(b if block is None else block, sl if slot is None else slot,
+                      r if refs is None else refs, kind, length, delta)
 
 
 def _empty_counters() -> dict:
     k = len(KIND_NAMES)
     return {"files": 0, "naive": 0, "conversations": 0, "messages": 0, "parse_errors": 0,
             "occ": [0] * k, "occ_bytes": [0] * k, "uniq": [0] * k, "uniq_bytes": [0] * k,
-            "blocks": 0, "block_bytes": 0, "block_raw": 0}
+            "blocks": 0, "block_bytes": 0, "block_raw": 0,
+            "deltas": 0, "delta_raw": 0, "delta_bytes": 0}
+
+
+class _Recent:
+    """A small bounded map, oldest entry dropped first (no recency update on get)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        return self._d.get(key)
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._d[key] = value
+            if len(self._d) > self.limit:
+                self._d.popitem(last=False)
 
 
 class _BlockCache:
@@ -169,7 +227,9 @@ class _Ingest:
         self.block_segs: list[bytes] = []
         self.block_raw = 0
         self.block_id = None
+        self.pending: dict[bytes, bytes] = {}   # segments of the unwritten block, decoded
         self.c = store._counters(txn)
+        self.delta_saved = 0
 
     def store_segment(self, data: bytes, kind: int) -> bytes:
         h = segment_hash(data)
@@ -178,8 +238,16 @@ class _Ingest:
         self.add(h, data, kind)
         return h
 
-    def add(self, h: bytes, data: bytes, kind: int) -> None:
-        """Reference segment h (= segment_hash(data)) once more for this file."""
+    def _ref(self, h: bytes, v: bytes) -> None:
+        (block, slot, refs, k, ln), _ = _seg_parse(v)
+        if refs == 0:
+            self.c["uniq"][k] += 1
+            self.c["uniq_bytes"][k] += ln
+        self.txn.put(h, _seg_with(v, refs=refs + 1), db=self.s._segs)
+
+    def add(self, h: bytes, data: bytes, kind: int, sig: Optional[bytes] = None) -> None:
+        """Reference segment h (= segment_hash(data)) once more for this file. sig is its
+        MinHash signature when the planner computed it."""
         if h in self.seen:
             self.dedup_bytes += len(data)
             return
@@ -187,23 +255,97 @@ class _Ingest:
         txn, segs = self.txn, self.s._segs
         v = txn.get(h, db=segs)
         if v is not None:
-            block, slot, refs, k, ln = _seg_fields(v)
-            if refs == 0:
-                self.c["uniq"][k] += 1
-                self.c["uniq_bytes"][k] += ln
-            txn.put(h, _seg_value(block, slot, refs + 1, k, ln), db=segs)
+            self._ref(h, v)
             self.dedup_bytes += len(data)
             return
+        near = self.s.near_threshold > 0 and limits.DELTA_MIN <= len(data) <= limits.DELTA_MAX
+        if near and sig is None:
+            sig = neardup.signature(data)
+        delta = self._delta(data, sig) if near else None
         if self.block_id is None:
             self.block_id = self.s._next(txn, b"next_block")
-        txn.put(h, _seg_value(self.block_id, len(self.block_segs), 1, kind, len(data)), db=segs)
-        self.block_segs.append(data)
-        self.block_raw += len(data)
+        stored = data
+        if delta is not None:
+            stored, base, depth = delta
+            self._ref(base, txn.get(base, db=segs))
+            txn.put(h, _seg_value(self.block_id, len(self.block_segs), 1, kind, len(data),
+                                  (depth, base)), db=segs)
+            self.c["deltas"] += 1
+            self.c["delta_raw"] += len(data)
+            self.c["delta_bytes"] += len(stored)
+            self.delta_saved += len(data) - len(stored)
+        else:
+            txn.put(h, _seg_value(self.block_id, len(self.block_segs), 1, kind, len(data)), db=segs)
+        if near and kind not in _NOT_INDEXED:
+            self._index_near(h, sig)
+        self.pending[h] = data
+        self.block_segs.append(stored)
+        self.block_raw += len(stored)
         self.new_bytes += len(data)
         self.c["uniq"][kind] += 1
         self.c["uniq_bytes"][kind] += len(data)
         if self.block_raw >= limits.BLOCK_TARGET:
             self.flush()
+
+    def _bucket(self, bk: bytes) -> list[bytes]:
+        """The hash prefixes in one LSH bucket (at most LSH_BUCKET: see _index_near)."""
+        out, nb = [], neardup.BAND_KEY_BYTES
+        cur = self.txn.cursor(db=self.s._near)
+        ok = cur.set_range(bk)
+        while ok and len(out) < limits.LSH_BUCKET and cur.key()[:nb] == bk:
+            out.append(cur.key()[nb:])
+            ok = cur.next()
+        return out
+
+    def _index_near(self, h: bytes, sig: bytes) -> None:
+        """Add h to its LSH buckets. A bucket that already holds LSH_BUCKET segments is
+        left as it is: they stand for that group of near-copies well enough, and it keeps
+        both the index and each lookup bounded (a log of 100,000 near-identical lines
+        would otherwise make every lookup read them all)."""
+        for bk in neardup.band_keys(sig):
+            if len(self._bucket(bk)) < limits.LSH_BUCKET:
+                self.txn.put(bk + h[:_NEAR_PREFIX], b"", db=self.s._near)
+        self.s._sigs.put(h, sig)
+
+    def _delta(self, data: bytes, sig: bytes) -> Optional[tuple[bytes, bytes, int]]:
+        """(payload, base hash, depth) when a stored near-duplicate makes data much
+        smaller as a delta than as a plain frame, else None. Candidates come from the
+        LSH entries, most shared bands first; each one tried costs a delta encode, so at
+        most DELTA_CANDIDATES are, and the first good one wins."""
+        txn, s = self.txn, self.s
+        votes: Counter = Counter()
+        for bk in neardup.band_keys(sig):
+            for prefix in self._bucket(bk):
+                votes[prefix] += 1
+        if not votes:
+            return None
+        plain = None
+        tried = 0
+        seg_cur = txn.cursor(db=s._segs)
+        for prefix, _ in votes.most_common(8 * limits.DELTA_CANDIDATES):
+            if tried >= limits.DELTA_CANDIDATES:
+                break
+            if not (seg_cur.set_range(prefix) and seg_cur.key()[:len(prefix)] == prefix):
+                continue                       # deleted by gc since (stale LSH entry)
+            base_h, v = bytes(seg_cur.key()), seg_cur.value()
+            d = _seg_delta(v)
+            if d is not None and d[0] >= limits.DELTA_MAX_DEPTH:
+                continue
+            base = self.pending.get(base_h)
+            if base is None:
+                base = s._segment(txn, base_h)
+            base_sig = s._sigs.get(base_h)
+            if base_sig is None:
+                base_sig = neardup.signature(base)
+            if neardup.similarity(sig, base_sig) < s.near_threshold:
+                continue
+            tried += 1
+            payload = encode_delta(data, base)
+            if plain is None:
+                plain = len(s._dicts.compressor(limits.LEVEL_INGEST, None).compress(data))
+            if len(payload) <= limits.DELTA_KEEP * plain:
+                return payload, base_h, (0 if d is None else d[0]) + 1
+        return None
 
     def flush(self) -> None:
         if not self.block_segs:
@@ -211,6 +353,7 @@ class _Ingest:
         self.s._write_block(self.txn, self.block_id, self.block_segs, self.c,
                             limits.LEVEL_INGEST, self.s._ingest_dict(self.txn))
         self.block_segs, self.block_raw, self.block_id = [], 0, None
+        self.pending = {}
 
 
 def _planned(items, workers: int):
@@ -282,9 +425,15 @@ def _planned(items, workers: int):
 
 class Store:
     def __init__(self, path, *, readonly: bool = False, create: bool = True,
-                 cache_bytes: int = limits.BLOCK_CACHE_BYTES):
+                 cache_bytes: int = limits.BLOCK_CACHE_BYTES,
+                 near_threshold: float = limits.NEAR_THRESHOLD):
+        """near_threshold: estimated Jaccard similarity at which a stored segment is
+        tried as the base of a delta for a new one (0 turns near-dedup off)."""
+        if not 0.0 <= near_threshold <= 1.0:
+            raise StowError("near-duplicate threshold must be between 0 and 1")
         self.path = Path(path)
         self.readonly = readonly
+        self.near_threshold = near_threshold
         if not self.path.is_dir():
             if readonly or not create:
                 raise NotFound(f"no store at {self.path}")
@@ -313,6 +462,7 @@ class Store:
         self._active = 0
         self._growing = False
         self._cache = _BlockCache(cache_bytes)
+        self._sigs = _Recent(limits.SIGNATURE_CACHE)   # signatures of recent segments
         self._dicts = Dictionaries()
         open_db = lambda name, **kw: self.env.open_db(name, create=not readonly, **kw)  # noqa: E731
         try:
@@ -323,6 +473,7 @@ class Store:
             self._names = open_db(b"names")
             self._dictdb = open_db(b"dicts")
             self._index = open_db(b"index")
+            self._near = self._open_optional(b"near")
         except lmdb.Error as e:
             self.close()
             raise StowError(f"store at {self.path} is not readable: {e}") from None
@@ -332,6 +483,16 @@ class Store:
             self._check_format()
 
     # ----------------------------------------------------------------- plumbing
+    def _open_optional(self, name: bytes):
+        """A database added after the first stores were made: created when the store is
+        writable; None when a read-only open finds an older store without it (only
+        writers use these)."""
+        if not self.readonly:
+            return self.env.open_db(name, create=True)
+        try:
+            return self.env.open_db(name, create=False)
+        except lmdb.NotFoundError:
+            return None
     def _take_lock(self, mode: int, what: str):
         f = open(self.path / "stowfs.lock", "a+")
         try:
@@ -511,15 +672,19 @@ class Store:
         self._cache.put(block_id, value)
         return value
 
-    def _segment(self, txn, h: bytes) -> bytes:
+    def _segment(self, txn, h: bytes, _depth: int = 0) -> bytes:
         v = txn.get(h, db=self._segs)
         if v is None:
             raise Corrupt(f"segment {h.hex()} is missing")
-        block, slot, _refs, _kind, length = _seg_fields(v)
+        (block, slot, _refs, _kind, length), delta = _seg_parse(v)
         raw, offs = self._block(txn, block)
         if slot + 1 >= len(offs):
             raise Corrupt(f"segment {h.hex()}: block {block} has no slot {slot}")
         seg = raw[offs[slot]:offs[slot + 1]]
+        if delta is not None:
+            if _depth >= limits.DELTA_MAX_DEPTH or delta[0] > limits.DELTA_MAX_DEPTH:
+                raise Corrupt(f"segment {h.hex()}: delta chain deeper than {limits.DELTA_MAX_DEPTH}")
+            seg = decode_delta(seg, self._segment(txn, delta[1], _depth + 1), length)
         if len(seg) != length or segment_hash(seg) != h:
             self._cache.drop(block)
             raise Corrupt(f"segment {h.hex()} in block {block} does not match its hash")
@@ -672,8 +837,9 @@ class Store:
         if plan.original.size != plan.size:
             raise StowError(f"{plan.name}: piece list does not add up to the file size")
         ing = _Ingest(self, txn)
+        sigs = plan.sigs
         for h, (data, kind) in plan.segments.items():
-            ing.add(h, data, kind)
+            ing.add(h, data, kind, sigs.get(h))
         ing.occ, ing.occ_bytes = plan.occ, plan.occ_bytes
         ing.dedup_bytes += plan.repeat_bytes
         ing.flush()
@@ -753,7 +919,7 @@ class Store:
             if refs <= 1:
                 c["uniq"][kind] -= 1
                 c["uniq_bytes"][kind] -= ln
-            txn.put(hsh, _seg_value(block, slot, max(refs - 1, 0), kind, ln), db=self._segs)
+            txn.put(hsh, _seg_with(sv, refs=max(refs - 1, 0)), db=self._segs)
         txn.delete(_u64(fid), db=self._mans)
         txn.delete(h["n"].encode("utf-8"), db=self._names)
         for key in self._index_keys(h, fid):
@@ -1011,6 +1177,7 @@ class Store:
             "blocks": c["blocks"], "block_bytes": c["block_bytes"], "block_raw_bytes": c["block_raw"],
             "compression_ratio": round(c["block_raw"] / c["block_bytes"], 3) if c["block_bytes"] else None,
             "dictionaries": ndicts,
+            "deltas": c["deltas"], "delta_raw_bytes": c["delta_raw"], "delta_bytes": c["delta_bytes"],
             "naive_bytes": c["naive"], "disk_bytes": disk,
             "ratio": round(c["naive"] / disk, 3) if disk else None,
             "savings_percent": round(100 * (1 - disk / c["naive"]), 2) if c["naive"] else None,

@@ -56,3 +56,134 @@ def test_damaged_piece_list_is_refused(cut):
     blob = pack_views(plan.original, plan.text)
     with pytest.raises(ValueError):
         unpack_views(blob[:-cut])
+
+
+# ---------------------------------------------------------------- near-duplicate deltas
+
+def real_text(min_len: int = 6000) -> str:
+    """A long real assistant message from the ShareGPT subset."""
+    import json
+    recs = json.loads((corpus_dir() / "sharegpt-v3-subset" / "sharegpt_v3_first_1366.json").read_text())
+    for rec in recs:
+        for m in rec["conversations"]:
+            if len(m["value"].encode()) >= min_len and m["value"].count(" ") > 500:
+                return m["value"]
+    pytest.skip("no long message in the corpus subset")
+
+
+def as_file(system: str, user: str = "Summarise the document above in three bullet points.") -> bytes:
+    import json
+    return json.dumps({"model": "gpt-4o", "messages": [{"role": "system", "content": system},
+                                                      {"role": "user", "content": user}]},
+                      indent=2).encode()
+
+
+def two_words_changed(text: str) -> str:
+    words = text.split(" ")
+    words[40], words[len(words) // 2] = "Wednesday", "2026-11-22"
+    return " ".join(words)
+
+
+def seg_entry(store: Store, content: str):
+    from stowfs.codec import segment_hash
+    from stowfs.store import _seg_parse
+    v = store._read(lambda txn: txn.get(segment_hash(content.encode()), db=store._segs))
+    return None if v is None else _seg_parse(v)
+
+
+def test_variant_differing_in_two_tokens_is_a_delta_that_round_trips(store):
+    from stowfs.maintenance import verify
+    canonical = real_text()
+    variant = two_words_changed(canonical)
+    a, b = as_file(canonical), as_file(variant)
+    store.put("a.json", a)
+    r = store.put("b.json", b)
+    (_blk, _slot, refs, _kind, length), delta = seg_entry(store, variant)
+    assert delta is not None, "the variant was stored whole"
+    depth, base = delta
+    assert depth == 1 and length == len(variant.encode())
+    (_, _, base_refs, _, _), _ = seg_entry(store, canonical)
+    assert base_refs == 2                    # file a + the delta
+    assert r.new_bytes >= len(variant.encode())
+    stats = store.stats()
+    assert stats["deltas"] == 1 and stats["delta_bytes"] < 0.05 * len(variant.encode())
+    assert store.get("a.json") == a and store.get("b.json") == b
+    assert verify(store)["ok"]
+
+
+def test_removing_the_base_file_never_breaks_the_delta(store):
+    from stowfs.maintenance import gc, verify
+    canonical = real_text()
+    variant = two_words_changed(canonical)
+    store.put("a.json", as_file(canonical))
+    store.put("b.json", as_file(variant))
+    store.remove("a.json")
+    gc(store)
+    assert seg_entry(store, canonical) is not None      # kept for the delta
+    assert store.get("b.json") == as_file(variant)
+    assert verify(store)["ok"]
+    store.remove("b.json")
+    freed = gc(store)
+    assert seg_entry(store, canonical) is None and seg_entry(store, variant) is None
+    assert freed["segments_freed"] >= 2
+    assert store.stats()["unique_segments"] == 0 and verify(store)["ok"]
+
+
+def test_delta_chains_stay_bounded_and_compact_makes_them_plain(tmp_path):
+    from stowfs import limits
+    from stowfs.maintenance import compact, verify
+    text = real_text()
+    versions = [text]
+    for i in range(8):
+        words = versions[-1].split(" ")
+        words[10 + 37 * i] = f"edit{i}"
+        versions.append(" ".join(words))
+    with Store(tmp_path / "s") as s:
+        for i, v in enumerate(versions):
+            s.put(f"v{i}.json", as_file(v))
+        depths = [(seg_entry(s, v)[1] or (0,))[0] for v in versions]
+        assert max(depths) <= limits.DELTA_MAX_DEPTH and sum(d > 0 for d in depths) >= 6
+        for i, v in enumerate(versions):
+            assert s.get(f"v{i}.json") == as_file(v)
+    compact(tmp_path / "s")
+    with Store(tmp_path / "s") as s:
+        assert all(seg_entry(s, v)[1] is None for v in versions)
+        assert s.stats()["deltas"] == 0
+        for i, v in enumerate(versions):
+            assert s.get(f"v{i}.json") == as_file(v)
+        assert verify(s)["ok"]
+
+
+def test_a_damaged_base_makes_the_delta_fail_loudly(store):
+    from stowfs.codec import build_pack, decode_frame, encode_frame, parse_pack
+    from stowfs.errors import Corrupt
+    from stowfs.maintenance import verify
+    from stowfs.store import _u64
+    canonical = real_text()
+    variant = two_words_changed(canonical)
+    store.put("a.json", as_file(canonical))
+    store.put("b.json", as_file(variant))
+    (blk, slot, *_), _ = seg_entry(store, canonical)
+
+    def damage(txn):
+        raw = decode_frame(txn.get(_u64(blk), db=store._blocks), store._dicts)
+        offs = parse_pack(raw)
+        segs = [bytearray(raw[offs[i]:offs[i + 1]]) for i in range(len(offs) - 1)]
+        segs[slot][100] ^= 0x01
+        txn.put(_u64(blk), encode_frame(build_pack([bytes(x) for x in segs]), store._dicts, 3), db=store._blocks)
+    store._write(damage)
+    store._cache = type(store._cache)(store._cache.limit)
+    with pytest.raises(Corrupt):
+        store.get("b.json")
+    report = verify(store)
+    assert not report["ok"] and "b.json" in report["damaged_files"]
+
+
+def test_threshold_zero_turns_deltas_off(tmp_path):
+    canonical = real_text()
+    with Store(tmp_path / "s", near_threshold=0) as s:
+        s.put("a.json", as_file(canonical))
+        s.put("b.json", as_file(two_words_changed(canonical)))
+        assert s.stats()["deltas"] == 0
+    with pytest.raises(Exception):
+        Store(tmp_path / "s", near_threshold=1.5)

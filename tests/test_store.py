@@ -11,7 +11,7 @@ from realdata import corpus_dir, corpus_files, openai_form, sharegpt_records
 from stowfs.codec import segment_hash
 from stowfs.errors import Exists, InvalidName, NotFound
 from stowfs.maintenance import compact, gc, verify
-from stowfs.store import Store, _seg_fields
+from stowfs.store import Store, _seg_delta, _seg_fields
 
 
 @pytest.fixture
@@ -22,8 +22,14 @@ def store(tmp_path):
 
 
 def refcount(store: Store, content: bytes):
-    v = store._read(lambda txn: txn.get(segment_hash(content), db=store._segs))
-    return None if v is None else _seg_fields(v)[2]
+    """How many stored files use content (its refcount less the deltas based on it)."""
+    h = segment_hash(content)
+    v = store._read(lambda txn: txn.get(h, db=store._segs))
+    if v is None:
+        return None
+    deltas = store._read(lambda txn: sum(1 for _, e in txn.cursor(db=store._segs)
+                                         if (_seg_delta(e) or (0, b""))[1] == h))
+    return _seg_fields(v)[2] - deltas
 
 
 def test_every_corpus_file_round_trips(store):
