@@ -54,7 +54,10 @@ class Progress:
 
 def _open(args, readonly: bool = False):
     from .store import Store
-    return Store(args.store, readonly=readonly)
+    kw = {}
+    if getattr(args, "near_threshold", None) is not None:
+        kw["near_threshold"] = args.near_threshold
+    return Store(args.store, readonly=readonly, **kw)
 
 
 def _inputs(paths: list[str]) -> list[tuple[str, str]]:
@@ -229,6 +232,25 @@ def cmd_compact(args) -> int:
     return EXIT_OK
 
 
+def cmd_train(args) -> int:
+    with _open(args) as s:
+        out = {}
+        if not args.substrings_only:
+            out["dictionary"] = s.train()
+        if not args.no_substrings:
+            out["substrings"] = s.train_substrings(args.samples, args.min_occurrences)
+            out["substring_bytes"] = sum(len(r["bytes"]) for r in s.substrings()) if out["substrings"] else 0
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+    if "dictionary" in out:
+        print(f"dictionary: {'trained, id ' + str(out['dictionary']) if out['dictionary'] else 'not enough content to train one'}")
+    if "substrings" in out:
+        print(f"substrings: {out['substrings']} promoted ({_human(out['substring_bytes'])})" if out["substrings"]
+              else f"substrings: none occur in {args.min_occurrences} samples; registry unchanged")
+    return EXIT_OK
+
+
 def cmd_mount(args) -> int:
     from . import mount
     return mount.cmd_mount(args)
@@ -268,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prefix", default="", help="store everything under this directory name")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    sp.add_argument("--near-threshold", type=float, default=None, metavar="J",
+                    help="estimated Jaccard similarity at which a stored segment is tried as a delta "
+                    "base for a new one (default 0.5; 0 turns near-dedup off)")
 
     sp = cmd("ls", cmd_ls, "list stored files")
     sp.add_argument("store")
@@ -302,6 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
              "in file order; give free space back to the disk (needs the store unmounted)")
     sp.add_argument("store")
     sp.add_argument("--level", type=int, default=None, help="zstd level (default 19)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("train", cmd_train, "train the block dictionary and the shared-substring registry "
+             "from the store's own content (later blocks use them when smaller)")
+    sp.add_argument("store")
+    sp.add_argument("--samples", type=int, default=2000, help="segments sampled for substrings (default 2000)")
+    sp.add_argument("--min-occurrences", type=int, default=3,
+                    help="distinct samples a substring must occur in to be promoted (default 3)")
+    sp.add_argument("--no-substrings", action="store_true", help="only the dictionary")
+    sp.add_argument("--substrings-only", action="store_true", help="only the substrings")
     sp.add_argument("--json", action="store_true")
     return p
 

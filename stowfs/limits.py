@@ -43,6 +43,12 @@ DICT_SIZE = 64 << 10
 DICT_TRAIN_MIN_BYTES = 1 << 20   # first training once this much new content exists
 DICT_SAMPLE_BYTES = 8 << 20      # at most this much sample content per training
 DICT_RETRAIN_FACTOR = 4          # retrain when stored content grows by this factor
+DICT_ROTATE_GAIN = 0.03          # ... and switch to the new one if it is this much better
+
+# Shared substrings (substrings.py): training defaults.
+SUBSTRING_SAMPLES = 2000         # segments sampled
+SUBSTRING_MIN_OCCURRENCES = 3    # distinct samples a substring must occur in
+SUBSTRING_MAX_SAMPLE = 256 << 10 # longer segments are not sampled
 
 # Parsing: files larger than this are stored (deduplicated, chunked) but not parsed into
 # conversations, so ingest memory stays bounded.

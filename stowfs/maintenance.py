@@ -170,18 +170,21 @@ def _pack_blocks(store: Store, txn, items, c: dict, level: int, dict_id, target:
     if cur:
         groups.append(cur)
 
+    dict_ids = dict_id if isinstance(dict_id, list) else [dict_id]
+    for did in dict_ids:        # loaded here: the worker threads must not use txn
+        if did is not None:
+            store._dicts.ensure(did, lambda did=did: store._dict_bytes(txn, did))
+
     def compress(group):
         raw = build_pack([seg for _, _, seg, _ in group])
-        return encode_frame(raw, store._dicts, level, dict_id), len(raw)
+        return store._compress_block(txn, raw, level, dict_ids), len(raw)
 
     new_ids = []
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         for group, (frame, rawlen) in zip(groups, pool.map(compress, groups)):
             bid = store._next(txn, b"next_block")
             txn.put(_u64(bid), frame, db=store._blocks)
-            c["blocks"] += 1
-            c["block_bytes"] += len(frame)
-            c["block_raw"] += rawlen
+            store._count_block(txn, frame, rawlen, c)
             for slot, (_kind, h, _seg, v) in enumerate(group):
                 txn.put(h, _seg_with(v, block=bid, slot=slot), db=store._segs)
             new_ids.append(bid)
@@ -195,9 +198,7 @@ def _drop_block(store: Store, txn, block_id: int, c: dict) -> None:
     raw_len = frame_raw_size(frame)
     txn.delete(_u64(block_id), db=store._blocks)
     store._cache.drop(block_id)
-    c["blocks"] -= 1
-    c["block_bytes"] -= len(frame)
-    c["block_raw"] -= raw_len
+    store._count_block(txn, frame, raw_len, c, -1)
 
 
 def gc(store: Store, sparse: float = 0.5) -> dict:
@@ -258,15 +259,31 @@ def gc(store: Store, sparse: float = 0.5) -> dict:
                 _drop_block(store, txn, block, c)
                 rewritten += 1
         if moving:
-            ingest_dict = store._ingest_dict(txn)
-            if ingest_dict is not None:
-                store._dicts.ensure(ingest_dict, lambda: store._dict_bytes(txn, ingest_dict))
-            _pack_blocks(store, txn, moving, c, limits.LEVEL_INGEST, ingest_dict,
+            _pack_blocks(store, txn, moving, c, limits.LEVEL_INGEST, store._block_dicts(txn),
                          limits.BLOCK_TARGET)
         store._save_counters(txn, c)
         return {"segments_freed": freed, "bytes_freed": freed_bytes, "blocks_deleted": deleted,
                 "blocks_rewritten": rewritten}
     return store._write(work)
+
+
+def _compact_dict(store: Store, txn, items, level: int):
+    """The dictionary compact writes blocks with: none, the newest trained one or the
+    shared substrings, whichever makes compact's first block smallest (on 4 MiB blocks
+    a dictionary rarely pays; when content drifted to where the newest one does, it is
+    used, and older dictionaries no block needs are dropped afterwards)."""
+    cands = [None] + [d for d in store._block_dicts(txn) if d is not None]
+    if len(cands) == 1:
+        return None
+    sample, size = [], 0
+    for item in items:
+        sample.append(item[2])
+        size += len(item[2])
+        if size >= limits.BLOCK_TARGET_COMPACT:
+            break
+    raw = build_pack(sample)
+    sizes = {d: len(store._compress_block(txn, raw, level, [d])) for d in cands}
+    return min(cands, key=lambda d: (sizes[d], d is not None))
 
 
 def _undelta_order(store: Store, txn, rows: list, c: dict) -> tuple[list, set]:
@@ -355,12 +372,16 @@ def _drop_unused_dicts(store: Store, txn) -> None:
     manifests use."""
     used = {frame_dict_id(f) for f in txn.cursor(db=store._blocks).iternext(keys=False)}
     used.add(store._ingest_dict(txn))
+    used.add(store._substring_dict(txn))
     v = txn.get(b"manifest_dict", db=store._meta)
     if v is not None:
         used.add(_U64.unpack(v)[0])
     for key in list(txn.cursor(db=store._dictdb).iternext(values=False)):
         if struct.unpack(">I", key)[0] not in used:
             txn.delete(key, db=store._dictdb)
+    subs = store._substring_ids(txn)
+    if any(d not in used for d in subs):
+        txn.put(b"substring_dicts", pack([d for d in subs if d in used]), db=store._meta)
 
 
 DB_NAMES = (b"meta", b"blocks", b"segments", b"manifests", b"names", b"dicts", b"index", b"near")
@@ -426,6 +447,7 @@ def compact(path, level: int | None = None, progress: bool = False) -> dict:
             order, dead = _undelta_order(store, txn, rows, c)
             _say(progress, "compact: repacking")
             batch, size = [], 0
+            choice = []
             for block, slot, kind, h, v, length in order:
                 if _seg_delta(v) is not None:
                     # a delta becomes plain again, right behind its base: in one large
@@ -440,10 +462,12 @@ def compact(path, level: int | None = None, progress: bool = False) -> dict:
                     batch.append((kind, h, bytes(raw[offs[slot]:offs[slot + 1]]), v))
                 size += length
                 if size >= 4 * limits.BLOCK_TARGET_COMPACT:
-                    _pack_blocks(store, txn, batch, c, level, None, limits.BLOCK_TARGET_COMPACT)
+                    choice = choice or [_compact_dict(store, txn, batch, level)]
+                    _pack_blocks(store, txn, batch, c, level, choice, limits.BLOCK_TARGET_COMPACT)
                     batch, size = [], 0
             if batch:
-                _pack_blocks(store, txn, batch, c, level, None, limits.BLOCK_TARGET_COMPACT)
+                choice = choice or [_compact_dict(store, txn, batch, level)]
+                _pack_blocks(store, txn, batch, c, level, choice, limits.BLOCK_TARGET_COMPACT)
             for b in old_blocks:
                 _drop_block(store, txn, b, c)
             for h in dead:

@@ -50,12 +50,14 @@ from .codec import (DELTA, Dictionaries, build_pack, decode_delta, decode_frame,
                     encode_frame, frame_dict_id, parse_pack, segment_hash)
 from .errors import Busy, Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
 from .packing import get_uvarint, pack, unpack, encode_uvarints
-from .pieces import ASSISTANT, KIND_NAMES, USER, PieceList, render, unpack_views
+from .pieces import (ASSISTANT, KIND_NAMES, PIECES, SKELETON, TOKENS, USER, VIEW, PieceList, render,
+                     unpack_views)
 from .planner import Plan, describe, plan_bytes, plan_path, plan_paths, split_views, unparsed
 
 FORMAT_VERSION = 1
 VIEWS = ("original", "text")
 _U64 = struct.Struct(">Q")
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _NEAR_PREFIX = 4                        # bytes of a segment hash an LSH entry keeps
 _NOT_INDEXED = (USER, ASSISTANT)        # kinds whose segments get no LSH entries
 
@@ -156,7 +158,7 @@ def _empty_counters() -> dict:
     return {"files": 0, "naive": 0, "conversations": 0, "messages": 0, "parse_errors": 0,
             "occ": [0] * k, "occ_bytes": [0] * k, "uniq": [0] * k, "uniq_bytes": [0] * k,
             "blocks": 0, "block_bytes": 0, "block_raw": 0,
-            "deltas": 0, "delta_raw": 0, "delta_bytes": 0}
+            "deltas": 0, "delta_raw": 0, "delta_bytes": 0, "substring_blocks": 0}
 
 
 class _Recent:
@@ -351,7 +353,7 @@ class _Ingest:
         if not self.block_segs:
             return
         self.s._write_block(self.txn, self.block_id, self.block_segs, self.c,
-                            limits.LEVEL_INGEST, self.s._ingest_dict(self.txn))
+                            limits.LEVEL_INGEST, self.s._block_dicts(self.txn))
         self.block_segs, self.block_raw, self.block_id = [], 0, None
         self.pending = {}
 
@@ -646,16 +648,48 @@ class Store:
         v = txn.get(b"ingest_dict", db=self._meta)
         return _U64.unpack(v)[0] if v else None
 
+    def _substring_dict(self, txn) -> Optional[int]:
+        v = txn.get(b"substring_dict", db=self._meta)
+        return _U64.unpack(v)[0] if v else None
+
+    def _substring_ids(self, txn) -> list[int]:
+        """Every substring dictionary still stored (the current one last)."""
+        v = txn.get(b"substring_dicts", db=self._meta)
+        return unpack(v) if v else []
+
+    def _block_dicts(self, txn) -> list[Optional[int]]:
+        """The dictionaries a new block is tried with: the trained one, and the shared
+        substrings when there are any (the smaller frame wins)."""
+        out = [self._ingest_dict(txn)]
+        sub = self._substring_dict(txn)
+        if sub is not None:
+            out.append(sub)
+        return out
+
+    def _compress_block(self, txn, raw: bytes, level: int, dict_ids) -> bytes:
+        best = None
+        for did in dict.fromkeys(dict_ids):
+            if did is not None:
+                self._dicts.ensure(did, lambda did=did: self._dict_bytes(txn, did))
+            frame = encode_frame(raw, self._dicts, level, did)
+            if best is None or len(frame) < len(best):
+                best = frame
+        return best
+
+    def _count_block(self, txn, frame: bytes, raw_len: int, c: dict, sign: int = 1) -> None:
+        c["blocks"] += sign
+        c["block_bytes"] += sign * len(frame)
+        c["block_raw"] += sign * raw_len
+        did = frame_dict_id(frame)
+        if did is not None and did in self._substring_ids(txn):
+            c["substring_blocks"] += sign
+
     def _write_block(self, txn, block_id: int, segs: list[bytes], c: dict, level: int,
-                     dict_id: Optional[int]) -> None:
+                     dict_ids) -> None:
         raw = build_pack(segs)
-        if dict_id is not None:
-            self._dicts.ensure(dict_id, lambda: self._dict_bytes(txn, dict_id))
-        frame = encode_frame(raw, self._dicts, level, dict_id)
+        frame = self._compress_block(txn, raw, level, dict_ids)
         txn.put(_u64(block_id), frame, db=self._blocks)
-        c["blocks"] += 1
-        c["block_bytes"] += len(frame)
-        c["block_raw"] += len(raw)
+        self._count_block(txn, frame, len(raw), c)
 
     def _block(self, txn, block_id: int) -> tuple[bytes, list[int]]:
         hit = self._cache.get(block_id)
@@ -1098,8 +1132,8 @@ class Store:
             if live < limits.DICT_TRAIN_MIN_BYTES:
                 return False
             return last == 0 or live >= limits.DICT_RETRAIN_FACTOR * last
-        if due and self._read(due):
-            self.train()
+        if self._read(due):
+            self.train(rotate=True)
 
     def _sample_segments(self, txn, budget: int) -> list[bytes]:
         """Up to budget bytes of live segments, spread over the store (newest blocks first)."""
@@ -1112,27 +1146,48 @@ class Store:
             raw, offs = self._block(txn, block_id)
             for i in range(len(offs) - 1):
                 seg = raw[offs[i]:offs[i + 1]]
-                if 8 <= len(seg) <= 64 << 10:
+                if 8 <= len(seg) <= 64 << 10 and seg[:4] != _ZSTD_MAGIC:   # not a delta
                     samples.append(seg)
                     total += len(seg)
             if not cur.prev():
                 break
         return samples
 
-    def train(self, kind: Optional[int] = None) -> Optional[int]:
-        """Train a dictionary from the store's own segments and make it the one new blocks use.
-        Returns its id, or None when there is not enough content."""
+    def train(self, kind: Optional[int] = None, rotate: bool = False) -> Optional[int]:
+        """Train a dictionary from the store's newest segments and make it the one new
+        blocks use. Returns its id, or None when there is not enough content.
+
+        rotate=True (the automatic retraining as the store grows) adopts the new
+        dictionary only when content has drifted: when it compresses a held-out tenth of
+        the newest segments at least DICT_ROTATE_GAIN smaller than the current one.
+        Blocks keep naming the dictionary they were made with; compact drops the ones no
+        block needs any more."""
         import zstandard
         samples = self._read(lambda txn: self._sample_segments(txn, limits.DICT_SAMPLE_BYTES))
         if sum(map(len, samples)) < 64 << 10 or len(samples) < 16:
             return None
+        held = samples[::10]
+        learn = [x for i, x in enumerate(samples) if i % 10] if rotate else samples
         try:
-            total = sum(map(len, samples))
+            total = sum(map(len, learn))
             size = max(4 << 10, min(limits.DICT_SIZE, total // 32))
-            d = zstandard.train_dictionary(size, samples, k=256, d=8)
+            d = zstandard.train_dictionary(size, learn, k=256, d=8)
         except zstandard.ZstdError:
             return None
         raw = d.as_bytes()
+        current = self._read(self._ingest_dict)
+        if rotate and current is not None:
+            self._dicts.ensure(current, lambda: self._read(lambda txn: self._dict_bytes(txn, current)))
+            old = self._dicts.compressor(limits.LEVEL_INGEST, current)
+            new = zstandard.ZstdCompressor(level=limits.LEVEL_INGEST, dict_data=zstandard.ZstdCompressionDict(raw))
+            old_size = sum(len(old.compress(x)) for x in held)
+            new_size = sum(len(new.compress(x)) for x in held)
+            if new_size > (1 - limits.DICT_ROTATE_GAIN) * old_size:
+                def keep(txn):      # no drift: keep the current one, look again later
+                    c = self._counters(txn)
+                    txn.put(b"trained_at", _u64(max(sum(c["uniq_bytes"]), 1)), db=self._meta)
+                self._write(keep)
+                return None
 
         def work(txn):
             did = self._next(txn, b"next_dict")
@@ -1142,6 +1197,119 @@ class Store:
             c = self._counters(txn)
             txn.put(b"trained_at", _u64(max(sum(c["uniq_bytes"]), 1)), db=self._meta)
             return did
+        return self._write(work)
+
+    # ----------------------------------------------------------------- shared substrings
+    def train_substrings(self, sample_count: int = limits.SUBSTRING_SAMPLES,
+                         min_occurrences: int = limits.SUBSTRING_MIN_OCCURRENCES) -> int:
+        """Promote the substrings (at least 16 tokens' worth of bytes) that occur in at
+        least min_occurrences of up to sample_count live content segments, and make them
+        the registry that blocks written from now on are tried with. Existing frames are
+        not touched. Returns how many were promoted; 0 leaves the registry as it was."""
+        from . import substrings as sub
+        if sample_count < 1:
+            raise StowError("sample_count must be at least 1")
+        if min_occurrences < 2:
+            raise StowError("min_occurrences must be at least 2")
+
+        def collect(txn):
+            text, tokens = [], []
+            for h, v in txn.cursor(db=self._segs):
+                (_b, _s, refs, kind, length), _d = _seg_parse(v)
+                if refs == 0 or kind in (SKELETON, PIECES, VIEW) or length > limits.SUBSTRING_MAX_SAMPLE:
+                    continue
+                if kind == TOKENS:
+                    if length >= sub.MIN_TOKEN_BYTES:
+                        tokens.append(self._segment(txn, bytes(h)))
+                elif length >= sub.MIN_TEXT_BYTES:
+                    text.append(self._segment(txn, bytes(h)))
+                if len(text) + len(tokens) >= sample_count:
+                    break
+            return text, tokens
+        text, tokens = self._read(collect)
+        found = []
+        if len(text) >= min_occurrences:
+            found += sub.promote(text, min_occurrences)
+        if len(tokens) >= min_occurrences:
+            found += sub.promote(tokens, min_occurrences, sub.MIN_TOKEN_BYTES, binary=True)
+        if not found:
+            return 0
+        items = [s for s, _ in found]
+
+        def work(txn):
+            did = self._next(txn, b"next_dict")
+            txn.put(struct.pack(">I", did), pack({
+                "kind": "substrings", "bytes": sub.dictionary_bytes(items), "items": items,
+                "samples": [n for _, n in found], "created": time.time(),
+                "trained_on": len(text) + len(tokens)}), db=self._dictdb)
+            txn.put(b"substring_dict", _u64(did), db=self._meta)
+            txn.put(b"substring_dicts", pack(self._substring_ids(txn) + [did]), db=self._meta)
+        self._write(work)
+        return len(items)
+
+    def substrings(self) -> list[dict]:
+        """The current registry: [{"bytes", "samples"}], most shared first."""
+        def work(txn):
+            did = self._substring_dict(txn)
+            if did is None:
+                return []
+            v = txn.get(struct.pack(">I", did), db=self._dictdb)
+            if v is None:
+                raise Corrupt(f"substring dictionary {did} is missing")
+            d = unpack(v)
+            return [{"bytes": b, "samples": n} for b, n in zip(d["items"], d["samples"])]
+        return self._read(work)
+
+    def compact_substrings(self, level: int = limits.LEVEL_COMPACT) -> dict:
+        """Re-encode the blocks written without the current substrings with them, where
+        that makes the block smaller. Blocks already made with a substring registry are
+        skipped, and so are the deltas inside blocks (their bytes are kept as they are)."""
+        def ids(txn):
+            return [_U64.unpack(k)[0] for k in txn.cursor(db=self._blocks).iternext(values=False)]
+        block_ids = self._read(ids)
+        out = {"rewritten": 0, "kept": 0, "skipped_substring_blocks": 0, "bytes_saved": 0}
+        for i in range(0, len(block_ids), 64):
+            def work(txn, batch=block_ids[i:i + 64]):
+                sub = self._substring_dict(txn)
+                if sub is None:
+                    return
+                subs = set(self._substring_ids(txn))
+                c = self._counters(txn)
+                for bid in batch:
+                    frame = txn.get(_u64(bid), db=self._blocks)
+                    if frame is None:
+                        continue
+                    if frame_dict_id(frame) in subs:
+                        out["skipped_substring_blocks"] += 1
+                        continue
+                    raw, _offs = self._block(txn, bid)
+                    new = self._compress_block(txn, raw, level, [sub])
+                    if len(new) < len(frame):
+                        txn.put(_u64(bid), new, db=self._blocks)
+                        self._count_block(txn, frame, len(raw), c, -1)
+                        self._count_block(txn, new, len(raw), c)
+                        out["rewritten"] += 1
+                        out["bytes_saved"] += len(frame) - len(new)
+                    else:
+                        out["kept"] += 1
+                self._save_counters(txn, c)
+            self._write(work)
+        return out
+
+    def gc_substrings(self) -> int:
+        """Delete the substring registries no block uses (the current one too, when no
+        block uses it). Returns how many were dropped."""
+        def work(txn):
+            used = {frame_dict_id(f) for f in txn.cursor(db=self._blocks).iternext(keys=False)}
+            ids = self._substring_ids(txn)
+            drop = [d for d in ids if d not in used]
+            for d in drop:
+                txn.delete(struct.pack(">I", d), db=self._dictdb)
+            if drop:
+                txn.put(b"substring_dicts", pack([d for d in ids if d in used]), db=self._meta)
+                if self._substring_dict(txn) in drop:
+                    txn.delete(b"substring_dict", db=self._meta)
+            return len(drop)
         return self._write(work)
 
     # ----------------------------------------------------------------- stats
@@ -1178,6 +1346,7 @@ class Store:
             "compression_ratio": round(c["block_raw"] / c["block_bytes"], 3) if c["block_bytes"] else None,
             "dictionaries": ndicts,
             "deltas": c["deltas"], "delta_raw_bytes": c["delta_raw"], "delta_bytes": c["delta_bytes"],
+            "substrings": len(self.substrings()), "substring_blocks": c["substring_blocks"],
             "naive_bytes": c["naive"], "disk_bytes": disk,
             "ratio": round(c["naive"] / disk, 3) if disk else None,
             "savings_percent": round(100 * (1 - disk / c["naive"]), 2) if c["naive"] else None,
