@@ -251,6 +251,29 @@ def cmd_train(args) -> int:
     return EXIT_OK
 
 
+def _report(args, name: str, **kw) -> int:
+    from . import reports
+    fn, text = reports.REPORTS[name]
+    with _open(args, readonly=True) as s:
+        r = fn(s, **kw)
+    sys.stdout.write(reports.as_json(r) if args.json else text(r))
+    return EXIT_OK
+
+
+def cmd_dups(args) -> int:
+    return _report(args, "dups", top=args.top)
+
+
+def cmd_prompts(args) -> int:
+    return _report(args, "prompts", threshold=args.threshold)
+
+
+def cmd_near_dups(args) -> int:
+    if not 0 < args.threshold <= 1:
+        raise StowError("--threshold must be in (0, 1]")
+    return _report(args, "near-dups", threshold=args.threshold, top=args.top)
+
+
 def cmd_mount(args) -> int:
     from . import mount
     return mount.cmd_mount(args)
@@ -337,6 +360,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="distinct samples a substring must occur in to be promoted (default 3)")
     sp.add_argument("--no-substrings", action="store_true", help="only the dictionary")
     sp.add_argument("--substrings-only", action="store_true", help="only the substrings")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("dups", cmd_dups, "the segments stored once for the most files, with the bytes that saves")
+    sp.add_argument("store")
+    sp.add_argument("-n", "--top", type=int, default=20, help="how many (default 20)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("prompts", cmd_prompts, "system-prompt audit: each distinct system prompt, how many files "
+             "use it, and its near-variants")
+    sp.add_argument("store")
+    sp.add_argument("--threshold", type=float, default=0.8, help="similarity of a variant (default 0.8)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("near-dups", cmd_near_dups, "clusters of near-duplicate segments: a canonical one and its "
+             "variants with their estimated similarity")
+    sp.add_argument("store")
+    sp.add_argument("--threshold", type=float, default=0.8, help="estimated Jaccard similarity (default 0.8)")
+    sp.add_argument("-n", "--top", type=int, default=20, help="how many clusters (default 20)")
     sp.add_argument("--json", action="store_true")
     return p
 

@@ -21,6 +21,7 @@ PIECES_CHUNK_MASK = 0x0F         # one anchor in 16 qualifies: chunks of ~2 KiB
 # Blocks: segments are packed into blocks that are compressed as a whole.
 BLOCK_TARGET = 1 << 20          # raw bytes per block written at ingest
 BLOCK_TARGET_COMPACT = 4 << 20  # raw bytes per block written by compact
+SHARED_BLOCK_MAX_FILE = 4 << 20  # put_many: smaller files share blocks with the rest of their batch
 MAX_BLOCK_RAW = 16 << 20        # no block decodes to more than this (bounded decode)
 
 # zstd levels.

@@ -206,6 +206,26 @@ class MemoryStore:
         return {"files": len(infos), "unparsed_files": sum(1 for i in infos if i.error),
                 "naive_bytes": size, "disk_bytes": size, "generation": self._generation}
 
+    # ------------------------------------------------------------------ segments
+    # The twin keeps no segments: each distinct file content stands for one (kind
+    # "other"), referenced by the files that hold it, so reports run on it too.
+    def iter_segments(self):
+        with self._lock:
+            counts: dict[bytes, list] = {}
+            for _info, data, _text in self._files.values():
+                h = hashlib.blake2b(data, digest_size=16).digest()
+                counts.setdefault(h, [len(data), 0])[1] += 1
+        for h in sorted(counts):
+            length, refs = counts[h]
+            yield h, 0, length, refs, None
+
+    def segment(self, h: bytes) -> bytes:
+        with self._lock:
+            for _info, data, _text in self._files.values():
+                if hashlib.blake2b(data, digest_size=16).digest() == h:
+                    return data
+        raise NotFound(f"no segment {h.hex()}")
+
     def verify(self):
         return {"ok": True, "files": len(self._files)}
 

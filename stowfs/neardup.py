@@ -17,8 +17,7 @@ loaded 2-core machine, where a Python loop over its 4,000 windows takes millisec
 from __future__ import annotations
 
 import hashlib
-
-import numpy as np
+from functools import lru_cache
 
 SHINGLE = 8
 SAMPLE = 8                   # one window in SAMPLE is kept (a power of two)
@@ -26,20 +25,27 @@ NUM_BINS = 32
 BANDS = 4
 ROWS = 4
 BAND_KEY_BYTES = 4           # hash of (band number, the band's values)
-_EMPTY = np.uint32(0xFFFFFFFF)
-_M1 = np.uint64(0x9E3779B97F4A7C15)
-_M2 = np.uint64(0xBF58476D1CE4E5B9)
-_M3 = np.uint64(0x94D049BB133111EB)
-_BIN_IDS = np.arange(NUM_BINS, dtype=np.uint64)
-_BIN_EDGES = _BIN_IDS << np.uint64(59)
+EMPTY = 0xFFFFFFFF
 
 
-def _shingle_hashes(data: bytes) -> np.ndarray:
+@lru_cache(maxsize=None)
+def _np():
+    """numpy and the constants, imported at the first signature: reading a store (cat,
+    the mount) never needs them, and numpy costs ~0.1 s and ~15 MB to import."""
+    import numpy as np
+    return np, {"empty": np.uint32(EMPTY), "m1": np.uint64(0x9E3779B97F4A7C15),
+                "m2": np.uint64(0xBF58476D1CE4E5B9), "m3": np.uint64(0x94D049BB133111EB),
+                "ids": np.arange(NUM_BINS, dtype=np.uint64),
+                "edges": np.arange(NUM_BINS, dtype=np.uint64) << np.uint64(59)}
+
+
+def _shingle_hashes(data: bytes):
     """Hashes of a sample of data's 8-byte windows: all windows are read as little-endian
     uint64s (eight strided views, no copy per window), mixed with splitmix64's finaliser,
     and those whose hash falls in a fixed 1/SAMPLE of the hash space are kept. The sample
     depends only on a window's content, so two inputs keep the same windows where they
     agree, and Jaccard similarity of the samples estimates that of all windows."""
+    np, c = _np()
     if len(data) < SHINGLE:
         data = data + bytes(SHINGLE - len(data))
     parts = []
@@ -49,39 +55,41 @@ def _shingle_hashes(data: bytes) -> np.ndarray:
             parts.append(np.frombuffer(data, dtype="<u8", count=n, offset=o))
     h = np.concatenate(parts)
     with np.errstate(over="ignore"):
-        h = (h ^ (h >> np.uint64(30))) * _M2
-        h = (h ^ (h >> np.uint64(27))) * _M3
+        h = (h ^ (h >> np.uint64(30))) * c["m2"]
+        h = (h ^ (h >> np.uint64(27))) * c["m3"]
         h = h ^ (h >> np.uint64(31))
     kept = h[(h & np.uint64(SAMPLE - 1)) == 0]
     with np.errstate(over="ignore"):
-        return kept * _M1
+        return kept * c["m1"]
 
 
 def signature(data: bytes) -> bytes:
     """The MinHash signature of data: NUM_BINS little-endian uint32 values."""
+    np, c = _np()
     h = _shingle_hashes(data)
     # Keep the bin (top 5 bits) and the value (low 32 bits); after sorting, the first
     # entry of each bin's run is that bin's minimum.
     key = np.sort(h & np.uint64(0xF8000000FFFFFFFF))
-    starts = np.searchsorted(key, _BIN_EDGES)
-    sig = np.full(NUM_BINS, _EMPTY, dtype=np.uint32)
+    starts = np.searchsorted(key, c["edges"])
+    sig = np.full(NUM_BINS, c["empty"], dtype=np.uint32)
     if len(key) == 0:
         return sig.astype("<u4").tobytes()
     found = starts < len(key)
     firsts = key[np.minimum(starts, len(key) - 1)]
-    hit = found & ((firsts >> np.uint64(59)) == _BIN_IDS)
+    hit = found & ((firsts >> np.uint64(59)) == c["ids"])
     sig[hit] = (firsts[hit] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     return sig.astype("<u4").tobytes()
 
 
-def _arr(sig: bytes) -> np.ndarray:
+def _arr(sig: bytes):
+    np, _c = _np()
     return np.frombuffer(sig, dtype="<u4")
 
 
 def similarity(a: bytes, b: bytes) -> float:
     """Estimated Jaccard similarity of the shingle sets behind two signatures."""
     x, y = _arr(a), _arr(b)
-    used = (x != _EMPTY) | (y != _EMPTY)
+    used = (x != EMPTY) | (y != EMPTY)
     n = int(used.sum())
     if n == 0:
         return 1.0
@@ -95,7 +103,7 @@ def band_keys(sig: bytes) -> list[bytes]:
     out = []
     for b in range(BANDS):
         band = x[b * ROWS:(b + 1) * ROWS]
-        if (band == _EMPTY).any():
+        if (band == EMPTY).any():
             continue
         out.append(hashlib.blake2b(bytes([b]) + band.tobytes(), digest_size=BAND_KEY_BYTES).digest())
     return out

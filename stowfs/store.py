@@ -215,10 +215,81 @@ class _BlockCache:
                 self._size -= len(v[0])
 
 
+class _Packer:
+    """New segments on their way into blocks.
+
+    A private packer (one put) writes each block as soon as it is full, in the put's own
+    transaction. A shared packer (the small files of one put_many batch, each in its own
+    child transaction) only collects: blocks are written in the parent transaction
+    between two files and at the end, so a file that fails and rolls back takes exactly
+    its own segments out (restore) and a block never holds a rolled-back file's bytes.
+    Sharing matters for many small files: one block per file costs a page or more each
+    and compresses poorly (measured in the README's store paragraph)."""
+
+    def __init__(self, store: "Store", shared: bool):
+        self.s = store
+        self.shared = shared
+        self.full: list[tuple[int, list[bytes]]] = []   # shared: full blocks not written yet
+        self.segs: list[bytes] = []
+        self.raw = 0
+        self.block_id: Optional[int] = None
+        self.pending: dict[bytes, bytes] = {}           # decoded bytes of unwritten segments
+        self._order: list[bytes] = []
+
+    def add(self, txn, c: dict, h: bytes, data: bytes, stored: bytes) -> tuple[int, int]:
+        """Place a segment (stored = its bytes as kept: itself or a delta); returns
+        (block id, slot). txn is the transaction the caller writes the index entry in."""
+        if self.block_id is None:
+            self.block_id = self.s._next(txn, b"next_block")
+        place = (self.block_id, len(self.segs))
+        self.segs.append(stored)
+        self.raw += len(stored)
+        self.pending[h] = data
+        self._order.append(h)
+        if self.raw >= limits.BLOCK_TARGET:
+            if self.shared:
+                self.full.append((self.block_id, self.segs))
+            else:
+                self._write(txn, c, self.block_id, self.segs)
+                self.pending, self._order = {}, []
+            self.segs, self.raw, self.block_id = [], 0, None
+        return place
+
+    def mark(self):
+        return (len(self.full), list(self.segs), self.raw, self.block_id, len(self._order))
+
+    def restore(self, m) -> None:
+        nfull, segs, raw, block_id, norder = m
+        del self.full[nfull:]
+        self.segs, self.raw, self.block_id = segs, raw, block_id
+        for h in self._order[norder:]:
+            self.pending.pop(h, None)
+        del self._order[norder:]
+
+    def _write(self, txn, c: dict, block_id: int, segs: list[bytes]) -> None:
+        self.s._write_block(txn, block_id, segs, c, limits.LEVEL_INGEST, self.s._block_dicts(txn))
+
+    def flush(self, txn, c: Optional[dict] = None, everything: bool = True) -> None:
+        """Write the full blocks (and, with everything, the open one) in txn."""
+        own = c is None
+        if own and (self.full or (everything and self.segs)):
+            c = self.s._counters(txn)
+        for block_id, segs in self.full:
+            self._write(txn, c, block_id, segs)
+        self.full = []
+        if everything and self.segs:
+            self._write(txn, c, self.block_id, self.segs)
+            self.segs, self.raw, self.block_id = [], 0, None
+        if everything:
+            self.pending, self._order = {}, []
+        if own and c is not None:
+            self.s._save_counters(txn, c)
+
+
 class _Ingest:
     """One put's view of the write transaction: dedups segments, packs new ones."""
 
-    def __init__(self, store: "Store", txn):
+    def __init__(self, store: "Store", txn, packer: Optional[_Packer] = None):
         self.s = store
         self.txn = txn
         self.seen: set[bytes] = set()
@@ -226,10 +297,8 @@ class _Ingest:
         self.occ_bytes = Counter()
         self.new_bytes = 0
         self.dedup_bytes = 0
-        self.block_segs: list[bytes] = []
-        self.block_raw = 0
-        self.block_id = None
-        self.pending: dict[bytes, bytes] = {}   # segments of the unwritten block, decoded
+        self.packer = packer if packer is not None else _Packer(store, shared=False)
+        self.pending = self.packer.pending
         self.c = store._counters(txn)
         self.delta_saved = 0
 
@@ -264,30 +333,24 @@ class _Ingest:
         if near and sig is None:
             sig = neardup.signature(data)
         delta = self._delta(data, sig) if near else None
-        if self.block_id is None:
-            self.block_id = self.s._next(txn, b"next_block")
-        stored = data
+        stored = data if delta is None else delta[0]
+        block, slot = self.packer.add(txn, self.c, h, data, stored)
+        self.pending = self.packer.pending
         if delta is not None:
-            stored, base, depth = delta
+            _stored, base, depth = delta
             self._ref(base, txn.get(base, db=segs))
-            txn.put(h, _seg_value(self.block_id, len(self.block_segs), 1, kind, len(data),
-                                  (depth, base)), db=segs)
+            txn.put(h, _seg_value(block, slot, 1, kind, len(data), (depth, base)), db=segs)
             self.c["deltas"] += 1
             self.c["delta_raw"] += len(data)
             self.c["delta_bytes"] += len(stored)
             self.delta_saved += len(data) - len(stored)
         else:
-            txn.put(h, _seg_value(self.block_id, len(self.block_segs), 1, kind, len(data)), db=segs)
+            txn.put(h, _seg_value(block, slot, 1, kind, len(data)), db=segs)
         if near and kind not in _NOT_INDEXED:
             self._index_near(h, sig)
-        self.pending[h] = data
-        self.block_segs.append(stored)
-        self.block_raw += len(stored)
         self.new_bytes += len(data)
         self.c["uniq"][kind] += 1
         self.c["uniq_bytes"][kind] += len(data)
-        if self.block_raw >= limits.BLOCK_TARGET:
-            self.flush()
 
     def _bucket(self, bk: bytes) -> list[bytes]:
         """The hash prefixes in one LSH bucket (at most LSH_BUCKET: see _index_near)."""
@@ -350,12 +413,10 @@ class _Ingest:
         return None
 
     def flush(self) -> None:
-        if not self.block_segs:
-            return
-        self.s._write_block(self.txn, self.block_id, self.block_segs, self.c,
-                            limits.LEVEL_INGEST, self.s._block_dicts(self.txn))
-        self.block_segs, self.block_raw, self.block_id = [], 0, None
-        self.pending = {}
+        """Write what this put's private packer still holds (a shared packer is flushed
+        by put_many, between files)."""
+        if not self.packer.shared:
+            self.packer.flush(self.txn, self.c)
 
 
 def _planned(items, workers: int):
@@ -465,6 +526,7 @@ class Store:
         self._growing = False
         self._cache = _BlockCache(cache_bytes)
         self._sigs = _Recent(limits.SIGNATURE_CACHE)   # signatures of recent segments
+        self._tl = threading.local()                    # .packer: put_many's shared packer
         self._dicts = Dictionaries()
         open_db = lambda name, **kw: self.env.open_db(name, create=not readonly, **kw)  # noqa: E731
         try:
@@ -707,6 +769,11 @@ class Store:
         return value
 
     def _segment(self, txn, h: bytes, _depth: int = 0) -> bytes:
+        packer = getattr(self._tl, "packer", None)
+        if packer is not None:                  # put_many: maybe in a block not written yet
+            data = packer.pending.get(h)
+            if data is not None:
+                return data
         v = txn.get(h, db=self._segs)
         if v is None:
             raise Corrupt(f"segment {h.hex()} is missing")
@@ -835,15 +902,25 @@ class Store:
         def commit():
             def work(txn):
                 out = []
-                for name, w in batch:
-                    if isinstance(w, BaseException):     # failed before it got here
-                        out.append((name, w))
-                        continue
-                    try:
-                        with self.env.begin(write=True, parent=txn) as child:
-                            out.append((name, w(child)))
-                    except StowError as e:
-                        out.append((name, e))
+                packer = _Packer(self, shared=True)   # small files share blocks
+                self._tl.packer = packer
+                try:
+                    for name, w in batch:
+                        if isinstance(w, BaseException):     # failed before it got here
+                            out.append((name, w))
+                            continue
+                        mark = packer.mark()
+                        try:
+                            with self.env.begin(write=True, parent=txn) as child:
+                                out.append((name, w(child, packer)))
+                        except StowError as e:
+                            packer.restore(mark)
+                            out.append((name, e))
+                        if packer.full:
+                            packer.flush(txn, everything=False)
+                    packer.flush(txn)
+                finally:
+                    self._tl.packer = None
                 return out
             done = self._write(work)
             self._maybe_train()
@@ -853,10 +930,12 @@ class Store:
             if isinstance(plan, BaseException):
                 w = plan                                 # keeps its place in the order
             elif plan is None:
-                w = lambda txn, name=name, src=src, size=size, mtime=mtime: self._stream(  # noqa: E731
+                w = lambda txn, _packer, name=name, src=src, size=size, mtime=mtime: self._stream(  # noqa: E731
                     txn, name, lambda: open(src, "rb"), size, mtime)
+            elif size > limits.SHARED_BLOCK_MAX_FILE:     # its own blocks, written as it goes
+                w = lambda txn, _packer, plan=plan: self._apply(txn, plan)  # noqa: E731
             else:
-                w = lambda txn, plan=plan: self._apply(txn, plan)  # noqa: E731
+                w = lambda txn, packer, plan=plan: self._apply(txn, plan, packer)  # noqa: E731
             batch.append((name, w))
             nbytes += size
             if len(batch) >= batch_files or nbytes >= batch_bytes or plan is None:
@@ -865,12 +944,13 @@ class Store:
         if batch:
             yield from commit()
 
-    def _apply(self, txn, plan: Plan) -> PutResult:
-        """Store a planned file inside a write transaction."""
+    def _apply(self, txn, plan: Plan, packer: Optional[_Packer] = None) -> PutResult:
+        """Store a planned file inside a write transaction (its new segments go to
+        packer's blocks when put_many shares one, else to blocks of its own)."""
         self._check_place(txn, plan.name)
         if plan.original.size != plan.size:
             raise StowError(f"{plan.name}: piece list does not add up to the file size")
-        ing = _Ingest(self, txn)
+        ing = _Ingest(self, txn, packer)
         sigs = plan.sigs
         for h, (data, kind) in plan.segments.items():
             ing.add(h, data, kind, sigs.get(h))
@@ -1198,6 +1278,34 @@ class Store:
             txn.put(b"trained_at", _u64(max(sum(c["uniq_bytes"]), 1)), db=self._meta)
             return did
         return self._write(work)
+
+    # ----------------------------------------------------------------- segments
+    def iter_segments(self) -> Iterator[tuple[bytes, int, int, int, Optional[bytes]]]:
+        """Every stored segment as (hash, kind, length, refcount, delta base or None), in
+        hash order, a batch at a time (no transaction is held between batches). The
+        refcount counts files and deltas made against the segment."""
+        start = b""
+        while True:
+            def batch(txn, start=start):
+                out = []
+                cur = txn.cursor(db=self._segs)
+                ok = cur.set_range(start)
+                while ok and len(out) < 4096:
+                    k = bytes(cur.key())
+                    if k != start:
+                        (_b, _s, refs, kind, length), delta = _seg_parse(cur.value())
+                        out.append((k, kind, length, refs, None if delta is None else delta[1]))
+                    ok = cur.next()
+                return out
+            rows = self._read(batch)
+            yield from rows
+            if len(rows) < 4095:
+                return
+            start = rows[-1][0]
+
+    def segment(self, h: bytes) -> bytes:
+        """A segment's bytes by hash (checked against it; Corrupt when damaged)."""
+        return self._read(lambda txn: self._segment(txn, h))
 
     # ----------------------------------------------------------------- shared substrings
     def train_substrings(self, sample_count: int = limits.SUBSTRING_SAMPLES,

@@ -112,7 +112,8 @@ def errno_of(fn, *args, **kw) -> int:
 # ---------------------------------------------------------------------- tree
 def test_root_layout(fs):
     assert set(listdir(fs, "")) == {"inbox", "conversations", "text", "by-model", "by-app",
-                                    "by-day", "errors", "stats.json"}
+                                    "by-day", "errors", "stats.json", "reports"}
+    assert set(listdir(fs, "reports")) == {"dups.txt", "prompts.txt", "near-dups.txt", "reports.json"}
     assert stat.S_ISDIR(fs.getattr(TOP["inbox"]).mode)
     assert stat.S_ISREG(fs.getattr(TOP["stats.json"]).mode)
 
@@ -172,6 +173,20 @@ def test_stats_json(fs, store):
     fh, keep, direct = fs.open(TOP["stats.json"], os.O_RDONLY)
     assert direct and not keep
     fs.release(fh)
+
+
+def test_reports_follow_the_store(fs, store):
+    from stowfs.fs.names import REPORT_FILES
+    before = json.loads(cat(fs, "reports/reports.json"))
+    assert before["dups"]["shared_segments"] == 0
+    store.put("a.json", conv("same"))
+    store.put("b.json", conv("same"))
+    after = json.loads(cat(fs, "reports/reports.json"))
+    assert after["dups"]["shared_segments"] == 1 and after["dups"]["top"][0]["files"] == 2
+    text = cat(fs, "reports/dups.txt")
+    assert fs.getattr(REPORT_FILES["dups.txt"]).size == len(text) and b"saves" in text
+    assert errno_of(walk, fs, "reports/other.txt") == errno.ENOENT
+    assert errno_of(fs.open, REPORT_FILES["dups.txt"], os.O_WRONLY) == errno.EACCES
 
 
 def test_inode_numbers_stable_and_distinct(store, tmp_path):

@@ -8,6 +8,8 @@
     by-model/MODEL/FLAT     symlink ../../conversations/PATH (... + 3); same for by-app/APP/
                             and by-day/YYYY-MM-DD/
     stats.json              Store.stats() as JSON
+    reports/                dups.txt, prompts.txt, near-dups.txt, reports.json (stowfs.reports),
+                            computed when the store has changed since they were last read
 
 FLAT is the stored path with '%' and '/' percent-encoded (names.flat), so the by-* and
 errors/ directories are flat and each entry maps back to exactly one stored path.
@@ -37,8 +39,8 @@ from ..store import stats_json
 from ..errors import Corrupt, InvalidName, NotFound
 from .cache import ByteLRU
 from .inbox import Inbox
-from .names import (BY_KEYS, ROOT_INO, STATS_INO, TOP, dir_ino, file_ino, fits, flat, join,
-                    link_target, split, unflat)
+from .names import (BY_KEYS, REPORT_FILES, ROOT_INO, STATS_INO, TOP, dir_ino, file_ino, fits, flat,
+                    join, link_target, split, unflat)
 from .node import DIR, FILE, LINK, Attr, DirHandle, Handle, Node, accmode_writes, fs_error
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,8 @@ class Filesystem:
             view = "stats" if ino == STATS_INO else name
             self._nodes[ino] = self.inbox.top if name == "inbox" else \
                 Node(ino, FILE if ino == STATS_INO else DIR, view, "")
+        for name, ino in REPORT_FILES.items():
+            self._nodes[ino] = Node(ino, FILE, "report", name)
         self._fixed = set(self._nodes)
         self._handles: dict[int, object] = {}
         self._next_fh = 0
@@ -155,6 +159,12 @@ class Filesystem:
     def _stats_json(self) -> bytes:
         return self._memo("stats", lambda: render_stats(self.store.stats()))
 
+    def _report(self, name: str) -> bytes:
+        from .. import reports
+        if name == "reports.json":
+            return self._memo("report:" + name, lambda: reports.render_all_json(self.store))
+        return self._memo("report:" + name, lambda: reports.render_text(self.store, name[:-4]))
+
     def _index_values(self, key: str) -> set:
         return self._memo("values:" + key, lambda: set(self.store.index_values(key)))
 
@@ -185,6 +195,9 @@ class Filesystem:
         if v == "stats":
             return Attr(node.ino, stat.S_IFREG | 0o444, len(self._stats_json()), time.time(),
                         attr_timeout=0)
+        if v == "report":
+            return Attr(node.ino, stat.S_IFREG | 0o444, len(self._report(node.path)), time.time(),
+                        attr_timeout=0)
         info = node.info
         if node.kind == LINK:
             return Attr(node.ino, stat.S_IFLNK | 0o777, len(link_target(info.name).encode()), info.mtime)
@@ -214,6 +227,9 @@ class Filesystem:
                 return self._nodes[TOP[name]]
         elif v == "inbox":
             return self.inbox.child(d, name)
+        elif v == "reports":
+            if name in REPORT_FILES:
+                return self._nodes[REPORT_FILES[name]]
         elif v == "conversations":
             path = join(d.path, name)
             info = self._info(path)
@@ -252,6 +268,8 @@ class Filesystem:
             return [(name, self._nodes[ino]) for name, ino in TOP.items()]
         if v == "inbox":
             return self.inbox.list(d)
+        if v == "reports":
+            return [(name, self._nodes[ino]) for name, ino in REPORT_FILES.items()]
         out = []
         if v in ("conversations", "text"):
             for name, info in self.store.listdir(d.path):
@@ -320,6 +338,8 @@ class Filesystem:
             raise fs_error(errno.EACCES, "only inbox/ is writable")
         if node.view == "stats":
             return self._add_handle(Handle(node, data=self._stats_json())), False, True
+        if node.view == "report":
+            return self._add_handle(Handle(node, data=self._report(node.path))), False, True
         if node.view == "errors":
             return self._add_handle(Handle(node, data=error_text(node.info))), True, False
         if node.kind != FILE:
@@ -588,7 +608,7 @@ class Filesystem:
         self._seen_generation = gen
         with self._lock:
             nodes = [n for n in self._nodes.values()
-                     if n.ino not in self._fixed and n.view not in ("inbox", "stats")]
+                     if n.ino not in self._fixed and n.view not in ("inbox", "stats", "report")]
         for n in nodes:
             if n.kind == DIR:
                 if n.view in STORE_VIEWS:

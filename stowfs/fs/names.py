@@ -25,9 +25,13 @@ import time
 ROOT_INO = 1
 TOP = {  # name -> inode, in the order ls shows them unsorted
     "inbox": 2, "conversations": 3, "text": 4, "by-model": 5, "by-app": 6, "by-day": 7,
-    "errors": 8, "stats.json": 9,
+    "errors": 8, "stats.json": 9, "reports": 10,
 }
 STATS_INO = TOP["stats.json"]
+REPORTS_INO = TOP["reports"]
+REPORT_FILES = {  # reports/ entries (stowfs.reports) -> inode; all fixed, below FILE_BASE
+    "dups.txt": 11, "prompts.txt": 12, "near-dups.txt": 13, "reports.json": 14,
+}
 BY_KEYS = {"by-model": "model", "by-app": "app", "by-day": "day"}   # view -> Store index key
 
 FILE_BASE = 16
