@@ -96,12 +96,60 @@ def markdown(results: dict) -> str:
     return "\n".join(out)
 
 
+def _vs_plain(s: dict, plain: dict, phase: str, op: str) -> str:
+    """'1.04 s (18x)': a median and its ratio to the plain directory's, same run."""
+    t = s.get(phase, {}).get(op)
+    p = plain.get(phase, {}).get(op) if plain else None
+    if not t:
+        return "–"
+    if not p or not p.get("median"):
+        return f"{t['median']:.3g} s"
+    return f"{t['median']:.3g} s ({t['median'] / p['median']:.1f}x)"
+
+
+def summary(results: dict) -> str:
+    """The short table the README shows: per corpus and system, size ratio, create time,
+    cat and grep of every file warm and cold (with the ratio to the plain directory
+    measured in the same run) and daemon peak RSS; failed and skipped systems listed."""
+    meta = results["meta"]
+    out = [f"{'Quick' if meta['quick'] else 'Full'} run, seed {meta['seed']}, {meta['started']}, "
+           f"{meta['seconds'] / 60:.0f} min; {meta['machine']}.", ""]
+    for name, c in results["corpora"].items():
+        plain = c["systems"].get("plain", {})
+        out += [f"**{name}**: {c['files']:,} files, {fmt_bytes(c['raw_bytes'])}", "",
+                "| system | ratio | create s | cat warm | cat cold | grep -r warm | grep -r cold | RSS MiB |",
+                "|---|---:|---:|---|---|---|---|---:|"]
+        for key, s in c["systems"].items():
+            if s["status"] == "skipped":
+                out.append(f"| {cell(s['label'])} | skipped: {cell(s.get('reason', ''))} | | | | | | |")
+                continue
+            if s["status"] != "ok" and key != "plain":
+                out.append(f"| {cell(s['label'])} | **{s['status']}** | | | | | | |")
+                continue
+            if s["kind"] == "archive":
+                ex = s.get("extract_all_s", {})
+                catw = f"extract {ex['warm']['median']:.3g} s" if ex.get("warm") else "–"
+                catc = f"extract {ex['cold']['median']:.3g} s" if ex.get("cold") else "–"
+            else:
+                catw, catc = _vs_plain(s, plain, "warm", "cat"), _vs_plain(s, plain, "cold", "cat")
+            ratio = f"{s['ratio']:.2f}x" if s.get("ratio") else "–"
+            create = s.get("create_s", {}).get("median")
+            rss = s.get("daemon_peak_rss_MiB")
+            out.append(f"| {cell(s['label'])} | {ratio} | {create:.3g} | {catw} | {catc} | "
+                       f"{_vs_plain(s, plain, 'warm', 'grep')} | {_vs_plain(s, plain, 'cold', 'grep')} | "
+                       f"{rss if rss is not None else '–'} |" if create is not None else
+                       f"| {cell(s['label'])} | {ratio} | – | {catw} | {catc} | – | – | – |")
+        out.append("")
+    return "\n".join(out)
+
+
 def write(results: dict, out: Path, env=None) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results["charts_note"] = charts(results, out, env)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(markdown(results))
+    (out / "summary.md").write_text(summary(results))
 
 
 # ------------------------------------------------------------------ charts
