@@ -24,6 +24,7 @@ def preview(data: bytes, kind: int) -> str:
         except ValueError:
             return "[token ids]"
     text = data[:4 * PREVIEW].decode("utf-8", "replace")
+    text = "".join(ch if ch.isprintable() else " " for ch in text)   # no terminal escapes
     text = " ".join(text.split())
     return text[:PREVIEW - 1] + "…" if len(text) > PREVIEW else text
 

@@ -56,6 +56,12 @@ def test_dups_counts_files_and_saved_bytes(store):
     assert r["saved_bytes"] >= top["saved_bytes"]
 
 
+def test_preview_is_one_printable_line():
+    p = reports.preview(b"Kept model as \x1b[1mDefault\x1b[22m\n\tnext line" + b"x" * 500, 1)
+    assert p.isprintable() and "\x1b" not in p and len(p) <= reports.PREVIEW
+    assert p.startswith("Kept model as [1mDefault [22m next line")
+
+
 def test_prompts_audit_lists_each_prompt_with_its_files_and_variants(store):
     a, b, user = real_messages(3)
     words = a.split(" ")
