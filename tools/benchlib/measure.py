@@ -145,9 +145,8 @@ class CorpusRun:
                     continue
                 dest = Path(tempfile.mkdtemp(dir=self.work, prefix=f"x-{p.name}-"))
                 try:
-                    # the previous round's files are still being written back and
-                    # deleted: without a sync that lands in this round's time (warm
-                    # extracts measured 8x slower than cold ones)
+                    # the previous round's files may still be being written back:
+                    # not in this round's time
                     os.sync()
                     if mode == "cold":
                         drop_caches()
