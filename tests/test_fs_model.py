@@ -306,6 +306,25 @@ def test_open_of_replaced_inode_is_estale(fs, store):
     fs.release(fh)
 
 
+def test_reopen_skips_the_record_only_while_the_store_is_unchanged(fs, store, monkeypatch):
+    store.put("a.json", conv("x"))
+    ino, _ = walk(fs, "conversations/a.json")
+    looked = []
+    real_info = store.info
+    monkeypatch.setattr(store, "info", lambda path: looked.append(path) or real_info(path))
+    for _ in range(3):      # warm re-opens: one lookup of the record, then none
+        fs.release(fs.open(ino, os.O_RDONLY)[0])
+    assert looked == ["a.json"]
+    # a change anywhere in the store moves its generation: the next open checks again
+    store.put("a.json", conv("y"))
+    assert errno_of(fs.open, ino, os.O_RDONLY) == errno.ESTALE
+    assert looked == ["a.json", "a.json"]
+    ino, _ = walk(fs, "conversations/a.json")
+    fh, _, _ = fs.open(ino, os.O_RDONLY)
+    assert fs.read(fh, 0, 1 << 16) == conv("y")
+    fs.release(fh)
+
+
 def test_refresh_invalidates_external_changes(fs, store):
     store.put("d/a.json", conv("x"))
     walk(fs, "conversations/d/a.json")

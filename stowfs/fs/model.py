@@ -345,11 +345,19 @@ class Filesystem:
         if node.kind != FILE:
             raise fs_error(errno.EINVAL)
         fid, view = node.info.file_id, STORE_VIEWS[node.view]
-        current = self._info(node.path)
-        if current is None or current.file_id != fid:
-            # Replaced or removed since the kernel looked it up: ESTALE makes the kernel
-            # look the name up again and open what it names now.
-            raise fs_error(errno.ESTALE)
+        # A warm file is opened again and again (grep -r, cat): while the store's
+        # generation has not moved since the last check, node.info is still current and
+        # the lookup of the file's record can be skipped. The generation is read first,
+        # so a change racing with the check only makes the next open check again.
+        gen = self.store.generation
+        if node.checked != gen:
+            current = self._info(node.path)
+            if current is None or current.file_id != fid:
+                # Replaced or removed since the kernel looked it up: ESTALE makes the
+                # kernel look the name up again and open what it names now.
+                raise fs_error(errno.ESTALE)
+            node.checked = gen
+        current = node.info
         size = current.size if view == "original" else current.text_size
         return self._add_handle(Handle(node, key=(fid, view), size=size)), True, False
 

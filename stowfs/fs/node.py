@@ -32,6 +32,7 @@ class Node:
     path: str                       # store path, metadata value or inbox-relative path
     info: Any = None                # FileInfo of stored files and links
     nlookup: int = 0                # how many references the kernel holds
+    checked: int = -1               # store generation at which info was last found current
     # inbox files
     dirty: bool = False             # written (or created, truncated, touched) since its last ingest
     failed: int = 0                 # errno of a failed write: never ingest what we know is partial
