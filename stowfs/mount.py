@@ -57,9 +57,9 @@ def add_arguments(mount_parser: argparse.ArgumentParser, umount_parser: argparse
     p.add_argument("--debug", action="store_true", help="debug logging (and FUSE debug output with -f)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="FUSE mount options, comma-separated (e.g. allow_other); repeatable")
-    p.add_argument("--cache-mb", dest="cache_mb", type=int, default=16, metavar="MB",
+    p.add_argument("--cache-mb", dest="cache_mb", type=int, default=48, metavar="MB",
                    help="memory for decoded data, in MiB: two thirds for decoded blocks, one third "
-                        "for whole decoded files (default: 16; the kernel's page cache keeps "
+                        "for whole decoded files (default: 48; the kernel's page cache keeps "
                         "file contents too)")
     p.add_argument("--log", metavar="FILE", help=f"daemon log file (default: STORE/{LOG_NAME})")
     p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)   # tests: MemoryStore
