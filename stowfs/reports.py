@@ -147,7 +147,7 @@ def near_dups_text(r: dict) -> str:
     out = [f"{r['clusters']} clusters of near-duplicate segments among {_n(r['compared_segments'])} "
            f"segments of {_n(limits.DELTA_MIN)}+ bytes (similarity >= {r['threshold']})", ""]
     for c in r["top"]:
-        out.append(f"{c['canonical'][:12]} {c['kind']:<10} {_n(c['bytes']):>9} bytes, {c['files']} files: {c['preview']}")
+        out.append(f"{c['canonical'][:12]} {c['kind']:<10} {_n(c['bytes']):>9} bytes, {c['files']} file{'' if c['files'] == 1 else 's'}: {c['preview']}")
         for v in c["variants"]:
             out.append(f"  ~ {v['segment'][:12]} {_n(v['bytes']):>9} bytes, similarity {v['similarity']:.2f}")
     return "\n".join(out) + "\n"
