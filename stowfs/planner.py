@@ -125,16 +125,18 @@ class Plan:
     sigs: dict = field(default_factory=dict)   # MinHash signatures of delta candidates
 
 
-def plan_bytes(name: str, data: bytes, mtime: float) -> Plan:
+def plan_bytes(name: str, data: bytes, mtime: float, signatures: bool = True) -> Plan:
+    """signatures: compute MinHash signatures of delta candidates (not when the store
+    does no near-dedup)."""
     from .formats import parse
     parsed = parse(data, name)
-    rec = Recorder()
+    rec = Recorder(signatures)
     opl, tpl, pieces, sha, _ = split_views(data, None, parsed, rec)
     return Plan(name, len(data), mtime, sha, describe(parsed), opl, tpl, pieces,
                 rec.segments, rec.occ, rec.occ_bytes, rec.repeat_bytes, rec.sigs)
 
 
-def plan_path(name: str, path: str, mtime: float) -> Optional[Plan]:
+def plan_path(name: str, path: str, mtime: float, signatures: bool = True) -> Optional[Plan]:
     """Plan a file on disk; None when it is too large to hold (the store streams it)."""
     if os.path.getsize(path) > limits.MAX_PARSE_BYTES:
         return None
@@ -142,10 +144,10 @@ def plan_path(name: str, path: str, mtime: float) -> Optional[Plan]:
         data = f.read(limits.MAX_PARSE_BYTES + 1)
     if len(data) > limits.MAX_PARSE_BYTES:
         return None
-    return plan_bytes(name, data, mtime)
+    return plan_bytes(name, data, mtime, signatures)
 
 
-def plan_paths(items: list) -> list:
+def plan_paths(items: list, signatures: bool = True) -> list:
     """plan_path for a group of (name, path, mtime): one task per group keeps the cost of
     handing work to a process small next to the work. A file that cannot be read gets
     its error in its place."""
@@ -153,7 +155,7 @@ def plan_paths(items: list) -> list:
     out = []
     for name, path, mtime in items:
         try:
-            out.append(plan_path(name, path, mtime))
+            out.append(plan_path(name, path, mtime, signatures))
         except StowError as e:
             out.append(e)
         except OSError as e:

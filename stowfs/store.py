@@ -298,9 +298,7 @@ class _Ingest:
         self.new_bytes = 0
         self.dedup_bytes = 0
         self.packer = packer if packer is not None else _Packer(store, shared=False)
-        self.pending = self.packer.pending
         self.c = store._counters(txn)
-        self.delta_saved = 0
 
     def store_segment(self, data: bytes, kind: int) -> bytes:
         h = segment_hash(data)
@@ -335,7 +333,6 @@ class _Ingest:
         delta = self._delta(data, sig) if near else None
         stored = data if delta is None else delta[0]
         block, slot = self.packer.add(txn, self.c, h, data, stored)
-        self.pending = self.packer.pending
         if delta is not None:
             _stored, base, depth = delta
             self._ref(base, txn.get(base, db=segs))
@@ -343,7 +340,6 @@ class _Ingest:
             self.c["deltas"] += 1
             self.c["delta_raw"] += len(data)
             self.c["delta_bytes"] += len(stored)
-            self.delta_saved += len(data) - len(stored)
         else:
             txn.put(h, _seg_value(block, slot, 1, kind, len(data)), db=segs)
         if near and kind not in _NOT_INDEXED:
@@ -396,7 +392,7 @@ class _Ingest:
             d = _seg_delta(v)
             if d is not None and d[0] >= limits.DELTA_MAX_DEPTH:
                 continue
-            base = self.pending.get(base_h)
+            base = self.packer.pending.get(base_h)
             if base is None:
                 base = s._segment(txn, base_h)
             base_sig = s._sigs.get(base_h)
@@ -419,7 +415,7 @@ class _Ingest:
             self.packer.flush(self.txn, self.c)
 
 
-def _planned(items, workers: int):
+def _planned(items, workers: int, signatures: bool):
     """(name, src, mtime, size, Plan | None | error) for each item, in order. Plans are
     made in worker processes (spawned: an LMDB environment must not cross a fork) with a
     bounded number of files and bytes in flight, or here when workers == 0."""
@@ -443,7 +439,7 @@ def _planned(items, workers: int):
         for name, src, mtime, size, err in prepared():
             if err is None:
                 try:
-                    err = plan_path(name, src, mtime)
+                    err = plan_path(name, src, mtime, signatures)
                 except OSError as e:
                     err = StowError(f"cannot read {src}: {e.strerror}")
             yield name, src, mtime, size, err
@@ -462,7 +458,7 @@ def _planned(items, workers: int):
         def submit():
             nonlocal group
             todo = [(r[0], r[1], r[2]) for r in group if plannable(r)]
-            window.append((group, pool.submit(plan_paths, todo) if todo else None))
+            window.append((group, pool.submit(plan_paths, todo, signatures) if todo else None))
             group = []
 
         def settle():
@@ -860,7 +856,7 @@ class Store:
         name = check_name(name)
         mtime = time.time() if mtime is None else float(mtime)
         if len(data) <= limits.MAX_PARSE_BYTES:
-            plan = plan_bytes(name, data, mtime)
+            plan = plan_bytes(name, data, mtime, self.near_threshold > 0)
             work = lambda txn: self._apply(txn, plan)  # noqa: E731
         else:
             work = lambda txn: self._stream(txn, name, lambda: io.BytesIO(data), len(data), mtime)  # noqa: E731
@@ -872,7 +868,7 @@ class Store:
         name = check_name(name)
         mtime = time.time() if mtime is None else float(mtime)
         try:
-            plan = plan_path(name, src, mtime)
+            plan = plan_path(name, src, mtime, self.near_threshold > 0)
             size = plan.size if plan is not None else os.path.getsize(src)
         except OSError as e:
             raise NotFound(f"cannot read {src}: {e.strerror}") from None
@@ -926,7 +922,7 @@ class Store:
             self._maybe_train()
             return done
 
-        for name, src, mtime, size, plan in _planned(items, workers):
+        for name, src, mtime, size, plan in _planned(items, workers, self.near_threshold > 0):
             if isinstance(plan, BaseException):
                 w = plan                                 # keeps its place in the order
             elif plan is None:
