@@ -30,7 +30,8 @@ def preview(data: bytes, kind: int) -> str:
 
 
 def _file_refs(store) -> dict:
-    """hash -> (kind, length, files using it): the refcount less the deltas based on it."""
+    """hash -> [kind, length, files using it]: the refcount less the deltas based on it.
+    Each report takes these as rows= so several reports share one scan."""
     rows, deltas = {}, {}
     for h, kind, length, refs, base in store.iter_segments():
         rows[h] = [kind, length, refs]
@@ -42,10 +43,10 @@ def _file_refs(store) -> dict:
     return rows
 
 
-def dups(store, top: int = 20) -> dict:
+def dups(store, top: int = 20, rows: dict | None = None) -> dict:
     """The segments stored once for the most references: each with the bytes that storing
     it once saves ((files - 1) * length)."""
-    rows = _file_refs(store)
+    rows = _file_refs(store) if rows is None else rows
     best = heapq.nlargest(top, ((max(refs - 1, 0) * length, h) for h, (kind, length, refs) in rows.items()
                                 if refs > 1))
     items = []
@@ -58,11 +59,11 @@ def dups(store, top: int = 20) -> dict:
             "saved_bytes": total, "top": items}
 
 
-def prompts(store, threshold: float = 0.8) -> dict:
+def prompts(store, threshold: float = 0.8, rows: dict | None = None) -> dict:
     """Every distinct system prompt (system-role content of MIN_SEGMENT bytes or more,
     which the store keeps as a segment), how many files use it, and which other prompts
     are near-variants of it."""
-    rows = _file_refs(store)
+    rows = _file_refs(store) if rows is None else rows
     found = [(h, length, refs) for h, (kind, length, refs) in rows.items() if kind == SYSTEM and refs > 0]
     found.sort(key=lambda r: (-r[2], -r[1], r[0]))
     lsh = neardup.LSH(threshold)
@@ -85,11 +86,11 @@ def prompts(store, threshold: float = 0.8) -> dict:
 
 
 def near_dups(store, threshold: float = 0.8, top: int = 20,
-              min_bytes: int = limits.DELTA_MIN) -> dict:
+              min_bytes: int = limits.DELTA_MIN, rows: dict | None = None) -> dict:
     """Clusters of near-duplicate segments (estimated Jaccard >= threshold): a canonical
     segment (the most used, then the longest) and its variants, largest clusters first.
     Only segments of min_bytes or more are compared; memory holds signatures, not bytes."""
-    rows = _file_refs(store)
+    rows = _file_refs(store) if rows is None else rows
     cands = sorted(((h, kind, length, refs) for h, (kind, length, refs) in rows.items()
                     if length >= min_bytes and refs > 0),
                    key=lambda r: (-r[3], -r[2], r[0]))
@@ -162,7 +163,8 @@ REPORTS = {"dups": (dups, dups_text), "prompts": (prompts, prompts_text),
 
 
 def render_all_json(store) -> bytes:
-    return as_json({name: fn(store) for name, (fn, _text) in REPORTS.items()}).encode()
+    rows = _file_refs(store)       # one pass over the segment index for all three
+    return as_json({name: fn(store, rows=rows) for name, (fn, _text) in REPORTS.items()}).encode()
 
 
 def render_text(store, name: str) -> bytes:
