@@ -84,6 +84,15 @@ def two_words_changed(text: str) -> str:
     return " ".join(words)
 
 
+def stored_pair(store: Store) -> tuple[str, str]:
+    """A real text as a.json and, as b.json, the same text with two words changed."""
+    canonical = real_text()
+    variant = two_words_changed(canonical)
+    store.put("a.json", as_file(canonical))
+    store.put("b.json", as_file(variant))
+    return canonical, variant
+
+
 def seg_entry(store: Store, content: str):
     from stowfs.codec import segment_hash
     from stowfs.store import _seg_parse
@@ -113,10 +122,7 @@ def test_variant_differing_in_two_tokens_is_a_delta_that_round_trips(store):
 
 def test_removing_the_base_file_never_breaks_the_delta(store):
     from stowfs.maintenance import gc, verify
-    canonical = real_text()
-    variant = two_words_changed(canonical)
-    store.put("a.json", as_file(canonical))
-    store.put("b.json", as_file(variant))
+    canonical, variant = stored_pair(store)
     store.remove("a.json")
     gc(store)
     assert seg_entry(store, canonical) is not None      # kept for the delta
@@ -159,10 +165,7 @@ def test_a_damaged_base_makes_the_delta_fail_loudly(store):
     from stowfs.errors import Corrupt
     from stowfs.maintenance import verify
     from stowfs.store import _u64
-    canonical = real_text()
-    variant = two_words_changed(canonical)
-    store.put("a.json", as_file(canonical))
-    store.put("b.json", as_file(variant))
+    canonical, variant = stored_pair(store)
     (blk, slot, *_), _ = seg_entry(store, canonical)
 
     def damage(txn):
