@@ -59,6 +59,9 @@ MAX_LINE_BYTES = 64 << 20
 # Streaming: how much of a large file is read at a time.
 READ_WINDOW = 8 << 20
 
+# Metadata index (model, app, day -> files): one entry holds a bitmap of this many file ids.
+INDEX_SHARD = 256
+
 # Names.
 MAX_NAME_COMPONENT = 255
 MAX_NAME_BYTES = 4096

@@ -171,6 +171,48 @@ def test_listdir_and_index(store):
                                                                          "deep/a/b/c.jsonl"}
 
 
+def test_index_bitmaps_across_shards_removal_and_format_1_entries(store, tmp_path):
+    """The model/app/day index keeps a bitmap per 256 file ids: files on both sides of a
+    shard boundary are listed, removing the last file of a value drops the value, and an
+    entry written by format 1 (one key per file) still lists and is removed with its file."""
+    from stowfs.store import _u64
+    path = corpus_dir() / "agent-history-redacted" / "claude-session-01.jsonl"
+    src = path.read_bytes()
+    names = [f"s/{i:03d}.jsonl" for i in range(300)]
+    for _ in store.put_many([(n, path, None) for n in names], workers=0):
+        pass
+    assert [i.name for i in store.index_files("app", "claude-code")] == names
+    entries = store._read(lambda txn: [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store._index)])
+    assert len(entries) <= 2 * 3 and all(len(v) == 32 for _, v in entries)
+    for n in names[:299]:
+        store.remove(n)
+    assert [i.name for i in store.index_files("app", "claude-code")] == names[299:]
+    store.remove(names[299])
+    assert "claude-code" not in store.index_values("app")
+    assert store._read(lambda txn: txn.stat(store._index)["entries"]) == 0
+    # a store of format 1: one key per file, ending in the file id, value empty
+    for n in ("old/a.jsonl", "old/b.jsonl"):
+        store.put(n, src)
+    fids = sorted(store.info(n).file_id for n in ("old/a.jsonl", "old/b.jsonl"))
+
+    def to_format_1(txn):
+        for k, _ in list(txn.cursor(db=store._index)):
+            txn.delete(k, db=store._index)
+            for fid in fids:
+                txn.put(bytes(k[:-8]) + _u64(fid), b"", db=store._index)
+        txn.put(b"format", _u64(1), db=store._meta)
+    store._write(to_format_1)
+    path_ = store.path
+    store.close()
+    with Store(path_, readonly=True) as ro:
+        assert [i.name for i in ro.index_files("app", "claude-code")] == ["old/a.jsonl", "old/b.jsonl"]
+    with Store(path_) as rw:          # opened for writing: converted to bitmaps
+        assert all(len(v) == 32 for _, v in rw._read(lambda txn: list(txn.cursor(db=rw._index))))
+        assert [i.name for i in rw.index_files("app", "claude-code")] == ["old/a.jsonl", "old/b.jsonl"]
+        rw.remove("old/a.jsonl")
+        assert [i.name for i in rw.index_files("app", "claude-code")] == ["old/b.jsonl"]
+
+
 def test_compact_shrinks_and_keeps_every_byte(tmp_path):
     root = corpus_dir()
     path = tmp_path / "store"
