@@ -40,6 +40,8 @@ class Message:
     name: Optional[str] = None
     timestamp: Optional[str] = None     # ISO 8601 when the format has one
     model: Optional[str] = None
+    event: bool = False                 # a log line of the app (a command's output, a compaction
+                                        # summary), not a prompt: its text is no system prompt
 
 
 @dataclass

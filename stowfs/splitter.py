@@ -38,7 +38,7 @@ def content_kinds(parsed: Parsed | None) -> dict[str, int]:
         return kinds
     for conv in parsed.conversations:
         for msg in conv.messages:
-            role_kind = ROLE_KIND.get(msg.role, OTHER)
+            role_kind = OTHER if msg.event else ROLE_KIND.get(msg.role, OTHER)
             for part in msg.parts:
                 if part.text is None:
                     continue

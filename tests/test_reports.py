@@ -81,6 +81,28 @@ def test_prompts_audit_lists_each_prompt_with_its_files_and_variants(store):
     assert "not listed" in r["note"]
 
 
+def test_prompts_audit_leaves_out_claude_code_log_lines(store):
+    """Claude Code's `system` lines (a command's stdout, hook summaries) and `summary`
+    lines are the app's log, not system prompts: they are stored and shown in the
+    transcript, but the prompt audit does not list them."""
+    src = corpus_dir() / "claude-code-spotter" / "transcripts"
+    lines = []
+    for p in sorted(src.rglob("*.jsonl")):
+        for line in p.read_text().splitlines():
+            d = json.loads(line)
+            if d.get("type") == "system" and len(d.get("content") or "") >= 60:
+                lines.append(line)
+    if not lines:
+        pytest.skip("no long Claude Code system lines in the corpus")
+    data = ("\n".join(lines) + "\n").encode()
+    store.put("cc.jsonl", data)
+    assert store.get("cc.jsonl") == data
+    assert json.loads(lines[0])["content"].split("\n")[0][:40] in store.get("cc.jsonl", view="text").decode()
+    assert reports.prompts(store)["items"] == []
+    store.put("p.json", chat("You are a careful reviewer of pull requests; " * 3, "hello"))
+    assert len(reports.prompts(store)["items"]) == 1
+
+
 def test_near_dup_clusters_on_real_sessions(tmp_path):
     with Store(tmp_path / "s") as s:
         for p in sorted((corpus_dir() / "aider-chat-history").rglob("*.md")):

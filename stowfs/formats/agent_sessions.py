@@ -110,10 +110,10 @@ def parse_claude_code(lines: list) -> Conversation:
             msgs.append(Message(role=role, parts=content_parts(m.get("content")), timestamp=ts))
         elif t == "system" and isinstance(d.get("content"), str) and d["content"]:
             msgs.append(Message(role=SYSTEM, parts=[Part(kind=TEXT, text=d["content"])],
-                                name=_s(d.get("subtype")), timestamp=ts))
+                                name=_s(d.get("subtype")), timestamp=ts, event=True))
         elif t == "summary" and isinstance(d.get("summary"), str):
             msgs.append(Message(role=SYSTEM, parts=[Part(kind=TEXT, text=d["summary"])],
-                                name="summary", timestamp=ts))
+                                name="summary", timestamp=ts, event=True))
         else:
             continue
         last_id = None
