@@ -87,7 +87,9 @@ class Recorder:
     """A store_segment that only hashes and remembers: each distinct segment once, in
     first-seen order, with occurrence counts per kind."""
 
-    def __init__(self, signatures: bool = True):
+    def __init__(self, signatures=True):
+        """signatures: True (sign every delta candidate), False (none), or a predicate
+        on a segment's hash saying whether it needs one (not when the store has it)."""
         self.segments: dict[bytes, tuple[bytes, int]] = {}
         self.sigs: dict[bytes, bytes] = {}
         self.occ: Counter = Counter()
@@ -103,7 +105,8 @@ class Recorder:
             self.repeat_bytes += len(data)
         else:
             self.segments[h] = (data, kind)
-            if self._signatures and limits.DELTA_MIN <= len(data) <= limits.DELTA_MAX:
+            if (self._signatures and limits.DELTA_MIN <= len(data) <= limits.DELTA_MAX
+                    and (self._signatures is True or self._signatures(h))):
                 self.sigs[h] = neardup.signature(data)   # here, in the worker processes
         return h
 
@@ -125,7 +128,7 @@ class Plan:
     sigs: dict = field(default_factory=dict)   # MinHash signatures of delta candidates
 
 
-def plan_bytes(name: str, data: bytes, mtime: float, signatures: bool = True) -> Plan:
+def plan_bytes(name: str, data: bytes, mtime: float, signatures=True) -> Plan:
     """signatures: compute MinHash signatures of delta candidates (not when the store
     does no near-dedup)."""
     from .formats import parse
@@ -136,7 +139,7 @@ def plan_bytes(name: str, data: bytes, mtime: float, signatures: bool = True) ->
                 rec.segments, rec.occ, rec.occ_bytes, rec.repeat_bytes, rec.sigs)
 
 
-def plan_path(name: str, path: str, mtime: float, signatures: bool = True) -> Optional[Plan]:
+def plan_path(name: str, path: str, mtime: float, signatures=True) -> Optional[Plan]:
     """Plan a file on disk; None when it is too large to hold (the store streams it)."""
     if os.path.getsize(path) > limits.MAX_PARSE_BYTES:
         return None
@@ -147,17 +150,29 @@ def plan_path(name: str, path: str, mtime: float, signatures: bool = True) -> Op
     return plan_bytes(name, data, mtime, signatures)
 
 
-def plan_paths(items: list, signatures: bool = True) -> list:
+def plan_paths(items: list, signatures=True) -> list:
     """plan_path for a group of (name, path, mtime): one task per group keeps the cost of
     handing work to a process small next to the work. A file that cannot be read gets
-    its error in its place."""
+    its error in its place. signatures may also be a store directory: then only
+    segments that store does not hold yet are signed (a grown session's old turns are
+    exact duplicates, no delta candidates; measured on the bench's sessions corpus:
+    ingest 5.1-5.3 s -> 3.5-3.8 s, against 2.5-2.6 s with near-dedup off)."""
     from .errors import StowError
+    probe = None
+    if isinstance(signatures, str):
+        from .store import SegmentProbe
+        probe = SegmentProbe.shared(signatures)
     out = []
-    for name, path, mtime in items:
-        try:
-            out.append(plan_path(name, path, mtime, signatures))
-        except StowError as e:
-            out.append(e)
-        except OSError as e:
-            out.append(StowError(f"cannot read {path}: {e.strerror}"))
+    try:
+        wanted = probe.begin() if probe is not None else signatures
+        for name, path, mtime in items:
+            try:
+                out.append(plan_path(name, path, mtime, wanted))
+            except StowError as e:
+                out.append(e)
+            except OSError as e:
+                out.append(StowError(f"cannot read {path}: {e.strerror}"))
+    finally:
+        if probe is not None:
+            probe.end()
     return out

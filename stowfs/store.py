@@ -419,7 +419,37 @@ class _Ingest:
             self.packer.flush(self.txn, self.c)
 
 
-def _planned(items, workers: int, signatures: bool):
+class SegmentProbe:
+    """Which segments a store does not hold yet, asked from a planning worker process:
+    its own read-only view of the environment (opened in the worker: an environment
+    must not cross a fork), one short read transaction per group of files."""
+    _open: dict = {}
+
+    def __init__(self, path: str):
+        self.env = lmdb.open(str(Path(path) / "lmdb"), readonly=True, lock=True, max_dbs=12,
+                             readahead=False, max_readers=256)
+        self.db = self.env.open_db(b"segments", create=False)
+        self._txn = None
+
+    @classmethod
+    def shared(cls, path: str) -> "SegmentProbe":
+        probe = cls._open.get(path)
+        if probe is None:
+            probe = cls._open[path] = cls(path)
+        return probe
+
+    def begin(self):
+        self._txn = self.env.begin(db=self.db)
+        txn = self._txn
+        return lambda h: txn.get(h) is None
+
+    def end(self) -> None:
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+
+
+def _planned(items, workers: int, signatures):
     """(name, src, mtime, size, Plan | None | error) for each item, in order. Plans are
     made in worker processes (spawned: an LMDB environment must not cross a fork) with a
     bounded number of files and bytes in flight, or here when workers == 0."""
@@ -443,7 +473,7 @@ def _planned(items, workers: int, signatures: bool):
         for name, src, mtime, size, err in prepared():
             if err is None:
                 try:
-                    err = plan_path(name, src, mtime, signatures)
+                    err = plan_path(name, src, mtime, bool(signatures))
                 except OSError as e:
                     err = StowError(f"cannot read {src}: {e.strerror}")
             yield name, src, mtime, size, err
@@ -943,7 +973,8 @@ class Store:
             self._maybe_train()
             return done
 
-        for name, src, mtime, size, plan in _planned(items, workers, self.near_threshold > 0):
+        signatures = str(self.path) if self.near_threshold > 0 else False
+        for name, src, mtime, size, plan in _planned(items, workers, signatures):
             if isinstance(plan, BaseException):
                 w = plan                                 # keeps its place in the order
             elif plan is None:

@@ -74,3 +74,30 @@ def test_tiny_inputs_have_no_bands():
     assert nd.band_keys(nd.signature(b"short")) == []
     with pytest.raises(ValueError):
         nd.LSH(threshold=0)
+
+
+def test_planning_workers_sign_only_segments_the_store_lacks(tmp_path):
+    """Plans made for a store (worker processes pass its directory) carry MinHash
+    signatures only for segments it does not hold yet: a session stored again after it
+    grew needs none for its old turns, which are exact duplicates."""
+    from stowfs.planner import plan_paths
+    from stowfs.store import Store
+    src = max((corpus_dir() / "claude-code-spotter").rglob("*.jsonl"), key=lambda p: p.stat().st_size)
+    lines = src.read_bytes().splitlines(keepends=True)
+    old, grown = tmp_path / "old.jsonl", tmp_path / "grown.jsonl"
+    old.write_bytes(b"".join(lines[: len(lines) // 2]))
+    grown.write_bytes(b"".join(lines))
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    def planned(path):      # in a spawned worker, as Store.put_many plans
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(plan_paths, [("g.jsonl", str(grown), 0.0)], path).result()[0]
+    with Store(tmp_path / "s") as s:
+        fresh = planned(str(s.path))
+        s.put_file("old.jsonl", old)
+        again = planned(str(s.path))
+        stored = set(s._read(lambda txn: [bytes(k) for k, _ in txn.cursor(db=s._segs)]))
+    assert fresh.sigs and set(fresh.sigs) <= set(fresh.segments)
+    assert again.sigs and not set(again.sigs) & stored      # nothing signed twice
+    assert set(again.sigs) == {h for h in fresh.sigs if h not in stored}
