@@ -439,7 +439,11 @@ class SegmentProbe:
         return probe
 
     def begin(self):
-        self._txn = self.env.begin(db=self.db)
+        try:
+            self._txn = self.env.begin(db=self.db)
+        except lmdb.MapResizedError:            # the writer grew the map: adopt its size
+            self.env.set_mapsize(0)
+            self._txn = self.env.begin(db=self.db)
         txn = self._txn
         return lambda h: txn.get(h) is None
 

@@ -101,3 +101,24 @@ def test_planning_workers_sign_only_segments_the_store_lacks(tmp_path):
     assert fresh.sigs and set(fresh.sigs) <= set(fresh.segments)
     assert again.sigs and not set(again.sigs) & stored      # nothing signed twice
     assert set(again.sigs) == {h for h in fresh.sigs if h not in stored}
+
+
+def test_planning_worker_follows_the_store_as_it_grows(tmp_path):
+    """A worker's view of the store was opened when the file was small; after the writer
+    grows the data file past that view's map, the worker still plans (it adopts the
+    map size instead of failing the ingest)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from stowfs.planner import plan_paths
+    from stowfs.store import Store
+    src = max((corpus_dir() / "claude-code-spotter").rglob("*.jsonl"), key=lambda p: p.stat().st_size)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(24 << 20))
+    with Store(tmp_path / "s") as s, \
+            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        first = pool.submit(plan_paths, [("a.jsonl", str(src), 0.0)], str(s.path)).result()[0]
+        s.put_file("big.bin", big)
+        assert (s.path / "lmdb" / "data.mdb").stat().st_size > 20 << 20
+        again = pool.submit(plan_paths, [("a.jsonl", str(src), 0.0)], str(s.path)).result()[0]
+    assert first.sigs and again.sigs == first.sigs
