@@ -62,6 +62,14 @@ READ_WINDOW = 8 << 20
 # Metadata index (model, app, day -> files): one entry holds a bitmap of this many file ids.
 INDEX_SHARD = 256
 
+# Manifest groups (written by compact): headers of this many consecutive files share one
+# compressed entry; piece lists up to INLINE_PIECES bytes that no other file shares move
+# into their file's header; a group decodes to at most MAX_HEADER_GROUP bytes.
+HEADER_GROUP_FILES = 256
+INLINE_PIECES = 8 << 10
+MAX_HEADER_GROUP = 4 << 20
+HEADER_GROUP_CACHE = 32          # decoded groups kept per Store
+
 # Names.
 MAX_NAME_COMPONENT = 255
 MAX_NAME_BYTES = 4096

@@ -103,14 +103,14 @@ def verify(store: Store, progress: bool = False) -> dict:
         name = name_b.decode("utf-8", "replace")
         _say(progress, f"verify: file {n + 1}/{len(fids)}")
         files += 1
-        m = store._read(lambda txn: txn.get(fid_b, db=store._mans))
-        if m is None:
-            problems.append(f"{name}: manifest missing")
-            damaged.add(name)
-            continue
         try:
-            header = store._read(lambda txn: store._manifest_header(m, txn))
-            if any(header["pl"][i:i + 16] in bad_segments for i in range(0, len(header["pl"]), 16)):
+            header = store._read(lambda txn: store._header(txn, _U64.unpack(fid_b)[0]))
+            if header is None:
+                problems.append(f"{name}: manifest missing")
+                damaged.add(name)
+                continue
+            pl = header.get("pl", b"")
+            if any(pl[i:i + 16] in bad_segments for i in range(0, len(pl), 16)):
                 raise Corrupt("its piece lists are damaged")
             views = store._read(lambda txn: store._views(txn, header))
         except (Corrupt, ValueError, KeyError) as e:
@@ -349,11 +349,56 @@ def _drop_near_entries(store: Store, txn, dead: set[bytes]) -> None:
         txn.delete(k, db=store._near)
 
 
+def _inline_piece_lists(store: Store, txn, c: dict) -> int:
+    """Move each file's piece lists into its header when no other file uses them and
+    they are small (INLINE_PIECES): their segments (and index entries) go at the next
+    gc, their bytes compress with the neighbouring headers in a group. Piece lists that
+    grown versions of a session share stay segments. Returns the files changed."""
+    changed = 0
+    for h in list(store._iter_headers(txn)):
+        pl = h.get("pl")
+        if not pl:
+            continue
+        hashes = [pl[i:i + 16] for i in range(0, len(pl), 16)]
+        entries = [txn.get(x, db=store._segs) for x in hashes]
+        if any(e is None for e in entries):
+            raise Corrupt(f"{h['n']}: piece-list segment missing")
+        fields = [_seg_fields(e) for e in entries]
+        if any(f[2] != 1 for f in fields) or sum(f[4] for f in fields) > limits.INLINE_PIECES:
+            continue
+        h["pb"] = b"".join(store._segment(txn, x) for x in hashes)
+        del h["pl"]
+        for x, e, (_b, _s, _r, kind, length) in zip(hashes, entries, fields):
+            txn.put(x, _seg_with(e, refs=0), db=store._segs)
+            c["uniq"][kind] -= 1
+            c["uniq_bytes"][kind] -= length
+        store._put_header(txn, h["id"], h)
+        changed += 1
+    return changed
+
+
+def _group_headers(store: Store, txn) -> None:
+    """Pack every header into groups of HEADER_GROUP_FILES consecutive files, or fewer
+    when their headers add up to a quarter of MAX_HEADER_GROUP (one compressed entry
+    each, keyed by the group's last file id)."""
+    packed = [(h["id"], pack(h)) for h in store._iter_headers(txn)]
+    txn.drop(store._mans, delete=False)
+    group: dict = {}
+    size = 0
+    for n, (fid, raw) in enumerate(packed):
+        group[fid] = raw
+        size += len(raw)
+        if (len(group) >= limits.HEADER_GROUP_FILES or size >= limits.MAX_HEADER_GROUP // 4
+                or n == len(packed) - 1):
+            txn.put(_u64(fid), store._encode_group(group), db=store._mans)
+            group, size = {}, 0
+
+
 def _train_manifest_dict(store: Store, txn) -> None:
-    """Train the manifest dictionary on this store's headers and rewrite every header
-    with it (stores with fewer than 64 files keep plain headers: too few to train on)."""
+    """Train the manifest dictionary on this store's headers, for the headers of files
+    stored after this compact (stores with fewer than 64 files: too few to train on)."""
     import zstandard
-    rows = [(k, store._manifest_header(v, txn)) for k, v in txn.cursor(db=store._mans)]
+    rows = [(h["id"], h) for h in store._iter_headers(txn)]
     if len(rows) < 64:
         return
     samples = [pack(h) for _, h in rows[::max(1, len(rows) // 8000)]]
@@ -363,8 +408,6 @@ def _train_manifest_dict(store: Store, txn) -> None:
     txn.put(struct.pack(">I", did), pack({"kind": "manifest", "bytes": d.as_bytes(),
                                           "samples": len(samples)}), db=store._dictdb)
     txn.put(b"manifest_dict", _u64(did), db=store._meta)
-    for key, header in rows:
-        txn.put(key, store._encode_header(txn, header), db=store._mans)
 
 
 def _drop_unused_dicts(store: Store, txn) -> None:
@@ -426,6 +469,12 @@ def compact(path, level: int | None = None, progress: bool = False) -> dict:
                                         "unmount it first")
         disk_before = store.disk_bytes()
         blocks_before = store._read(lambda txn: txn.stat(store._blocks)["entries"])
+        def inline(txn):
+            c = store._counters(txn)
+            if _inline_piece_lists(store, txn, c):
+                store._save_counters(txn, c)
+        _say(progress, "compact: moving small piece lists into headers")
+        store._write(inline)
         _say(progress, "compact: collecting garbage")
         gc(store)
         # File order: the segments in the order files first stored them (old block, slot),
@@ -478,6 +527,7 @@ def compact(path, level: int | None = None, progress: bool = False) -> dict:
             txn.drop(store._segs, delete=False)
             txn.cursor(db=store._segs).putmulti(index, append=True)
             _train_manifest_dict(store, txn)
+            _group_headers(store, txn)
             _drop_unused_dicts(store, txn)
             store._save_counters(txn, c)
         store._write(repack)

@@ -11,7 +11,7 @@ from realdata import corpus_dir, corpus_files, openai_form, sharegpt_records
 from stowfs.codec import segment_hash
 from stowfs.errors import Exists, InvalidName, NotFound
 from stowfs.maintenance import compact, gc, verify
-from stowfs.store import Store, _seg_delta, _seg_fields
+from stowfs.store import Store, _seg_delta, _seg_fields, _u64
 
 
 @pytest.fixture
@@ -261,9 +261,12 @@ def test_compact_compresses_headers_and_everything_still_works(tmp_path):
         before = {n: s.info(n) for n in originals}
     compact(path)
     with Store(path) as s:
-        raw = s._read(lambda txn: txn.get(b"\0" * 7 + b"\1", db=s._mans))
-        assert raw is not None and raw[:1] == b"\0", "headers are stored compressed after compact"
+        entries = s._read(lambda txn: [bytes(v) for _, v in txn.cursor(db=s._mans)])
+        assert len(entries) == 1 and entries[0][:1] == b"\1", "one compressed group of headers"
+        assert all("pb" in h and "pl" not in h for h in s._read(lambda txn: list(s._iter_headers(txn)))), \
+            "small piece lists no other file shares move into their headers"
         assert {n: s.info(n) for n in originals} == before
+        assert all(s.get(n) == data for n, data in originals.items())
         assert [n for n, _ in s.listdir("c")] == sorted(n.split("/")[1] for n in originals)
         assert len(s.index_files("model", "gpt-3.5-turbo")) == len(originals)
         s.rename("c/000.json", "d/moved.json")
@@ -271,4 +274,21 @@ def test_compact_compresses_headers_and_everything_still_works(tmp_path):
         s.remove("c/001.json")
         r = s.put("new.json", originals["c/002.json"])        # new header, same dictionary
         assert s.info("new.json").sha256 == before["c/002.json"].sha256 and r.new_bytes < 4096
+        assert s._read(lambda txn: txn.get(b"\0" * 7 + b"\1", db=s._mans)) is None  # in the group
+        raw = s._read(lambda txn: txn.get(_u64(s.info("new.json").file_id), db=s._mans))
+        assert raw is not None and raw[:1] == b"\0", "a later header: its own entry, compressed"
+        s.put("c/003.json", originals["c/004.json"])          # replace a grouped file
+        assert s.get("c/003.json") == originals["c/004.json"]
+        for n in list(originals)[5:]:                          # empty the group
+            s.remove(n)
+        assert [i.name for i in s.iter_files("c/")] == ["c/002.json", "c/003.json", "c/004.json"]
         assert verify(s)["ok"]
+        gc(s)
+        assert verify(s)["ok"]
+        for n in ("c/002.json", "c/003.json", "c/004.json", "d/moved.json", "new.json"):
+            s.remove(n)
+        assert s._read(lambda txn: txn.stat(s._mans)["entries"]) == 0
+        assert verify(s)["ok"] and s.stats()["files"] == 0
+    compact(path)
+    with Store(path) as s:
+        assert verify(s)["ok"] and list(s.iter_files()) == []
