@@ -96,6 +96,7 @@ def verify(store: Store, progress: bool = False) -> dict:
             problems.append(f"block {block_id} is missing ({len(entries)} segments)")
             bad_segments.update(h for _, h, _ in entries)
     store._cache = type(store._cache)(store._cache.limit)  # verify reads from disk, not memory
+    store._groups = type(store._groups)(store._groups.limit)
 
     files = 0
     fids = store._read(lambda txn: [(k, v) for k, v in txn.cursor(db=store._names)])
@@ -143,6 +144,15 @@ def verify(store: Store, progress: bool = False) -> dict:
         except Corrupt as e:
             problems.append(f"{name}: {e}")
             damaged.add(name)
+    named = {_U64.unpack(fid_b)[0] for _, fid_b in fids}
+    try:
+        orphans = store._read(lambda txn: [(h["id"], h.get("n")) for h in store._iter_headers(txn)
+                                           if h["id"] not in named])
+    except Corrupt as e:
+        orphans = []
+        problems.append(f"manifests: {e}")
+    for fid, name in orphans:
+        problems.append(f"manifest {fid} ({name}) belongs to no name")
     for h, refs in stored_refs.items():
         if refs != counted.get(h, 0):
             problems.append(f"segment {h.hex()}: reference count {refs}, used by {counted.get(h, 0)} "

@@ -661,8 +661,12 @@ class Store:
             self._enter()
             try:
                 with self.env.begin(write=True) as txn:
-                    result = fn(txn)
-                    self._bump(txn)
+                    self._tl.writing = True     # (no cached manifest groups, see _group)
+                    try:
+                        result = fn(txn)
+                        self._bump(txn)
+                    finally:
+                        self._tl.writing = False
                 return result
             except lmdb.MapFullError:
                 grow = True
@@ -884,17 +888,23 @@ class Store:
     # group of headers: b"\x01" + zstd frame of a msgpack list [fid, packed header, ...],
     # keyed by its last file id. A decoded group keeps the packed headers (bytes), so it
     # costs memory about its raw size; a header is unpacked when asked for.
-    def _group(self, v) -> dict[int, bytes]:
-        v = bytes(v)
-        hit = self._groups.get(v)
+    def _group(self, txn, key, v) -> dict[int, bytes]:
+        """A group's packed headers by file id. Cached for read transactions by (key,
+        store generation): every write transaction bumps the generation, so in a read
+        snapshot the pair names one content. A write transaction decodes afresh (it may
+        have rewritten the group itself)."""
+        writing = getattr(self._tl, "writing", False)
+        ck = None if writing else (bytes(key), bytes(txn.get(b"generation", db=self._meta) or b""))
+        hit = None if ck is None else self._groups.get(ck)
         if hit is None:
             try:
                 flat = unpack(zstandard.ZstdDecompressor().decompress(
-                    v[1:], max_output_size=limits.MAX_HEADER_GROUP))
+                    bytes(v[1:]), max_output_size=limits.MAX_HEADER_GROUP))
                 hit = dict(zip(flat[::2], flat[1::2]))
             except Exception as e:
                 raise Corrupt(f"manifest group does not decode: {e}") from None
-            self._groups.put(v, hit)
+            if ck is not None:
+                self._groups.put(ck, hit)
         return hit
 
     @staticmethod
@@ -912,7 +922,7 @@ class Store:
         v = cur.value()
         if v[:1] != _GROUP:
             return None, None
-        return bytes(cur.key()), self._group(v)
+        return bytes(cur.key()), self._group(txn, cur.key(), v)
 
     @staticmethod
     def _unpack_header(raw: bytes) -> dict:
@@ -953,9 +963,9 @@ class Store:
 
     def _iter_headers(self, txn) -> Iterator[dict]:
         """Every header, in file id order."""
-        for _k, v in txn.cursor(db=self._mans):
+        for k, v in txn.cursor(db=self._mans):
             if v[:1] == _GROUP:
-                g = self._group(v)
+                g = self._group(txn, k, v)
                 for fid in sorted(g):
                     yield self._unpack_header(g[fid])
             else:

@@ -213,6 +213,37 @@ def test_index_bitmaps_across_shards_removal_and_format_1_entries(store, tmp_pat
         assert [i.name for i in rw.index_files("app", "claude-code")] == ["old/b.jsonl"]
 
 
+def test_grouped_headers_change_many_times_in_one_transaction(tmp_path):
+    """After compact, one batch that replaces several files of one header group, one of
+    them twice, and reads between writes never sees a stale group."""
+    recs = sharegpt_records(40)
+    path = tmp_path / "store"
+    originals = {f"c/{i:02d}.json": json.dumps(openai_form(r)).encode() for i, r in enumerate(recs)}
+    with Store(path) as s:
+        for name, data in originals.items():
+            s.put(name, data)
+    compact(path)
+    new = {}
+    for i, n in enumerate(("c/00.json", "c/01.json", "c/00.json", "c/02.json")):
+        p = tmp_path / f"new{i}.json"
+        p.write_bytes(originals[f"c/{10 + i:02d}.json"])
+        new[n] = (p, p.read_bytes())
+    with Store(path) as s:
+        assert s.info("c/03.json").name == "c/03.json"          # a read caches the group
+        items = [(n, tmp_path / f"new{i}.json", None)
+                 for i, n in enumerate(("c/00.json", "c/01.json", "c/00.json", "c/02.json"))]
+        assert all(not isinstance(r, Exception) for _, r in s.put_many(items, workers=0))
+        for n, (_p, data) in new.items():
+            assert s.get(n) == data
+        s.remove("c/03.json")
+        with pytest.raises(NotFound):
+            s.info("c/03.json")
+        assert len(list(s.iter_files("c/"))) == len(originals) - 1
+        headers = s._read(lambda txn: [h["n"] for h in s._iter_headers(txn)])
+        assert sorted(headers) == sorted(i.name for i in s.iter_files()), "no orphaned header"
+        assert verify(s)["ok"]
+
+
 def test_compact_shrinks_and_keeps_every_byte(tmp_path):
     root = corpus_dir()
     path = tmp_path / "store"
