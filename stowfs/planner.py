@@ -105,7 +105,7 @@ class Recorder:
             self.repeat_bytes += len(data)
         else:
             self.segments[h] = (data, kind)
-            if (self._signatures and limits.DELTA_MIN <= len(data) <= limits.DELTA_MAX
+            if (self._signatures and neardup.delta_candidate(kind, len(data))
                     and (self._signatures is True or self._signatures(h))):
                 self.sigs[h] = neardup.signature(data)   # here, in the worker processes
         return h

@@ -63,7 +63,7 @@ from .codec import (DELTA, Dictionaries, build_pack, decode_delta, decode_frame,
                     encode_frame, frame_dict_id, parse_pack, segment_hash)
 from .errors import Busy, Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
 from .packing import get_uvarint, pack, unpack, encode_uvarints
-from .pieces import (ASSISTANT, KIND_NAMES, PIECES, SKELETON, TOKENS, USER, VIEW, PieceList, render,
+from .pieces import (KIND_NAMES, PIECES, SKELETON, TOKENS, VIEW, PieceList, render,
                      unpack_views)
 from .planner import Plan, describe, plan_bytes, plan_path, plan_paths, split_views, unparsed
 
@@ -73,7 +73,6 @@ _U64 = struct.Struct(">Q")
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GROUP = b"\x01"                        # first byte of a manifest group (no msgpack map starts so)
 _NEAR_PREFIX = 4                        # bytes of a segment hash an LSH entry keeps
-_NOT_INDEXED = (USER, ASSISTANT)        # kinds whose segments get no LSH entries
 
 
 def _u64(n: int) -> bytes:
@@ -341,7 +340,7 @@ class _Ingest:
             self._ref(h, v)
             self.dedup_bytes += len(data)
             return
-        near = self.s.near_threshold > 0 and limits.DELTA_MIN <= len(data) <= limits.DELTA_MAX
+        near = self.s.near_threshold > 0 and neardup.delta_candidate(kind, len(data))
         if near and sig is None:
             sig = neardup.signature(data)
         delta = self._delta(data, sig) if near else None
@@ -356,7 +355,7 @@ class _Ingest:
             self.c["delta_bytes"] += len(stored)
         else:
             txn.put(h, _seg_value(block, slot, 1, kind, len(data)), db=segs)
-        if near and kind not in _NOT_INDEXED:
+        if near:
             self._index_near(h, sig)
         self.new_bytes += len(data)
         self.c["uniq"][kind] += 1
