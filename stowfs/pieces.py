@@ -31,6 +31,9 @@ JSON_HTML = 3    # Go's encoding/json: <, >, &, U+2028, U+2029 escaped
 JSON_SLASH = 4   # PHP's json_encode: ASCII-escaped and '/' as '\/'
 TOKENS_COMPACT = 8   # [1,2,3]   (segment holds uvarint token ids)
 TOKENS_SPACED = 9    # [1, 2, 3]
+TOKENS_LINES = 32    # 32 + I: the ids of a pretty-printed array, one a line indented by I
+                     # spaces ("1,\n    2,\n    3": the brackets stay in the skeleton)
+TOKENS_LINES_MAX_INDENT = 255 - TOKENS_LINES
 
 _GO = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
                      "\u2028": "\\u2028", "\u2029": "\\u2029"})
@@ -53,6 +56,9 @@ def render(seg: bytes, style: int) -> bytes:
     if style in (TOKENS_COMPACT, TOKENS_SPACED):
         sep = b"," if style == TOKENS_COMPACT else b", "
         return b"[" + sep.join(str(i).encode() for i in decode_uvarints(seg)) + b"]"
+    if TOKENS_LINES <= style <= 255:
+        sep = b",\n" + b" " * (style - TOKENS_LINES)
+        return sep.join(str(i).encode() for i in decode_uvarints(seg))
     raise ValueError(f"unknown style {style}")
 
 
@@ -73,6 +79,23 @@ def token_style(ids: list[int], literal: bytes) -> int | None:
         if render(seg, style) == literal:
             return style
     return None
+
+
+def token_lines(ids: list[int], literal: bytes) -> tuple[int, int, int] | None:
+    """For a pretty-printed array literal ("[\n  1,\n  2\n]"): (start, end, style) of the
+    part from the first id to the last that TOKENS_LINES + indent spells, or None."""
+    start = len(literal) - len(literal[1:].lstrip()) if literal[:1] == b"[" else -1
+    end = len(literal.rstrip(b"]").rstrip())
+    nl = literal.find(b",\n", start)
+    if start < 1 or nl < 0:
+        return None
+    indent = len(literal) - nl - 2 - len(literal[nl + 2:].lstrip(b" "))
+    if indent > TOKENS_LINES_MAX_INDENT:
+        return None
+    style = TOKENS_LINES + indent
+    if render(encode_uvarints(ids), style) != literal[start:end]:
+        return None
+    return start, end, style
 
 
 @dataclass

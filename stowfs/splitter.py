@@ -16,7 +16,7 @@ import re
 
 from . import limits
 from .pieces import (ASSISTANT, OTHER, RAW, ROLE_KIND, TOKENS, TOOL, PieceListBuilder,
-                     json_string_style, token_style)
+                     json_string_style, token_lines, token_style)
 from .conversation import Parsed, TOOL_CALL, TOOL_RESULT, THINKING
 from .packing import encode_uvarints
 
@@ -79,6 +79,12 @@ def split_json(window: bytes, b: PieceListBuilder, kinds: dict[str, int]) -> Non
             style = token_style(ids, lit)
             seg = encode_uvarints(ids)
             kind = TOKENS
+            if style is None and b"\n" in lit:    # pretty-printed: one id a line
+                inner = token_lines(ids, lit)
+                if inner is None:
+                    continue
+                a, z, style = inner
+                s, e = s + a, s + z
         if style is None:
             continue
         b.gap(window[pos:s])

@@ -118,16 +118,21 @@ def test_token_ids_come_back_as_the_same_ids(store):
     conv = {"id": "t1", "application": "test", "model": "gpt2", "tokenizer": "gpt2",
             "messages": [{"role": "user", "content": ids}, {"role": "assistant", "content": ids[::-1]},
                          {"role": "user", "content": "plain text " * 10}], "metadata": {}}
-    for name, text in {"a.json": json.dumps(conv), "b.json": json.dumps(conv, separators=(",", ":")),
-                       "c.json": json.dumps(conv, indent=1)}.items():
+    spellings = {"a.json": json.dumps(conv), "b.json": json.dumps(conv, separators=(",", ":")),
+                 "c.json": json.dumps(conv, indent=1), "d.json": json.dumps({"run": [conv]}, indent=4),
+                 # one id a line, but not as json.dumps writes it: stays skeleton, lossless
+                 "e.json": json.dumps(conv, indent=2).replace(",\n        1,\n", ",\n       1,\n")}
+    assert spellings["e.json"] != json.dumps(conv, indent=2)
+    for name, text in spellings.items():
         store.put(name, text.encode())
         back = json.loads(store.get(name))
-        assert back["messages"][0]["content"] == ids
+        assert (back["run"][0] if "run" in back else back)["messages"][0]["content"] == ids
         assert store.get(name) == text.encode()
-    # the two one-line spellings share one segment; the one-id-per-line spelling stays in
-    # the skeleton (lossless, chunk-deduplicated only)
+    # every spelling json.dumps writes (one line, compact, one id a line at any indent)
+    # shares one segment of the ids
     from stowfs.packing import encode_uvarints
-    assert refcount(store, encode_uvarints(ids)) == 2
+    assert refcount(store, encode_uvarints(ids)) == 4
+    assert refcount(store, encode_uvarints(ids[::-1])) == 4
 
 
 def test_replace_remove_rename_and_gc(store):
