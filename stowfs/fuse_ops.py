@@ -8,6 +8,7 @@ an exception escaping a pyfuse3 handler ends the main loop and kills the mount.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import logging
@@ -25,8 +26,11 @@ fsdecode, fsencode = os.fsdecode, os.fsencode
 
 
 def _handler(fn):
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self, *args):
+        self.requests[name] += 1
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -68,6 +72,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem):
         super().__init__()
         self.fs = fs
+        self.requests = collections.Counter()   # handled requests by kind (diagnostics, tests)
 
     def _getattr(self, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()

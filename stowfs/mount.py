@@ -316,7 +316,8 @@ def _serve(args, store: Path, mp: str, report) -> int:
         removed, left = fs.inbox.recover()
         if removed or left:
             log.info("spool recovery: %d already stored, %d left in inbox/", removed, len(left))
-        pyfuse3.init(Operations(fs), mp, _fuse_options(args, store))
+        ops = Operations(fs)
+        pyfuse3.init(ops, mp, _fuse_options(args, store))
     except BaseException as e:
         if isinstance(e, (MountError, StowError)):
             msg = str(e)
@@ -335,7 +336,7 @@ def _serve(args, store: Path, mp: str, report) -> int:
     log.info("mounted %s at %s (pid %d)", store, mp, os.getpid())
     code = 0
     try:
-        trio.run(_main, fs, report, watch_store)
+        trio.run(_main, ops, report, watch_store)
     except BaseException:
         log.exception("the FUSE main loop failed")
         code = 2
@@ -345,6 +346,7 @@ def _serve(args, store: Path, mp: str, report) -> int:
         except Exception:
             log.exception("unmounting failed")
         _close(st, lock)
+        _log_requests(ops)
         log.info("unmounted %s", mp)
     return code
 
@@ -358,20 +360,28 @@ def _close(st, lock) -> None:
         lock.close()
 
 
-async def _main(fs, report, watch_store) -> None:
+def _log_requests(ops) -> None:
+    log.info("requests handled: %s", ", ".join(f"{k} {n}" for k, n in sorted(ops.requests.items())) or "none")
+
+
+async def _main(ops, report, watch_store) -> None:
     import pyfuse3
     import trio
 
     async def stop_on_signal():
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                                       signal.SIGUSR1) as signals:
             async for signum in signals:
+                if signum == signal.SIGUSR1:     # diagnostics: what the kernel asked so far
+                    _log_requests(ops)
+                    continue
                 log.info("%s: unmounting", signal.Signals(signum).name)
                 pyfuse3.terminate()
                 return
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signal)
-        nursery.start_soon(watch_store, fs)
+        nursery.start_soon(watch_store, ops.fs)
         report(None)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

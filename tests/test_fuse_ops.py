@@ -146,3 +146,15 @@ def test_readdir_resumes_and_counts_lookups(ops, store, monkeypatch):
 def test_statfs(ops):
     st = call(ops.statfs, None)
     assert st.f_bsize > 0 and st.f_namemax >= 255
+
+
+def test_requests_are_counted_by_kind(ops, store):
+    store.put("x.json", conv("x"))
+    attr = lookup_path(ops, "conversations/x.json")
+    fi = call(ops.open, attr.st_ino, os.O_RDONLY, None)
+    call(ops.read, fi.fh, 0, 4096)
+    call(ops.flush, fi.fh)
+    call(ops.release, fi.fh)
+    fuse_errno(ops.lookup, TOP["conversations"], b"missing.json", None)    # errors count too
+    assert dict(ops.requests) == {"lookup": 3, "open": 1, "read": 1, "flush": 1, "release": 1}
+
