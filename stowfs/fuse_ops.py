@@ -142,7 +142,9 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def readdir(self, fh, start_id, token):
-        if start_id == 0:
+        if start_id == 0 and not self.fs.small_dir(fh):
+            # (re)reading a directory may take a while; one that was small when last
+            # listed is listed here: cheaper than the hand-off to a worker thread and back
             entries = await _blocking(self.fs.readdir, fh, start_id)
         else:
             entries = self.fs.readdir(fh, start_id)
