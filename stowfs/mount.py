@@ -59,8 +59,8 @@ def add_arguments(mount_parser: argparse.ArgumentParser, umount_parser: argparse
                    help="FUSE mount options, comma-separated (e.g. allow_other); repeatable")
     p.add_argument("--cache-mb", dest="cache_mb", type=int, default=48, metavar="MB",
                    help="memory for decoded data, in MiB: two thirds for decoded blocks, one third "
-                        "for whole decoded files (default: 48; the kernel's page cache keeps "
-                        "file contents too)")
+                        "for whole decoded files that are read in several requests (default: 48; "
+                        "the kernel's page cache keeps file contents too)")
     p.add_argument("--log", metavar="FILE", help=f"daemon log file (default: STORE/{LOG_NAME})")
     p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)   # tests: MemoryStore
     umount_parser.add_argument("mountpoint", help="where a store is mounted")

@@ -246,6 +246,22 @@ def test_large_file_read_by_range(store, tmp_path):
     assert fs.cache.size == 0          # not decoded whole
 
 
+def test_only_files_read_in_parts_are_kept_decoded(fs, store, monkeypatch):
+    small, parts = conv("x"), conv(*["m%04d " % i * 20 for i in range(100)])
+    assert len(small) < 4096 < len(parts) < fs.whole_limit      # cat() reads 4096 at a time
+    store.put("s.json", small)
+    store.put("p.json", parts)
+    decoded = []
+    real = store.reader
+    monkeypatch.setattr(store, "reader", lambda path, view: decoded.append(path) or real(path, view))
+    assert cat(fs, "conversations/s.json") == small
+    # one read took it whole, the kernel's page cache keeps it (keep_cache): not ours too;
+    # and the read at its end decodes nothing
+    assert fs.cache.size == 0 and decoded == ["s.json"]
+    assert cat(fs, "conversations/p.json") == parts
+    assert fs.cache.size == len(parts) and decoded == ["s.json", "p.json"]   # decoded once
+
+
 def test_read_only_errnos(fs, store):
     store.put("a.json", conv("x"))
     conv_dir, _ = walk(fs, "conversations")

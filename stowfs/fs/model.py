@@ -380,7 +380,7 @@ class Filesystem:
                 h.reader = reader
             return h.reader
 
-    def _decode_whole(self, h: Handle) -> bytes:
+    def _decode_whole(self, h: Handle, keep: bool = True) -> bytes:
         data = self.cache.get(h.key)
         if data is None:
             reader = self._reader(h)
@@ -388,7 +388,8 @@ class Filesystem:
                 data = reader.read(0, h.size)
             if len(data) != h.size:
                 raise Corrupt(f"{h.node.path}: decoded {len(data)} bytes, expected {h.size}")
-            self.cache.put(h.key, data)
+            if keep:
+                self.cache.put(h.key, data)
         return data
 
     def small(self, fh: int) -> bool:
@@ -414,7 +415,14 @@ class Filesystem:
             return h.data[offset:offset + size]
         if h.fd >= 0:
             return self.inbox.read(h, offset, size)
+        if offset >= h.size:
+            return b""
         if h.size <= self.whole_limit:
+            if offset == 0 and size >= h.size:
+                # One read takes the whole file: the kernel keeps it in its page cache
+                # (keep_cache), so a copy in ours would be dropped unused. Only files
+                # read in several requests are worth keeping decoded.
+                return self._decode_whole(h, keep=False)
             return self._decode_whole(h)[offset:offset + size]
         reader = self._reader(h)
         with h.lock:
