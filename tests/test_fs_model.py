@@ -1,6 +1,7 @@
 """The filesystem model (stowfs.fs) over MemoryStore: no FUSE, no mount."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -261,6 +262,21 @@ def test_only_files_read_in_parts_are_kept_decoded(fs, store, monkeypatch):
     assert cat(fs, "conversations/p.json") == parts
     assert fs.cache.size == len(parts) and decoded == ["s.json", "p.json"]   # decoded once
 
+
+def test_the_views_of_a_file_share_one_record(fs, store, monkeypatch):
+    """The mount holds a record per file the kernel references: one for all its views."""
+    store.put("d/a.json", conv("x"))
+    real = store.info      # a real store reads a new record from LMDB each time
+    monkeypatch.setattr(store, "info", lambda path: dataclasses.replace(real(path)))
+    c, _ = walk(fs, "conversations/d/a.json")
+    t, _ = walk(fs, "text/d/a.json.txt")
+    link, _ = walk(fs, "by-model/m-1/" + flat("d/a.json"))
+    assert fs._node(c).info is fs._node(t).info is fs._node(link).info
+    assert fs.getattr(t).size == store.info("d/a.json").text_size
+    fs.rename(TOP["conversations"], "d", TOP["conversations"], "e")     # moved: still one
+    assert fs._node(c).info is fs._node(t).info and fs._node(t).info.name == "e/a.json"
+    _, attr = walk(fs, "conversations/e/a.json")
+    assert attr.ino == c and cat(fs, "text/e/a.json.txt") == store.get("e/a.json", "text")
 
 def test_read_only_errnos(fs, store):
     store.put("a.json", conv("x"))

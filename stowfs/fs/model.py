@@ -39,9 +39,9 @@ from ..store import stats_json
 from ..errors import Corrupt, InvalidName, NotFound
 from .cache import ByteLRU
 from .inbox import Inbox
-from .names import (BY_KEYS, REPORT_FILES, ROOT_INO, STATS_INO, TOP, dir_ino, file_ino, fits, flat,
-                    join, link_target, split, unflat)
-from .node import DIR, FILE, LINK, Attr, DirHandle, Handle, Node, accmode_writes, fs_error
+from .names import (BY_KEYS, FILE_CODES, REPORT_FILES, ROOT_INO, STATS_INO, TOP, dir_ino, file_ino,
+                    fits, flat, join, link_target, split, unflat)
+from .node import DIR, FILE, LINK, Attr, DirHandle, FileMeta, Handle, Node, accmode_writes, fs_error
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +173,18 @@ class Filesystem:
         # TODO(store): an index of errored files would avoid this scan (cached per generation).
         return self._memo("errors", lambda: [i for i in self.store.iter_files() if i.error])
 
-    @staticmethod
-    def _file_node(view: str, info) -> Node:
+    def _file_node(self, view: str, info) -> Node:
         kind = LINK if view == "link" else FILE
-        return Node(file_ino(info.file_id, view), kind, view, info.name, info)
+        return Node(file_ino(info.file_id, view), kind, view, info.name, self._meta(info))
+
+    def _meta(self, info) -> FileMeta:
+        """The FileMeta of a stored file's record: the one its known nodes (any view)
+        already share when they stand for the same version under the same name."""
+        for view in FILE_CODES:
+            node = self._nodes.get(file_ino(info.file_id, view))
+            if node is not None and node.info is not None and node.info.name == info.name:
+                return node.info
+        return FileMeta(info)
 
     @staticmethod
     def _dir_node(view: str, path: str) -> Node:
@@ -576,11 +584,12 @@ class Filesystem:
     def _move(self, info, new_path: str, replaced) -> None:
         self.store.rename(info.name, new_path)
         new = self._info(new_path)
+        meta = FileMeta(new) if new is not None else None
         with self._lock:   # the kernel moved its entry: the inodes now stand for new_path
-            for view in ("conversations", "text", "errors", "link"):
+            for view in FILE_CODES:
                 node = self._nodes.get(file_ino(info.file_id, view))
-                if node is not None and new is not None:
-                    node.path, node.info = new_path, new
+                if node is not None and meta is not None:
+                    node.path, node.info = new_path, meta
         self._changed(info.name, info, None)
         self._changed(new_path, replaced, new)
 
