@@ -278,6 +278,18 @@ def test_the_views_of_a_file_share_one_record(fs, store, monkeypatch):
     _, attr = walk(fs, "conversations/e/a.json")
     assert attr.ino == c and cat(fs, "text/e/a.json.txt") == store.get("e/a.json", "text")
 
+def test_a_small_listing_is_kept_until_the_store_changes(fs, store, monkeypatch):
+    store.put("d/a.json", conv("x"))
+    listed = []
+    real = store.listdir
+    monkeypatch.setattr(store, "listdir", lambda path: listed.append(path) or real(path))
+    for _ in range(3):
+        assert list(listdir(fs, "conversations/d")) == ["a.json"]
+    assert listed == ["d"]
+    store.put("d/b.json", conv("y"))              # any change moves the generation
+    assert sorted(listdir(fs, "conversations/d")) == ["a.json", "b.json"]
+    assert listed == ["d", "d"]
+
 def test_read_only_errnos(fs, store):
     store.put("a.json", conv("x"))
     conv_dir, _ = walk(fs, "conversations")

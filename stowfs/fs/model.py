@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 # read range by range (ViewReader.read decodes only what a range touches).
 SMALL_FILE = 256 << 10      # decoded inline by the adapter, see small()
 SMALL_DIR = 128             # entries of a directory the adapter lists inline, see small_dir()
+KEPT_LISTING = 64           # entries of a directory whose listing is kept per store generation
 WHOLE_LIMIT = 16 << 20
 STORE_VIEWS = {"conversations": "original", "text": "text"}
 
@@ -312,6 +313,10 @@ class Filesystem:
         (re)reads the directory (may block); later calls continue the same listing."""
         dh = self._handle(fh)
         if start_id == 0 or not dh.entries:
+            gen, memo = self.store.generation, dh.node.listing
+            if memo is not None and memo[0] == gen:
+                dh.entries, dh.inos = memo[1], memo[2]
+                return self._entries(dh, bisect_right(dh.inos, start_id))
             seen, entries = set(), []
             for name, node in self._list(dh.node):
                 if name not in seen and fits(name):
@@ -320,6 +325,10 @@ class Filesystem:
             entries.sort(key=lambda e: e[0])
             dh.entries, dh.inos = entries, [e[0] for e in entries]
             dh.node.listed = len(entries)
+            if dh.node.view != "inbox" and len(entries) <= KEPT_LISTING:
+                # grep -r and find open each directory anew: a small listing is kept
+                # until the store changes (the inbox changes without it)
+                dh.node.listing = (gen, entries, dh.inos)
         return self._entries(dh, bisect_right(dh.inos, start_id))
 
     def _entries(self, dh: DirHandle, first: int):

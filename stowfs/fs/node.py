@@ -62,6 +62,7 @@ class Node:
     nlookup: int = 0                # how many references the kernel holds
     checked: int = -1               # store generation at which info was last found current
     listed: int = -1                # directories: entries at the last listing
+    listing: Any = None             # small directories: (store generation, entries, inodes)
     # inbox files
     dirty: bool = False             # written (or created, truncated, touched) since its last ingest
     failed: int = 0                 # errno of a failed write: never ingest what we know is partial
