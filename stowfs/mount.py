@@ -5,7 +5,8 @@ is already mounted), then daemonizes *before* anything opens LMDB (an environmen
 not cross fork()). The daemon opens the store, recovers the spool, mounts, and only then
 reports "ready" through a pipe; the calling process waits on that pipe, so `stowfs mount`
 returns once the mount is usable, and any error (busy store, failed mount) reaches the
-user as one line with exit code 2. SIGINT/SIGTERM/SIGHUP unmount cleanly. The daemon
+user as one line with exit code 2. SIGINT/SIGTERM/SIGHUP unmount cleanly; SIGUSR1 logs how
+many requests of each kind the daemon has handled (so does the unmount). The daemon
 logs to STORE/mount.log (or --log FILE; stderr with -f).
 
 umount runs `fusermount3 -u` (falling back to umount(8)) and waits for the daemon to
