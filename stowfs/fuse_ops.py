@@ -8,6 +8,7 @@ an exception escaping a pyfuse3 handler ends the main loop and kills the mount.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import logging
@@ -25,8 +26,11 @@ fsdecode, fsencode = os.fsdecode, os.fsencode
 
 
 def _handler(fn):
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self, *args):
+        self.requests[name] += 1
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -68,6 +72,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem):
         super().__init__()
         self.fs = fs
+        self.requests = collections.Counter()   # handled requests by kind (diagnostics, tests)
 
     def _getattr(self, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -137,7 +142,9 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def readdir(self, fh, start_id, token):
-        if start_id == 0:
+        if start_id == 0 and not self.fs.small_dir(fh):
+            # (re)reading a directory may take a while; one that was small when last
+            # listed is listed here: cheaper than the hand-off to a worker thread and back
             entries = await _blocking(self.fs.readdir, fh, start_id)
         else:
             entries = self.fs.readdir(fh, start_id)

@@ -5,7 +5,8 @@ is already mounted), then daemonizes *before* anything opens LMDB (an environmen
 not cross fork()). The daemon opens the store, recovers the spool, mounts, and only then
 reports "ready" through a pipe; the calling process waits on that pipe, so `stowfs mount`
 returns once the mount is usable, and any error (busy store, failed mount) reaches the
-user as one line with exit code 2. SIGINT/SIGTERM/SIGHUP unmount cleanly. The daemon
+user as one line with exit code 2. SIGINT/SIGTERM/SIGHUP unmount cleanly; SIGUSR1 logs how
+many requests of each kind the daemon has handled (so does the unmount). The daemon
 logs to STORE/mount.log (or --log FILE; stderr with -f).
 
 umount runs `fusermount3 -u` (falling back to umount(8)) and waits for the daemon to
@@ -59,8 +60,8 @@ def add_arguments(mount_parser: argparse.ArgumentParser, umount_parser: argparse
                    help="FUSE mount options, comma-separated (e.g. allow_other); repeatable")
     p.add_argument("--cache-mb", dest="cache_mb", type=int, default=48, metavar="MB",
                    help="memory for decoded data, in MiB: two thirds for decoded blocks, one third "
-                        "for whole decoded files (default: 48; the kernel's page cache keeps "
-                        "file contents too)")
+                        "for whole decoded files that are read in several requests (default: 48; "
+                        "the kernel's page cache keeps file contents too)")
     p.add_argument("--log", metavar="FILE", help=f"daemon log file (default: STORE/{LOG_NAME})")
     p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)   # tests: MemoryStore
     umount_parser.add_argument("mountpoint", help="where a store is mounted")
@@ -316,7 +317,8 @@ def _serve(args, store: Path, mp: str, report) -> int:
         removed, left = fs.inbox.recover()
         if removed or left:
             log.info("spool recovery: %d already stored, %d left in inbox/", removed, len(left))
-        pyfuse3.init(Operations(fs), mp, _fuse_options(args, store))
+        ops = Operations(fs)
+        pyfuse3.init(ops, mp, _fuse_options(args, store))
     except BaseException as e:
         if isinstance(e, (MountError, StowError)):
             msg = str(e)
@@ -335,7 +337,7 @@ def _serve(args, store: Path, mp: str, report) -> int:
     log.info("mounted %s at %s (pid %d)", store, mp, os.getpid())
     code = 0
     try:
-        trio.run(_main, fs, report, watch_store)
+        trio.run(_main, ops, report, watch_store)
     except BaseException:
         log.exception("the FUSE main loop failed")
         code = 2
@@ -345,6 +347,7 @@ def _serve(args, store: Path, mp: str, report) -> int:
         except Exception:
             log.exception("unmounting failed")
         _close(st, lock)
+        _log_requests(ops)
         log.info("unmounted %s", mp)
     return code
 
@@ -358,20 +361,28 @@ def _close(st, lock) -> None:
         lock.close()
 
 
-async def _main(fs, report, watch_store) -> None:
+def _log_requests(ops) -> None:
+    log.info("requests handled: %s", ", ".join(f"{k} {n}" for k, n in sorted(ops.requests.items())) or "none")
+
+
+async def _main(ops, report, watch_store) -> None:
     import pyfuse3
     import trio
 
     async def stop_on_signal():
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                                       signal.SIGUSR1) as signals:
             async for signum in signals:
+                if signum == signal.SIGUSR1:     # diagnostics: what the kernel asked so far
+                    _log_requests(ops)
+                    continue
                 log.info("%s: unmounting", signal.Signals(signum).name)
                 pyfuse3.terminate()
                 return
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signal)
-        nursery.start_soon(watch_store, fs)
+        nursery.start_soon(watch_store, ops.fs)
         report(None)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

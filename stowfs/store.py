@@ -60,7 +60,7 @@ import zstandard
 from . import limits
 from . import neardup
 from .codec import (DELTA, Dictionaries, build_pack, decode_delta, decode_frame, encode_delta,
-                    encode_frame, frame_dict_id, parse_pack, segment_hash)
+                    encode_frame, frame_dict_id, frame_raw_size, parse_pack, segment_hash)
 from .errors import Busy, Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
 from .packing import get_uvarint, pack, unpack, encode_uvarints
 from .pieces import (KIND_NAMES, PIECES, SKELETON, TOKENS, VIEW, PieceList, render,
@@ -218,6 +218,16 @@ class _BlockCache:
             self._d[key] = value
             self._size += n
             while self._size > self.limit:
+                _, old = self._d.popitem(last=False)
+                self._size -= len(old[0])
+
+    def reserve(self, n: int) -> None:
+        """Drop what put() of n bytes would drop, before they are decoded: the same
+        blocks stay, but a full cache and the block being decoded are not held at once."""
+        if n > self.limit:
+            return                  # put() will not keep it
+        with self._lock:
+            while self._d and self._size + n > self.limit:
                 _, old = self._d.popitem(last=False)
                 self._size -= len(old[0])
 
@@ -828,6 +838,7 @@ class Store:
         dict_id = frame_dict_id(frame)
         if dict_id is not None:
             self._dicts.ensure(dict_id, lambda: self._dict_bytes(txn, dict_id))
+        self._cache.reserve(frame_raw_size(frame))   # the peak: the limit, not limit + a block
         raw = decode_frame(frame, self._dicts)
         value = (raw, parse_pack(raw))
         self._cache.put(block_id, value)

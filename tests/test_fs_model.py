@@ -1,6 +1,7 @@
 """The filesystem model (stowfs.fs) over MemoryStore: no FUSE, no mount."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -245,6 +246,49 @@ def test_large_file_read_by_range(store, tmp_path):
     assert cat(fs, "conversations/big.json") == data
     assert fs.cache.size == 0          # not decoded whole
 
+
+def test_only_files_read_in_parts_are_kept_decoded(fs, store, monkeypatch):
+    small, parts = conv("x"), conv(*["m%04d " % i * 20 for i in range(100)])
+    assert len(small) < 4096 < len(parts) < fs.whole_limit      # cat() reads 4096 at a time
+    store.put("s.json", small)
+    store.put("p.json", parts)
+    decoded = []
+    real = store.reader
+    monkeypatch.setattr(store, "reader", lambda path, view: decoded.append(path) or real(path, view))
+    assert cat(fs, "conversations/s.json") == small
+    # one read took it whole, the kernel's page cache keeps it (keep_cache): not ours too;
+    # and the read at its end decodes nothing
+    assert fs.cache.size == 0 and decoded == ["s.json"]
+    assert cat(fs, "conversations/p.json") == parts
+    assert fs.cache.size == len(parts) and decoded == ["s.json", "p.json"]   # decoded once
+
+
+def test_the_views_of_a_file_share_one_record(fs, store, monkeypatch):
+    """The mount holds a record per file the kernel references: one for all its views."""
+    store.put("d/a.json", conv("x"))
+    real = store.info      # a real store reads a new record from LMDB each time
+    monkeypatch.setattr(store, "info", lambda path: dataclasses.replace(real(path)))
+    c, _ = walk(fs, "conversations/d/a.json")
+    t, _ = walk(fs, "text/d/a.json.txt")
+    link, _ = walk(fs, "by-model/m-1/" + flat("d/a.json"))
+    assert fs._node(c).info is fs._node(t).info is fs._node(link).info
+    assert fs.getattr(t).size == store.info("d/a.json").text_size
+    fs.rename(TOP["conversations"], "d", TOP["conversations"], "e")     # moved: still one
+    assert fs._node(c).info is fs._node(t).info and fs._node(t).info.name == "e/a.json"
+    _, attr = walk(fs, "conversations/e/a.json")
+    assert attr.ino == c and cat(fs, "text/e/a.json.txt") == store.get("e/a.json", "text")
+
+def test_a_small_listing_is_kept_until_the_store_changes(fs, store, monkeypatch):
+    store.put("d/a.json", conv("x"))
+    listed = []
+    real = store.listdir
+    monkeypatch.setattr(store, "listdir", lambda path: listed.append(path) or real(path))
+    for _ in range(3):
+        assert list(listdir(fs, "conversations/d")) == ["a.json"]
+    assert listed == ["d"]
+    store.put("d/b.json", conv("y"))              # any change moves the generation
+    assert sorted(listdir(fs, "conversations/d")) == ["a.json", "b.json"]
+    assert listed == ["d", "d"]
 
 def test_read_only_errnos(fs, store):
     store.put("a.json", conv("x"))

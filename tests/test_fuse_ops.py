@@ -146,3 +146,42 @@ def test_readdir_resumes_and_counts_lookups(ops, store, monkeypatch):
 def test_statfs(ops):
     st = call(ops.statfs, None)
     assert st.f_bsize > 0 and st.f_namemax >= 255
+
+
+def test_requests_are_counted_by_kind(ops, store):
+    store.put("x.json", conv("x"))
+    attr = lookup_path(ops, "conversations/x.json")
+    fi = call(ops.open, attr.st_ino, os.O_RDONLY, None)
+    call(ops.read, fi.fh, 0, 4096)
+    call(ops.flush, fi.fh)
+    call(ops.release, fi.fh)
+    fuse_errno(ops.lookup, TOP["conversations"], b"missing.json", None)    # errors count too
+    assert dict(ops.requests) == {"lookup": 3, "open": 1, "read": 1, "flush": 1, "release": 1}
+
+
+def test_a_directory_small_when_last_listed_is_listed_inline(ops, store, monkeypatch):
+    """readdir from the start hands a directory to a worker thread only the first time
+    and when it was big: the listing of a small one costs less than the hand-off."""
+    from stowfs.fs import model
+    monkeypatch.setattr(model, "SMALL_DIR", 3)
+    for i in range(2):
+        store.put(f"small/f{i}.json", conv(str(i)))
+    for i in range(5):
+        store.put(f"big/f{i}.json", conv(str(i)))
+    monkeypatch.setattr(pyfuse3, "readdir_reply", lambda token, name, attr, next_id: True)
+    handed_off = []
+    real = fuse_ops._blocking
+
+    async def counting(fn, *args, **kw):
+        handed_off.append(fn.__name__)
+        return await real(fn, *args, **kw)
+    monkeypatch.setattr(fuse_ops, "_blocking", counting)
+
+    def listing(path):
+        fh = call(ops.opendir, lookup_path(ops, path).st_ino, None)
+        call(ops.readdir, fh, 0, None)
+        call(ops.releasedir, fh)
+    for _ in range(2):
+        listing("conversations/small")
+        listing("conversations/big")
+    assert handed_off == ["readdir", "readdir", "readdir"]   # small: once; big: each time

@@ -328,3 +328,21 @@ def test_compact_compresses_headers_and_everything_still_works(tmp_path):
     compact(path)
     with Store(path) as s:
         assert verify(s)["ok"] and list(s.iter_files()) == []
+
+
+def test_block_cache_makes_room_before_a_block_is_decoded():
+    """reserve(n) drops what put() of n bytes would drop, so the cache and the block being
+    decoded never exceed the limit together; the blocks kept are the same."""
+    from stowfs.store import _BlockCache
+    a, b = _BlockCache(10), _BlockCache(10)
+    for c in (a, b):
+        for key in range(3):
+            c.put(key, (b"x" * 3, [0, 3]))
+        c.get(0)                              # 1 is now the least recently used
+    a.reserve(4)
+    assert list(a._d) == [2, 0] and a._size == 6
+    a.put(3, (b"y" * 4, [0, 4]))
+    b.put(3, (b"y" * 4, [0, 4]))
+    assert list(a._d) == list(b._d) == [2, 0, 3] and a._size == b._size == 10
+    a.reserve(11)                             # more than the limit: put() will not keep it
+    assert list(a._d) == [2, 0, 3]

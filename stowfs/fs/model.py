@@ -39,15 +39,17 @@ from ..store import stats_json
 from ..errors import Corrupt, InvalidName, NotFound
 from .cache import ByteLRU
 from .inbox import Inbox
-from .names import (BY_KEYS, REPORT_FILES, ROOT_INO, STATS_INO, TOP, dir_ino, file_ino, fits, flat,
-                    join, link_target, split, unflat)
-from .node import DIR, FILE, LINK, Attr, DirHandle, Handle, Node, accmode_writes, fs_error
+from .names import (BY_KEYS, FILE_CODES, REPORT_FILES, ROOT_INO, STATS_INO, TOP, dir_ino, file_ino,
+                    fits, flat, join, link_target, split, unflat)
+from .node import DIR, FILE, LINK, Attr, DirHandle, FileMeta, Handle, Node, accmode_writes, fs_error
 
 log = logging.getLogger(__name__)
 
 # Files up to this size are decoded whole on open and served from the LRU; larger ones are
 # read range by range (ViewReader.read decodes only what a range touches).
 SMALL_FILE = 256 << 10      # decoded inline by the adapter, see small()
+SMALL_DIR = 128             # entries of a directory the adapter lists inline, see small_dir()
+KEPT_LISTING = 64           # entries of a directory whose listing is kept per store generation
 WHOLE_LIMIT = 16 << 20
 STORE_VIEWS = {"conversations": "original", "text": "text"}
 
@@ -172,10 +174,18 @@ class Filesystem:
         # TODO(store): an index of errored files would avoid this scan (cached per generation).
         return self._memo("errors", lambda: [i for i in self.store.iter_files() if i.error])
 
-    @staticmethod
-    def _file_node(view: str, info) -> Node:
+    def _file_node(self, view: str, info) -> Node:
         kind = LINK if view == "link" else FILE
-        return Node(file_ino(info.file_id, view), kind, view, info.name, info)
+        return Node(file_ino(info.file_id, view), kind, view, info.name, self._meta(info))
+
+    def _meta(self, info) -> FileMeta:
+        """The FileMeta of a stored file's record: the one its known nodes (any view)
+        already share when they stand for the same version under the same name."""
+        for view in FILE_CODES:
+            node = self._nodes.get(file_ino(info.file_id, view))
+            if node is not None and node.info is not None and node.info.name == info.name:
+                return node.info
+        return FileMeta(info)
 
     @staticmethod
     def _dir_node(view: str, path: str) -> Node:
@@ -303,6 +313,10 @@ class Filesystem:
         (re)reads the directory (may block); later calls continue the same listing."""
         dh = self._handle(fh)
         if start_id == 0 or not dh.entries:
+            gen, memo = self.store.generation, dh.node.listing
+            if memo is not None and memo[0] == gen:
+                dh.entries, dh.inos = memo[1], memo[2]
+                return self._entries(dh, bisect_right(dh.inos, start_id))
             seen, entries = set(), []
             for name, node in self._list(dh.node):
                 if name not in seen and fits(name):
@@ -310,6 +324,11 @@ class Filesystem:
                     entries.append((node.ino, name, node))
             entries.sort(key=lambda e: e[0])
             dh.entries, dh.inos = entries, [e[0] for e in entries]
+            dh.node.listed = len(entries)
+            if dh.node.view != "inbox" and len(entries) <= KEPT_LISTING:
+                # grep -r and find open each directory anew: a small listing is kept
+                # until the store changes (the inbox changes without it)
+                dh.node.listing = (gen, entries, dh.inos)
         return self._entries(dh, bisect_right(dh.inos, start_id))
 
     def _entries(self, dh: DirHandle, first: int):
@@ -320,6 +339,12 @@ class Filesystem:
             except FileNotFoundError:
                 continue     # an inbox file that went away meanwhile
             yield name, node, attr, ino
+
+    def small_dir(self, fh: int) -> bool:
+        """Whether fh is a directory that had at most SMALL_DIR entries when last listed
+        (about 10 µs an entry: quick enough to list without leaving the caller's thread)."""
+        h = self._handles.get(fh)
+        return isinstance(h, DirHandle) and 0 <= h.node.listed <= SMALL_DIR
 
     def releasedir(self, fh: int) -> None:
         with self._lock:
@@ -372,7 +397,7 @@ class Filesystem:
                 h.reader = reader
             return h.reader
 
-    def _decode_whole(self, h: Handle) -> bytes:
+    def _decode_whole(self, h: Handle, keep: bool = True) -> bytes:
         data = self.cache.get(h.key)
         if data is None:
             reader = self._reader(h)
@@ -380,7 +405,8 @@ class Filesystem:
                 data = reader.read(0, h.size)
             if len(data) != h.size:
                 raise Corrupt(f"{h.node.path}: decoded {len(data)} bytes, expected {h.size}")
-            self.cache.put(h.key, data)
+            if keep:
+                self.cache.put(h.key, data)
         return data
 
     def small(self, fh: int) -> bool:
@@ -406,7 +432,14 @@ class Filesystem:
             return h.data[offset:offset + size]
         if h.fd >= 0:
             return self.inbox.read(h, offset, size)
+        if offset >= h.size:
+            return b""
         if h.size <= self.whole_limit:
+            if offset == 0 and size >= h.size:
+                # One read takes the whole file: the kernel keeps it in its page cache
+                # (keep_cache), so a copy in ours would be dropped unused. Only files
+                # read in several requests are worth keeping decoded.
+                return self._decode_whole(h, keep=False)
             return self._decode_whole(h)[offset:offset + size]
         reader = self._reader(h)
         with h.lock:
@@ -560,11 +593,12 @@ class Filesystem:
     def _move(self, info, new_path: str, replaced) -> None:
         self.store.rename(info.name, new_path)
         new = self._info(new_path)
+        meta = FileMeta(new) if new is not None else None
         with self._lock:   # the kernel moved its entry: the inodes now stand for new_path
-            for view in ("conversations", "text", "errors", "link"):
+            for view in FILE_CODES:
                 node = self._nodes.get(file_ino(info.file_id, view))
-                if node is not None and new is not None:
-                    node.path, node.info = new_path, new
+                if node is not None and meta is not None:
+                    node.path, node.info = new_path, meta
         self._changed(info.name, info, None)
         self._changed(new_path, replaced, new)
 
