@@ -344,5 +344,11 @@ def test_block_cache_makes_room_before_a_block_is_decoded():
     a.put(3, (b"y" * 4, [0, 4]))
     b.put(3, (b"y" * 4, [0, 4]))
     assert list(a._d) == list(b._d) == [2, 0, 3] and a._size == b._size == 10
-    a.reserve(11)                             # more than the limit: put() will not keep it
-    assert list(a._d) == [2, 0, 3]
+    a.reserve(11)                             # more than the limit: kept alone, so all go
+    assert list(a._d) == [] and a._size == 0
+    a.put(4, (b"z" * 11, [0, 11]))
+    assert a.get(4) is not None and a._size == 11
+    a.put(5, (b"w" * 12, [0, 12]))            # the next large one replaces it
+    assert list(a._d) == [5] and a._size == 12
+    a.put(6, (b"v" * 3, [0, 3]))              # a small one pushes it out, as any LRU would
+    assert list(a._d) == [6] and a._size == 3
