@@ -64,10 +64,10 @@ INDEX_SHARD = 256
 
 # Manifest groups (written by compact): headers of this many consecutive files share one
 # compressed entry; piece lists up to INLINE_PIECES bytes that no other file shares move
-# into their file's header; a group decodes to at most MAX_HEADER_GROUP bytes.
+# into their file's header; a group holds at most HEADER_GROUP_BYTES of packed headers.
 HEADER_GROUP_FILES = 256
 INLINE_PIECES = 8 << 10
-MAX_HEADER_GROUP = 4 << 20
+HEADER_GROUP_BYTES = 1 << 20
 HEADER_GROUP_CACHE = 32          # decoded groups kept per Store
 
 # Names.

@@ -389,8 +389,8 @@ def _inline_piece_lists(store: Store, txn, c: dict) -> int:
 
 def _group_headers(store: Store, txn) -> None:
     """Pack every header into groups of HEADER_GROUP_FILES consecutive files, or fewer
-    when their headers add up to a quarter of MAX_HEADER_GROUP (one compressed entry
-    each, keyed by the group's last file id)."""
+    when their headers add up to HEADER_GROUP_BYTES (one compressed entry each, keyed by
+    the group's last file id)."""
     packed = [(h["id"], pack(h)) for h in store._iter_headers(txn)]
     txn.drop(store._mans, delete=False)
     group: dict = {}
@@ -398,9 +398,9 @@ def _group_headers(store: Store, txn) -> None:
     for n, (fid, raw) in enumerate(packed):
         group[fid] = raw
         size += len(raw)
-        if (len(group) >= limits.HEADER_GROUP_FILES or size >= limits.MAX_HEADER_GROUP // 4
-                or n == len(packed) - 1):
-            txn.put(_u64(fid), store._encode_group(group), db=store._mans)
+        if len(group) >= limits.HEADER_GROUP_FILES or size >= limits.HEADER_GROUP_BYTES \
+                or n == len(packed) - 1:
+            txn.put(_u64(fid), store._encode_group(group, limits.LEVEL_COMPACT), db=store._mans)
             group, size = {}, 0
 
 
