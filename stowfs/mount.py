@@ -342,6 +342,7 @@ def _serve(args, store: Path, mp: str, report) -> int:
         log.exception("the FUSE main loop failed")
         code = 2
     finally:
+        _drain_notifications()
         try:
             pyfuse3.close(unmount=True)
         except Exception:
@@ -350,6 +351,19 @@ def _serve(args, store: Path, mp: str, report) -> int:
         _log_requests(ops)
         log.info("unmounted %s", mp)
     return code
+
+
+def _drain_notifications(timeout: float = 5.0) -> None:
+    """Let pyfuse3's notify thread submit what is queued before the session goes away.
+    invalidate_entry_async requests wait in that thread's queue, which pyfuse3 ends (a
+    None after them) when main() returns; one still queued when pyfuse3.close() destroys
+    the session is written to no session (EINVAL, logged as an error: seen when SIGTERM
+    came right after an inbox file was ingested)."""
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and t.name.endswith("(_notify_loop)"):
+            t.join(timeout)
+            if t.is_alive():
+                log.warning("kernel notifications still pending after %.0f s; unmounting", timeout)
 
 
 def _close(st, lock) -> None:

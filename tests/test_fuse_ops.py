@@ -185,3 +185,30 @@ def test_a_directory_small_when_last_listed_is_listed_inline(ops, store, monkeyp
         listing("conversations/small")
         listing("conversations/big")
     assert handed_off == ["readdir", "readdir", "readdir"]   # small: once; big: each time
+
+
+def test_unmount_waits_for_queued_kernel_notifications():
+    """pyfuse3 submits invalidate_entry_async requests from a thread of its own; the
+    daemon lets it finish before the session is destroyed (else they go to no session:
+    EINVAL errors in the log). The thread is found by the name Python gives it."""
+    import subprocess
+    import sys
+    import threading
+    import time
+    from stowfs import mount
+    probe = ("import pyfuse3, threading, time\n"
+             "pyfuse3.invalidate_entry_async(1, b'x', ignore_enoent=True)\n"
+             "time.sleep(0.2)\n"
+             "print([t.name for t in threading.enumerate()])\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+    assert "(_notify_loop)'" in out.stdout, out.stdout + out.stderr
+
+    done = []
+
+    def notify_loop():          # stands in for pyfuse3's: still submitting when asked to stop
+        time.sleep(0.3)
+        done.append(True)
+    t = threading.Thread(target=notify_loop, name="Thread-99 (_notify_loop)")
+    t.start()
+    mount._drain_notifications(timeout=5)
+    assert done == [True] and not t.is_alive()
