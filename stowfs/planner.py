@@ -135,7 +135,10 @@ def plan_bytes(name: str, data: bytes, mtime: float, signatures=True) -> Plan:
     parsed = parse(data, name)
     rec = Recorder(signatures)
     opl, tpl, pieces, sha, _ = split_views(data, None, parsed, rec)
-    return Plan(name, len(data), mtime, sha, describe(parsed), opl, tpl, pieces,
+    from . import facts
+    meta = describe(parsed)
+    meta["x"] = facts.compute(parsed, data)
+    return Plan(name, len(data), mtime, sha, meta, opl, tpl, pieces,
                 rec.segments, rec.occ, rec.occ_bytes, rec.repeat_bytes, rec.sigs)
 
 

@@ -50,7 +50,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -94,6 +94,7 @@ class FileInfo:
     sha256: str
     messages: int = 0
     conversations: int = 0
+    facts: dict = field(default_factory=dict, compare=False)   # stowfs.facts, from the record
 
 
 @dataclass(frozen=True)
@@ -1013,7 +1014,7 @@ class Store:
                         format=h["fm"], application=h.get("ap"), model=h.get("md"),
                         models=tuple(h.get("ms") or ()), day=h.get("dy"), mtime=h["mt"],
                         error=h.get("er"), sha256=h["sh"].hex(), messages=h.get("nm", 0),
-                        conversations=h.get("nc", 0))
+                        conversations=h.get("nc", 0), facts=h.get("x") or {})
 
     def _file_id(self, txn, name: str) -> Optional[int]:
         v = txn.get(name.encode("utf-8"), db=self._names)
@@ -1310,6 +1311,11 @@ class Store:
         return ViewReader(self, views["o" if view == "original" else "t"])
 
     def get(self, name: str, view: str = "original") -> bytes:
+        if view not in VIEWS:
+            from . import views
+            if view not in views.VIEWS:
+                raise InvalidName(f"unknown view {view!r} (views: original, {', '.join(views.VIEWS)})")
+            return views.render(view, self.get(name), name)
         r = self.reader(name, view)
         return r.read(0, r.size)
 
