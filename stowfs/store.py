@@ -452,7 +452,7 @@ class SegmentProbe:
     _open: dict = {}
 
     def __init__(self, path: str):
-        self.env = lmdb.open(str(Path(path) / "lmdb"), readonly=True, lock=True, max_dbs=12,
+        self.env = lmdb.open(str(Path(path) / "lmdb"), readonly=True, lock=True, max_dbs=16,
                              readahead=False, max_readers=256)
         self.db = self.env.open_db(b"segments", create=False)
         self._txn = None
@@ -575,7 +575,7 @@ class Store:
             cur = 0
         map_size = max(limits.MAP_SIZE_INITIAL, -(-2 * cur // limits.MAP_SIZE_STEP) * limits.MAP_SIZE_STEP)
         try:
-            self.env = lmdb.open(str(envdir), map_size=map_size, max_dbs=12, readonly=readonly,
+            self.env = lmdb.open(str(envdir), map_size=map_size, max_dbs=16, readonly=readonly,
                                  readahead=False, meminit=False, max_readers=256, lock=True)
         except lmdb.Error as e:
             self._lockf.close()
@@ -606,6 +606,29 @@ class Store:
             self._init_format()
         else:
             self._check_format()
+
+    # ----------------------------------------------------------------- derived data
+    def aux_read(self, name: str, fn):
+        """fn(txn, db) in a read transaction over the named database `aux:<name>`, where
+        another module keeps data derived from the stored files (the search index).
+        The store never reads it, and it must be rebuildable from the files. Returns
+        None, without calling fn, when the database does not exist yet."""
+        db = self._aux_db(name, create=False)
+        return None if db is None else self._read(lambda txn: fn(txn, db))
+
+    def aux_write(self, name: str, fn):
+        """fn(txn, db) in one write transaction over `aux:<name>` (created if missing)."""
+        db = self._aux_db(name, create=True)
+        return self._write(lambda txn: fn(txn, db))
+
+    def _aux_db(self, name: str, create: bool):
+        dbs = self.__dict__.setdefault("_aux", {})
+        if name not in dbs:
+            try:
+                dbs[name] = self.env.open_db(b"aux:" + name.encode(), create=create and not self.readonly)
+            except lmdb.NotFoundError:
+                return None
+        return dbs[name]
 
     # ----------------------------------------------------------------- plumbing
     def _open_optional(self, name: bytes):
