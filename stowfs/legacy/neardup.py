@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 
-from . import limits
+from .. import limits
 from .pieces import ASSISTANT, USER
 
 SHINGLE = 8

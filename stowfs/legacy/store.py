@@ -56,12 +56,12 @@ from typing import Iterator, Optional
 
 import lmdb
 
-from . import limits
+from .. import limits
 from . import neardup
 from .codec import (DELTA, Dictionaries, build_pack, decode_delta, decode_frame, encode_delta,
                     encode_frame, frame_dict_id, frame_raw_size, parse_pack, segment_hash)
-from .errors import Busy, Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
-from .packing import get_uvarint, pack, unpack, encode_uvarints
+from ..errors import Busy, Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
+from ..packing import get_uvarint, pack, unpack, encode_uvarints
 from .pieces import (KIND_NAMES, PIECES, SKELETON, TOKENS, VIEW, PieceList, render,
                      unpack_views)
 from .planner import Plan, describe, plan_bytes, plan_path, plan_paths, split_views, unparsed
@@ -297,7 +297,7 @@ class _Packer:
         del self._order[norder:]
 
     def _write(self, txn, c: dict, block_id: int, segs: list[bytes]) -> None:
-        self.s._write_block(txn, block_id, segs, c, limits.LEVEL_INGEST, self.s._block_dicts(txn))
+        self.s._write_block(txn, block_id, segs, c, limits.LEVEL_INGEST_V2, self.s._block_dicts(txn))
 
     def flush(self, txn, c: Optional[dict] = None, everything: bool = True) -> None:
         """Write the full blocks (and, with everything, the open one) in txn."""
@@ -433,7 +433,7 @@ class _Ingest:
             tried += 1
             payload = encode_delta(data, base)
             if plain is None:
-                plain = len(s._dicts.compressor(limits.LEVEL_INGEST, None).compress(data))
+                plain = len(s._dicts.compressor(limits.LEVEL_INGEST_V2, None).compress(data))
             if len(payload) <= limits.DELTA_KEEP * plain:
                 return payload, base_h, (0 if d is None else d[0]) + 1
         return None
@@ -694,7 +694,7 @@ class Store:
     def _write(self, fn):
         """Run fn(txn) in one write transaction; grow the map and retry when full."""
         if self.readonly:
-            from .errors import ReadOnly
+            from ..errors import ReadOnly
             raise ReadOnly("store opened read-only")
         for _ in range(64):
             self._enter()
@@ -946,7 +946,7 @@ class Store:
                 self._groups.put(ck, hit)
         return hit
 
-    def _encode_group(self, items: dict[int, bytes], level: int = limits.LEVEL_INGEST) -> bytes:
+    def _encode_group(self, items: dict[int, bytes], level: int = limits.LEVEL_INGEST_V2) -> bytes:
         """A group in the frame envelope (codec.py). Rewrites between compacts use the
         ingest level: at level 19 removing one file of a 256-file group took 10.7 ms
         instead of 0.8 (compact writes its groups at level 19)."""
@@ -1335,7 +1335,7 @@ class Store:
 
     def get(self, name: str, view: str = "original") -> bytes:
         if view not in VIEWS:
-            from . import views
+            from .. import views
             if view not in views.VIEWS:
                 raise InvalidName(f"unknown view {view!r} (views: original, {', '.join(views.VIEWS)})")
             return views.render(view, self.get(name), name)
@@ -1494,8 +1494,8 @@ class Store:
         current = self._read(self._ingest_dict)
         if rotate and current is not None:
             self._dicts.ensure(current, lambda: self._read(lambda txn: self._dict_bytes(txn, current)))
-            old = self._dicts.compressor(limits.LEVEL_INGEST, current)
-            new = zstandard.ZstdCompressor(level=limits.LEVEL_INGEST, dict_data=zstandard.ZstdCompressionDict(raw))
+            old = self._dicts.compressor(limits.LEVEL_INGEST_V2, current)
+            new = zstandard.ZstdCompressor(level=limits.LEVEL_INGEST_V2, dict_data=zstandard.ZstdCompressionDict(raw))
             old_size = sum(len(old.compress(x)) for x in held)
             new_size = sum(len(new.compress(x)) for x in held)
             if new_size > (1 - limits.DICT_ROTATE_GAIN) * old_size:
