@@ -54,10 +54,7 @@ class Progress:
 
 def _open(args, readonly: bool = False):
     from .store import Store
-    kw = {}
-    if getattr(args, "near_threshold", None) is not None:
-        kw["near_threshold"] = args.near_threshold
-    return Store(args.store, readonly=readonly, **kw)
+    return Store(args.store, readonly=readonly)
 
 
 def _inputs(paths: list[str]) -> list[tuple[str, str]]:
@@ -90,7 +87,7 @@ def cmd_ingest(args) -> int:
     prog = Progress(len(items), sum(sizes), not args.json and not args.quiet)
     t0 = time.monotonic()
     with _open(args) as store:
-        todo = ((name, src, os.path.getmtime(src)) for src, name in items)
+        todo = ((name, src, None) for src, name in items)
         by_name = {name: (src, size) for (src, name), size in zip(items, sizes)}
         for name, r in store.put_many(todo):
             src, size = by_name[name]
@@ -109,7 +106,8 @@ def cmd_ingest(args) -> int:
         "files": len(results), "failed": len(failures), "bytes": total,
         "new_bytes": sum(r.new_bytes for r in results),
         "dedup_bytes": sum(r.dedup_bytes for r in results),
-        "replaced": sum(r.replaced for r in results),
+        "replaced": sum(r.replaced and not r.unchanged for r in results),
+        "unchanged": sum(r.unchanged for r in results),
         "unparsed": sum(1 for r in results if r.error),
         "seconds": round(dt, 3), "mb_per_s": round(total / dt / 1e6, 2) if dt > 0 else None,
         "failures": failures,
@@ -121,6 +119,7 @@ def cmd_ingest(args) -> int:
               f"({_human(total / dt if dt else 0)}/s): {_human(summary['new_bytes'])} new content, "
               f"{_human(summary['dedup_bytes'])} already stored"
               + (f", {summary['replaced']} replaced" if summary["replaced"] else "")
+              + (f", {summary['unchanged']} unchanged" if summary["unchanged"] else "")
               + (f", {summary['unparsed']} stored as opaque (see `stowfs ls --errors`)" if summary["unparsed"] else "")
               + (f", {len(failures)} FAILED" if failures else ""))
     return EXIT_WARN if failures else EXIT_OK
@@ -130,7 +129,8 @@ def _info_dict(i) -> dict:
     return {"name": i.name, "size": i.size, "text_size": i.text_size, "format": i.format,
             "application": i.application, "model": i.model, "day": i.day,
             "messages": i.messages, "conversations": i.conversations,
-            "mtime": i.mtime, "sha256": i.sha256, "error": i.error}
+            "mtime": i.mtime, "mtime_ns": i.mtime_ns, "mode": oct(i.mode), "checksum": i.checksum,
+            "error": i.error}
 
 
 def cmd_ls(args) -> int:
@@ -188,13 +188,13 @@ def cmd_stats(args) -> int:
           f"{s['unparsed_files']} stored opaque)")
     print(f"original bytes   {_human(s['naive_bytes'])}")
     print(f"on disk          {_human(s['disk_bytes'])}  ratio {s['ratio']}x, saves {s['savings_percent']}%")
-    print(f"segments         {s['segments']} referenced, {s['unique_segments']} unique "
-          f"(dedup {s['dedup_ratio']}x)")
-    print(f"blocks           {s['blocks']}: {_human(s['block_raw_bytes'])} -> {_human(s['block_bytes'])} "
-          f"(compression {s['compression_ratio']}x, {s['dictionaries']} dictionaries)")
-    for kind, k in s["by_kind"].items():
-        print(f"  {kind:<10} {k['segments']:>9} refs {_human(k['segment_bytes']):>10}   "
-              f"{k['unique_segments']:>9} unique {_human(k['unique_bytes']):>10}  dedup {k['dedup_ratio']}x")
+    print(f"content          {_human(s['stream_bytes'])} stored once ({_human(s['naive_bytes'] - s['stream_bytes'])} "
+          f"were repeats, dedup {s['dedup_ratio']}x), in {s['block_fragments']} block frames of "
+          f"{_human(s['block_bytes'])} (compression {s['compression_ratio']}x"
+          + (f"; {s['uncompacted_fragments']} not compacted yet" if s['uncompacted_fragments'] else "") + ")")
+    tb = s["table_bytes"]
+    print("tables           " + ", ".join(f"{k} {_human(v)}" for k, v in tb.items())
+          + f"  (metadata {100 * (s['metadata_share'] or 0):.1f}%)")
     return EXIT_OK
 
 
@@ -207,7 +207,7 @@ def cmd_verify(args) -> int:
     else:
         for p in report["problems"]:
             print(f"DAMAGED: {p}")
-        print(f"checked {report['files']} files, {report['segments']} segments, {report['blocks']} blocks: "
+        print(f"checked {report['files']} files, {report['fragments']} block frames: "
               + ("OK" if report["ok"] else f"{len(report['damaged_files'])} damaged files, "
                  f"{len(report['problems'])} problems"))
     return EXIT_OK if report["ok"] else EXIT_WARN
@@ -218,7 +218,7 @@ def cmd_gc(args) -> int:
     with _open(args) as store:
         r = gc(store)
     print(json.dumps(r, indent=2) if args.json else
-          f"freed {r['segments_freed']} segments ({_human(r['bytes_freed'])}), "
+          f"freed {_human(r['bytes_freed'])} no file uses, "
           f"{r['blocks_deleted']} blocks deleted, {r['blocks_rewritten']} rewritten")
     return EXIT_OK
 
@@ -228,26 +228,9 @@ def cmd_compact(args) -> int:
     r = compact(args.store, level=args.level, progress=not args.json)
     print(json.dumps(r, indent=2) if args.json else
           f"compacted: {_human(r['disk_before'])} -> {_human(r['disk_after'])} on disk, "
-          f"{r['blocks_before']} -> {r['blocks_after']} blocks, {r['dictionaries']} dictionaries")
-    return EXIT_OK
-
-
-def cmd_train(args) -> int:
-    with _open(args) as s:
-        out = {}
-        if not args.substrings_only:
-            out["dictionary"] = s.train()
-        if not args.no_substrings:
-            out["substrings"] = s.train_substrings(args.samples, args.min_occurrences)
-            out["substring_bytes"] = sum(len(r["bytes"]) for r in s.substrings()) if out["substrings"] else 0
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return EXIT_OK
-    if "dictionary" in out:
-        print(f"dictionary: {'trained, id ' + str(out['dictionary']) if out['dictionary'] else 'not enough content to train one'}")
-    if "substrings" in out:
-        print(f"substrings: {out['substrings']} promoted ({_human(out['substring_bytes'])})" if out["substrings"]
-              else f"substrings: none occur in {args.min_occurrences} samples; registry unchanged")
+          f"{r['blocks_before']} -> {r['blocks_after']} block frames, {_human(r['bytes_dropped'])} "
+          f"no file used dropped" + ("" if r["free_pages_returned"] else
+                                     "; free pages kept (the store is open elsewhere: mounted?)"))
     return EXIT_OK
 
 
@@ -313,9 +296,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prefix", default="", help="store everything under this directory name")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
-    sp.add_argument("--near-threshold", type=float, default=None, metavar="J",
-                    help="estimated Jaccard similarity at which a stored segment is tried as a delta "
-                    "base for a new one (default 0.5; 0 turns near-dedup off)")
 
     sp = cmd("ls", cmd_ls, "list stored files")
     sp.add_argument("store")
@@ -327,8 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("cat", cmd_cat, "write stored files to stdout")
     sp.add_argument("store")
     sp.add_argument("names", nargs="+", metavar="NAME")
-    sp.add_argument("--view", choices=("original", "text"), default="original",
-                    help="original bytes (default) or the readable transcript")
+    from . import views
+    sp.add_argument("--view", choices=("original", *views.VIEWS), default="original",
+                    help="original bytes (default) or a view: " + ", ".join(views.VIEWS))
 
     sp = cmd("rm", cmd_rm, "remove stored files (space is freed by gc)")
     sp.add_argument("store")
@@ -338,31 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("store")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("verify", cmd_verify, "check every block, segment and file; exit 1 names damaged files")
+    sp = cmd("verify", cmd_verify, "check every table against the others and every file against its "
+             "checksum; exit 1 names damaged files")
     sp.add_argument("store")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("gc", cmd_gc, "free segments no stored file uses any more")
+    sp = cmd("gc", cmd_gc, "drop stored bytes no file uses any more (removed or replaced files)")
     sp.add_argument("store")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("compact", cmd_compact, "repack everything into large blocks at a high zstd level, "
-             "in file order; give free space back to the disk (needs the store unmounted)")
+    sp = cmd("compact", cmd_compact, "bring the store to its final form now: blocks as one frame each at "
+             "a high zstd level, bytes no file uses dropped, metadata recompressed, free pages given back "
+             "(works while mounted; the mount also does it by itself when idle)")
     sp.add_argument("store")
     sp.add_argument("--level", type=int, default=None, help="zstd level (default 19)")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("train", cmd_train, "train the block dictionary and the shared-substring registry "
-             "from the store's own content (later blocks use them when smaller)")
-    sp.add_argument("store")
-    sp.add_argument("--samples", type=int, default=2000, help="segments sampled for substrings (default 2000)")
-    sp.add_argument("--min-occurrences", type=int, default=3,
-                    help="distinct samples a substring must occur in to be promoted (default 3)")
-    sp.add_argument("--no-substrings", action="store_true", help="only the dictionary")
-    sp.add_argument("--substrings-only", action="store_true", help="only the substrings")
-    sp.add_argument("--json", action="store_true")
-
-    sp = cmd("dups", cmd_dups, "the segments stored once for the most files, with the bytes that saves")
+    sp = cmd("dups", cmd_dups, "the message content found in the most files, with the bytes keeping it once saves")
     sp.add_argument("store")
     sp.add_argument("-n", "--top", type=int, default=20, help="how many (default 20)")
     sp.add_argument("--json", action="store_true")
@@ -373,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threshold", type=float, default=0.8, help="similarity of a variant (default 0.8)")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("near-dups", cmd_near_dups, "clusters of near-duplicate segments: a canonical one and its "
+    sp = cmd("near-dups", cmd_near_dups, "clusters of near-duplicate message content: a canonical one and its "
              "variants with their estimated similarity")
     sp.add_argument("store")
     sp.add_argument("--threshold", type=float, default=0.8, help="estimated Jaccard similarity (default 0.8)")

@@ -107,9 +107,10 @@ MIN_MATCH = 512
 LONG_MATCH = 8 << 10             # a repeat inside the open block is taken from this long
 
 # Records and names.
-GROUP_BITS = 10                  # 1024 records a group
+GROUP_BITS = 9                   # 512 records a group
 GROUP_CACHE = 64                 # decoded groups kept per Store
 NAME_PAGE_ENTRIES = 512
 NAME_PAGE_CACHE = 64
 NAME_KEY_BYTES = 480             # LMDB keys are at most 511 bytes
 RECLAIM_SLACK = 0.2             # free pages share of the LMDB file at which they are given back
+ALONE_BYTES = 64 << 20          # ingest stores a larger file in a transaction of its own

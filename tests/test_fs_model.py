@@ -179,11 +179,11 @@ def test_stats_json(fs, store):
 def test_reports_follow_the_store(fs, store):
     from stowfs.fs.names import REPORT_FILES
     before = json.loads(cat(fs, "reports/reports.json"))
-    assert before["dups"]["shared_segments"] == 0
-    store.put("a.json", conv("same"))
-    store.put("b.json", conv("same"))
+    assert before["dups"]["shared_contents"] == 0
+    store.put("a.json", conv("the same long question asked twice, word for word " * 3))
+    store.put("b.json", conv("the same long question asked twice, word for word " * 3))
     after = json.loads(cat(fs, "reports/reports.json"))
-    assert after["dups"]["shared_segments"] == 1 and after["dups"]["top"][0]["files"] == 2
+    assert after["dups"]["shared_contents"] == 1 and after["dups"]["top"][0]["files"] == 2
     text = cat(fs, "reports/dups.txt")
     assert fs.getattr(REPORT_FILES["dups.txt"]).size == len(text) and b"saves" in text
     assert errno_of(walk, fs, "reports/other.txt") == errno.ENOENT

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import limits
-from . import neardup
+from .. import neardup
 from .chunker import cut_points
 from .codec import segment_hash
 from ..conversation import Parsed

@@ -57,7 +57,7 @@ from typing import Iterator, Optional
 import lmdb
 
 from .. import limits
-from . import neardup
+from .. import neardup
 from .codec import (DELTA, Dictionaries, build_pack, decode_delta, decode_frame, encode_delta,
                     encode_frame, frame_dict_id, frame_raw_size, parse_pack, segment_hash)
 from ..errors import Busy, Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .. import limits
-from ..errors import Busy, Corrupt, Exists, InvalidName, NotFound, StowError
+from ..errors import Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
 from . import blocks, records
 from .anchors import Index
 from .appender import Appender
@@ -105,6 +105,17 @@ def _info(r: Record) -> FileInfo:
                     conversations=r.conversations, facts=r.facts, mtime_ns=r.mtime_ns, mode=r.mode)
 
 
+def _join(a: list, b: list) -> list:
+    """Extents a then b, merged where they touch."""
+    out = [tuple(e) for e in a]
+    for pos, n in b:
+        if out and out[-1][0] + out[-1][1] == pos:
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        else:
+            out.append((pos, n))
+    return out
+
+
 def _counters0() -> dict:
     return {"files": 0, "bytes": 0, "conversations": 0, "messages": 0, "unparsed": 0,
             "stream_bytes": 0, "dedup_bytes": 0}
@@ -144,6 +155,7 @@ class Store:
         self._names = Names(self._names_db)
         self._writer: Optional[Writer] = None
         self._wlock = threading.RLock()
+        self._changed = False                 # the current write transaction changed something
         self._derived = (None, None)          # (generation, {key: {value: [ids]}})
 
     # ----------------------------------------------------------------- plumbing
@@ -187,6 +199,7 @@ class Store:
     def __exit__(self, *exc):
         self.close()
 
+    @property
     def generation(self) -> int:
         return self._read(lambda txn: meta_get(txn, self._meta, b"generation", 0))
 
@@ -199,10 +212,13 @@ class Store:
             self._writer = Writer(app, Index(self._anchors_db), self._reader)
         return self._writer
 
-    def _write(self, fn, *, stream: bool = False, seal: bool = False):
+    def _write(self, fn, *, stream: bool = False, seal: bool = False, alone: bool = False):
         """fn(txn) in one write transaction; with stream, the content writer is brought
-        in step first and saves what fn appended before the commit."""
+        in step first and saves what fn appended before the commit; alone: fn stores one
+        file and may write filled blocks as it goes (bounded memory)."""
         with self._wlock:
+            if stream:
+                self.writer().own_txn = alone
             def work(txn):
                 self._groups.dirty = {}
                 self._names.dirty = {}
@@ -215,22 +231,28 @@ class Store:
                         mark = w.mark()
                         try:
                             out = fn(txn)
+                            self._changed = self._changed or w.dirty()
                             w.save(txn, wait=seal, seal=seal)
                         except BaseException:
                             w.rollback(mark)
                             raise
+                    self._changed = self._changed or bool(self._groups.dirty or self._names.dirty)
                     self._groups.flush(txn, limits.LEVEL_META_LIVE)
                     self._names.flush(txn, limits.LEVEL_META_LIVE)
                     return out
                 finally:
                     self._groups.dirty = {}
                     self._names.dirty = {}
+            self._changed = not stream
             try:
-                return self._env.write(work)
+                return self._env.write(work, changed=lambda: self._changed)
             except BaseException:
                 if stream and self._writer is not None:
                     self._writer.app.forget()
                 raise
+            finally:
+                if self._writer is not None:
+                    self._writer.own_txn = False
 
     # ----------------------------------------------------------------- derived data
     def aux_read(self, name: str, fn):
@@ -306,7 +328,8 @@ class Store:
         return self._groups.drop(txn, fid)
 
     def _same_bytes(self, txn, r: Record, data: Optional[bytes], path: Optional[str]) -> bool:
-        """True when the stored file r holds exactly these bytes (compared, not hashed)."""
+        """True when the stored file r holds exactly these bytes (compared, not hashed);
+        with data longer than r, whether data starts with r's bytes."""
         off = 0
         f = open(path, "rb") if data is None else None
         try:
@@ -335,7 +358,13 @@ class Store:
                 self._put_record(txn, old.replace(mtime_ns=p.mtime_ns, mode=p.mode))
             return PutResult(name, old.file_id, p.size, 0, p.size, old.format, old.error, True, True)
         w = self.writer()
-        if data is not None:
+        if data is not None and old is not None and 0 < old.size < p.size \
+                and self._same_bytes(txn, old, data, None):
+            # the file grew (an append, a session that went on): keep what it had
+            extents, new, dup = w.store_bytes(txn, memoryview(data)[old.size:])
+            extents = _join(old.extents, extents)
+            dup += old.size
+        elif data is not None:
             extents, new, dup = w.store_bytes(txn, data, p.anchors)
         else:
             extents, new, dup = w.store_file(txn, path, p.size)
@@ -379,7 +408,7 @@ class Store:
             from .ingest import describe, unparsed
             p = Prepared(name, len(data), t, mode, describe(unparsed(len(data))), {},
                          records.checksum(data))
-        return self._write(lambda txn: self._apply(txn, p, data, None), stream=True)
+        return self._write(lambda txn: self._apply(txn, p, data, None), stream=True, alone=True)
 
     def put_file(self, name: str, src, *, mtime: Optional[float] = None,
                  mtime_ns: Optional[int] = None, mode: Optional[int] = None) -> PutResult:
@@ -394,7 +423,7 @@ class Store:
         if data is not None and len(data) != p.size:
             raise StowError(f"{src} changed while it was read")
         return self._write(lambda txn: self._apply(txn, p, data, None if data is not None else str(src)),
-                           stream=True)
+                           stream=True, alone=True)
 
     def put_many(self, items, *, workers: Optional[int] = None, batch_files: int = 4096,
                  batch_bytes: int = limits.BATCH_BYTES):
@@ -408,6 +437,19 @@ class Store:
         from .pipeline import prepared_stream
         batch, nbytes = [], 0
         for row in prepared_stream(list(items), workers):
+            p = row[2]
+            if isinstance(p, Prepared) and p.size > limits.ALONE_BYTES:
+                if batch:       # a large file goes in a transaction of its own
+                    yield from self._commit_batch(batch, seal=False)
+                    batch, nbytes = [], 0
+                try:
+                    yield row[0], self._write(lambda txn: self._apply(txn, p, None, row[1]),
+                                              stream=True, alone=True)
+                except StoreFull:
+                    raise
+                except StowError as e:
+                    yield row[0], e
+                continue
             batch.append(row)
             nbytes += row[2].size if isinstance(row[2], Prepared) else 0
             if len(batch) >= batch_files or nbytes >= batch_bytes:
@@ -421,6 +463,11 @@ class Store:
             out = []
             w = self.writer()
             for name, path, p in batch:
+                if not isinstance(p, BaseException):
+                    try:
+                        check_name(name)
+                    except StowError as e:
+                        p = e
                 if isinstance(p, BaseException):
                     out.append((name, p))
                     continue
@@ -481,7 +528,8 @@ class Store:
         def work(txn):
             w = self.writer()
             w.app.save(txn, wait=True)
-            w.app.seal(txn)
+            if w.app.seal(txn):
+                self._changed = True
         self._write(work, stream=True)
 
     def remove(self, name: str) -> None:
@@ -642,7 +690,7 @@ class Store:
     def _index(self) -> dict:
         """{key: {value: [file ids]}} for model, app, day; derived from the records and
         kept until the store changes."""
-        gen = self.generation()
+        gen = self.generation
         if self._derived[0] == gen:
             return self._derived[1]
         idx: dict = {"model": {}, "app": {}, "day": {}}

@@ -84,6 +84,17 @@ class Appender:
         self.end, self.saved, self.open_id, self.ranges = end, saved, open_id, ranges
         self.frags, self.ep, self.epoch = frags, ep, epoch
 
+    def flush_full(self, txn, in_flight: int = limits.COMPRESS_THREADS) -> None:
+        """Write the frames of filled blocks that are compressed (waiting while more than
+        in_flight are), so a large file is stored in bounded memory. Only in a
+        transaction of its own: a failure then forgets the whole cache (`forget`)."""
+        while self.full and (self.full[0].future.done() or len(self.full) > in_flight):
+            f = self.full.pop(0)
+            frame = f.future.result()
+            for k in f.old_frags:
+                txn.delete(blocks.key_bytes(k), db=self.db)
+            txn.put(blocks.key_bytes(blocks.frag_key(f.block_id, 0)), frame, db=self.db)
+
     def forget(self) -> None:
         """Drop the cache (after a failed transaction that cannot be rolled back)."""
         self.epoch = None
@@ -137,11 +148,17 @@ class Appender:
         lo = self.full[0].block_id * self.B if self.full else self.open_id * self.B
         return pos >= lo
 
+    def dirty(self) -> bool:
+        """Something appended or filled since the last save."""
+        return self.end != self.saved or bool(self.full)
+
     def save(self, txn, wait: bool = False, seal: bool = False) -> None:
         """Write, in txn, the full blocks whose frames are ready (all, with wait) and
         what the open block gained since the last save, as one fragment; with seal,
         the open block is instead written whole as one frame at the ingest level (what
         a batch of `ingest` does: no fragment to rewrite later)."""
+        if not self.dirty():
+            return
         keep = []
         for f in self.full:
             if wait or f.future.done():

@@ -200,9 +200,11 @@ class StreamReader:
             p, live = loc
             take = min(n, live)
             dec = self.decoder(frag, frame)
-            dec.need(p + take)
+            with dec.lock:
+                dec.need(p + take)
+                out = bytes(dec.buf[p:p + take])
             self.cache.grew()
-            return bytes(dec.buf[p:p + take])
+            return out
         raise Corrupt(f"stream position {bid * self.block_size + off} is not stored "
                       f"(block {bid}: a record points at bytes that are gone)")
 

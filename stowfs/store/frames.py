@@ -164,6 +164,7 @@ class PartialDecoder:
         self.hd = hd
         self.buf = bytearray()
         self.checked = 0                 # bytes of buf checked so far
+        self.lock = threading.Lock()     # readers of one cached block take turns
         self._pieces, self._step = pieces, step
         if len(pieces) != 8 * (-(-hd.raw_len // step)):
             raise Corrupt(f"{TAG_NAMES[hd.tag]} {hd.key} is damaged (piece hashes)")

@@ -135,6 +135,7 @@ class Writer:
 
     def __init__(self, appender: Appender, index: anchors.Index, reader: StreamReader):
         self.app, self.index, self.reader = appender, index, reader
+        self.own_txn = False      # storing one file in a transaction of its own
 
     def begin(self, txn) -> None:
         self.app.begin(txn)
@@ -146,6 +147,9 @@ class Writer:
     def rollback(self, m) -> None:
         self.app.rollback(m[0])
         self.index.rollback(m[1])
+
+    def dirty(self) -> bool:
+        return self.app.dirty() or bool(self.index.pending)
 
     def save(self, txn, wait: bool = False, seal: bool = False) -> None:
         self.app.save(txn, wait, seal)
@@ -228,6 +232,8 @@ class Writer:
             n_new, n_dup = self._store_part(txn, part, emit, found)
             new += n_new
             dup += n_dup
+            if self.own_txn:
+                self.app.flush_full(txn)
         return [tuple(e) for e in extents], new, dup
 
     def _store_part(self, txn, data, emit, found=None) -> tuple[int, int]:
@@ -287,14 +293,17 @@ class Writer:
             got = self._get(txn, s + fwd, want, virt)
             c = _common_prefix(got, data[i + fwd:i + fwd + len(got)])
             fwd += c
-            if c < want or not got:
+            if not got or c < len(got):
                 break
             step = min(step * 2, 1 << 20)
         back, step = 0, 4096
         while back < i - lit and s - back > 0:
             want = min(step, i - lit - back, s - back)
             got = self._get(txn, s - back - want, want, virt)
-            if len(got) < want:
+            while len(got) < want and want > 64:      # a range boundary: come closer
+                want //= 2
+                got = self._get(txn, s - back - want, want, virt)
+            if len(got) < want or not want:
                 break
             c = _common_suffix(got, data[i - back - want:i - back])
             back += c

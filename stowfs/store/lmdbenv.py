@@ -181,9 +181,11 @@ class Env:
             self._adopt_map_size()
         raise StowError("store map keeps being resized by another process")
 
-    def write(self, fn):
+    def write(self, fn, changed=None):
         """fn(txn) in one write transaction; the map grows and fn runs again when full.
-        fn must not keep state from a failed try (everything it wrote is rolled back)."""
+        fn must not keep state from a failed try (everything it wrote is rolled back).
+        The generation is bumped unless changed() says nothing was written (then the
+        commit writes no page either)."""
         if self.readonly:
             raise ReadOnly("store opened read-only")
         for _ in range(64):
@@ -191,7 +193,8 @@ class Env:
             try:
                 with self.env.begin(write=True) as txn:
                     result = fn(txn)
-                    bump(txn, self.db[b"meta"])
+                    if changed is None or changed():
+                        bump(txn, self.db[b"meta"])
                 return result
             except lmdb.MapFullError:
                 grow = True

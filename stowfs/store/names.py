@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import threading
 from collections import OrderedDict
 from typing import Iterator, Optional
 
@@ -71,18 +72,32 @@ class Names:
     def __init__(self, db):
         self.db = db
         self._cache: "OrderedDict[bytes, list]" = OrderedDict()
-        self.dirty: dict[bytes, Optional[list]] = {}
+        self._tl = threading.local()      # a write transaction's changes: its thread's only
+        self._lock = threading.Lock()
+
+    @property
+    def dirty(self) -> dict:
+        d = getattr(self._tl, "d", None)
+        if d is None:
+            d = self._tl.d = {}
+        return d
+
+    @dirty.setter
+    def dirty(self, value: dict) -> None:
+        self._tl.d = value
 
     def _load(self, k: bytes, frame) -> list:
         hd = frames.header(frame, frames.NAMES, frame_key(k))
-        got = self._cache.get(hd.hash)
-        if got is None:
-            got = decode_page(k, frame)
+        with self._lock:
+            got = self._cache.get(hd.hash)
+            if got is not None:
+                self._cache.move_to_end(hd.hash)
+                return got
+        got = decode_page(k, frame)
+        with self._lock:
             self._cache[hd.hash] = got
             while len(self._cache) > limits.NAME_PAGE_CACHE:
                 self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(hd.hash)
         return got
 
     def _entries(self, txn, k: bytes) -> list:
@@ -232,7 +247,8 @@ class Names:
             if entries is not None:
                 frame = encode_page(k, entries, level)
                 txn.put(k, frame, db=self.db)
-                self._cache[frames.header(frame, frames.NAMES, frame_key(k)).hash] = entries
+                with self._lock:
+                    self._cache[frames.header(frame, frames.NAMES, frame_key(k)).hash] = entries
         self.dirty = {}
 
     def rewrite_all(self, txn, level: int) -> int:

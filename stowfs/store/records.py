@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import threading
 from typing import Optional
 
 from .. import limits
@@ -102,8 +103,9 @@ class Record:
         return Record(**d)
 
     def to_list(self) -> list:
-        raw = self._ext_raw if self._ext_raw is not None else encode_extents(self._ext)
-        return [getattr(self, f) for f in self.STORED] + [raw]
+        if self._ext_raw is None:
+            self._ext_raw = encode_extents(self._ext)
+        return [getattr(self, f) for f in self.STORED] + [self._ext_raw]
 
     @classmethod
     def from_list(cls, v: list) -> "Record":
@@ -165,7 +167,19 @@ class Groups:
         self.db = db
         self._cache: "OrderedDict[bytes, dict]" = OrderedDict()
         self._limit = cache_entries
-        self.dirty: dict[int, dict] = {}
+        self._tl = threading.local()      # a write transaction's changes: its thread's only
+        self._lock = threading.Lock()
+
+    @property
+    def dirty(self) -> dict:
+        d = getattr(self._tl, "d", None)
+        if d is None:
+            d = self._tl.d = {}
+        return d
+
+    @dirty.setter
+    def dirty(self, value: dict) -> None:
+        self._tl.d = value
 
     def load(self, txn, gid: int) -> dict[int, Record]:
         d = self.dirty.get(gid)
@@ -175,14 +189,16 @@ class Groups:
         if frame is None:
             return {}
         hd = frames.header(frame, frames.GROUP, gid)
-        got = self._cache.get(hd.hash)
-        if got is not None:
-            self._cache.move_to_end(hd.hash)
-            return got
+        with self._lock:
+            got = self._cache.get(hd.hash)
+            if got is not None:
+                self._cache.move_to_end(hd.hash)
+                return got
         recs = decode_group(frame, gid)
-        self._cache[hd.hash] = recs
-        while len(self._cache) > self._limit:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[hd.hash] = recs
+            while len(self._cache) > self._limit:
+                self._cache.popitem(last=False)
         return recs
 
     def get(self, txn, file_id: int) -> Optional[Record]:
@@ -214,7 +230,10 @@ class Groups:
     def put(self, txn, recs: dict[int, Record], gid: int, level: int) -> None:
         key = _KEY.pack(gid)
         if recs:
-            txn.put(key, encode_group(gid, recs, level), db=self.db)
+            frame = encode_group(gid, recs, level)
+            txn.put(key, frame, db=self.db)
+            with self._lock:      # the next read of this group needs no decode
+                self._cache[frames.header(frame, frames.GROUP, gid).hash] = dict(recs)
         else:
             txn.delete(key, db=self.db)
 
