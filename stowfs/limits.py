@@ -114,3 +114,4 @@ NAME_PAGE_CACHE = 64
 NAME_KEY_BYTES = 480             # LMDB keys are at most 511 bytes
 RECLAIM_SLACK = 0.2             # free pages share of the LMDB file at which they are given back
 ALONE_BYTES = 64 << 20          # ingest stores a larger file in a transaction of its own
+IDLE_COMPACT_SECONDS = 5.0       # the mount compacts once nothing was written for this long

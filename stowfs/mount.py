@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+from . import limits
+
 log = logging.getLogger("stowfs.mount")
 
 READY_TIMEOUT = 120.0   # seconds the calling process waits for the daemon's mount
@@ -62,6 +64,9 @@ def add_arguments(mount_parser: argparse.ArgumentParser, umount_parser: argparse
                    help="memory for decoded data, in MiB: two thirds for decoded blocks, one third "
                         "for whole decoded files that are read in several requests (default: 48; "
                         "the kernel's page cache keeps file contents too)")
+    p.add_argument("--idle-compact", dest="idle_compact", type=float, default=None, metavar="S",
+                   help="compact the store in the background once nothing was written for S seconds "
+                        f"(default: {limits.IDLE_COMPACT_SECONDS:g})")
     p.add_argument("--log", metavar="FILE", help=f"daemon log file (default: STORE/{LOG_NAME})")
     p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)   # tests: MemoryStore
     umount_parser.add_argument("mountpoint", help="where a store is mounted")
@@ -298,7 +303,7 @@ def _serve(args, store: Path, mp: str, report) -> int:
         return 2
     from .errors import StowError
 
-    lock = st = None
+    lock = st = compactor = None
     try:
         lock = _lock_store(store)
         lock.seek(0)
@@ -319,6 +324,10 @@ def _serve(args, store: Path, mp: str, report) -> int:
             log.info("spool recovery: %d already stored, %d left in inbox/", removed, len(left))
         ops = Operations(fs)
         pyfuse3.init(ops, mp, _fuse_options(args, store))
+        if hasattr(st, "block_stats"):          # the real store (not the memory twin)
+            from .store.background import BackgroundCompactor
+            compactor = BackgroundCompactor(st, getattr(args, "idle_compact", None) or limits.IDLE_COMPACT_SECONDS)
+            compactor.start()
     except BaseException as e:
         if isinstance(e, (MountError, StowError)):
             msg = str(e)
@@ -331,6 +340,8 @@ def _serve(args, store: Path, mp: str, report) -> int:
             msg = f"mount failed: {e!r}"
         log.error("mount failed: %s", msg)
         report(msg)
+        if compactor is not None:
+            compactor.stop()
         _close(st, lock)
         return 2
 
@@ -347,6 +358,8 @@ def _serve(args, store: Path, mp: str, report) -> int:
             pyfuse3.close(unmount=True)
         except Exception:
             log.exception("unmounting failed")
+        if compactor is not None:
+            compactor.stop()
         _close(st, lock)
         _log_requests(ops)
         log.info("unmounted %s", mp)

@@ -768,6 +768,7 @@ class Store:
             "block_fragments": b["fragments"], "block_bytes": b["stored_bytes"],
             "compression_ratio": round(b["raw_bytes"] / b["stored_bytes"], 3) if b["stored_bytes"] else None,
             "uncompacted_fragments": b["low_level_fragments"],
+            "free_page_share": round(self._env.free_share(), 4),
             "table_bytes": tables,
             "metadata_share": round(1 - content / sum(tables.values()), 4) if sum(tables.values()) else None,
         }

@@ -176,11 +176,12 @@ def steps(store, level: int = limits.LEVEL_COMPACT) -> Iterator[dict]:
         got = compact_block(store, bid, lv if bid != end_block else None, level)
         if got is not None:
             got["block"] = bid
+            got["commits"] = 1
             yield got
     n = rewrite_metadata(store, level)
-    if n:
-        yield {"metadata_frames": n}
+    yield {"metadata_frames": n, "commits": 2}
     merge_anchors(store, live)
+    yield {"anchors": True, "commits": 1}
 
 
 def compact(store, level: int = limits.LEVEL_COMPACT, progress=None) -> dict:
