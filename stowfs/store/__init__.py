@@ -336,7 +336,7 @@ class Store:
             for pos, n in r.extents:
                 while n > 0:
                     take = min(n, limits.READ_WINDOW)
-                    stored = self._reader.read(txn, pos, take)
+                    stored = self.writer().read(txn, pos, take)
                     mine = data[off:off + take] if f is None else f.read(take)
                     if stored != mine:
                         return False

@@ -187,6 +187,21 @@ class Writer:
         except Exception:
             return b""          # a hole (dropped bytes): no match there
 
+    def read(self, txn, pos: int, n: int) -> bytes:
+        """n bytes at stream position pos, whether committed or still in this writer's
+        memory (a file stored earlier in the same transaction)."""
+        out = bytearray()
+        while n > 0:
+            got = self._get(txn, pos, n, (b"", 0, 0)) if self.app.holds(pos) else \
+                self.reader.read(txn, pos, min(n, self.reader.block_size - pos % self.reader.block_size))
+            if not got:
+                from ..errors import Corrupt
+                raise Corrupt(f"stream position {pos} is not stored")
+            out += got
+            pos += len(got)
+            n -= len(got)
+        return bytes(out)
+
     # ------------------------------------------------------------ storing
     def store_bytes(self, txn, data, found=None) -> tuple[list[tuple[int, int]], int, int]:
         """Store data (found: its anchors, if taken already); returns (extents, new
