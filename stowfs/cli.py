@@ -245,8 +245,8 @@ def cmd_stats(args) -> int:
 
 def cmd_tokens(args) -> int:
     from . import tokens
-    with _open(args, readonly=True) as store:
-        r = tokens.aggregate(store, args.prefix or "", args.by, args.encoding)
+    with _open(args) as store:      # writable: counts taken for files stored before them are kept
+        r = tokens.aggregate(store, args.prefix or "", args.by, args.encoding, lazy=True)
     if args.json:
         print(json.dumps(r, indent=2))
         return EXIT_OK
@@ -269,8 +269,8 @@ def cmd_tokens(args) -> int:
 def cmd_cost(args) -> int:
     from . import cost
     prices = cost.load_prices(args.prices)
-    with _open(args, readonly=True) as store:
-        r = cost.compute(store, args.prefix or "", args.by, prices)
+    with _open(args) as store:      # writable: usage read from files stored before it is kept
+        r = cost.compute(store, args.prefix or "", args.by, prices, lazy=True)
     sys.stdout.write(cost.render_json(r) if args.json else cost.render_text(r))
     return EXIT_OK
 

@@ -78,14 +78,20 @@ def cost_of(row: list, price: dict) -> float:
             + cr * price.get("cache_read", price["input"]) + out * price["output"]) / 1e6
 
 
-def compute(store, prefix: str = "", by: Optional[str] = "model", prices: Optional[dict] = None) -> dict:
-    """Tokens and cost per group (model, app, day or file) from the files' usage facts."""
+def compute(store, prefix: str = "", by: Optional[str] = "model", prices: Optional[dict] = None,
+            lazy: bool = False) -> dict:
+    """Tokens and cost per group (model, app, day or file) from the files' usage facts
+    (lazy: take them now for files stored before the usage fact existed)."""
+    from .tokens import fact_of, lazy_facts
     table = prices or load_prices()
     groups: dict[str, dict] = {}
     unknown: dict[str, list] = {}
     files = 0
     for info in store.iter_files(prefix):
-        usage = (getattr(info, "facts", None) or {}).get("usage")
+        f = getattr(info, "facts", None) or {}
+        if lazy and info.error is None and fact_of(info) is None:
+            f = lazy_facts(store, info)
+        usage = f.get("usage")
         if not isinstance(usage, dict) or not usage:
             continue
         files += 1

@@ -149,6 +149,38 @@ def group_key(info, by: Optional[str]) -> str:
     raise ValueError(f"unknown grouping {by!r}")
 
 
+AUX = "token-facts"     # file_id -> {"tokens": ..., "usage": ...} taken after ingest
+
+
+def lazy_facts(store, info) -> dict:
+    """info's "tokens" and "usage" facts; for a file stored before they existed (or under
+    an older VERSION), taken now from its bytes and kept in the store's aux database
+    `token-facts` (by file_id, which is never reused; rebuildable), when the store is
+    writable. Only `stowfs tokens` and `stowfs cost` call this: stats and the mount
+    report what the records hold."""
+    f = dict(getattr(info, "facts", None) or {})
+    if info.error is not None or (fact_of(info) is not None and "views" in f):
+        return f
+    from .packing import pack, unpack
+    key = int(info.file_id).to_bytes(8, "big")
+    raw = store.aux_read(AUX, lambda txn, db: txn.get(key, db=db))
+    if raw is not None:
+        saved = unpack(bytes(raw))
+        if isinstance(saved.get("tokens"), dict) and saved["tokens"].get("v") == VERSION:
+            f.update(saved)
+            return f
+    from . import usage
+    from .formats import parse
+    data = store.get(info.name)
+    parsed = parse(data, info.name)
+    saved = {"tokens": measure(parsed, data), "usage": usage.extract(data, parsed.format)}
+    saved = {k: v for k, v in saved.items() if v is not None}
+    if not getattr(store, "readonly", True):
+        store.aux_write(AUX, lambda txn, db: txn.put(key, pack(saved), db=db))
+    f.update(saved)
+    return f
+
+
 def recount(store, info, enc: str) -> dict:
     """The fact again in another encoding (decodes and renders the file)."""
     from .formats import parse
@@ -156,13 +188,18 @@ def recount(store, info, enc: str) -> dict:
     return measure(parse(data, info.name), data, enc) or {}
 
 
-def aggregate(store, prefix: str = "", by: Optional[str] = None, enc: Optional[str] = None) -> dict:
+def aggregate(store, prefix: str = "", by: Optional[str] = None, enc: Optional[str] = None,
+              lazy: bool = False) -> dict:
     """Token totals per group over the stored files under prefix, from their records
-    (enc: count again in that encoding instead, which decodes every file)."""
+    (enc: count again in that encoding instead, which decodes every file; lazy: count
+    files stored before token counts existed, see lazy_facts)."""
     groups: dict[str, dict] = {}
     files = skipped = 0
     for info in store.iter_files(prefix):
-        t = fact_of(info)
+        if lazy and info.error is None and fact_of(info) is None:
+            t = lazy_facts(store, info).get("tokens")
+        else:
+            t = fact_of(info)
         if enc is not None and info.error is None and (t is None or t.get("enc") != enc):
             t = recount(store, info, enc)
         if not t:

@@ -512,3 +512,25 @@ def test_mounted_views_with_real_cat(mount, tmp_path):
 def _render(p: Path, view: str) -> bytes:
     from stowfs import views
     return views.render(view, p.read_bytes(), p.name)
+
+
+def test_files_stored_before_token_counts_are_counted_lazily_and_kept(store, monkeypatch):
+    from stowfs import cost, facts, tokens
+    facts._load()
+    for key in ("tokens", "usage"):
+        monkeypatch.delitem(facts.PROVIDERS, key)
+    put(store, HEAVY)
+    put(store, CODEX)
+    monkeypatch.undo()
+    assert tokens.fact_of(store.info(HEAVY.name)) is None
+    assert tokens.aggregate(store)["not_counted"] == 2
+    r = tokens.aggregate(store, lazy=True)
+    assert r["files"] == 2
+    assert r["groups"]["all"]["tokens"]["original"] == \
+        ref_count(HEAVY.read_bytes(), "cl100k_base") + ref_count(CODEX.read_bytes(), "o200k_base")
+    c = cost.compute(store, lazy=True)
+    assert c["groups"]["gpt-5.5"]["cache_read"] == independent_usage(CODEX)["gpt-5.5"][2]
+    # kept: the second time nothing is decoded
+    monkeypatch.setattr(store, "get", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+    assert tokens.aggregate(store, lazy=True) == r
+    assert cost.compute(store, lazy=True) == c
