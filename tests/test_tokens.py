@@ -534,3 +534,35 @@ def test_files_stored_before_token_counts_are_counted_lazily_and_kept(store, mon
     monkeypatch.setattr(store, "get", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
     assert tokens.aggregate(store, lazy=True) == r
     assert cost.compute(store, lazy=True) == c
+
+
+def test_budget_folder_in_the_model(store, tmp_path):
+    """budget/ lists a few N, resolves any canonical N, sizes a file by rendering it (in a
+    worker thread: renders() says so), and rejects what is not a budget."""
+    import errno as _errno
+    from stowfs.fs.model import Filesystem
+    from stowfs.fs.names import TOP
+    from stowfs.views import budget
+    put(store, SHORT)
+    fs = Filesystem(store, tmp_path / "spool")
+    fh = fs.opendir(TOP["budget"])
+    assert sorted(int(n) for n, *_ in fs.readdir(fh, 0)) == [1000, 4000, 8000, 32000, 128000]
+    fs.releasedir(fh)
+    assert not fs.renders(TOP["budget"]) and not fs.renders(TOP["conversations"])
+    d, _ = fs.lookup(TOP["budget"], "600")
+    fs.remember(d)
+    assert fs.renders(d.ino)
+    node, attr = fs.lookup(d.ino, SHORT.name + ".txt")
+    fs.remember(node)
+    expected = budget.render(parse(SHORT.read_bytes(), SHORT.name), 600)
+    assert attr.size == len(expected)
+    fh, keep, direct = fs.open(node.ino, os.O_RDONLY)
+    assert fs.read(fh, 0, 1 << 20) == expected
+    fs.release(fh)
+    for bad in ("0", "007", "-5", "1e3", "x", "1000000001"):
+        with pytest.raises(OSError) as ei:
+            fs.lookup(TOP["budget"], bad)
+        assert ei.value.errno == _errno.ENOENT
+    with pytest.raises(OSError) as ei:
+        fs.lookup(d.ino, SHORT.name)          # no .txt: no such budget file
+    assert ei.value.errno == _errno.ENOENT

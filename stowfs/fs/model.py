@@ -421,7 +421,14 @@ class Filesystem:
         """Whether fh is a directory that had at most SMALL_DIR entries when last listed
         (about 10 µs an entry: quick enough to list without leaving the caller's thread)."""
         h = self._handles.get(fh)
-        return isinstance(h, DirHandle) and 0 <= h.node.listed <= SMALL_DIR
+        return isinstance(h, DirHandle) and 0 <= h.node.listed <= SMALL_DIR \
+            and budget_of(h.node.view) is None
+
+    def renders(self, ino: int) -> bool:
+        """Whether a lookup in ino, or a getattr of ino, may render a file (budget/N/:
+        sizes are known only once rendered): the adapter runs those in a worker thread."""
+        node = self._nodes.get(ino)
+        return node is not None and budget_of(node.view) is not None
 
     def releasedir(self, fh: int) -> None:
         with self._lock:
