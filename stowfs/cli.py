@@ -237,10 +237,15 @@ def cmd_stats(args) -> int:
               f"{k['unique_segments']:>9} unique {_human(k['unique_bytes']):>10}  dedup {k['dedup_ratio']}x")
     t = s["tokens"]
     if t["files"]:
-        views = ", ".join(f"{v} {n:,}" + (f" (-{t['reduction_percent'][v]}%)" if v in t["reduction_percent"] else "")
+        views = ", ".join(f"{v} {n:,}" + (f" ({_change(t['reduction_percent'][v])})" if v in t["reduction_percent"] else "")
                           for v, n in t["views"].items())
         print(f"tokens           {views}  [{', '.join(f'{e}: {n} files' for e, n in t['encodings'].items())}]")
     return EXIT_OK
+
+
+def _change(reduction: float) -> str:
+    """A reduction in percent as a change: 76.4 -> "-76.4%", 0 -> "0%", -3 -> "+3%"."""
+    return "0%" if reduction == 0 else f"-{reduction}%" if reduction > 0 else f"+{-reduction}%"
 
 
 def cmd_tokens(args) -> int:
@@ -255,7 +260,7 @@ def cmd_tokens(args) -> int:
     for key, g in sorted(r["groups"].items()):
         cells = " ".join(f"{g['tokens'].get(v, 0):>12,}" for v in views)
         print(f"{key[:32]:<32} {g['files']:>6} {cells}  " + ", ".join(f"{e} {n}" for e, n in g["encodings"].items()))
-        print(f"{'':<32} {'':>6} {'':>12} " + " ".join(f"{'-' + str(g['reduction_percent'].get(v, 0)) + '%':>12}"
+        print(f"{'':<32} {'':>6} {'':>12} " + " ".join(f"{_change(g['reduction_percent'].get(v, 0)):>12}"
                                                          for v in views[1:]))
     for key, g in sorted(r["groups"].items()):
         for view, st in g["stats"].items():
@@ -397,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("ls", cmd_ls, "list stored files")
     sp.add_argument("store")
     sp.add_argument("prefix", nargs="?", help="only names starting with this")
-    sp.add_argument("-l", "--long", action="store_true", help="size, format and model too")
+    sp.add_argument("-l", "--long", action="store_true",
+                    help="size, tokens (original, compact; - when not counted), format and model too")
     sp.add_argument("--errors", action="store_true", help="only files not parsed as conversations, with why")
     sp.add_argument("--json", action="store_true")
 

@@ -116,7 +116,8 @@ def measure(parsed: Parsed, data: bytes, enc: Optional[str] = None) -> Optional[
     nbytes, stats = {}, {}
     for name in views.VIEWS:
         out = views.rendered(name, parsed, data)
-        counts[name] = count(out, enc)
+        # lean/ of a file with nothing to change is the original itself: counted once
+        counts[name] = counts["original"] if out is data or out == data else count(out, enc)
         nbytes[name] = len(out)
         s = views.render_stats(name, parsed, data)
         if s is not None:
