@@ -566,3 +566,31 @@ def test_budget_folder_in_the_model(store, tmp_path):
     with pytest.raises(OSError) as ei:
         fs.lookup(d.ino, SHORT.name)          # no .txt: no such budget file
     assert ei.value.errno == _errno.ENOENT
+
+
+@pytest.mark.parametrize("depth", [150, 900])
+def test_views_and_facts_are_total_on_hostile_lines(depth):
+    """A real session with a tool input nested very deep and a lone surrogate in a user
+    text: every provider answers, every view is valid JSON/JSONL, counts still exact."""
+    from stowfs import facts, views
+    lines = SHORT.read_text().splitlines(keepends=True)
+    i = next(i for i, l in enumerate(lines) if '"tool_use"' in l)
+    d = json.loads(lines[i])
+    block = next(b for b in d["message"]["content"] if b.get("type") == "tool_use")
+    block["input"] = {"deep": json.loads("[" * depth + "]" * depth), "description": "Deep \x1b[1mcall\x1b[0m"}
+    lines[i] = json.dumps(d) + "\n"
+    j = next(j for j, l in enumerate(lines) if '"type":"user"' in l and '"tool_result"' not in l)
+    u = json.loads(lines[j])
+    u["message"]["content"] = "lone \ud800 surrogate \x1b[31mred\x1b[0m"
+    lines[j] = json.dumps(u) + "\n"
+    data = "".join(lines).encode()
+    parsed = parse(data, SHORT.name)
+    assert parsed.is_conversation
+    f = facts.compute(parsed, data)
+    for view in ("compact", "lean"):
+        out = views.render(view, data, SHORT.name, parsed)
+        for line in out.splitlines():
+            json.loads(line)
+        assert f["tokens"]["views"][view] == ref_count(out, f["tokens"]["enc"])
+    assert f["tokens"]["stats"]["lean"]["ansi_stripped"] >= 2
+    assert f["tokens"]["stats"]["compact"]["tool_marks"] >= 1

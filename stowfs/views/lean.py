@@ -37,6 +37,7 @@ VERSION = 1
 READ_TOOLS = frozenset({"Read", "read_file", "ReadFile", "read_many_files"})
 READ_MAX_LINES, READ_KEEP = 120, 40
 DEDUP_MIN = 512
+MAX_DEPTH = 100          # JSON nesting walked (deeper values are kept unchanged)
 
 ANSI = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.S)
@@ -119,18 +120,20 @@ class _Lean:
         return self.loc if self.loc.startswith("line") else (where or "/")
 
     # -------------------------------------------------------------- JSON values
-    def value(self, v: Any, path: str, tool: bool = False, read: bool = False) -> Any:
+    def value(self, v: Any, path: str, tool: bool = False, read: bool = False, depth: int = 0) -> Any:
+        if depth > MAX_DEPTH:
+            return v            # kept as it is: no conversation format nests this deep
         if isinstance(v, str):
             if not self.loc.startswith("line"):
                 self.loc = path or "/"
             return self.text(v, tool, read, path)
         if isinstance(v, list):
-            return [self.value(x, f"{path}/{i}", tool, read) for i, x in enumerate(v)]
+            return [self.value(x, f"{path}/{i}", tool, read, depth + 1) for i, x in enumerate(v)]
         if isinstance(v, dict):
-            return self.obj(v, path, tool, read)
+            return self.obj(v, path, tool, read, depth + 1)
         return v
 
-    def obj(self, d: dict, path: str, tool: bool, read: bool) -> dict:
+    def obj(self, d: dict, path: str, tool: bool, read: bool, depth: int = 0) -> dict:
         t = d.get("type")
         # remember which calls read files
         if t in ("tool_use", "function_call") and d.get("name") in READ_TOOLS:
@@ -158,7 +161,7 @@ class _Lean:
             elif k == "content" and d.get("role") == "tool":                        # OpenAI
                 sub_tool = True
                 sub_read = read or d.get("tool_call_id") in self.read_ids
-            out[k] = self.value(x, f"{path}/{_escape(k)}", sub_tool, sub_read)
+            out[k] = self.value(x, f"{path}/{_escape(k)}", sub_tool, sub_read, depth)
         return out
 
     def _image(self, d: dict) -> Optional[dict]:
@@ -297,12 +300,15 @@ def _jsonl(lean: _Lean, data: bytes) -> bytes:
         lean.loc = f"line {no}"
         lean._line_reads = lean.line_reads(d)
         before = {k: st[k] for k in STAT_KEYS}
-        new = lean.value(d, "")
-        if new == d and not any(st[k] != before[k] for k in STAT_KEYS):
-            out.append(raw)
-        else:
-            out.append(_dump(new, _spelling(body)) + end)
-            st["lines_changed"] += 1
+        try:
+            new = lean.value(d, "")
+            same = new == d and not any(st[k] != before[k] for k in STAT_KEYS)
+            line = raw if same else _dump(new, _spelling(body)) + end
+        except RecursionError:       # too deep to compare or write: kept as it was
+            st.update(before)
+            same, line = True, raw
+        out.append(line)
+        st["lines_changed"] += not same
     return b"".join(out)
 
 
