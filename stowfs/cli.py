@@ -126,11 +126,13 @@ def cmd_ingest(args) -> int:
 
 
 def _info_dict(i) -> dict:
+    from .tokens import fact_of
+    t = fact_of(i)
     return {"name": i.name, "size": i.size, "text_size": i.text_size, "format": i.format,
             "application": i.application, "model": i.model, "day": i.day,
             "messages": i.messages, "conversations": i.conversations,
             "mtime": i.mtime, "mtime_ns": i.mtime_ns, "mode": oct(i.mode), "checksum": i.checksum,
-            "error": i.error}
+            "error": i.error, "tokens": {"encoding": t["enc"], **t["views"]} if t else None}
 
 
 def cmd_ls(args) -> int:
@@ -143,16 +145,38 @@ def cmd_ls(args) -> int:
         if args.errors:
             print(f"{i.name}\t{i.error}")
         elif args.long:
-            print(f"{i.size:>12} {i.format:<20} {(i.model or '-'):<28} {i.name}")
+            from .tokens import fact_of
+            t = fact_of(i)
+            toks = f"{t['views']['original']:>10} {t['views'].get('compact', 0):>8}" if t else f"{'-':>10} {'-':>8}"
+            print(f"{i.size:>12} {toks} {i.format:<20} {(i.model or '-'):<28} {i.name}")
         else:
             print(i.name)
     return EXIT_OK
 
 
+def _rendered_view(store, name: str, view: str, encoding) -> bytes:
+    """A registry view (compact, lean, ...) or budget:N of one stored file."""
+    if view.startswith("budget:"):
+        from .formats import parse
+        from .views import budget
+        try:
+            n = budget.parse_budget(view[7:])
+        except ValueError as e:
+            raise StowError(str(e)) from None
+        data = store.get(name)
+        return budget.render(parse(data, name), n, encoding)
+    return store.get(name, view=view)
+
+
 def cmd_cat(args) -> int:
     out = sys.stdout.buffer
+    if args.encoding and not args.view.startswith("budget:"):
+        raise StowError("--encoding applies to --view budget:N only")
     with _open(args, readonly=True) as store:
         for name in args.names:
+            if args.view not in ("original", "text"):
+                out.write(_rendered_view(store, name, args.view, args.encoding))
+                continue
             r = store.reader(name, args.view)
             pos = 0
             while pos < r.size:
@@ -163,6 +187,20 @@ def cmd_cat(args) -> int:
                 pos += len(data)
     out.flush()
     return EXIT_OK
+
+
+def _view_arg(value: str) -> str:
+    from . import views
+    if value in ("original", "text") or value in views.VIEWS:
+        return value
+    if value.startswith("budget:"):
+        from .views import budget
+        try:
+            budget.parse_budget(value[7:])
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+    raise argparse.ArgumentTypeError(f"unknown view {value!r} (original, {', '.join(views.VIEWS)}, budget:N)")
 
 
 def cmd_rm(args) -> int:
@@ -178,8 +216,9 @@ def cmd_rm(args) -> int:
 
 
 def cmd_stats(args) -> int:
+    from .tokens import add_to_stats
     with _open(args, readonly=True) as store:
-        s = store.stats()
+        s = add_to_stats(store, store.stats())
     if args.json:
         from .store import stats_json
         sys.stdout.buffer.write(stats_json(s))
@@ -195,6 +234,48 @@ def cmd_stats(args) -> int:
     tb = s["table_bytes"]
     print("tables           " + ", ".join(f"{k} {_human(v)}" for k, v in tb.items())
           + f"  (metadata {100 * (s['metadata_share'] or 0):.1f}%)")
+    t = s["tokens"]
+    if t["files"]:
+        views = ", ".join(f"{v} {n:,}" + (f" ({_change(t['reduction_percent'][v])})" if v in t["reduction_percent"] else "")
+                          for v, n in t["views"].items())
+        print(f"tokens           {views}  [{', '.join(f'{e}: {n} files' for e, n in t['encodings'].items())}]")
+    return EXIT_OK
+
+
+def _change(reduction: float) -> str:
+    """A reduction in percent as a change: 76.4 -> "-76.4%", 0 -> "0%", -3 -> "+3%"."""
+    return "0%" if reduction == 0 else f"-{reduction}%" if reduction > 0 else f"+{-reduction}%"
+
+
+def cmd_tokens(args) -> int:
+    from . import tokens
+    with _open(args) as store:      # writable: counts taken for files stored before them are kept
+        r = tokens.aggregate(store, args.prefix or "", args.by, args.encoding, lazy=True)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return EXIT_OK
+    views = ["original", "text", "compact", "lean"]
+    print(f"{'':<32} {'files':>6} " + " ".join(f"{v:>12}" for v in views) + "  encodings")
+    for key, g in sorted(r["groups"].items()):
+        cells = " ".join(f"{g['tokens'].get(v, 0):>12,}" for v in views)
+        print(f"{key[:32]:<32} {g['files']:>6} {cells}  " + ", ".join(f"{e} {n}" for e, n in g["encodings"].items()))
+        print(f"{'':<32} {'':>6} {'':>12} " + " ".join(f"{_change(g['reduction_percent'].get(v, 0)):>12}"
+                                                         for v in views[1:]))
+    for key, g in sorted(r["groups"].items()):
+        for view, st in g["stats"].items():
+            shown = ", ".join(f"{k} {v:,}" for k, v in st.items() if v and k not in ("bytes_in",))
+            print(f"{view} ({key}): {shown}")
+    if r["not_counted"]:
+        print(f"{r['not_counted']} files not counted (not conversations, or stored before token counts)")
+    return EXIT_OK
+
+
+def cmd_cost(args) -> int:
+    from . import cost
+    prices = cost.load_prices(args.prices)
+    with _open(args) as store:      # writable: usage read from files stored before it is kept
+        r = cost.compute(store, args.prefix or "", args.by, prices, lazy=True)
+    sys.stdout.write(cost.render_json(r) if args.json else cost.render_text(r))
     return EXIT_OK
 
 
@@ -300,16 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("ls", cmd_ls, "list stored files")
     sp.add_argument("store")
     sp.add_argument("prefix", nargs="?", help="only names starting with this")
-    sp.add_argument("-l", "--long", action="store_true", help="size, format and model too")
+    sp.add_argument("-l", "--long", action="store_true",
+                    help="size, tokens (original, compact; - when not counted), format and model too")
     sp.add_argument("--errors", action="store_true", help="only files not parsed as conversations, with why")
     sp.add_argument("--json", action="store_true")
 
     sp = cmd("cat", cmd_cat, "write stored files to stdout")
     sp.add_argument("store")
     sp.add_argument("names", nargs="+", metavar="NAME")
-    from . import views
-    sp.add_argument("--view", choices=("original", *views.VIEWS), default="original",
-                    help="original bytes (default) or a view: " + ", ".join(views.VIEWS))
+    sp.add_argument("--view", type=_view_arg, default="original", metavar="VIEW",
+                    help="original (default), text (the readable transcript), compact (the "
+                    "conversation only, JSONL), lean (same format, lean in tokens) or budget:N "
+                    "(the transcript trimmed to at most N tokens)")
+    sp.add_argument("--encoding", choices=("cl100k_base", "o200k_base"), default=None,
+                    help="with budget:N: count in this encoding instead of the file model's")
 
     sp = cmd("rm", cmd_rm, "remove stored files (space is freed by gc)")
     sp.add_argument("store")
@@ -317,6 +402,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("stats", cmd_stats, "how much is stored and how much it saves")
     sp.add_argument("store")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("tokens", cmd_tokens, "exact token counts per view (original, text, compact, lean) "
+             "and what each view removed, from the files' records")
+    sp.add_argument("store")
+    sp.add_argument("prefix", nargs="?", help="only names starting with this")
+    sp.add_argument("--by", choices=("model", "app", "day", "file"), default=None, help="group the totals")
+    sp.add_argument("--encoding", choices=("cl100k_base", "o200k_base"), default=None,
+                    help="count every file in this encoding (decodes the files whose stored counts "
+                    "use the other one); default: each file's model's encoding")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("cost", cmd_cost, "tokens and cost per model, app, day or file from the usage the "
+             "files record, priced from the dated table shipped in the package")
+    sp.add_argument("store")
+    sp.add_argument("prefix", nargs="?", help="only names starting with this")
+    sp.add_argument("--by", choices=("model", "app", "day", "file"), default="model", help="group by (default model)")
+    sp.add_argument("--prices", metavar="FILE", default=None,
+                    help="a price file laid over the shipped table (default: $STOWFS_PRICES, "
+                    "else ~/.config/stowfs/prices.json when it exists)")
     sp.add_argument("--json", action="store_true")
 
     sp = cmd("verify", cmd_verify, "check every table against the others and every file against its "

@@ -99,6 +99,8 @@ class Operations(pyfuse3.Operations):
     # ------------------------------------------------------------------ names and attributes
     @_handler
     async def lookup(self, parent_inode, name, ctx):
+        if self.fs.renders(parent_inode):      # budget/N/: the lookup renders the file
+            return self._entry(*await _blocking(self.fs.lookup, parent_inode, fsdecode(name)))
         return self._entry(*self.fs.lookup(parent_inode, fsdecode(name)))
 
     @_handler
@@ -108,6 +110,8 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def getattr(self, inode, ctx):
+        if self.fs.renders(inode):
+            return self._getattr(await _blocking(self.fs.getattr, inode))
         return self._getattr(self.fs.getattr(inode))
 
     @_handler

@@ -4,11 +4,16 @@
     inbox/                  writable; ingested on close (inbox.py)
     conversations/PATH      original bytes            (inode 16 + file_id*8 + 0)
     text/PATH.txt           readable transcript       (... + 1)
+    FOLDER/PATH SUFFIX      every other view of the registry (stowfs.views): compact/PATH.jsonl
+                            (... + 4), lean/PATH (... + 5); sized from the "views" fact
+    budget/N/PATH.txt       the transcript trimmed to N tokens, any N (views/budget.py):
+                            rendered on lookup, kept in the decoded-bytes cache
     errors/FLAT.txt         why PATH is not a conversation (... + 2)
     by-model/MODEL/FLAT     symlink ../../conversations/PATH (... + 3); same for by-app/APP/
                             and by-day/YYYY-MM-DD/
     stats.json              Store.stats() as JSON
     reports/                dups.txt, prompts.txt, near-dups.txt, reports.json (stowfs.reports),
+                            cost.txt, cost.json (stowfs.cost),
                             computed when the store has changed since they were last read
 
 FLAT is the stored path with '%' and '/' percent-encoded (names.flat), so the by-* and
@@ -39,7 +44,8 @@ from ..store import stats_json
 from ..errors import Corrupt, InvalidName, NotFound
 from .cache import ByteLRU
 from .inbox import Inbox
-from .names import (BY_KEYS, FILE_CODES, REPORT_FILES, ROOT_INO, STATS_INO, TOP, dir_ino, file_ino,
+from .names import (BUDGET, BUDGET_LISTED, BY_KEYS, FILE_CODES, FOLDER_SUFFIX, REPORT_FILES, ROOT_INO,
+                    STATS_INO, STORE_FOLDERS, TOP, budget_of, budget_view, dir_ino, file_ino,
                     fits, flat, join, link_target, split, unflat)
 from .node import DIR, FILE, LINK, Attr, DirHandle, FileMeta, Handle, Node, accmode_writes, fs_error
 
@@ -51,7 +57,9 @@ SMALL_FILE = 256 << 10      # decoded inline by the adapter, see small()
 SMALL_DIR = 128             # entries of a directory the adapter lists inline, see small_dir()
 KEPT_LISTING = 64           # entries of a directory whose listing is kept per store generation
 WHOLE_LIMIT = 16 << 20
-STORE_VIEWS = {"conversations": "original", "text": "text"}
+STORE_VIEWS = STORE_FOLDERS        # folder -> view, every view of the registry (names.py)
+READER_VIEWS = ("original", "text")  # decoded range by range; the others are rendered whole
+BUDGET_ENTRY_TIMEOUT = 1.0          # budget/ names are not invalidated when a file changes
 
 
 class Notifier:
@@ -97,6 +105,7 @@ class Filesystem:
         self._handles: dict[int, object] = {}
         self._next_fh = 0
         self._memos: dict[str, tuple[int, object]] = {}
+        self._stale_sizes: dict[tuple, int] = {}
         self._seen_generation = store.generation
 
     # ================================================================== inode table
@@ -159,10 +168,15 @@ class Filesystem:
         return value
 
     def _stats_json(self) -> bytes:
-        return self._memo("stats", lambda: render_stats(self.store.stats()))
+        from ..tokens import add_to_stats
+        return self._memo("stats", lambda: render_stats(add_to_stats(self.store, self.store.stats())))
 
     def _report(self, name: str) -> bytes:
         from .. import reports
+        if name in ("cost.txt", "cost.json"):
+            from .. import cost
+            render = cost.render_text if name == "cost.txt" else cost.render_json
+            return self._memo("report:" + name, lambda: render(cost.compute(self.store)).encode())
         if name == "reports.json":
             return self._memo("report:" + name, lambda: reports.render_all_json(self.store))
         return self._memo("report:" + name, lambda: reports.render_text(self.store, name[:-4]))
@@ -177,6 +191,54 @@ class Filesystem:
     def _file_node(self, view: str, info) -> Node:
         kind = LINK if view == "link" else FILE
         return Node(file_ino(info.file_id, view), kind, view, info.name, self._meta(info))
+
+    # ------------------------------------------------------------ registry views, budget/
+    def _view_size(self, info, folder: str) -> int:
+        """Size of a stored file's view: from its record; a view whose stored size is of
+        an older renderer version (or missing) is rendered once and its size kept."""
+        view = STORE_VIEWS[folder]
+        if view == "original":
+            return info.size
+        if view == "text":
+            return info.text_size
+        from ..views import VIEWS
+        stored = (info.view_sizes or {}).get(view)
+        if stored is not None and stored[0] == VIEWS[view].version:
+            return stored[1]
+        key = ("size", info.file_id, view)
+        size = self._stale_sizes.get(key)
+        if size is None:
+            size = len(self._render_view(info, view))
+            with self._lock:
+                if len(self._stale_sizes) > 100_000:
+                    self._stale_sizes.clear()
+                self._stale_sizes[key] = size
+        return size
+
+    def _render_view(self, info, view: str) -> bytes:
+        """A rendered view (a registry view or budget:N) of one stored file, through the
+        decoded-bytes cache."""
+        key = (info.file_id, view)
+        data = self.cache.get(key)
+        if data is None:
+            n = budget_of(view)
+            if n is None:
+                data = self.store.get(info.name, view=view)
+            else:
+                from ..formats import parse
+                from ..views import budget
+                original = self.store.get(info.name)
+                data = budget.render(parse(original, info.name), n)
+            self.cache.put(key, data)
+        return data
+
+    def _budget_dir(self, name: str) -> Optional[Node]:
+        from ..views.budget import parse_budget
+        try:
+            n = parse_budget(name)
+        except ValueError:
+            return None
+        return self._dir_node(budget_view(n), "")
 
     def _meta(self, info) -> FileMeta:
         """The FileMeta of a stored file's record: the one its known nodes (any view)
@@ -211,10 +273,13 @@ class Filesystem:
         info = node.info
         if node.kind == LINK:
             return Attr(node.ino, stat.S_IFLNK | 0o777, len(link_target(info.name).encode()), info.mtime)
-        size = {"conversations": info.size, "text": info.text_size}.get(v)
-        if size is None:
-            size = len(error_text(info))
-        return Attr(node.ino, stat.S_IFREG | 0o444, size, info.mtime)
+        if v in STORE_VIEWS:
+            return Attr(node.ino, stat.S_IFREG | 0o444, self._view_size(info, v), info.mtime)
+        if budget_of(v) is not None:
+            size = len(self._render_view(info, v))
+            return Attr(node.ino, stat.S_IFREG | 0o444, size, info.mtime,
+                        entry_timeout=BUDGET_ENTRY_TIMEOUT)
+        return Attr(node.ino, stat.S_IFREG | 0o444, len(error_text(info)), info.mtime)
 
     def readlink(self, ino: int) -> str:
         node = self._node(ino)
@@ -247,14 +312,23 @@ class Filesystem:
                 return self._file_node(v, info)
             if self.store.is_dir(path):
                 return self._dir_node(v, path)
-        elif v == "text":
-            if name.endswith(".txt"):
-                info = self._info(join(d.path, name[:-4]))
+        elif v in STORE_VIEWS or budget_of(v) is not None:
+            suffix = FOLDER_SUFFIX.get(v, ".txt")
+            if suffix and name.endswith(suffix):
+                info = self._info(join(d.path, name[:-len(suffix)]))
+                if info is not None:
+                    return self._file_node(v, info)
+            elif not suffix:
+                info = self._info(join(d.path, name))
                 if info is not None:
                     return self._file_node(v, info)
             path = join(d.path, name)
             if self.store.is_dir(path):
                 return self._dir_node(v, path)
+        elif v == BUDGET:
+            node = self._budget_dir(name)
+            if node is not None:
+                return node
         elif v == "errors":
             path = unflat(name[:-4]) if name.endswith(".txt") else None
             info = self._info(path) if path else None
@@ -281,12 +355,15 @@ class Filesystem:
         if v == "reports":
             return [(name, self._nodes[ino]) for name, ino in REPORT_FILES.items()]
         out = []
-        if v in ("conversations", "text"):
+        if v in STORE_VIEWS or budget_of(v) is not None:
+            suffix = FOLDER_SUFFIX.get(v, ".txt")
             for name, info in self.store.listdir(d.path):
                 if info is None:
                     out.append((name, self._dir_node(v, join(d.path, name))))
                 else:
-                    out.append((name + ".txt" if v == "text" else name, self._file_node(v, info)))
+                    out.append((name + suffix, self._file_node(v, info)))
+        elif v == BUDGET:
+            out = [(str(n), self._dir_node(budget_view(n), "")) for n in BUDGET_LISTED]
         elif v == "errors":
             out = [(flat(i.name) + ".txt", self._file_node(v, i)) for i in self._error_files()]
         elif v in BY_KEYS:
@@ -344,7 +421,14 @@ class Filesystem:
         """Whether fh is a directory that had at most SMALL_DIR entries when last listed
         (about 10 µs an entry: quick enough to list without leaving the caller's thread)."""
         h = self._handles.get(fh)
-        return isinstance(h, DirHandle) and 0 <= h.node.listed <= SMALL_DIR
+        return isinstance(h, DirHandle) and 0 <= h.node.listed <= SMALL_DIR \
+            and budget_of(h.node.view) is None
+
+    def renders(self, ino: int) -> bool:
+        """Whether a lookup in ino, or a getattr of ino, may render a file (budget/N/:
+        sizes are known only once rendered): the adapter runs those in a worker thread."""
+        node = self._nodes.get(ino)
+        return node is not None and budget_of(node.view) is not None
 
     def releasedir(self, fh: int) -> None:
         with self._lock:
@@ -369,7 +453,8 @@ class Filesystem:
             return self._add_handle(Handle(node, data=error_text(node.info))), True, False
         if node.kind != FILE:
             raise fs_error(errno.EINVAL)
-        fid, view = node.info.file_id, STORE_VIEWS[node.view]
+        fid = node.info.file_id
+        view = STORE_VIEWS.get(node.view) or node.view     # budget:N has no folder entry
         # A warm file is opened again and again (grep -r, cat): while the store's
         # generation has not moved since the last check, node.info is still current and
         # the lookup of the file's record can be skipped. The generation is read first,
@@ -383,7 +468,10 @@ class Filesystem:
                 raise fs_error(errno.ESTALE)
             node.checked = gen
         current = node.info
-        size = current.size if view == "original" else current.text_size
+        if node.view in STORE_VIEWS:
+            size = self._view_size(current, node.view)
+        else:
+            size = len(self._render_view(current, view))
         return self._add_handle(Handle(node, key=(fid, view), size=size)), True, False
 
     def _reader(self, h: Handle):
@@ -399,6 +487,10 @@ class Filesystem:
 
     def _decode_whole(self, h: Handle, keep: bool = True) -> bytes:
         data = self.cache.get(h.key)
+        if data is None and h.key[1] not in READER_VIEWS:
+            data = self._render_view(h.node.info, h.key[1])
+            if len(data) != h.size:
+                raise fs_error(errno.ESTALE, f"{h.node.path}: view {h.key[1]} changed size")
         if data is None:
             reader = self._reader(h)
             with h.lock:
@@ -434,8 +526,8 @@ class Filesystem:
             return self.inbox.read(h, offset, size)
         if offset >= h.size:
             return b""
-        if h.size <= self.whole_limit:
-            if offset == 0 and size >= h.size:
+        if h.size <= self.whole_limit or h.key[1] not in READER_VIEWS:
+            if offset == 0 and size >= h.size and h.key[1] in READER_VIEWS:
                 # One read takes the whole file: the kernel keeps it in its page cache
                 # (keep_cache), so a copy in ours would be dropped unused. Only files
                 # read in several requests are worth keeping decoded.
@@ -530,7 +622,8 @@ class Filesystem:
             raise fs_error(errno.EISDIR)
         self.store.remove(node.path)
         # Keep the kernel's entries of directories this emptied: `rm -r` rmdirs them next.
-        self._changed(node.path, node.info, None, dir_views=("text",))
+        self._changed(node.path, node.info, None,
+                      dir_views=tuple(f for f in STORE_VIEWS if f != "conversations"))
 
     def rmdir(self, parent: int, name: str) -> None:
         d = self._node(parent)
@@ -609,7 +702,7 @@ class Filesystem:
     def _dentries(self, path: str, info) -> set[tuple[int, str]]:
         """The kernel entries that show stored file `path` (with metadata `info`)."""
         d, base = split(path)
-        out = {(dir_ino("conversations", d), base), (dir_ino("text", d), base + ".txt")}
+        out = {(dir_ino(folder, d), base + FOLDER_SUFFIX[folder]) for folder in STORE_VIEWS}
         if info is not None:
             if info.error:
                 out.add((TOP["errors"], flat(path) + ".txt"))
@@ -653,7 +746,11 @@ class Filesystem:
                      if n.ino not in self._fixed and n.view not in ("inbox", "stats", "report")]
         for n in nodes:
             if n.kind == DIR:
-                if n.view in STORE_VIEWS:
+                if budget_of(n.view) is not None:
+                    if n.path and not self.store.is_dir(n.path):
+                        parent, name = split(n.path)
+                        self.notifier.entry(dir_ino(n.view, parent), name)
+                elif n.view in STORE_VIEWS:
                     if not self.store.is_dir(n.path):
                         self._gone_dirs(n.path)
                 elif n.path not in self._index_values(BY_KEYS[n.view]):

@@ -29,7 +29,7 @@ class FileMeta:
     all of that file's views (see Filesystem._meta): slotted, index values interned, and
     without what only the CLI reads (SHA-256, models, counts): ~0.3 KB instead of ~1 KB."""
     __slots__ = ("name", "file_id", "size", "text_size", "mtime", "error", "model",
-                 "application", "day")
+                 "application", "day", "view_sizes")
 
     def __init__(self, info):
         self.name = info.name
@@ -41,6 +41,9 @@ class FileMeta:
         self.model = _intern(info.model)
         self.application = _intern(info.application)
         self.day = _intern(info.day)
+        # {view: (version, size)} of the registry views other than text (the "views" fact)
+        stored = (getattr(info, "facts", None) or {}).get("views") or {}
+        self.view_sizes = {_intern(k): tuple(v) for k, v in stored.items() if k != "text"} or None
 
     def __repr__(self):
         return f"FileMeta({self.name!r}, file_id={self.file_id})"
