@@ -480,6 +480,12 @@ def main(argv=None) -> int:
             raise
         print(f"stowfs: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return EXIT_ERROR
+    except Exception as e:          # a bug: one line, the traceback with --debug
+        if getattr(args, "debug", False):
+            raise
+        print(f"stowfs: internal error: {type(e).__name__}: {e} (--debug shows the traceback)",
+              file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":
