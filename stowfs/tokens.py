@@ -19,7 +19,6 @@ tiktoken's encode_ordinary).
 The fact, facts["tokens"] (small numbers only):
     {"v": VERSION, "enc": "o200k_base",
      "views": {"original": n, "text": n, "compact": n, "lean": n},   # tokens per view
-     "bytes": {"compact": n, "lean": n},                              # bytes per view
      "stats": {"compact": {...}, "lean": {...}}}                       # reduction stats
 Only conversations get the fact (None otherwise).
 """
@@ -121,8 +120,10 @@ def measure(parsed: Parsed, data: bytes, enc: Optional[str] = None) -> Optional[
         nbytes[name] = len(out)
         s = views.render_stats(name, parsed, data)
         if s is not None:
-            stats[name] = s
-    return {"v": VERSION, "enc": enc, "views": counts, "bytes": nbytes, "stats": stats}
+            # kept small (it is in every record): no zeros, and no byte counts, which the
+            # "views" fact and the file's size already hold
+            stats[name] = {k: v for k, v in s.items() if v and k not in ("bytes_in", "bytes_out")}
+    return {"v": VERSION, "enc": enc, "views": counts, "stats": stats}
 
 
 @facts.provider("tokens")
@@ -214,7 +215,7 @@ def aggregate(store, prefix: str = "", by: Optional[str] = None, enc: Optional[s
         for view, n in t["views"].items():
             g["tokens"][view] = g["tokens"].get(view, 0) + n
         g["bytes"]["original"] += info.size
-        for view, n in t.get("bytes", {}).items():
+        for view, (_version, n) in ((getattr(info, "facts", None) or {}).get("views") or {}).items():
             g["bytes"][view] = g["bytes"].get(view, 0) + n
         for view, s in t.get("stats", {}).items():
             dst = g["stats"].setdefault(view, {})
