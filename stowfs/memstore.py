@@ -82,7 +82,10 @@ class MemoryStore:
         self.close()
 
     # ------------------------------------------------------------------ writing
-    def put(self, name: str, data: bytes, *, mtime: Optional[float] = None) -> PutResult:
+    def put(self, name: str, data: bytes, *, mtime: Optional[float] = None,
+            mtime_ns: Optional[int] = None, mode: Optional[int] = None) -> PutResult:
+        if mtime_ns is not None and mtime is None:
+            mtime = mtime_ns / 1e9
         name = check_name(name)
         data = bytes(data)
         a = self._analyze(data, name)
@@ -95,18 +98,21 @@ class MemoryStore:
                             format=a.format, application=a.application,
                             model=a.models[0] if a.models else None, models=tuple(a.models),
                             day=a.day, mtime=time.time() if mtime is None else float(mtime),
-                            error=a.error, sha256=hashlib.sha256(data).hexdigest())
+                            error=a.error, sha256=hashlib.sha256(data).hexdigest(),
+                            mode=0o644 if mode is None else mode & 0o7777)
+            info = replace(info, mtime_ns=round(info.mtime * 1e9) if mtime_ns is None else int(mtime_ns))
             self._files[name] = (info, data, a.text)
             self._generation += 1
         return PutResult(name, fid, len(data), len(data), 0, a.format, a.error, old is not None)
 
-    def put_file(self, name: str, src_path, *, mtime: Optional[float] = None) -> PutResult:
+    def put_file(self, name: str, src_path, *, mtime: Optional[float] = None,
+                 mtime_ns: Optional[int] = None, mode: Optional[int] = None) -> PutResult:
         try:
             with open(src_path, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise NotFound(f"cannot read {src_path}: {e.strerror}") from None
-        return self.put(name, data, mtime=mtime)
+        return self.put(name, data, mtime=mtime, mtime_ns=mtime_ns, mode=mode)
 
     def _check_place(self, name: str) -> None:
         if self._is_dir(name):
