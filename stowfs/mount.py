@@ -132,9 +132,9 @@ def _check_mountpoint(mountpoint: str) -> str:
     return mp
 
 
-def _check_places(mp: str, store: str, options: list[str]) -> None:
-    """Refuse a mount point the daemon would deadlock on (the store, inside it, or holding
-    it: the store's own files would be behind the mount) or that hides files."""
+def _check_places(mp: str, store: str) -> None:
+    """Refuse a mount point the daemon would deadlock on: the store, inside it, or holding
+    it (the store's own files would be behind the mount)."""
     m, s = os.path.realpath(mp), os.path.realpath(store)
     if m == s:
         raise MountError(f"mount point {mp} is the store itself: mount it somewhere else")
@@ -142,7 +142,11 @@ def _check_places(mp: str, store: str, options: list[str]) -> None:
         raise MountError(f"mount point {mp} lies inside the store {store}: mount it somewhere else")
     if s.startswith(m.rstrip("/") + "/"):
         raise MountError(f"store {store} lies inside the mount point {mp}: the mount would hide it")
-    if os.path.isdir(mp) and "nonempty" not in _option_set(options):
+
+
+def _check_empty(mp: str, options: list[str]) -> None:
+    """Refuse to hide files under the mount, unless -o nonempty asks for it."""
+    if "nonempty" not in _option_set(options):
         with os.scandir(mp) as it:
             if any(True for _ in it):
                 raise MountError(f"mount point {mp} is not empty (-o nonempty mounts over its files)")
@@ -217,8 +221,9 @@ def _fuse_options(args, store: Path) -> set[str]:
 # ====================================================================== mount
 def cmd_mount(args) -> int:
     try:
+        _check_places(os.path.abspath(args.mountpoint), os.path.abspath(args.store))
         mp = _check_mountpoint(args.mountpoint)
-        _check_places(mp, os.path.abspath(args.store), args.options)
+        _check_empty(mp, args.options)
         store = _check_store(args.store, getattr(args, "memory", False))
         _lock_store(store).close()      # early, friendly check; the daemon takes it for real
     except MountError as e:

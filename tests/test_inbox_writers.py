@@ -53,15 +53,11 @@ def wait_for(pred, timeout=30.0) -> bool:
 
 
 def waiting(m) -> list[str]:
-    """Spool files that will still be ingested."""
-    from stowfs.fs.inbox import is_leftover
-    spool = m.store / "spool"
-    return [str(p.relative_to(spool)) for p in spool.rglob("*")
-            if p.is_file() and not is_leftover(str(p.relative_to(spool)))]
+    return m.waiting()
 
 
 def settle(m, timeout=60.0) -> None:
-    assert wait_for(lambda: not waiting(m), timeout), f"not ingested: {waiting(m)[:10]}"
+    m.settled(timeout)
 
 
 def stored(m) -> dict:

@@ -219,8 +219,8 @@ class Inbox:
         """conversations/rel's node while rel is a spool file waiting to be ingested."""
         with self._lock:
             p = self._pending.get(rel)
-            if p is None or is_leftover(rel):
-                return None
+            if p is None or p.write_error or is_leftover(rel):
+                return None          # not written whole, or never to be stored
             if p.alias is None:
                 p.alias = Node(self._new_ino(), FILE, "spool", rel)
             return p.alias
