@@ -74,7 +74,8 @@ def add_arguments(mount_parser: argparse.ArgumentParser, umount_parser: argparse
                    help="stay in the foreground (log to stderr) instead of daemonizing")
     p.add_argument("--debug", action="store_true", help="debug logging (and FUSE debug output with -f)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
-                   help="FUSE mount options, comma-separated (e.g. allow_other); repeatable")
+                   help="FUSE mount options, comma-separated (e.g. allow_other; nonempty: mount over a "
+                        "directory that has files in it); repeatable")
     p.add_argument("--cache-mb", dest="cache_mb", type=int, default=48, metavar="MB",
                    help="memory for decoded data, in MiB: two thirds for decoded blocks, one third "
                         "for whole decoded files that are read in several requests (default: 48; "

@@ -110,6 +110,7 @@ class Inbox:
         self.top = Node(INBOX_INO, DIR, "inbox", "")
         self._by_path: dict[str, Node] = {"": self.top}
         self._pending: dict[str, Pending] = {}
+        self._dirs: dict[str, int] = {}     # directory -> spool files (not leftovers) under it
         self.failures: dict[str, str] = {}        # path -> why its ingest failed (errors/)
         self.epoch = 0      # bumped whenever what conversations/ or errors/ show of the spool changes
 
@@ -261,9 +262,31 @@ class Inbox:
         return out
 
     def pending_dir(self, dirpath: str) -> bool:
-        prefix = dirpath + "/"
-        with self._lock:
-            return any(p.startswith(prefix) and not is_leftover(p) for p in self._pending)
+        return dirpath in self._dirs
+
+    def _add(self, p: Pending) -> None:
+        """Enter p in the spool's records (the caller holds the lock)."""
+        self._pending[p.path] = p
+        self._count_dirs(p.path, 1)
+        self.epoch += 1
+
+    def _pop(self, path: str) -> Pending:
+        p = self._pending.pop(path)
+        self._count_dirs(path, -1)
+        self.epoch += 1
+        return p
+
+    def _count_dirs(self, path: str, delta: int) -> None:
+        if is_leftover(path):
+            return
+        d = split(path)[0]
+        while d:
+            n = self._dirs.get(d, 0) + delta
+            if n > 0:
+                self._dirs[d] = n
+            else:
+                self._dirs.pop(d, None)
+            d = split(d)[0]
 
     # ------------------------------------------------------------------ errors/ view
     def error_node(self, path: str) -> Optional[Node]:
@@ -307,18 +330,17 @@ class Inbox:
         """The Pending of spool file rel, made if new (the caller holds the lock)."""
         p = self._pending.get(rel)
         if p is None:
-            p = self._pending[rel] = Pending(rel, changed=time.monotonic())
-            self.epoch += 1
+            p = Pending(rel, changed=time.monotonic())
+            self._add(p)
             self.on_conv(rel)
         return p
 
     def _drop(self, rel: str) -> None:
         """Forget spool file rel (and any under it); the caller holds the lock."""
         for path in [q for q in self._pending if q == rel or q.startswith(rel + "/")]:
-            p = self._pending.pop(path)
+            p = self._pop(path)
             p.gone = True
             self.failures.pop(path, None)
-            self.epoch += 1
             self.on_conv(path)
 
     def _make_parents(self, rel: str) -> None:
@@ -557,15 +579,14 @@ class Inbox:
             if kind == FILE:
                 self._drop(dst)                 # the spool file replaced at dst
             for path in [q for q in self._pending if q == src or q.startswith(src + "/")]:
-                p = self._pending.pop(path)
+                p = self._pop(path)
                 p.path = dst + path[len(src):]
                 p.stored_version = -1
                 p.failed_version = -1
                 self.failures.pop(path, None)
                 if p.alias is not None:
                     p.alias.path = p.path
-                self._pending[p.path] = p
-                self.epoch += 1
+                self._add(p)
                 self.on_conv(path)
                 self.on_conv(p.path)
             moved = {q: n for q, n in self._by_path.items() if q == src or q.startswith(src + "/")}
@@ -685,8 +706,8 @@ class Inbox:
                     continue
                 rel = os.path.relpath(full, self.root)
                 with self._lock:
-                    self._pending.setdefault(rel, Pending(rel, changed=now))
-                    self.epoch += 1
+                    if rel not in self._pending:
+                        self._add(Pending(rel, changed=now))
                 if is_leftover(rel):
                     leftovers.append(rel)
                 else:

@@ -526,6 +526,8 @@ class Filesystem:
         """What conversations/path shows changed between a spool file and the store."""
         d, name = split(path)
         self.notifier.entry(dir_ino("conversations", d), name)
+        if self.inbox.pending_dir(d) or self._info(path) is not None:
+            return                    # still there: its directories are too
         while d and not self._conv_is_dir(d):
             parent, name = split(d)
             self.notifier.entry(dir_ino("conversations", parent), name)

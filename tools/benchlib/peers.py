@@ -411,7 +411,7 @@ class Stowfs(Peer):
         self.name = "stowfs" if via == "ingest" else "stowfs-inbox"
         self.label = f"stowfs ({'stowfs ingest' if via == 'ingest' else 'cp -r into inbox/'})"
         self.notes = ("stowfs ingest STORE SRC, then stowfs compact" if via == "ingest"
-                      else "stowfs mount, cp -r SRC MNT/inbox/, wait until inbox/ is empty")
+                      else "stowfs mount, cp -r SRC MNT/inbox/, wait until the spool is empty (all ingested)")
 
     def cli(self) -> list[str]:
         """$STOWFS_CLI, else ``stowfs`` on PATH, beside this python, or in the repo's .venv."""
@@ -450,7 +450,7 @@ class Stowfs(Peer):
             self.mount(mp, ready=mp / "inbox")
             try:
                 run_checked(["cp", "-r", str(self.src), str(mp / "inbox") + "/"], timeout=7200)
-                self._wait_inbox_empty(mp / "inbox" / self.src.name)
+                self._wait_inbox_empty(self.stored_path() / "spool")
             finally:
                 self.umount()
         if self.do_compact:
@@ -460,6 +460,8 @@ class Stowfs(Peer):
 
     @staticmethod
     def _wait_inbox_empty(path: Path, timeout: float = 3600) -> None:
+        """Until the spool (STORE/spool) holds no file: inbox/ shows what is stored, so it
+        never empties; files are ingested once settled."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if not path.exists() or not any(p.is_file() for p in path.rglob("*")):
