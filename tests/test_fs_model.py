@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -582,6 +583,48 @@ def test_same_name_opened_for_write_again_and_again(fs, store):
         fs.release(fh)
     fs.settle(everything=True)
     assert store.get("again.json") == conv("49")
+
+
+def test_writers_race_a_settling_inbox(fs, store):
+    """Opens for write, appends, truncates and touches while another thread ingests
+    whatever settles at once (quiet time 0): no ENOENT, nothing lost."""
+    import threading
+    fs.inbox.quiet = 0
+    stop, errors, ingested = threading.Event(), [], []
+
+    def settler():
+        while not stop.is_set():
+            try:
+                ingested.append(fs.settle())
+            except Exception as e:      # noqa: BLE001 - reported below
+                errors.append(e)
+    t = threading.Thread(target=settler)
+    t.start()
+    try:
+        write_inbox(fs, "r.jsonl", b"", settle=False)
+        expect = b""
+        for i in range(300):
+            ino, _ = walk(fs, "inbox/r.jsonl")
+            line = f'{{"i": {i}}}\n'.encode()
+            if i % 50 == 49:
+                fh, _, _ = fs.open(ino, os.O_WRONLY | os.O_TRUNC)
+                expect = b""
+            else:
+                fh, _, _ = fs.open(ino, os.O_WRONLY | os.O_APPEND)
+            fs.write(fh, 0, line)
+            expect += line
+            fs.release(fh)
+            if i % 7 == 0:
+                fs.setattr(ino, None, mtime_ns=1_600_000_000 * 10**9 + i)
+            if i % 20 == 10:
+                time.sleep(0.02)         # the settler's turn: ingested, then appended to
+    finally:
+        stop.set()
+        t.join()
+    assert errors == [] and sum(ingested) >= 2       # it did settle in between, repeatedly
+    fs.settle(everything=True)
+    assert store.get("r.jsonl") == expect
+    assert cat(fs, "conversations/r.jsonl") == expect
 
 
 def test_inbox_write_error_is_reported_and_nothing_stored(fs, store, monkeypatch, caplog):

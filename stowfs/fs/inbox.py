@@ -226,6 +226,10 @@ class Inbox:
                 p.alias = Node(self._new_ino(), FILE, "spool", rel)
             return p.alias
 
+    def spooled(self, rel: str) -> bool:
+        """Whether conversations/rel is a spool file now (quick: no lock when none is)."""
+        return rel in self._pending and self.alias(rel) is not None
+
     def alias_attr(self, node: Node) -> Attr:
         try:
             st = os.lstat(self._spool(node.path))
@@ -437,22 +441,28 @@ class Inbox:
             reader = self.store.reader(rel, "original")
             return Handle(node, reader=reader, key=(info.file_id, "original"), size=info.size)
         truncate = bool(flags & os.O_TRUNC)
-        with self._lock:
-            p = self._pending.get(rel)
-        if p is None:
-            if os.path.isfile(self._spool(rel)):
-                with self._lock:
-                    p = self._pending_at(rel)
-            else:
-                p = self._copy_up(rel, truncate)
         oflags = os.O_RDWR | (flags & (os.O_TRUNC | os.O_APPEND))
-        with self._lock:
-            fd = self._open_spool(rel, oflags)
-            p.writers += 1
-            if truncate:
-                p.touch()
-                p.write_error = 0
-        return Handle(node, fd=fd, writable=True, pending=p)
+        for _ in range(3):
+            with self._lock:     # the spool file cannot be ingested and removed meanwhile
+                p = self._spooled(rel)
+                if p is not None:
+                    fd = self._open_spool(rel, oflags)
+                    p.writers += 1
+                    if truncate:
+                        p.touch()
+                        p.write_error = 0
+                    return Handle(node, fd=fd, writable=True, pending=p)
+            self._copy_up(rel, truncate)        # a stored file: into the spool first
+        raise fs_error(errno.EAGAIN, f"inbox/{rel} kept changing while it was opened")
+
+    def _spooled(self, rel: str) -> Optional[Pending]:
+        """The Pending of spool file rel if there is one (the caller holds the lock)."""
+        p = self._pending.get(rel)
+        if p is not None and not p.gone and os.path.isfile(self._spool(rel)):
+            return p
+        if p is None and os.path.isfile(self._spool(rel)):
+            return self._pending_at(rel)
+        return None
 
     def write(self, h: Handle, offset: int, data: bytes) -> int:
         if not h.writable:
@@ -478,28 +488,33 @@ class Inbox:
             if not os.path.isdir(self._spool(rel)):       # a directory of the store
                 os.makedirs(self._spool(rel), exist_ok=True)
             target = self._spool(rel)
-        else:
-            if pending is None:
-                with self._lock:
-                    pending = self._pending.get(rel)
-                    if pending is None and os.path.isfile(self._spool(rel)):
-                        pending = self._pending_at(rel)
-                if pending is None:        # a stored file: copy it into the spool first
-                    pending = self._copy_up(rel, truncate=size == 0)
-            target = fd if fd >= 0 else self._spool(rel)
+            self._apply(target, size, mode, atime_ns, mtime_ns)
+            return self.attr(node)
+        for _ in range(3):
+            with self._lock:     # the spool file cannot be ingested and removed meanwhile
+                if pending is not None and not pending.gone and fd >= 0:
+                    target = fd                         # a writable handle's own file
+                else:
+                    pending, target = self._spooled(rel), self._spool(rel)
+                if pending is not None:
+                    self._apply(target, size, mode, atime_ns, mtime_ns)
+                    if size == 0:
+                        pending.write_error = 0
+                    pending.touch()
+                    return self.attr(node, fd if target == fd else -1)
+            self._copy_up(rel, truncate=size == 0)    # a stored file: into the spool first
+        raise fs_error(errno.EAGAIN, f"inbox/{rel} kept changing while it was changed")
+
+    @staticmethod
+    def _apply(target, size, mode, atime_ns, mtime_ns) -> None:
         if size is not None:
             os.truncate(target, size)
-            if size == 0:
-                pending.write_error = 0
         if mode is not None:
             os.chmod(target, stat.S_IMODE(mode))
         if atime_ns is not None or mtime_ns is not None:
             st = os.stat(target)
             os.utime(target, ns=(st.st_atime_ns if atime_ns is None else atime_ns,
                                  st.st_mtime_ns if mtime_ns is None else mtime_ns))
-        if node.kind == FILE:
-            pending.touch()
-        return self.attr(node, fd)
 
     def unlink(self, d: Node, name: str) -> None:
         """rm inbox/PATH: the spool file and the stored file of that path."""

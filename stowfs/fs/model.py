@@ -408,7 +408,7 @@ class Filesystem:
         # generation has not moved since the last check, node.info is still current and
         # the lookup of the file's record can be skipped. The generation is read first,
         # so a change racing with the check only makes the next open check again.
-        if node.view == "conversations" and self.inbox.alias(node.path) is not None:
+        if node.view == "conversations" and self.inbox.spooled(node.path):
             raise fs_error(errno.ESTALE)     # written again: the spool file is what it shows now
         gen = self.store.generation
         if node.checked != gen:
