@@ -191,7 +191,7 @@ def _check_store(store: str, memory: bool) -> Path:
     if not path.is_dir():
         raise MountError(f"{path} is not a store directory")
     if not memory and not (path / "lmdb").is_dir():
-        if any(p.name not in (SPOOL_NAME, LOG_NAME, LOCK_NAME) for p in path.iterdir()):
+        if any(p.name not in (SPOOL_NAME, SPOOL_NAME + ".tmp", LOG_NAME, LOCK_NAME) for p in path.iterdir()):
             raise MountError(f"{path} is not a stowfs store (and not empty)")
     return path
 

@@ -518,6 +518,20 @@ def test_inbox_ops(fs, store):
     assert errno_of(fs.mkdir, inbox, "sd", 0o755) == errno.EEXIST
 
 
+def test_rename_a_directory_half_stored_half_spooled(fs, store, tmp_path):
+    store.put("d/a.json", conv("a"))
+    d, _ = walk(fs, "inbox/d")
+    write_inbox(fs, "d/b.json", conv("b"), settle=False)
+    fs.rename(TOP["inbox"], "d", TOP["inbox"], "e")
+    assert [i.name for i in store.iter_files()] == ["e/a.json"]
+    assert set(listdir(fs, "inbox/e")) == {"a.json", "b.json"}
+    assert set(listdir(fs, "conversations")) == {"e"}
+    assert cat(fs, "conversations/e/b.json") == conv("b")
+    fs.settle(everything=True)
+    assert sorted(i.name for i in store.iter_files()) == ["e/a.json", "e/b.json"]
+    assert spool_files(tmp_path) == []
+
+
 def test_temp_file_renamed_onto_a_stored_name(fs, store, tmp_path):
     """rsync and tempfile + os.replace: the temp name is never stored, the real one is."""
     store.put("d/x.json", conv("old"))
