@@ -571,6 +571,18 @@ def test_leftovers_are_never_stored(fs, store, tmp_path):
     assert list(store.iter_files()) == []
 
 
+def test_a_stored_file_renamed_to_a_backup_name_is_not_stored_under_it(fs, store, tmp_path):
+    """What an editor does on save: x -> x~, write x, remove x~."""
+    store.put("x.json", conv("old"))
+    fs.rename(TOP["inbox"], "x.json", TOP["inbox"], "x.json~")
+    assert list(store.iter_files()) == [] and spool_files(tmp_path) == ["x.json~"]
+    assert cat(fs, "inbox/x.json~") == conv("old")
+    write_inbox(fs, "x.json", conv("new"))
+    fs.unlink(TOP["inbox"], "x.json~")
+    assert [i.name for i in store.iter_files()] == ["x.json"] and store.get("x.json") == conv("new")
+    assert spool_files(tmp_path) == []
+
+
 def test_fsync_ingests_now(fs, store, tmp_path):
     fh, node, _ = fs.create(TOP["inbox"], "s.json", 0o644, os.O_WRONLY | os.O_CREAT)
     fs.write(fh, 0, conv("one"))

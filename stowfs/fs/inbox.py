@@ -375,8 +375,9 @@ class Inbox:
             os.close(fd)
             fd = -1
             with self._lock:
-                if self._kind(rel) == FILE and rel in self._pending:
-                    return self._pending[rel]          # made by another writer meanwhile
+                existing = self._spooled(rel)
+                if existing is not None:
+                    return existing                    # made by another writer meanwhile
                 self._make_parents(rel)
                 os.rename(tmp, self._spool(rel))
                 tmp = None
@@ -552,6 +553,11 @@ class Inbox:
         self._check_name(n2)
         src, dst = join(d1.path, n1), join(d2.path, n2)
         moves = []
+        if is_leftover(dst) and not is_leftover(src) and not os.path.lexists(self._spool(src)) \
+                and self._info(src) is not None:
+            # a stored file becomes an editor's backup (vim: x -> x~, then writes x): it
+            # moves into the spool, where leftovers live, instead of being stored as x~
+            self._copy_up(src, truncate=False)
         with self._lock:
             kind = self._kind(src)
             if kind is None:
