@@ -121,6 +121,8 @@ class Operations(pyfuse3.Operations):
             kw["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
             kw["mtime_ns"] = attr.st_mtime_ns
+        if kw and self.fs.is_inbox(inode):    # may copy a stored file into the spool first
+            return self._getattr(await _blocking(self.fs.setattr, inode, fh, **kw))
         return self._getattr(self.fs.setattr(inode, fh, **kw))
 
     @_handler

@@ -643,11 +643,14 @@ class Inbox:
             p = h.pending or self._pending.get(h.node.path)
         if p is None or p.gone:
             return None
-        dfd = os.open(os.path.dirname(self._spool(p.path)), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        d = p.path
+        while d:                 # its directory entry, and those of directories made for it
+            d = split(d)[0]
+            dfd = os.open(self._spool(d), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
         return None if is_leftover(p.path) else self.ingest(p, force=True)
 
     def due(self, now: Optional[float] = None, everything: bool = False) -> list[Pending]:

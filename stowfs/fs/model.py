@@ -481,6 +481,10 @@ class Filesystem:
         with h.lock:
             return reader.read(offset, size)
 
+    def is_inbox(self, ino: int) -> bool:
+        node = self._nodes.get(ino)
+        return node is not None and node.view == "inbox"
+
     def open_blocks(self, ino: int, flags: int) -> bool:
         """Whether open(ino, flags) may take a while (copy a stored file into the spool)."""
         node = self._nodes.get(ino)
