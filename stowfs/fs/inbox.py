@@ -218,6 +218,8 @@ class Inbox:
     # ------------------------------------------------------------------ conversations/ view
     def alias(self, rel: str) -> Optional[Node]:
         """conversations/rel's node while rel is a spool file waiting to be ingested."""
+        if rel not in self._pending:    # the common case, answered without the lock
+            return None
         with self._lock:
             p = self._pending.get(rel)
             if p is None or p.write_error or is_leftover(rel):
@@ -228,7 +230,7 @@ class Inbox:
 
     def spooled(self, rel: str) -> bool:
         """Whether conversations/rel is a spool file now (quick: no lock when none is)."""
-        return rel in self._pending and self.alias(rel) is not None
+        return self.alias(rel) is not None
 
     def alias_attr(self, node: Node) -> Attr:
         try:
