@@ -653,6 +653,75 @@ def test_writers_race_a_settling_inbox(fs, store):
     assert cat(fs, "conversations/r.jsonl") == expect
 
 
+NAMES = ["a.json", "b.json", "d/c.json", "d/.c.json.Xy12Zq", "a.json~"]
+NAME = st.sampled_from(NAMES[:3]) | st.sampled_from(NAMES)     # mostly real names
+OPS = st.one_of(
+    st.tuples(st.just("write"), NAME, st.binary(max_size=40), st.booleans()),
+    st.tuples(st.just("rename"), NAME, NAME),
+    st.tuples(st.just("unlink"), NAME),
+    st.tuples(st.just("fsync"), NAME),
+    st.tuples(st.just("settle")))
+
+
+@given(st.lists(OPS, max_size=30))
+@settings(max_examples=400, deadline=None)
+def test_inbox_behaves_like_a_directory(tmp_path_factory, ops):
+    """Any sequence of writes (truncating or appending), renames, removals, fsyncs and
+    settles: inbox/ reads like a plain directory after the same steps, conversations/
+    shows every file that is not a leftover, and in the end the store holds exactly those."""
+    store = MemoryStore(analyze=analyze)
+    spool = tmp_path_factory.mktemp("spool")
+    fs = Filesystem(store, spool, notifier=Recorder(), settle=3600)
+    fs.mkdir(TOP["inbox"], "d", 0o755)
+    ref: dict[str, bytes] = {}
+
+    def ino_of(path):
+        try:
+            return walk(fs, "inbox/" + path)[0]
+        except FileNotFoundError:
+            return None
+
+    for op in ops:
+        kind, name = op[0], (op[1] if len(op) > 1 else None)
+        if kind == "write":
+            data, append = op[2], op[3]
+            ino = ino_of(name)
+            if ino is None:
+                d, _, base = name.rpartition("/")
+                fh, node, _ = fs.create(walk(fs, "inbox/" + d)[0], base, 0o644, os.O_WRONLY | os.O_CREAT)
+                fs.remember(node)
+            else:
+                fh, _, _ = fs.open(ino, os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC))
+            fs.write(fh, 0, data)
+            fs.release(fh)
+            ref[name] = (ref.get(name, b"") if append else b"") + data
+        elif kind == "rename" and name in ref:
+            dst = op[2]
+            (d1, _, b1), (d2, _, b2) = name.rpartition("/"), dst.rpartition("/")
+            fs.rename(walk(fs, "inbox/" + d1)[0], b1, walk(fs, "inbox/" + d2)[0], b2)
+            ref[dst] = ref.pop(name)
+        elif kind == "unlink" and name in ref:
+            d, _, base = name.rpartition("/")
+            fs.unlink(walk(fs, "inbox/" + d)[0], base)
+            del ref[name]
+        elif kind == "fsync" and name in ref:
+            fh, _, _ = fs.open(ino_of(name), os.O_WRONLY)
+            fs.fsync(fh)
+            fs.release(fh)
+        elif kind == "settle":
+            fs.settle(everything=True)
+        for n in NAMES:
+            if n in ref:
+                assert cat(fs, "inbox/" + n) == ref[n], (op, n)
+                if not is_leftover(n):
+                    assert cat(fs, "conversations/" + n) == ref[n], (op, n)
+            else:
+                assert ino_of(n) is None, (op, n)
+    fs.settle(everything=True)
+    assert {i.name: store.get(i.name) for i in store.iter_files()} == \
+        {n: data for n, data in ref.items() if not is_leftover(n)}
+
+
 def test_inbox_write_error_is_reported_and_nothing_stored(fs, store, monkeypatch, caplog):
     fh, node, _ = fs.create(TOP["inbox"], "f.json", 0o644, os.O_WRONLY)
     fs.write(fh, 0, b"part")
