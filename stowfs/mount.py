@@ -38,6 +38,7 @@ from pathlib import Path
 log = logging.getLogger("stowfs.mount")
 
 READY_TIMEOUT = 120.0   # seconds the calling process waits for the daemon's mount
+UMOUNT_WAIT = 600.0     # seconds umount waits for the daemon to finish (and free the store)
 LOCK_NAME = "mount.lock"
 SPOOL_NAME = "spool"
 LOG_NAME = "mount.log"
@@ -487,8 +488,8 @@ def cmd_umount(args) -> int:
         if "busy" in why.lower():
             why = f"{mp} is busy (a process is using it); close it and retry"
         return _err(why)
-    if daemon:
-        deadline = time.monotonic() + 30
+    if daemon:      # it ingests what inbox/ still holds before it exits: the store is free after
+        deadline = time.monotonic() + UMOUNT_WAIT
         while time.monotonic() < deadline and _alive(daemon):
             time.sleep(0.05)
     return 0
