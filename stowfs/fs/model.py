@@ -1,8 +1,10 @@
 """The filesystem model: the store shown as a tree of inodes. No FUSE library here.
 
-    /                       root (read-only)
-    inbox/                  writable; ingested on close (inbox.py)
-    conversations/PATH      original bytes            (inode 16 + file_id*8 + 0)
+    /                       root (read-only: EROFS)
+    inbox/                  writable: spool files and what is stored at the same paths;
+                            a file is ingested once it has settled or on fsync (inbox.py)
+    conversations/PATH      original bytes            (inode 16 + file_id*8 + 0); a spool
+                            file waiting to be ingested is served from the spool
     text/PATH.txt           readable transcript       (... + 1)
     FOLDER/PATH SUFFIX      every other view of the registry (stowfs.views): compact/PATH.jsonl
                             (... + 4), lean/PATH (... + 5); sized from the "views" fact
@@ -43,7 +45,7 @@ from typing import Callable, Iterator, Optional
 from ..store import stats_json
 from ..errors import Corrupt, InvalidName, NotFound
 from .cache import ByteLRU
-from .inbox import Inbox
+from .inbox import DEFAULT_QUIET, Inbox
 from .names import (BUDGET, BUDGET_LISTED, BY_KEYS, FILE_CODES, FOLDER_SUFFIX, REPORT_FILES, ROOT_INO,
                     STATS_INO, STORE_FOLDERS, TOP, budget_of, budget_view, dir_ino, file_ino,
                     fits, flat, join, link_target, split, unflat)
@@ -60,6 +62,7 @@ WHOLE_LIMIT = 16 << 20
 STORE_VIEWS = STORE_FOLDERS        # folder -> view, every view of the registry (names.py)
 READER_VIEWS = ("original", "text")  # decoded range by range; the others are rendered whole
 BUDGET_ENTRY_TIMEOUT = 1.0          # budget/ names are not invalidated when a file changes
+INBOX_VIEWS = ("inbox", "spool", "inbox-error", "stats", "report")   # nodes with no stored record
 
 
 class Notifier:
@@ -84,16 +87,17 @@ def index_value(info, key: str) -> Optional[str]:
 class Filesystem:
     def __init__(self, store, spool_dir, *, cache_bytes: int = 64 << 20,
                  notifier: Optional[Notifier] = None, uid: Optional[int] = None,
-                 gid: Optional[int] = None):
+                 gid: Optional[int] = None, settle: float = DEFAULT_QUIET):
         self.store = store
         self.notifier = notifier or Notifier()
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.cache = ByteLRU(cache_bytes)
         self.whole_limit = min(WHOLE_LIMIT, max(cache_bytes // 4, 1 << 20))
-        self.mount_time = time.time()
+        self.mount_time = time.time_ns()
         self._lock = threading.RLock()
-        self.inbox = Inbox(store, spool_dir, self._lock)
+        self.inbox = Inbox(store, spool_dir, self._lock, quiet=settle,
+                           on_conv=self._conv_changed, on_store=self._changed)
         self._nodes: dict[int, Node] = {ROOT_INO: Node(ROOT_INO, DIR, "root", "")}
         for name, ino in TOP.items():
             view = "stats" if ino == STATS_INO else name
@@ -121,7 +125,7 @@ class Filesystem:
             known = self._nodes.get(node.ino)
             if known is None:
                 self._nodes[node.ino] = known = node
-            elif known is not node and node.view != "inbox":
+            elif known is not node and node.view not in INBOX_VIEWS:
                 known.path, known.info = node.path, node.info   # e.g. renamed since
             known.nlookup += 1
             return known
@@ -134,6 +138,8 @@ class Filesystem:
             node.nlookup -= n
             if node.nlookup <= 0:
                 del self._nodes[ino]
+                if node.view == "inbox":
+                    self.inbox.forget(node)
 
     def known_inodes(self) -> int:
         return len(self._nodes)
@@ -261,25 +267,32 @@ class Filesystem:
         v = node.view
         if v == "inbox":
             return self.inbox.attr(node)
+        if v == "spool":
+            return self.inbox.alias_attr(node)
+        if v == "inbox-error":
+            return Attr(node.ino, stat.S_IFREG | 0o444, len(self.inbox.error_text(node.path)),
+                        time.time_ns(), attr_timeout=0, entry_timeout=0)
         if node.kind == DIR:
             perm = 0o755 if v in ("inbox", "conversations") else 0o555
             return Attr(node.ino, stat.S_IFDIR | perm, 0, self.mount_time)
         if v == "stats":
-            return Attr(node.ino, stat.S_IFREG | 0o444, len(self._stats_json()), time.time(),
+            return Attr(node.ino, stat.S_IFREG | 0o444, len(self._stats_json()), time.time_ns(),
                         attr_timeout=0)
         if v == "report":
-            return Attr(node.ino, stat.S_IFREG | 0o444, len(self._report(node.path)), time.time(),
+            return Attr(node.ino, stat.S_IFREG | 0o444, len(self._report(node.path)), time.time_ns(),
                         attr_timeout=0)
         info = node.info
         if node.kind == LINK:
-            return Attr(node.ino, stat.S_IFLNK | 0o777, len(link_target(info.name).encode()), info.mtime)
+            return Attr(node.ino, stat.S_IFLNK | 0o777, len(link_target(info.name).encode()), info.mtime_ns)
+        if v == "conversations":      # the original keeps the mode it was written with
+            return Attr(node.ino, stat.S_IFREG | info.mode, info.size, info.mtime_ns)
         if v in STORE_VIEWS:
-            return Attr(node.ino, stat.S_IFREG | 0o444, self._view_size(info, v), info.mtime)
+            return Attr(node.ino, stat.S_IFREG | 0o444, self._view_size(info, v), info.mtime_ns)
         if budget_of(v) is not None:
             size = len(self._render_view(info, v))
-            return Attr(node.ino, stat.S_IFREG | 0o444, size, info.mtime,
+            return Attr(node.ino, stat.S_IFREG | 0o444, size, info.mtime_ns,
                         entry_timeout=BUDGET_ENTRY_TIMEOUT)
-        return Attr(node.ino, stat.S_IFREG | 0o444, len(error_text(info)), info.mtime)
+        return Attr(node.ino, stat.S_IFREG | 0o444, len(error_text(info)), info.mtime_ns)
 
     def readlink(self, ino: int) -> str:
         node = self._node(ino)
@@ -307,10 +320,13 @@ class Filesystem:
                 return self._nodes[REPORT_FILES[name]]
         elif v == "conversations":
             path = join(d.path, name)
+            alias = self.inbox.alias(path)     # written, not ingested yet: the spool file
+            if alias is not None:
+                return alias
             info = self._info(path)
             if info is not None:
                 return self._file_node(v, info)
-            if self.store.is_dir(path):
+            if self._conv_is_dir(path):
                 return self._dir_node(v, path)
         elif v in STORE_VIEWS or budget_of(v) is not None:
             suffix = FOLDER_SUFFIX.get(v, ".txt")
@@ -331,6 +347,9 @@ class Filesystem:
                 return node
         elif v == "errors":
             path = unflat(name[:-4]) if name.endswith(".txt") else None
+            failed = self.inbox.error_node(path) if path else None
+            if failed is not None:
+                return failed
             info = self._info(path) if path else None
             if info is not None and info.error:
                 return self._file_node(v, info)
@@ -357,15 +376,27 @@ class Filesystem:
         out = []
         if v in STORE_VIEWS or budget_of(v) is not None:
             suffix = FOLDER_SUFFIX.get(v, ".txt")
+            spooled = self.inbox.pending_entries(d.path) if v == "conversations" else {}
             for name, info in self.store.listdir(d.path):
+                if name in spooled:
+                    continue
                 if info is None:
                     out.append((name, self._dir_node(v, join(d.path, name))))
                 else:
                     out.append((name + suffix, self._file_node(v, info)))
+            for name, alias in spooled.items():
+                out.append((name, alias if alias is not None else self._dir_node(v, join(d.path, name))))
         elif v == BUDGET:
             out = [(str(n), self._dir_node(budget_view(n), "")) for n in BUDGET_LISTED]
         elif v == "errors":
-            out = [(flat(i.name) + ".txt", self._file_node(v, i)) for i in self._error_files()]
+            failed = {}
+            for path in list(self.inbox.failures):
+                node = self.inbox.error_node(path)
+                if node is not None:
+                    failed[flat(path) + ".txt"] = node
+            out = [(flat(i.name) + ".txt", self._file_node(v, i)) for i in self._error_files()
+                   if flat(i.name) + ".txt" not in failed]
+            out += list(failed.items())
         elif v in BY_KEYS:
             key = BY_KEYS[v]
             if not d.path:
@@ -390,7 +421,8 @@ class Filesystem:
         (re)reads the directory (may block); later calls continue the same listing."""
         dh = self._handle(fh)
         if start_id == 0 or not dh.entries:
-            gen, memo = self.store.generation, dh.node.listing
+            # conversations/ and errors/ also show the inbox's spool files and failures
+            gen, memo = (self.store.generation, self.inbox.epoch), dh.node.listing
             if memo is not None and memo[0] == gen:
                 dh.entries, dh.inos = memo[1], memo[2]
                 return self._entries(dh, bisect_right(dh.inos, start_id))
@@ -441,10 +473,14 @@ class Filesystem:
         node = self._node(ino)
         if node.view == "inbox":
             return self._add_handle(self.inbox.open(node, flags)), False, False
+        if node.view == "spool":
+            return self._add_handle(self.inbox.open_alias(node, flags)), False, False
         if node.kind == DIR:
             raise fs_error(errno.EISDIR)
         if accmode_writes(flags):
-            raise fs_error(errno.EACCES, "only inbox/ is writable")
+            raise fs_error(errno.EROFS, "only inbox/ is writable")
+        if node.view == "inbox-error":
+            return self._add_handle(Handle(node, data=self.inbox.error_text(node.path))), False, True
         if node.view == "stats":
             return self._add_handle(Handle(node, data=self._stats_json())), False, True
         if node.view == "report":
@@ -459,6 +495,8 @@ class Filesystem:
         # generation has not moved since the last check, node.info is still current and
         # the lookup of the file's record can be skipped. The generation is read first,
         # so a change racing with the check only makes the next open check again.
+        if node.view == "conversations" and self.inbox.spooled(node.path):
+            raise fs_error(errno.ESTALE)     # written again: the spool file is what it shows now
         gen = self.store.generation
         if node.checked != gen:
             current = self._info(node.path)
@@ -537,44 +575,61 @@ class Filesystem:
         with h.lock:
             return reader.read(offset, size)
 
+    def is_inbox(self, ino: int) -> bool:
+        node = self._nodes.get(ino)
+        return node is not None and node.view == "inbox"
+
+    def open_blocks(self, ino: int, flags: int) -> bool:
+        """Whether open(ino, flags) may take a while (copy a stored file into the spool)."""
+        node = self._nodes.get(ino)
+        return node is not None and node.view == "inbox" and self.inbox.open_blocks(node, flags)
+
     def write(self, fh: int, offset: int, data: bytes) -> int:
         h = self._handle(fh)
-        if h.fd < 0:
+        if h.fd < 0 or not h.writable:
             raise fs_error(errno.EBADF)
         return self.inbox.write(h, offset, data)
 
-    def pending_ingest(self, fh: int) -> bool:
-        """Whether flush/release of fh will ingest (then call them off the event loop)."""
-        h = self._handles.get(fh)
-        return h is not None and h.fd >= 0 and Inbox.pending(h)
-
-    def flush(self, fh: int) -> None:
-        """close(): for a written inbox file, ingest it now, so that when close() returns
-        the file is committed and visible under conversations/."""
-        h = self._handle(fh)
-        if h.fd >= 0:
-            self._ingested(h, self.inbox.flush(h))
-
     def fsync(self, fh: int) -> None:
+        """fsync(): an inbox file reaches the disk and is ingested now."""
         h = self._handle(fh)
         if h.fd >= 0:
-            os.fsync(h.fd)
+            self._ingested(self.inbox.fsync(h))
 
     def release(self, fh: int) -> None:
         with self._lock:
             h = self._handles.pop(fh, None)
         if h is not None and h.fd >= 0:
-            self._ingested(h, self.inbox.release(h))
+            self.inbox.release(h)
 
-    def _ingested(self, h: Handle, result) -> None:
-        if result is None:
-            return
-        path, old, new = result
-        if h.node.ingested:
-            parent, name = self.inbox.parent_of(h.node)
-            if parent:
-                self.notifier.entry(parent, name)
-        self._changed(path, old, new)
+    def settle(self, everything: bool = False) -> int:
+        """Ingest the inbox files that have settled (everything: all that no writer holds,
+        as at unmount). Returns how many were stored."""
+        n = 0
+        for p in self.inbox.due(everything=everything):
+            result = self.inbox.ingest(p)
+            if result is not None:
+                n += 1
+                self._ingested(result)
+        return n
+
+    def _ingested(self, result) -> None:
+        if result is not None:
+            self._changed(*result)
+
+    def _conv_is_dir(self, path: str) -> bool:
+        return self.store.is_dir(path) or self.inbox.pending_dir(path)
+
+    def _conv_changed(self, path: str) -> None:
+        """What conversations/path shows changed between a spool file and the store."""
+        d, name = split(path)
+        self.notifier.entry(dir_ino("conversations", d), name)
+        if self.inbox.pending_dir(d) or self._info(path) is not None:
+            return                    # still there: its directories are too
+        while d and not self._conv_is_dir(d):
+            parent, name = split(d)
+            self.notifier.entry(dir_ino("conversations", parent), name)
+            d = parent
 
     # ================================================================== changes
     def create(self, parent: int, name: str, mode: int, flags: int) -> tuple[int, Node, Attr]:
@@ -596,7 +651,7 @@ class Filesystem:
         if d.kind != DIR:
             raise fs_error(errno.ENOTDIR)
         if d.view != "inbox":
-            raise fs_error(errno.EACCES, "only inbox/ is writable")
+            raise fs_error(errno.EROFS, "only inbox/ is writable")
         return d
 
     def setattr(self, ino: int, fh: Optional[int] = None, *, size=None, mode=None,
@@ -604,10 +659,13 @@ class Filesystem:
         """truncate, chmod, utime: inbox/ only (ownership changes are accepted and ignored)."""
         node = self._node(ino)
         if node.view != "inbox":
-            raise fs_error(errno.EACCES, "only inbox/ is writable")
+            if size is None and mode is None and atime_ns is None and mtime_ns is None:
+                return self._attr(node)         # chown and the like: accepted, ignored
+            raise fs_error(errno.EROFS, "only inbox/ is writable")
         h = self._handles.get(fh) if fh is not None else None
         fd = h.fd if isinstance(h, Handle) else -1
-        return self.inbox.setattr(node, fd, size=size, mode=mode, atime_ns=atime_ns, mtime_ns=mtime_ns)
+        return self.inbox.setattr(node, fd, size=size, mode=mode, atime_ns=atime_ns, mtime_ns=mtime_ns,
+                                  pending=h.pending if isinstance(h, Handle) else None)
 
     def unlink(self, parent: int, name: str) -> None:
         """rm: in inbox/ drops the spool file; in conversations/ deletes the conversation."""
@@ -617,9 +675,12 @@ class Filesystem:
             return
         node = self._child(d, name)
         if d.view != "conversations":
-            raise fs_error(errno.EACCES, "only conversations/ and inbox/ entries can be removed")
+            raise fs_error(errno.EROFS, "only conversations/ and inbox/ entries can be removed")
         if node.kind == DIR:
             raise fs_error(errno.EISDIR)
+        if node.view == "spool":        # not ingested yet: rm of inbox/PATH
+            self.inbox.unlink(self.inbox.node(d.path) or self.inbox.top, name)
+            return
         self.store.remove(node.path)
         # Keep the kernel's entries of directories this emptied: `rm -r` rmdirs them next.
         self._changed(node.path, node.info, None,
@@ -632,7 +693,7 @@ class Filesystem:
             return
         if d.view != "conversations":
             self._child(d, name)
-            raise fs_error(errno.EACCES, "only conversations/ and inbox/ entries can be removed")
+            raise fs_error(errno.EROFS, "only conversations/ and inbox/ entries can be removed")
         path = join(d.path, name)
         if self._info(path) is not None:
             raise fs_error(errno.ENOTDIR)
@@ -652,9 +713,11 @@ class Filesystem:
             return
         src = self._child(d1, n1)
         if d1.view != "conversations":
-            raise fs_error(errno.EACCES, "only conversations/ and inbox/ entries can be renamed")
+            raise fs_error(errno.EROFS, "only conversations/ and inbox/ entries can be renamed")
         if d2.view != "conversations":
             raise fs_error(errno.EXDEV)
+        if src.view == "spool" or self.inbox.pending_dir(src.path):
+            raise fs_error(errno.EBUSY, "not ingested yet: rename it in inbox/")
         dst_path = join(d2.path, n2)
         dst_info = self._info(dst_path)
         if noreplace and (dst_info is not None or self.store.is_dir(dst_path)):
@@ -743,7 +806,7 @@ class Filesystem:
         self._seen_generation = gen
         with self._lock:
             nodes = [n for n in self._nodes.values()
-                     if n.ino not in self._fixed and n.view not in ("inbox", "stats", "report")]
+                     if n.ino not in self._fixed and n.view not in INBOX_VIEWS]
         for n in nodes:
             if n.kind == DIR:
                 if budget_of(n.view) is not None:

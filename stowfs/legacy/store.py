@@ -78,6 +78,14 @@ def _u64(n: int) -> bytes:
     return _U64.pack(n)
 
 
+def _times(mtime, mtime_ns, mode) -> tuple[float, dict]:
+    """put's mtime as a float, and the record keys for an exact mtime_ns and a mode."""
+    if mtime_ns is None:
+        return (time.time() if mtime is None else float(mtime)), ({} if mode is None else {"mo": mode & 0o7777})
+    extra = {"mn": int(mtime_ns)} if mode is None else {"mn": int(mtime_ns), "mo": mode & 0o7777}
+    return (mtime_ns / 1e9 if mtime is None else float(mtime)), extra
+
+
 @dataclass(frozen=True)
 class FileInfo:
     name: str
@@ -95,6 +103,8 @@ class FileInfo:
     messages: int = 0
     conversations: int = 0
     facts: dict = field(default_factory=dict, compare=False)   # stowfs.facts, from the record
+    mtime_ns: int = 0       # integer ns (records without one: from mtime)
+    mode: int = 0o644       # st_mode permission bits (records without one: 0644)
 
 
 @dataclass(frozen=True)
@@ -1037,7 +1047,8 @@ class Store:
                         format=h["fm"], application=h.get("ap"), model=h.get("md"),
                         models=tuple(h.get("ms") or ()), day=h.get("dy"), mtime=h["mt"],
                         error=h.get("er"), sha256=h["sh"].hex(), messages=h.get("nm", 0),
-                        conversations=h.get("nc", 0), facts=h.get("x") or {})
+                        conversations=h.get("nc", 0), facts=h.get("x") or {},
+                        mtime_ns=h.get("mn", round(h["mt"] * 1e9)), mode=h.get("mo", 0o644))
 
     def _file_id(self, txn, name: str) -> Optional[int]:
         v = txn.get(name.encode("utf-8"), db=self._names)
@@ -1054,30 +1065,35 @@ class Store:
         return h
 
     # ----------------------------------------------------------------- writing
-    def put(self, name: str, data: bytes, *, mtime: Optional[float] = None) -> PutResult:
+    def put(self, name: str, data: bytes, *, mtime: Optional[float] = None,
+            mtime_ns: Optional[int] = None, mode: Optional[int] = None) -> PutResult:
         name = check_name(name)
-        mtime = time.time() if mtime is None else float(mtime)
+        mtime, extra = _times(mtime, mtime_ns, mode)
         if len(data) <= limits.MAX_PARSE_BYTES:
             plan = plan_bytes(name, data, mtime, self.near_threshold > 0)
+            plan.meta.update(extra)
             work = lambda txn: self._apply(txn, plan)  # noqa: E731
         else:
-            work = lambda txn: self._stream(txn, name, lambda: io.BytesIO(data), len(data), mtime)  # noqa: E731
+            work = lambda txn: self._stream(txn, name, lambda: io.BytesIO(data), len(data), mtime, extra)  # noqa: E731
         result = self._write(work)
         self._maybe_train()
         return result
 
-    def put_file(self, name: str, src, *, mtime: Optional[float] = None) -> PutResult:
+    def put_file(self, name: str, src, *, mtime: Optional[float] = None,
+                 mtime_ns: Optional[int] = None, mode: Optional[int] = None) -> PutResult:
         name = check_name(name)
-        mtime = time.time() if mtime is None else float(mtime)
+        mtime, extra = _times(mtime, mtime_ns, mode)
         try:
             plan = plan_path(name, src, mtime, self.near_threshold > 0)
+            if plan is not None:
+                plan.meta.update(extra)
             size = plan.size if plan is not None else os.path.getsize(src)
         except OSError as e:
             raise NotFound(f"cannot read {src}: {e.strerror}") from None
         if plan is not None:
             work = lambda txn: self._apply(txn, plan)  # noqa: E731
         else:
-            work = lambda txn: self._stream(txn, name, lambda: open(src, "rb"), size, mtime)  # noqa: E731
+            work = lambda txn: self._stream(txn, name, lambda: open(src, "rb"), size, mtime, extra)  # noqa: E731
         result = self._write(work)
         self._maybe_train()
         return result
@@ -1159,7 +1175,7 @@ class Store:
         return self._record_file(txn, ing, plan.name, plan.size, plan.mtime, plan.sha, plan.meta,
                                  plan.text.size, plan.pieces)
 
-    def _stream(self, txn, name: str, opener, size: int, mtime: float) -> PutResult:
+    def _stream(self, txn, name: str, opener, size: int, mtime: float, extra=None) -> PutResult:
         """Store a file too large to hold in memory, a window at a time (not parsed)."""
         self._check_place(txn, name)
         ing = _Ingest(self, txn)
@@ -1168,7 +1184,8 @@ class Store:
         if nread != size or opl.size != size:
             raise StowError(f"{name}: size changed while it was being stored")
         ing.flush()
-        return self._record_file(txn, ing, name, size, mtime, sha, describe(parsed), tpl.size, pieces)
+        return self._record_file(txn, ing, name, size, mtime, sha, {**describe(parsed), **(extra or {})},
+                                 tpl.size, pieces)
 
     def _record_file(self, txn, ing: "_Ingest", name: str, size: int, mtime: float, sha: bytes,
                      meta: dict, text_size: int, pieces: bytes) -> PutResult:

@@ -463,7 +463,7 @@ class Stowfs(Peer):
             self.mount(mp, ready=mp / "inbox")
             try:
                 run_checked(["cp", "-r", str(self.src), str(mp / "inbox") + "/"], timeout=7200)
-                self._wait_inbox_empty(mp / "inbox" / self.src.name)
+                self._wait_inbox_empty(self.stored_path() / "spool")
                 self._wait_idle_compaction(mp)
             finally:
                 self.umount()
@@ -489,6 +489,8 @@ class Stowfs(Peer):
 
     @staticmethod
     def _wait_inbox_empty(path: Path, timeout: float = 3600) -> None:
+        """Until the spool (STORE/spool) holds no file: inbox/ shows what is stored, so it
+        never empties; files are ingested once settled."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if not path.exists() or not any(p.is_file() for p in path.rglob("*")):
