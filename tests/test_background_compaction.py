@@ -50,6 +50,7 @@ def test_inbox_store_compacts_itself_when_idle(mounter, tmp_path):
     m = mounter()
     m.start("--idle-compact", "1")
     names = copy_tree(src, m / "inbox" / "cc")
+    m.settled()
     st = wait_compacted(m)
     assert st["files"] == len(names)
     for rel in names:
@@ -67,13 +68,15 @@ def test_kill_9_during_background_compaction_loses_nothing(mounter):
     src = corpus_dir() / "claude-code-spotter"
     m = mounter()
     rnd = random.Random(3)
-    m.start("--idle-compact", "0.2")
+    m.start("--idle-compact", "0.2", "--settle", "0.2")
     names = copy_tree(src, m / "inbox" / "cc")
+    m.settled()
     for _ in range(4):
         time.sleep(rnd.uniform(0.1, 1.5))      # somewhere in the pass, or after it
         m.kill9()
         assert subprocess.run([*CLI, "verify", str(m.store)], capture_output=True).returncode == 0
-        m.start("--idle-compact", "0.2")
+        m.start("--idle-compact", "0.2", "--settle", "0.2")
+    m.settled()
     wait_compacted(m)
     for rel in names:
         assert (m / "conversations" / "cc" / rel).read_bytes() == (src / rel).read_bytes()

@@ -404,8 +404,8 @@ def test_mount_refuses_places_it_would_deadlock_on_or_hide(mounter, tmp_path):
     assert r.returncode == 2 and "is not empty" in r.stderr and "-o nonempty" in r.stderr
     assert r.stderr.count("\n") == 1 and not m.mounted()
     m.start("-o", "nonempty")                    # asked for: mounted over it
-    assert sorted(os.listdir(m.path)) == ["by-app", "by-day", "by-model", "conversations", "errors",
-                                          "inbox", "reports", "stats.json", "text"]
+    assert {"by-app", "by-day", "by-model", "conversations", "errors", "inbox", "reports", "stats.json",
+            "text"} <= set(os.listdir(m.path))
     m.umount()
     assert (m.path / "mine.txt").read_text() == "a file the mount would hide"
     (m.path / "mine.txt").unlink()

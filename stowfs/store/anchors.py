@@ -160,14 +160,19 @@ class Index:
         self.runs[run_id] = (frames.header(frame, frames.ANCHORS, run_id).hash, k2, p2)
         self.pending = {}
         if len(self.runs) > limits.ANCHOR_RUNS_MAX:
-            self.merge(txn)
+            # tiered: merge the small runs into one, leave the largest (what compaction
+            # merged) alone, so a small ingest never rewrites the whole index
+            biggest = max(self.runs, key=lambda r: len(self.runs[r][1]))
+            self.merge(txn, only=[r for r in self.runs if r != biggest])
 
-    def merge(self, txn, keep=None) -> None:
-        """Rewrite every run as one (keep(positions) -> bool mask drops anchors)."""
-        if not self.runs:
+    def merge(self, txn, keep=None, only=None) -> None:
+        """Rewrite every run (or the runs `only`) as one (keep(positions) -> bool mask
+        drops anchors)."""
+        ids = sorted(self.runs if only is None else only)
+        if not ids:
             return
-        keys = np.concatenate([r[1] for r in self.runs.values()])
-        pos = np.concatenate([r[2] for r in self.runs.values()])
+        keys = np.concatenate([self.runs[r][1] for r in ids])
+        pos = np.concatenate([self.runs[r][2] for r in ids])
         if keep is not None and len(pos):
             m = keep(pos)
             keys, pos = keys[m], pos[m]
@@ -178,9 +183,9 @@ class Index:
         first[1:] = keys[1:] != keys[:-1]
         keys, pos = keys[first], pos[first]
         top = max(self.runs)
-        for run_id in list(self.runs):
+        for run_id in ids:
             txn.delete(_KEY.pack(run_id), db=self.db)
-        self.runs = {}
+            del self.runs[run_id]
         run_id = top + 1
         frame = encode_run(run_id, keys, pos)
         txn.put(_KEY.pack(run_id), frame, db=self.db)
