@@ -82,6 +82,19 @@ def parse_store(path: Path) -> dict:
             _, raw, _ = frame(v, 0x21, gid)
             cols = msgpack.unpackb(raw, strict_map_key=False)
             assert len(cols) == 15
+            paths, values, absent = cols[12]
+            facts = [{} for _ in cols[0]]
+            for path, vals, gone in zip(paths, values, absent):
+                for i, v in enumerate(vals):
+                    if i in gone:
+                        continue
+                    d = facts[i]
+                    keys = path.split("\x00")
+                    for k in keys[:-1]:
+                        d = d.setdefault(k, {})
+                    d[keys[-1]] = v
+            cols[12] = facts
+            assert all(f["views"]["text"][1] >= 0 for f, e in zip(facts, cols[9]) if e is None)
             ids, acc = [], 0
             for i, d in enumerate(cols[0]):
                 acc = d if i == 0 else acc + d

@@ -78,7 +78,7 @@ class Env:
             try:
                 self.env = lmdb.open(str(envdir), map_size=map_size, max_dbs=len(DATABASES) + 16,
                                      readonly=readonly, readahead=False, meminit=False,
-                                     max_readers=256, lock=True, mode=0o600, subdir=True)
+                                     max_readers=limits.MAX_READERS, lock=True, mode=0o600, subdir=True)
             except lmdb.Error as e:
                 if disk_full(e):
                     raise StoreFull(f"no space left on device: cannot open the store at {self.path}") from None
@@ -270,7 +270,7 @@ class Env:
             os.replace(tmp / "data.mdb", envdir / "data.mdb")
             shutil.rmtree(tmp)
             self.env = lmdb.open(str(envdir), map_size=self._map_size(), max_dbs=len(DATABASES) + 16,
-                                 readonly=False, readahead=False, meminit=False, max_readers=256,
+                                 readonly=False, readahead=False, meminit=False, max_readers=limits.MAX_READERS,
                                  lock=True, mode=0o600, subdir=True)
             self.db = {}
             self.open_databases(names)
