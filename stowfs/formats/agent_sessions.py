@@ -13,7 +13,7 @@ from ..conversation import (ASSISTANT, SYSTEM, TEXT, THINKING, TOOL, TOOL_CALL, 
                             Conversation, Message, Part)
 from .chat_api import ItemsBuilder
 from .common import (add_usage, compact_json, content_parts, finish, function_response_parts,
-                     time_range)
+                     main_model, time_range)
 
 CLAUDE_CODE = "claude-code-jsonl"
 CODEX = "codex-rollout-jsonl"
@@ -69,12 +69,138 @@ def session_kind(lines: list) -> Optional[str]:
 
 # --- Claude Code ----------------------------------------------------------------------
 
+class _Thread:
+    """Claude Code lines -> messages of one thread (the main one, or a nested one)."""
+
+    def __init__(self) -> None:
+        self.msgs: list[Message] = []
+        self.usage_by_id: dict[str, Any] = {}
+        self.usage: dict[str, int] = {}
+        self.last_id: Optional[str] = None
+
+    def add(self, d: dict) -> None:
+        msgs = self.msgs
+        ts = _s(d.get("timestamp"))
+        t = d.get("type")
+        m = d.get("message")
+        if t == "assistant" and isinstance(m, dict):
+            mid = _s(m.get("id"))
+            parts = content_parts(m.get("content"))
+            model = _s(m.get("model"))
+            if mid is not None and mid == self.last_id and msgs and msgs[-1].role == ASSISTANT:
+                msgs[-1].parts.extend(parts)        # one API message streamed over lines
+            else:
+                msgs.append(Message(role=ASSISTANT, parts=parts, timestamp=ts, model=model))
+            self.last_id = mid
+            if mid is not None:
+                self.usage_by_id[mid] = m.get("usage")   # repeated per line: count once
+            else:
+                add_usage(self.usage, m.get("usage"))
+            return
+        if t == "user" and isinstance(m, dict):
+            role = m.get("role") if isinstance(m.get("role"), str) else USER
+            msgs.append(Message(role=role, parts=content_parts(m.get("content")), timestamp=ts))
+        elif t == "system" and isinstance(d.get("content"), str) and d["content"]:
+            msgs.append(Message(role=SYSTEM, parts=[Part(kind=TEXT, text=d["content"])],
+                                name=_s(d.get("subtype")), timestamp=ts, event=True))
+        elif t == "summary" and isinstance(d.get("summary"), str):
+            msgs.append(Message(role=SYSTEM, parts=[Part(kind=TEXT, text=d["summary"])],
+                                name="summary", timestamp=ts, event=True))
+        elif t == "attachment" and isinstance(d.get("attachment"), dict):
+            msg = _attachment(d["attachment"], ts)
+            if msg is None:
+                return
+            msgs.append(msg)
+        else:
+            return
+        self.last_id = None
+
+    def total_usage(self) -> dict[str, int]:
+        out = dict(self.usage)
+        for u in self.usage_by_id.values():
+            add_usage(out, u)
+        return out
+
+
+# attachment keys whose strings are what the attachment says, in this order
+_ATTACH_TEXT = ("prompt", "command", "snippet", "content", "stdout", "stderr", "planContent",
+                "text", "message", "additionalContext", "file")
+
+
+def _attachment_texts(value: Any, out: list[Part], depth: int = 0) -> None:
+    if isinstance(value, str):
+        if value:
+            out.append(Part(kind=TEXT, text=value))
+    elif isinstance(value, list) and depth < 4:
+        if value and all(isinstance(b, dict) and "type" in b for b in value):
+            out.extend(content_parts(value))           # content blocks
+        else:
+            for v in value:
+                _attachment_texts(v, out, depth + 1)
+    elif isinstance(value, dict) and depth < 4:
+        for key in _ATTACH_TEXT:
+            if key in value:
+                _attachment_texts(value[key], out, depth + 1)
+
+
+def _attachment(a: dict, ts: Optional[str]) -> Optional[Message]:
+    """A Claude Code 2.1 `attachment` line: a prompt queued while the agent was busy
+    (queued_command), a file the user edited (edited_text_file), a hook's output
+    (hook_*), a file or plan read into the context, ..."""
+    kind = _s(a.get("type")) or "attachment"
+    parts: list[Part] = []
+    for key in ("filename", "filePath", "planFilePath", "hookName"):
+        if isinstance(a.get(key), str) and a[key]:
+            parts.append(Part(kind=TEXT, text=a[key]))
+            break
+    _attachment_texts(a, parts)
+    if kind == "queued_command":
+        mode = _s(a.get("commandMode"))
+        label = "queued" if mode in (None, "prompt") else f"queued {mode}"
+        return Message(role=USER, parts=parts, timestamp=ts, label=label)
+    if not parts:
+        return None
+    return Message(role=SYSTEM, parts=parts, name=kind, timestamp=ts, event=True)
+
+
+def _task_calls(msgs: list[Message]) -> dict[str, tuple[int, Part]]:
+    """call id -> (index of the message holding it, the call) for every tool call."""
+    out = {}
+    for i, m in enumerate(msgs):
+        for p in m.parts:
+            if p.kind == TOOL_CALL and p.call_id:
+                out[p.call_id] = (i, p)
+    return out
+
+
+def _subagent_label(call: Optional[Part], fallback: str) -> str:
+    if call is not None and call.text:
+        try:
+            import json
+            args = json.loads(call.text)
+        except (ValueError, RecursionError):
+            args = None
+        if isinstance(args, dict):
+            bits = [x for x in (args.get("subagent_type"), args.get("description"))
+                    if isinstance(x, str) and x]
+            if bits:
+                return "subagent " + ": ".join(bits)
+    return fallback
+
+
 def parse_claude_code(lines: list) -> Conversation:
+    """A Claude Code session. Subagent threads kept in the same file — `isSidechain` lines
+    (Claude Code <= 1.0) and the `agent_progress` lines of 2.x, which copy a running
+    subagent's messages — are nested blocks placed right after the message with the Task
+    call that started them (matched by the call's prompt, or its tool-use id)."""
     conv = Conversation(application="claude-code")
-    msgs = conv.messages
+    main = _Thread()
     stamps: list[str] = []
-    usage_by_id: dict[str, Any] = {}
-    last_id: Optional[str] = None
+    all_side = all(d.get("isSidechain") is True for d in lines
+                   if isinstance(d, dict) and d.get("type") in ("user", "assistant"))
+    # nested threads: key -> (thread, main message count when it began, call id if known)
+    nested: dict[str, tuple[_Thread, int, Optional[str]]] = {}
+    side_root: dict[str, str] = {}             # sidechain line uuid -> its thread's key
     for d in lines:
         if not isinstance(d, dict):
             continue
@@ -89,36 +215,55 @@ def parse_claude_code(lines: list) -> Conversation:
                 conv.metadata[meta] = d[key]
         if d.get("isSidechain") is True:
             conv.metadata["sidechain"] = True
-        t = d.get("type")
-        m = d.get("message")
-        if t == "assistant" and isinstance(m, dict):
-            mid = _s(m.get("id"))
-            parts = content_parts(m.get("content"))
-            model = _s(m.get("model"))
-            if mid is not None and mid == last_id and msgs and msgs[-1].role == ASSISTANT:
-                msgs[-1].parts.extend(parts)        # one API message streamed over lines
-            else:
-                msgs.append(Message(role=ASSISTANT, parts=parts, timestamp=ts, model=model))
-            last_id = mid
-            if mid is not None:
-                usage_by_id[mid] = m.get("usage")   # repeated per line: count once
-            else:
-                add_usage(conv.usage, m.get("usage"))
+        data = d.get("data")
+        if d.get("type") == "progress" and isinstance(data, dict) \
+                and data.get("type") == "agent_progress" and isinstance(data.get("message"), dict):
+            call = _s(d.get("parentToolUseID")) or "?"
+            key = "call:" + call
+            if key not in nested:
+                nested[key] = (_Thread(), len(main.msgs), call)
+            nested[key][0].add(data["message"])
             continue
-        if t == "user" and isinstance(m, dict):
-            role = m.get("role") if isinstance(m.get("role"), str) else USER
-            msgs.append(Message(role=role, parts=content_parts(m.get("content")), timestamp=ts))
-        elif t == "system" and isinstance(d.get("content"), str) and d["content"]:
-            msgs.append(Message(role=SYSTEM, parts=[Part(kind=TEXT, text=d["content"])],
-                                name=_s(d.get("subtype")), timestamp=ts, event=True))
-        elif t == "summary" and isinstance(d.get("summary"), str):
-            msgs.append(Message(role=SYSTEM, parts=[Part(kind=TEXT, text=d["summary"])],
-                                name="summary", timestamp=ts, event=True))
-        else:
+        if d.get("isSidechain") is True and not all_side and d.get("type") != "progress":
+            uuid, parent = _s(d.get("uuid")), _s(d.get("parentUuid"))
+            key = side_root.get(parent or "") or "side:" + (uuid or str(len(nested)))
+            if uuid:
+                side_root[uuid] = key
+            if key not in nested:
+                nested[key] = (_Thread(), len(main.msgs), None)
+            nested[key][0].add(d)
             continue
-        last_id = None
-    for u in usage_by_id.values():
-        add_usage(conv.usage, u)
+        main.add(d)
+    conv.usage = main.total_usage()
+    msgs = main.msgs
+    conv.model = main_model(msgs)          # the session's own model, not its subagents'
+    if nested:
+        calls = _task_calls(msgs)
+        by_prompt: dict[str, str] = {}
+        for cid, (_, part) in calls.items():
+            try:
+                import json
+                args = json.loads(part.text or "")
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(args, dict) and isinstance(args.get("prompt"), str):
+                by_prompt.setdefault(args["prompt"], cid)
+        inserts: list[tuple[int, int, list[Message]]] = []
+        for order, (key, (thread, began, call_id)) in enumerate(nested.items()):
+            if key.startswith("side:"):
+                add_usage(conv.usage, thread.total_usage())    # only here, not elsewhere
+                first = next((p.text for m in thread.msgs[:1] for p in m.parts if p.text), None)
+                call_id = by_prompt.pop(first, None) if first is not None else None
+            where = calls.get(call_id or "")
+            pos = where[0] + 1 if where is not None else began
+            label = _subagent_label(where[1] if where else None,
+                                    "subagent" if call_id is None else f"subagent {call_id}")
+            for m in thread.msgs:
+                m.sidechain = label
+            inserts.append((pos, order, thread.msgs))
+        for pos, _, block in sorted(inserts, key=lambda x: (-x[0], -x[1])):
+            msgs[pos:pos] = block
+    conv.messages = msgs
     conv.started, conv.ended = time_range(stamps)
     return finish(conv)
 

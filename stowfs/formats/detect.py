@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from ..conversation import Conversation, Parsed
 from . import agent_sessions as agents
-from . import aider, chat_api, sharegpt, stowken
+from . import aider, chat_api, exports, other_agents, sharegpt, stowken
 
 MESSAGES_JSONL = "messages-jsonl"
 MIXED_JSONL = "mixed-jsonl"
@@ -131,24 +131,38 @@ def recognise_object(d: dict) -> Optional[tuple[str, Conversation]]:
         return stowken.STOWKEN, stowken.parse_stowken(d)
     if agents.is_gemini_cli(d):
         return agents.GEMINI_CLI, agents.parse_gemini_cli(d)
+    if sharegpt.is_preference(d):
+        return sharegpt.PREFERENCE, sharegpt.parse_preference(d)
     if sharegpt.is_sharegpt(d):
         return sharegpt.SHAREGPT, sharegpt.parse_sharegpt(d)
     if sharegpt.is_alpaca(d):
         return sharegpt.ALPACA, sharegpt.parse_alpaca(d)
-    return chat_api.recognise(d)
-
-
-def _is_message(x: Any) -> bool:
-    return isinstance(x, dict) and isinstance(x.get("role"), str) and (
-        "content" in x or "tool_calls" in x)
+    if exports.is_chatgpt(d):
+        return exports.CHATGPT, exports.parse_chatgpt(d)
+    if exports.is_claude_ai(d):
+        return exports.CLAUDE_AI, exports.parse_claude_ai(d)
+    if other_agents.is_continue(d):
+        return other_agents.CONTINUE, other_agents.parse_continue(d)
+    found = chat_api.recognise(d)
+    if found is None and sharegpt.is_completion(d):
+        return sharegpt.COMPLETION, sharegpt.parse_completion(d)
+    return found
 
 
 def _message_list(items: list) -> Parsed:
-    """A bare list of chat messages: one conversation."""
-    d = {"messages": items}
-    kind = chat_api.request_kind(d) or chat_api.OPENAI_CHAT
-    conv = chat_api.build_conversation(kind, d, None)
-    return Parsed(format=kind, conversations=[conv])
+    """A bare list of chat messages (with, at most, bookkeeping entries): one conversation."""
+    if all(map(other_agents.is_message, items)) and not any(
+            isinstance(x, dict) and "ts" in x for x in items[:20]):
+        d = {"messages": items}
+        kind = chat_api.request_kind(d) or chat_api.OPENAI_CHAT
+        conv = chat_api.build_conversation(kind, d, None)
+        fmt = conv.metadata.pop("format", kind)
+        if conv.application in ("openai", "anthropic") and other_agents._mentions_cline_tags(
+                [x for x in items if isinstance(x, dict)]):
+            conv.application, fmt = "cline", other_agents.CLINE
+        return Parsed(format=fmt, conversations=[conv])
+    conv = other_agents.messages_with_bookkeeping(items)
+    return Parsed(format=conv.metadata.pop("format"), conversations=[conv])
 
 
 def parse_value(value: Any) -> Parsed:
@@ -159,14 +173,14 @@ def parse_value(value: Any) -> Parsed:
         found = recognise_object(value)
         if found is not None:
             return Parsed(format=found[0], conversations=[found[1]])
-        return _fail("json", "JSON but no recognised conversation format")
+        return _fail("json", "no recognised conversation format: " + describe_value(value))
     if isinstance(value, list):
         if not value:
             return _fail("json", "empty JSON array")
         if agents.is_gemini_cli_logs(value):
             return Parsed(format=agents.GEMINI_CLI_LOGS,
                           conversations=agents.parse_gemini_cli_logs(value))
-        if all(map(_is_message, value)):
+        if other_agents.mostly_messages(value):
             return _message_list(value)
         labels: Counter[str] = Counter()
         convs = []
@@ -176,7 +190,7 @@ def parse_value(value: Any) -> Parsed:
                 labels[found[0]] += 1
                 convs.append(found[1])
         if not convs:
-            return _fail("json", "JSON array but no recognised conversation format")
+            return _fail("json", "no recognised conversation format: " + describe_value(value))
         label = labels.most_common(1)[0][0] if len(labels) == 1 else "mixed-json"
         return Parsed(format=label, conversations=convs)
     return _fail("json", f"JSON {type(value).__name__}, not a conversation")
@@ -216,6 +230,14 @@ def _parse_lines(values: list, numbers: Optional[list[int]] = None) -> Parsed:
         return Parsed(format=kind, conversations=[agents.parse_claude_code(values)])
     if kind == agents.CODEX:
         return Parsed(format=kind, conversations=[agents.parse_codex(values)])
+    events = chat_api.event_log_kind(values)
+    if events is not None:
+        convs = chat_api.event_log(values, events)
+        if convs:
+            return Parsed(format=events, conversations=convs)
+    if other_agents.copilot_kind(values):
+        return Parsed(format=other_agents.COPILOT,
+                      conversations=[other_agents.parse_copilot(values)])
     labels: Counter[str] = Counter()
     convs = []
     for idx, value in enumerate(values):
@@ -230,8 +252,62 @@ def _parse_lines(values: list, numbers: Optional[list[int]] = None) -> Parsed:
     if convs:
         label = labels.most_common(1)[0][0] + "-jsonl" if len(labels) == 1 else MIXED_JSONL
         return Parsed(format=label, conversations=convs)
-    if values and all(map(_is_message, values)):
+    if values and other_agents.mostly_messages(values):
         parsed = _message_list(values)
-        parsed.format = MESSAGES_JSONL
+        if parsed.format != other_agents.KIMI:
+            parsed.format = MESSAGES_JSONL
         return parsed
-    return _fail("jsonl", "JSONL but no recognised conversation format")
+    return _fail("jsonl", "JSONL but no recognised conversation format: " + describe_lines(values))
+
+
+# --- what an unrecognised file looks like ---------------------------------------------
+
+_MAX_KEYS = 12
+
+
+def _keys(objs: list) -> str:
+    """The keys of some objects, most common first (first seen breaks ties)."""
+    counts: Counter[str] = Counter()
+    for o in objs[:200]:
+        counts.update(k if len(k) <= 40 else k[:37] + "..." for k in o if isinstance(k, str))
+    keys = [k for k, _ in counts.most_common()]
+    more = len(keys) - _MAX_KEYS
+    shown = ", ".join(_one_line(k) for k in keys[:_MAX_KEYS])
+    return shown + (f" (+{more} more)" if more > 0 else "") if keys else "no keys"
+
+
+def _types(objs: list) -> str:
+    """', "type": a, b, c' when the objects carry a string "type" (an event log's kinds)."""
+    counts: Counter[str] = Counter(o["type"] for o in objs[:500]
+                                   if isinstance(o.get("type"), str) and len(o["type"]) <= 40)
+    if not counts:
+        return ""
+    names = [_one_line(t) for t, _ in counts.most_common(8)]
+    return "; \"type\": " + ", ".join(names) + (" ..." if len(counts) > 8 else "")
+
+
+def _one_line(s: str) -> str:
+    return s.replace("\n", " ").replace("\r", " ")
+
+
+def describe_value(value: Any) -> str:
+    """What a JSON document looks like, for a user to ask for its format."""
+    if isinstance(value, dict):
+        return f"JSON object with keys {_keys([value])}"
+    if isinstance(value, list):
+        objs = [v for v in value if isinstance(v, dict)]
+        if objs and len(objs) == len(value):
+            return f"JSON array of {len(value)} objects with keys {_keys(objs)}{_types(objs)}"
+        kinds = Counter(type(v).__name__ for v in value)
+        return "JSON array of " + ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+    return f"JSON {type(value).__name__}"
+
+
+def describe_lines(values: list) -> str:
+    objs = [v for v in values if isinstance(v, dict)]
+    if objs:
+        other = len(values) - len(objs)
+        return (f"JSONL, {len(objs)} lines of objects with keys {_keys(objs)}{_types(objs)}"
+                + (f", and {other} other lines" if other else ""))
+    kinds = Counter(type(v).__name__ for v in values)
+    return "JSONL of " + ", ".join(f"{n} {k}" for k, n in kinds.most_common())
