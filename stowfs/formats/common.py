@@ -193,7 +193,8 @@ def block_parts(block: Any) -> list[Part]:
         return [Part(kind=TOOL_CALL, name=_str(block.get("name")), call_id=_str(block.get("id")),
                      text=compact_json(block.get("input", {})))]
     if t == "tool_result" or (isinstance(t, str) and t.endswith("_tool_result")):
-        name = None if t == "tool_result" else t[: -len("_tool_result")] or None
+        name = _str(block.get("name")) if t == "tool_result" else \
+            t[: -len("_tool_result")] or None
         return result_parts(block.get("content"), _str(block.get("tool_use_id")), name,
                              block.get("is_error") is True)
     if t == "image":

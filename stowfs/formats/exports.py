@@ -192,7 +192,14 @@ def _claude_message(m: dict) -> Message:
     sender = m.get("sender")
     role = USER if sender == "human" else ASSISTANT if sender == "assistant" else \
         sender if isinstance(sender, str) else "unknown"
-    parts = content_parts(m.get("content")) if m.get("content") else []
+    parts: list[Part] = []
+    blocks = m.get("content")
+    for block in blocks if isinstance(blocks, list) else [blocks] if blocks else []:
+        parts.extend(content_parts(block))
+        if isinstance(block, dict) and isinstance(block.get("summaries"), list):
+            for sm in block["summaries"]:          # thinking blocks' one-line summaries
+                if isinstance(sm, dict) and isinstance(sm.get("summary"), str) and sm["summary"]:
+                    parts.append(Part(kind=THINKING, name="summary", text=sm["summary"]))
     text = m.get("text")
     if isinstance(text, str) and text.strip():
         shown = _norm(" ".join(p.text for p in parts if p.text))
