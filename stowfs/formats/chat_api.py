@@ -14,8 +14,8 @@ import json
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from ..conversation import (ASSISTANT, SYSTEM, THINKING, TOOL, TOOL_CALL, USER, Conversation,
-                            Message, Part)
+from ..conversation import (ASSISTANT, SYSTEM, TEXT, THINKING, TOOL, TOOL_CALL, USER,
+                            Conversation, Message, Part)
 from .common import (add_usage, compact_json, content_parts, finish, iso_from_unix,
                      result_parts)
 
@@ -632,6 +632,19 @@ def _response(obj: Any) -> Optional[_Resp]:
     return None
 
 
+def _error_message(body: Any) -> Optional[Message]:
+    """An API error response ({"error": {"message", "failed_generation", ...}}) as an event:
+    what the provider said, and what the model generated if the provider returns it."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return None
+    parts = [Part(kind=TEXT, text=err[k]) for k in ("message", "failed_generation")
+             if isinstance(err.get(k), str) and err[k]]
+    if not parts:
+        return None
+    return Message(role=SYSTEM, name="error", event=True, parts=parts)
+
+
 def recognise(d: dict) -> Optional[tuple[str, Conversation]]:
     """(format, Conversation) for an API request, response, or logged pair; else None."""
     if "request" in d or "response" in d:
@@ -642,6 +655,10 @@ def recognise(d: dict) -> Optional[tuple[str, Conversation]]:
             return None
         kind = req_kind or resp.kind  # type: ignore[union-attr]
         conv = build_conversation(kind, req if req_kind else None, resp)
+        if resp is None:
+            err = _error_message(_body(d.get("response")))
+            if err is not None:
+                conv.messages.append(err)
         for key in ("method", "uri", "url", "status", "source_file", "index"):
             v = d.get(key)
             if isinstance(v, str) or (type(v) is int and -2 ** 63 <= v < 2 ** 63):
