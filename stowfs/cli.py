@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+from .conversation import PARTIAL
 from .errors import StoreFull, StowError
 
 EXIT_OK, EXIT_WARN, EXIT_ERROR = 0, 1, 2
@@ -110,7 +111,8 @@ def cmd_ingest(args) -> int:
         "new_bytes": sum(r.new_bytes for r in results),
         "dedup_bytes": sum(r.dedup_bytes for r in results),
         "replaced": sum(r.replaced for r in results),
-        "unparsed": sum(1 for r in results if r.error),
+        "unparsed": sum(1 for r in results if r.error and not r.error.startswith(PARTIAL)),
+        "partial": sum(1 for r in results if r.error and r.error.startswith(PARTIAL)),
         "seconds": round(dt, 3), "mb_per_s": round(total / dt / 1e6, 2) if dt > 0 else None,
         "failures": failures,
     }
@@ -122,6 +124,7 @@ def cmd_ingest(args) -> int:
               f"{_human(summary['dedup_bytes'])} already stored"
               + (f", {summary['replaced']} replaced" if summary["replaced"] else "")
               + (f", {summary['unparsed']} stored as opaque (see `stowfs ls --errors`)" if summary["unparsed"] else "")
+              + (f", {summary['partial']} with a partial text view (see `stowfs ls --errors`)" if summary["partial"] else "")
               + (f", {len(failures)} FAILED" if failures else ""))
     return EXIT_WARN if failures else EXIT_OK
 

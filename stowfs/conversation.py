@@ -63,6 +63,9 @@ class Conversation:
     title: Optional[str] = None         # the conversation's title where the format has one
 
 
+PARTIAL = "partial text view: "         # how Parsed.issue starts for a partial conversation
+
+
 @dataclass
 class Parsed:
     """What a parser made of one file."""
@@ -88,7 +91,7 @@ class Parsed:
         if self.error is not None:
             return self.error
         if self.partial is not None:
-            return f"partial text view: {self.partial}"
+            return PARTIAL + self.partial
         return None
 
     def models(self) -> list[str]:

@@ -192,7 +192,12 @@ def parse_value(value: Any) -> Parsed:
         if not convs:
             return _fail("json", "no recognised conversation format: " + describe_value(value))
         label = labels.most_common(1)[0][0] if len(labels) == 1 else "mixed-json"
-        return Parsed(format=label, conversations=convs)
+        parsed = Parsed(format=label, conversations=convs)
+        if len(convs) < len(value):
+            rest = [v for v in value if not (isinstance(v, dict) and recognise_object(v))]
+            parsed.partial = (f"{len(value) - len(convs)} of {len(value)} array entries are not "
+                              f"conversations ({describe_value(rest)})")
+        return parsed
     return _fail("json", f"JSON {type(value).__name__}, not a conversation")
 
 
@@ -221,6 +226,9 @@ def _parse_jsonl(text: str) -> Parsed:
         skipped = [n for n, _ in bad]
         for conv in parsed.conversations:
             conv.metadata["skipped_lines"] = skipped
+        parsed.partial = parsed.partial or (
+            f"{len(skipped)} line(s) not JSON, left out (line {skipped[0]}: "
+            f"{_json_error(bad[0][1], 'JSON')})")
     return parsed
 
 
@@ -251,7 +259,12 @@ def _parse_lines(values: list, numbers: Optional[list[int]] = None) -> Parsed:
         convs.append(conv)
     if convs:
         label = labels.most_common(1)[0][0] + "-jsonl" if len(labels) == 1 else MIXED_JSONL
-        return Parsed(format=label, conversations=convs)
+        parsed = Parsed(format=label, conversations=convs)
+        if len(convs) < len(values):
+            rest = [v for v in values if not (isinstance(v, dict) and recognise_object(v))]
+            parsed.partial = (f"{len(values) - len(convs)} of {len(values)} lines are not "
+                              f"conversations ({describe_lines(rest)})")
+        return parsed
     if values and other_agents.mostly_messages(values):
         parsed = _message_list(values)
         if parsed.format != other_agents.KIMI:
