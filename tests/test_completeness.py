@@ -243,3 +243,77 @@ def test_tool_arguments_count_escaped_or_not():
     assert 'echo "hi"\nls' in message_strings(data)
     _, missing = missing_strings(data)
     assert missing == []
+
+
+# --- the same guarantee on generated rows of the documented shapes -------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_text = st.text(min_size=1, max_size=40).filter(lambda s: s.strip() != "")
+
+
+def _openai(t):
+    return {"model": "gpt-4o", "messages": [
+        {"role": "system", "content": t[0]},
+        {"role": "user", "content": [{"type": "text", "text": t[1]}]},
+        {"role": "assistant", "content": t[2], "reasoning_content": t[3],
+         "tool_calls": [{"id": "c1", "type": "function",
+                         "function": {"name": "f", "arguments": json.dumps({"q": t[4]})}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": t[5]}]}
+
+
+def _anthropic(t):
+    return {"model": "claude-x", "system": t[0], "messages": [
+        {"role": "user", "content": t[1]},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": t[2], "signature": "sig"},
+            {"type": "text", "text": t[3]},
+            {"type": "tool_use", "id": "u1", "name": "g", "input": {"path": t[4]}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "u1",
+                                      "content": [{"type": "text", "text": t[5]}]}]}]}
+
+
+def _sharegpt_preference(t):
+    return {"conversations": [
+        {"from": "system", "value": t[0]}, {"from": "human", "value": t[1]},
+        {"from": "function_call", "value": json.dumps({"name": "h", "arguments": {"x": t[2]}})},
+        {"from": "observation", "value": t[3]}],
+        "chosen": {"from": "gpt", "value": t[4]}, "rejected": {"from": "gpt", "value": t[5]}}
+
+
+def _value_parts(t):
+    return {"messages": [
+        {"role": "user", "content": [{"type": "text", "value": t[0]}]},
+        {"role": "assistant", "content": [
+            {"type": "reasoning", "value": t[1]}, {"type": "text", "value": t[2]},
+            {"type": "tool_call", "value": json.dumps({"name": "k", "arguments": {"a": t[3]}})}]},
+        {"role": "tool", "content": [{"type": "text", "value": t[4]}]},
+        {"role": "assistant", "content": [{"type": "text", "value": t[5]}]}]}
+
+
+def _chatgpt(t):
+    def node(i, parent, kids, role, text, model=None):
+        return {"id": i, "parent": parent, "children": kids, "message": {
+            "id": i, "author": {"role": role}, "create_time": 1.0,
+            "content": {"content_type": "text", "parts": [text]},
+            "metadata": {"model_slug": model} if model else {}}}
+    return {"title": t[0], "create_time": 1.0, "current_node": "c", "mapping": {
+        "a": node("a", None, ["b"], "user", t[1]),
+        "b": node("b", "a", ["c", "d"], "user", t[2]),
+        "c": node("c", "b", [], "assistant", t[3], "gpt-4o"),
+        "d": node("d", "b", [], "assistant", t[4], "gpt-4o")}}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.sampled_from([_openai, _anthropic, _sharegpt_preference, _value_parts,
+                              _chatgpt]),
+       texts=st.lists(_text, min_size=6, max_size=6), ascii_only=st.booleans(),
+       jsonl=st.booleans())
+def test_generated_rows_render_every_string(shape, texts, ascii_only, jsonl):
+    row = shape(texts)
+    doc = json.dumps(row, ensure_ascii=ascii_only)
+    data = (doc + "\n" + doc + "\n" if jsonl else doc).encode("utf-8")
+    p, missing = missing_strings(data)
+    assert p.is_conversation and not p.partial, (p.format, p.error, p.partial)
+    assert missing == []

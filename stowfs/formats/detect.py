@@ -51,10 +51,19 @@ def parse(data: bytes, name: str = "") -> Parsed:
     """
     with _gc_paused():
         try:
-            return _parse(data if isinstance(data, bytes) else bytes(data))
+            return _partial(_parse(data if isinstance(data, bytes) else bytes(data)))
         except Exception as e:  # noqa: BLE001 - contract: never raise on any input
             reason = f"parser error: {type(e).__name__}: {e}"[:240].replace("\n", " ")
             return _fail("opaque", reason)
+
+
+def _partial(parsed: Parsed) -> Parsed:
+    """Lift what parsers noted on a conversation (metadata "partial") to the file."""
+    notes = [c.metadata.pop("partial") for c in parsed.conversations if "partial" in c.metadata]
+    if notes and parsed.partial is None:
+        more = f" (and {len(notes) - 1} more conversations)" if len(notes) > 1 else ""
+        parsed.partial = str(notes[0]) + more
+    return parsed
 
 
 _gc_lock = threading.Lock()

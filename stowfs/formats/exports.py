@@ -42,7 +42,7 @@ def is_chatgpt(d: dict) -> bool:
 
 
 def _chatgpt_parts(content: Any, recipient: Optional[str], role: str,
-                   author: Optional[str]) -> list[Part]:
+                   author: Optional[str], unknown: set) -> list[Part]:
     """The parts of one message's `content` {content_type, ...}."""
     if not isinstance(content, dict):
         return content_parts(content)
@@ -74,6 +74,11 @@ def _chatgpt_parts(content: Any, recipient: Optional[str], role: str,
             v = content.get(key)
             if isinstance(v, str) and v and ct == "tether_quote":
                 texts.append(Part(kind=TEXT, text=v))
+    if not texts and ct not in (None, "text", "multimodal_text", "thoughts"):
+        # a content type not known here: show what it holds, and say it may be in part
+        texts.append(Part(kind=BLOB, media_type=_s(ct), ref=compact_json(
+            {k: v for k, v in content.items() if k != "content_type"})))
+        unknown.add(str(ct))
     if role == ASSISTANT and recipient and recipient != "all":
         # code or a query for a tool: the call's arguments, shown verbatim
         return [Part(kind=TOOL_CALL, name=recipient, text=p.text) if p.kind == TEXT else p
@@ -104,7 +109,7 @@ def _asset(p: dict) -> list[Part]:
     return out
 
 
-def _chatgpt_message(node: dict) -> Optional[Message]:
+def _chatgpt_message(node: dict, unknown: set) -> Optional[Message]:
     m = node.get("message")
     if not isinstance(m, dict):
         return None
@@ -112,7 +117,7 @@ def _chatgpt_message(node: dict) -> Optional[Message]:
     role = _s(author.get("role")) or "unknown"
     name = _s(author.get("name"))
     meta = m.get("metadata") if isinstance(m.get("metadata"), dict) else {}
-    parts = _chatgpt_parts(m.get("content"), _s(m.get("recipient")), role, name)
+    parts = _chatgpt_parts(m.get("content"), _s(m.get("recipient")), role, name, unknown)
     if not parts and role == SYSTEM:
         return None                           # the empty root system message
     return Message(role=role, parts=parts, name=name if role != TOOL else None,
@@ -121,7 +126,8 @@ def _chatgpt_message(node: dict) -> Optional[Message]:
                    event=bool(meta.get("is_visually_hidden_from_conversation")))
 
 
-def _subtree(mapping: dict, start: str, label: str, out: list[Message], limit: int) -> None:
+def _subtree(mapping: dict, start: str, label: str, out: list[Message], limit: int,
+             unknown: set) -> None:
     """Every message under `start` (itself included), depth first, labelled as a branch."""
     stack = [start]
     seen = 0
@@ -131,7 +137,7 @@ def _subtree(mapping: dict, start: str, label: str, out: list[Message], limit: i
         node = mapping.get(nid)
         if not isinstance(node, dict):
             continue
-        msg = _chatgpt_message(node)
+        msg = _chatgpt_message(node, unknown)
         if msg is not None:
             msg.sidechain = label
             out.append(msg)
@@ -162,17 +168,21 @@ def parse_chatgpt(d: dict) -> Conversation:
     roots = [k for k, n in mapping.items() if isinstance(n, dict) and n.get("parent") is None
              and k not in on_path]
     limit = len(mapping) + 1
+    unknown: set[str] = set()
     for nid in path:
         node = mapping[nid]
-        msg = _chatgpt_message(node)
+        msg = _chatgpt_message(node, unknown)
         if msg is not None:
             conv.messages.append(msg)
         kids = node.get("children") if isinstance(node.get("children"), list) else []
         for k in kids:
             if isinstance(k, str) and k not in on_path:
-                _subtree(mapping, k, "branch", conv.messages, limit)
+                _subtree(mapping, k, "branch", conv.messages, limit, unknown)
     for r in roots:
-        _subtree(mapping, r, "branch", conv.messages, limit)
+        _subtree(mapping, r, "branch", conv.messages, limit, unknown)
+    if unknown:
+        conv.metadata["partial"] = ("ChatGPT content types shown as raw JSON: "
+                                    + ", ".join(sorted(unknown)))
     conv.started = iso_from_unix(d.get("create_time"))
     conv.ended = iso_from_unix(d.get("update_time"))
     return finish(conv, d.get("default_model_slug"))

@@ -24,8 +24,8 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-from ..conversation import (ASSISTANT, SYSTEM, TEXT, TOOL, USER, Conversation, Message,
-                            Part)
+from ..conversation import (ASSISTANT, BLOB, IMAGE, SYSTEM, TEXT, TOOL, USER, Conversation,
+                            Message, Part)
 from .common import compact_json, content_parts, finish, result_parts, tool_calls_from_value
 
 SHAREGPT = "sharegpt"
@@ -99,6 +99,20 @@ def _head(d: dict) -> list[Message]:
     return out
 
 
+def _media(d: dict, msgs: list[Message]) -> None:
+    """LLaMA-Factory's multimodal rows: "images" / "videos" / "audios" (paths or URLs) belong
+    to the first user message (its text holds the <image> placeholders)."""
+    from .common import guess_media
+    first = next((m for m in msgs if m.role == USER), None)
+    if first is None:
+        return
+    for key, kind in (("images", IMAGE), ("videos", BLOB), ("audios", BLOB)):
+        items = d.get(key)
+        for ref in items if isinstance(items, list) else []:
+            if isinstance(ref, str):
+                first.parts.append(Part(kind=kind, media_type=guess_media(ref), ref=ref))
+
+
 def _id(conv: Conversation, d: dict) -> None:
     for key in ("id", "prompt_id", "conversation_id"):
         cid = d.get(key)
@@ -111,6 +125,7 @@ def parse_sharegpt(d: dict) -> Conversation:
     conv = Conversation(application="sharegpt")
     _id(conv, d)
     conv.messages = _head(d) + sharegpt_messages(d["conversations"])
+    _media(d, conv.messages)
     tag = d.get("kto_tag")
     if isinstance(tag, bool) and conv.messages and conv.messages[-1].role == ASSISTANT:
         conv.messages[-1].label = "desirable" if tag else "undesirable"

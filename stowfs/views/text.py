@@ -21,7 +21,7 @@ Parts:
     THINKING     a "[thinking]" line ("[thinking: subject]" when it has one), the text, and
                  a "[/thinking]" line; "[thinking: redacted]" when there is no text
     TOOL_CALL    "→ tool NAME ARGS" on one line; ARGS is the arguments as compact one-line
-                 JSON, complete (never truncated). Arguments that are not JSON (e.g. a raw
+                 JSON, complete (never truncated), \\uXXXX escapes decoded. Arguments that are not JSON (e.g. a raw
                  patch) follow verbatim on the next lines instead
     TOOL_RESULT  a "← result NAME" line (NAME found from the matching call when the result
                  has none; " (error)" if flagged), once per run of parts of the same call,
@@ -126,8 +126,8 @@ def _compact_args(text: Optional[str]) -> Optional[str]:
     """One-line JSON for tool arguments, or None when they are not JSON (shown raw)."""
     if text is None or text == "":
         return "{}"
-    if "\n" not in text and "\r" not in text:
-        return text
+    if "\n" not in text and "\r" not in text and "\\u" not in text:
+        return text                 # one line, no \u escapes: shown as the input has it
     try:
         return json.dumps(json.loads(text), ensure_ascii=False)
     except (ValueError, RecursionError):
