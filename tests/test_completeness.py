@@ -123,6 +123,8 @@ def message_strings(data: bytes) -> list[str]:
         values = []
         for line in text.split("\n"):
             if line.strip():
+                if line.startswith("data:"):       # an SSE body: its events' payloads
+                    line = line[5:]
                 try:
                     values.append(json.loads(line))
                 except ValueError:

@@ -41,6 +41,8 @@ EXPECTED = [
     ("claude_code_2_1_attachments.jsonl", "claude-code-jsonl", "claude-code", "claude-opus-4-6", 1),
     ("anthropic_stream_events.jsonl", "anthropic-stream-events", "anthropic",
      "claude-sonnet-4-5-20250929", 1),
+    ("anthropic_stream.sse", "anthropic-messages-sse", "anthropic",
+     "claude-sonnet-4-5-20250929", 1),
     ("openai_responses_stream_events.jsonl", "openai-responses-stream-events",
      "openai-responses", "gpt-4.1-2025-04-14", 1),
     ("openai_chat_chunks.jsonl", "openai-chat-stream-chunks", "openai", "gpt-4o-mini", 1),

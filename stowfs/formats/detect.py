@@ -109,6 +109,13 @@ def _parse(data: bytes) -> Parsed:
         return _fail("binary", f"binary data (NUL byte at byte {data.index(0)})")
     if text[m.start()] in "{[":
         return _parse_json_text(text, m.start())
+    if text.startswith(("event:", "data:", ":"), m.start()):
+        streamed = chat_api.stream_response(text[m.start():])     # a recorded SSE body
+        if streamed is not None:
+            kind, body = streamed
+            conv = chat_api.build_conversation(kind, None, chat_api._Resp(kind, body))
+            if conv.messages:
+                return Parsed(format=kind + "-sse", conversations=[conv])
     if aider.looks_like_aider(text):
         return aider.parse_aider(data, bom)
     return _fail("text", "text, not a recognised conversation format")
