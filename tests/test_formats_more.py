@@ -302,3 +302,44 @@ def test_ls_errors_says_what_opaque_and_partial_files_look_like(tmp_path):
     r = subprocess.run(run + ["cat", str(store), "in/mixed.jsonl", "--view", "text"],
                        capture_output=True, text=True)
     assert "hello there" in r.stdout
+
+
+# --- the parsers on arbitrary values spelled with the formats' own keys ---------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_KEYS = ["role", "content", "type", "value", "from", "conversations", "chosen", "rejected",
+         "prompt", "completion", "label", "messages", "mapping", "current_node", "children",
+         "parent", "message", "author", "parts", "content_type", "chat_messages", "sender",
+         "text", "attachments", "history", "sessionId", "toolCalls", "data", "toolRequests",
+         "input", "preferred_output", "non_preferred_output", "tools", "name", "arguments",
+         "tool_calls", "id", "recipient", "attachment", "isSidechain", "uuid", "parentUuid",
+         "thinking", "summaries", "delta", "index", "response", "output", "ts", "think",
+         "token_count", "kto_tag", "images", "workspaceDirectory", "contextItems",
+         "toolCallStates", "reasoning", "system", "instruction", "sequence_number", "object"]
+_VALS = ["user", "assistant", "tool", "human", "gpt", "function_call", "observation", "text",
+         "reasoning", "tool_call", "message_start", "content_block_delta", "response.created",
+         "chat.completion.chunk", "queued_command", "attachment", "progress", "agent_progress",
+         "session.start", "user.message", "assistant.message", "tool.execution_complete",
+         "_usage", "_checkpoint", "thinking", "tool_use", "tool_result", "image", "code",
+         "multimodal_text", "thoughts", "\n\nHuman: hi\n\nAssistant: yo"]
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from(_VALS),
+                  st.text(max_size=4))
+_value = st.recursive(_leaf, lambda c: st.one_of(
+    st.lists(c, max_size=4), st.dictionaries(st.sampled_from(_KEYS), c, max_size=5)),
+    max_leaves=25)
+
+
+def test_unhashable_type_values_are_no_parser_error():
+    for doc in (b'{"type": []}', b'{"type": {}, "payload": 1}', b'[{"role": "user", "content": [{"type": []}]}]'):
+        assert not (parse(doc).error or "").startswith("parser error")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(value=_value, jsonl=st.booleans())
+def test_format_shaped_noise_never_reaches_the_catch_all(value, jsonl):
+    doc = json.dumps(value)
+    p = parse(((doc + "\n") * 2 if jsonl else doc).encode())
+    assert not (p.error or "").startswith("parser error"), p.error
+    render_bytes(p)

@@ -20,11 +20,11 @@ CODEX = "codex-rollout-jsonl"
 GEMINI_CLI = "gemini-cli-json"
 GEMINI_CLI_LOGS = "gemini-cli-logs"
 
-_CC_META_TYPES = {"summary", "file-history-snapshot", "queue-operation", "last-prompt",
-                  "progress", "system", "custom-title", "attachment"}
-_CODEX_TYPES = {"session_meta", "response_item", "event_msg", "turn_context", "compacted"}
-_CODEX_LEGACY_ITEMS = {"message", "function_call", "function_call_output", "reasoning",
-                       "custom_tool_call", "custom_tool_call_output", "local_shell_call"}
+_CC_META_TYPES = ("summary", "file-history-snapshot", "queue-operation", "last-prompt",
+                  "progress", "system", "custom-title", "attachment")
+_CODEX_TYPES = ("session_meta", "response_item", "event_msg", "turn_context", "compacted")
+_CODEX_LEGACY_ITEMS = ("message", "function_call", "function_call_output", "reasoning",
+                       "custom_tool_call", "custom_tool_call_output", "local_shell_call")
 
 
 def _s(v: Any) -> Optional[str]:

@@ -32,10 +32,10 @@ CHAT_CHUNKS = "openai-chat-stream-chunks"
 APPLICATION = {OPENAI_CHAT: "openai", ANTHROPIC: "anthropic", RESPONSES: "openai-responses",
                GEMINI: "gemini-api", VALUE_PARTS: "llamafactory"}
 
-_ANTHROPIC_BLOCKS = {"tool_use", "tool_result", "thinking", "redacted_thinking", "document",
+_ANTHROPIC_BLOCKS = ("tool_use", "tool_result", "thinking", "redacted_thinking", "document",
                      "server_tool_use", "web_search_tool_result", "mcp_tool_use",
-                     "mcp_tool_result", "compaction"}
-_OPENAI_ROLES = {"system", "developer", "tool", "function"}
+                     "mcp_tool_result", "compaction")
+_OPENAI_ROLES = ("system", "developer", "tool", "function")
 
 
 def _s(v: Any) -> Optional[str]:
@@ -117,7 +117,7 @@ class ItemsBuilder:
     assistant message, function/tool calls) are merged into one assistant message; each
     tool output becomes a `tool` message."""
 
-    _SKIP = {"item_reference", "compaction", "compaction_summary", "ghost_snapshot"}
+    _SKIP = ("item_reference", "compaction", "compaction_summary", "ghost_snapshot")
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
@@ -442,8 +442,8 @@ def stream_response(text: str) -> Optional[tuple[str, dict]]:
 
 # --- recorded event logs: one stream event per JSON line ------------------------------
 
-_ANTHROPIC_EVENT_TYPES = {"message_start", "content_block_start", "content_block_delta",
-                          "content_block_stop", "message_delta", "message_stop", "ping"}
+_ANTHROPIC_EVENT_TYPES = ("message_start", "content_block_start", "content_block_delta",
+                          "content_block_stop", "message_delta", "message_stop", "ping")
 
 
 def event_log_kind(values: list) -> Optional[str]:

@@ -24,8 +24,8 @@ from typing import Any, Iterable, Optional
 from ..conversation import (BLOB, IMAGE, TEXT, THINKING, TOKENS, TOOL_CALL, TOOL_RESULT,
                             Conversation, Message, Part)
 
-_TEXT_TYPES = {"text", "input_text", "output_text", "summary_text", "reasoning_text"}
-_CALL_TYPES = {"tool_use", "server_tool_use", "mcp_tool_use"}
+_TEXT_TYPES = ("text", "input_text", "output_text", "summary_text", "reasoning_text")
+_CALL_TYPES = ("tool_use", "server_tool_use", "mcp_tool_use")
 _MAX_TOKEN_ID = 2 ** 63
 
 
