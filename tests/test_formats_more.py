@@ -343,3 +343,25 @@ def test_format_shaped_noise_never_reaches_the_catch_all(value, jsonl):
     p = parse(((doc + "\n") * 2 if jsonl else doc).encode())
     assert not (p.error or "").startswith("parser error"), p.error
     render_bytes(p)
+
+
+def test_copilot_subagents_nest_and_cut_streams_keep_their_text():
+    lines = [
+        {"type": "user.message", "data": {"content": "hi"}},
+        {"type": "assistant.message_delta", "data": {"messageId": "m1", "deltaContent": "Hel"}},
+        {"type": "assistant.message", "data": {"messageId": "m1", "content": "Hello",
+                                               "toolRequests": [{"toolCallId": "t1", "name": "task",
+                                                                 "arguments": {"prompt": "look"}}]}},
+        {"type": "assistant.message", "data": {"messageId": "m2", "content": "sub says",
+                                               "parentToolCallId": "t1"}},
+        {"type": "tool.execution_complete", "data": {"toolCallId": "t1", "success": True,
+                                                     "result": {"content": "done"}}},
+        {"type": "assistant.message_delta", "data": {"messageId": "m3", "deltaContent": "cut sh"}},
+    ]
+    p = parse("\n".join(json.dumps(x) for x in lines).encode())
+    msgs = p.conversations[0].messages
+    assert [(m.role, m.sidechain) for m in msgs] == [
+        (USER, None), (ASSISTANT, None), (ASSISTANT, "subagent task"), (TOOL, None),
+        (ASSISTANT, None)]
+    text = render_bytes(p).decode()
+    assert text.count("Hel") == 1 and "cut sh" in text     # deltas only where no final message

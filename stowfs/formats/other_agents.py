@@ -149,12 +149,16 @@ def parse_copilot(values: list) -> Conversation:
     model: Optional[str] = None
     called: set[str] = set()
     names: dict[str, str] = {}
+    deltas: dict[str, list[str]] = {}          # messageId -> streamed text not yet final
+    delta_at: dict[str, int] = {}
+    final: set[str] = set()
     for ev in values:
         if not isinstance(ev, dict) or not isinstance(ev.get("data"), dict):
             continue
         t, d, ts = ev.get("type"), ev["data"], _s(ev.get("timestamp"))
         if ts:
             stamps.append(ts)
+        before = len(conv.messages)
         if t == "session.start":
             conv.id = _s(d.get("sessionId")) or conv.id
             model = _s(d.get("selectedModel")) or model
@@ -237,6 +241,21 @@ def parse_copilot(values: list) -> Conversation:
                                              parts=[Part(kind=TEXT, text=d["message"])]))
         elif t == "assistant.usage":
             add_usage(conv.usage, d)
+        elif t == "assistant.message_delta" and isinstance(d.get("deltaContent"), str):
+            mid = _s(d.get("messageId")) or ""
+            if mid not in deltas:
+                delta_at[mid] = len(conv.messages)
+            deltas.setdefault(mid, []).append(d["deltaContent"])
+        if t == "assistant.message" and isinstance(d.get("messageId"), str):
+            final.add(d["messageId"])
+        parent = _s(d.get("parentToolCallId"))
+        if parent:                  # a subagent's event: nested under the call that ran it
+            for m in conv.messages[before:]:
+                m.sidechain = f"subagent {names.get(parent) or parent}"
+    # streamed text whose final assistant.message is missing (the log was cut short)
+    for mid in sorted((m for m in deltas if m not in final), key=lambda m: -delta_at[m]):
+        conv.messages.insert(delta_at[mid], Message(role=ASSISTANT, model=model, parts=[
+            Part(kind=TEXT, text="".join(deltas[mid]))]))
     conv.started, conv.ended = time_range(stamps)
     return finish(conv, model)
 
