@@ -16,7 +16,6 @@ OpenAI-style APIs, compact json.dumps of the input object for Anthropic/Gemini).
 from __future__ import annotations
 
 import json
-import mimetypes
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Iterable, Optional
@@ -55,12 +54,27 @@ def b64_size(data: Any) -> Optional[int]:
     return max(0, n * 3 // 4 - pad)
 
 
+# Extension -> media type, fixed here rather than read from the system's mime.types, so
+# that the text view (rendered again on every read) is the same on every machine.
+_MEDIA = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
+          "webp": "image/webp", "bmp": "image/bmp", "svg": "image/svg+xml", "tif": "image/tiff",
+          "tiff": "image/tiff", "heic": "image/heic", "heif": "image/heif", "ico": "image/x-icon",
+          "avif": "image/avif", "pdf": "application/pdf", "txt": "text/plain",
+          "md": "text/markdown", "csv": "text/csv", "json": "application/json",
+          "html": "text/html", "mp3": "audio/mpeg", "wav": "audio/wav", "ogg": "audio/ogg",
+          "m4a": "audio/mp4", "flac": "audio/flac", "mp4": "video/mp4", "mov": "video/quicktime",
+          "webm": "video/webm", "avi": "video/x-msvideo", "mkv": "video/x-matroska"}
+
+
 def guess_media(ref: Any) -> Optional[str]:
     """The media type a URL's or file name's extension says ("image/png"), if any."""
     if not isinstance(ref, str) or not ref or ref.startswith("data:"):
         return None
     path = ref.split("?", 1)[0].split("#", 1)[0]
-    return mimetypes.guess_type(path, strict=False)[0]
+    name = path.rsplit("/", 1)[-1]
+    if "." not in name:
+        return None
+    return _MEDIA.get(name.rsplit(".", 1)[1].lower())
 
 
 def _data_url(url: str) -> tuple[Optional[str], str]:
