@@ -142,3 +142,25 @@ def test_json_escapes_are_decoded():
     doc = {"messages": [{"role": "user", "content": "tab\there \"quoted\" é ✓ \u2028"}]}
     out = render_bytes(parse(json.dumps(doc).encode())).decode()
     assert "tab\there \"quoted\" é ✓ \u2028" in out
+
+
+def test_rendering_is_deterministic_across_processes():
+    """The store keeps the text view's size from ingest and renders it again on every read:
+    the same bytes must give the same view in any process (hash seeds vary set order)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "formats"
+    code = (
+        "import hashlib, sys, pathlib\n"
+        "from stowfs.formats import parse\n"
+        "from stowfs.views.text import render_bytes\n"
+        "h = hashlib.sha256()\n"
+        "for p in sorted(pathlib.Path(sys.argv[1]).iterdir()):\n"
+        "    h.update(render_bytes(parse(p.read_bytes())))\n"
+        "print(h.hexdigest())\n")
+    digests = {subprocess.run([sys.executable, "-c", code, str(fixtures)], check=True,
+                              capture_output=True, text=True,
+                              env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout
+               for seed in ("1", "2", "3")}
+    assert len(digests) == 1
