@@ -324,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("store")
     sp.add_argument("prefix", nargs="?", help="only names starting with this")
     sp.add_argument("-l", "--long", action="store_true", help="size, format and model too")
-    sp.add_argument("--errors", action="store_true", help="only files not parsed as conversations, with why")
+    sp.add_argument("--errors", action="store_true", help="only files not parsed as conversations (with why and what they look like) "
+                    "or whose text view is partial")
     sp.add_argument("--json", action="store_true")
 
     sp = cmd("cat", cmd_cat, "write stored files to stdout")
