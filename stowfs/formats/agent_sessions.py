@@ -6,6 +6,7 @@ list of line objects is, if any.
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any, Optional
 
@@ -176,7 +177,6 @@ def _task_calls(msgs: list[Message]) -> dict[str, tuple[int, Part]]:
 def _subagent_label(call: Optional[Part], fallback: str) -> str:
     if call is not None and call.text:
         try:
-            import json
             args = json.loads(call.text)
         except (ValueError, RecursionError):
             args = None
@@ -242,7 +242,6 @@ def parse_claude_code(lines: list) -> Conversation:
         by_prompt: dict[str, str] = {}
         for cid, (_, part) in calls.items():
             try:
-                import json
                 args = json.loads(part.text or "")
             except (ValueError, RecursionError):
                 continue

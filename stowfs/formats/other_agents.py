@@ -28,7 +28,8 @@ from typing import Any, Optional
 
 from ..conversation import (ASSISTANT, BLOB, SYSTEM, TEXT, THINKING, TOOL, TOOL_CALL,
                             TOOL_RESULT, USER, Conversation, Message, Part)
-from .common import add_usage, compact_json, content_parts, finish, result_parts, time_range
+from .common import (add_usage, compact_json, content_parts, finish, iso_from_unix,
+                     result_parts, time_range)
 
 KIMI = "kimi-cli-context-jsonl"
 COPILOT = "copilot-cli-events-jsonl"
@@ -103,7 +104,6 @@ def messages_with_bookkeeping(items: list) -> Conversation:
             if msg is not None:
                 ts = x.get("ts")
                 if type(ts) in (int, float):
-                    from .common import iso_from_unix
                     msg.timestamp = iso_from_unix(ts / 1000 if ts > 10 ** 11 else ts)
                     stamps.append(msg.timestamp)
                 conv.messages.append(msg)
