@@ -210,6 +210,14 @@ def test_every_message_string_is_in_the_text_view(path):
     assert not missing, f"{len(missing)} message strings missing from the text view: {shown}"
 
 
+def test_no_real_file_is_partial():
+    """Every corpus file a parser accepts is rendered in full (so none is skipped above)."""
+    if not CORPUS.is_dir():
+        pytest.skip(f"corpus not found at {CORPUS}")
+    partial = {_id(p): parse(p.read_bytes()).partial for p in CORPUS.rglob("*") if p.is_file()}
+    assert {k: v for k, v in partial.items() if v} == {}
+
+
 def test_the_check_catches_a_dropped_string():
     """The test is not vacuous: content a parser drops is reported."""
     row = {"conversations": [{"from": "human", "value": "a question"},

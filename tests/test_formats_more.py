@@ -270,14 +270,19 @@ def test_images_show_their_media_type():
 
 def test_partial_files_are_labelled_and_keep_their_text():
     good = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
-    data = (json.dumps(good) + "\n" + json.dumps({"a": 1, "b": 2}) + "\n").encode()
+    row = {"question": "why?", "answer": "because"}           # a row of an unknown dataset
+    data = (json.dumps(good) + "\n" + json.dumps(row) + "\n").encode()
     p = parse(data)
     assert p.is_conversation and p.partial and p.issue.startswith("partial text view: ")
-    assert "1 of 2 lines are not conversations (JSONL, 1 lines of objects with keys a, b)" \
-        in p.partial
+    assert p.partial == ("1 of 2 lines with text are not conversations (JSONL, 1 lines of "
+                         "objects with keys question, answer)")
     assert b"hello there" in render_bytes(p)
-    arr = json.dumps([good, {"q": 1}]).encode()
-    assert "1 of 2 array entries are not conversations" in parse(arr).partial
+    arr = json.dumps([good, row]).encode()
+    assert "1 of 2 array entries with text are not conversations" in parse(arr).partial
+    # entries with nothing a message could say (a polled status, an image download in an
+    # API log) leave the file whole
+    status = {"request": "", "status": 200, "response": {"status": "in_progress", "output": []}}
+    assert parse((json.dumps(good) + "\n" + json.dumps(status) + "\n").encode()).partial is None
 
 
 def test_ls_errors_says_what_opaque_and_partial_files_look_like(tmp_path):
@@ -285,7 +290,7 @@ def test_ls_errors_says_what_opaque_and_partial_files_look_like(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "events.jsonl").write_text(
         '{"event": "open", "at": 1}\n{"event": "close", "at": 2}\n')
-    (tmp_path / "in" / "mixed.jsonl").write_text(json.dumps(good) + '\n{"x": 1}\n')
+    (tmp_path / "in" / "mixed.jsonl").write_text(json.dumps(good) + '\n{"question": "q?"}\n')
     (tmp_path / "in" / "fine.json").write_text(json.dumps(good))
     store = tmp_path / "store"
     run = [sys.executable, "-m", "stowfs"]

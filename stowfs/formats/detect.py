@@ -200,18 +200,20 @@ def parse_value(value: Any) -> Parsed:
             return _message_list(value)
         labels: Counter[str] = Counter()
         convs = []
+        rest = []
         for item in value:
             found = recognise_object(item) if isinstance(item, dict) else None
             if found is not None:
                 labels[found[0]] += 1
                 convs.append(found[1])
+            elif _has_text(item):
+                rest.append(item)
         if not convs:
             return _fail("json", "no recognised conversation format: " + describe_value(value))
         label = labels.most_common(1)[0][0] if len(labels) == 1 else "mixed-json"
         parsed = Parsed(format=label, conversations=convs)
-        if len(convs) < len(value):
-            rest = [v for v in value if not (isinstance(v, dict) and recognise_object(v))]
-            parsed.partial = (f"{len(value) - len(convs)} of {len(value)} array entries are not "
+        if rest:
+            parsed.partial = (f"{len(rest)} of {len(value)} array entries with text are not "
                               f"conversations ({describe_value(rest)})")
         return parsed
     return _fail("json", f"JSON {type(value).__name__}, not a conversation")
@@ -264,9 +266,12 @@ def _parse_lines(values: list, numbers: Optional[list[int]] = None) -> Parsed:
                       conversations=[other_agents.parse_copilot(values)])
     labels: Counter[str] = Counter()
     convs = []
+    rest = []
     for idx, value in enumerate(values):
         found = recognise_object(value) if isinstance(value, dict) else None
         if found is None:
+            if _has_text(value):
+                rest.append(value)
             continue
         label, conv = found
         labels[label] += 1
@@ -276,9 +281,8 @@ def _parse_lines(values: list, numbers: Optional[list[int]] = None) -> Parsed:
     if convs:
         label = labels.most_common(1)[0][0] + "-jsonl" if len(labels) == 1 else MIXED_JSONL
         parsed = Parsed(format=label, conversations=convs)
-        if len(convs) < len(values):
-            rest = [v for v in values if not (isinstance(v, dict) and recognise_object(v))]
-            parsed.partial = (f"{len(values) - len(convs)} of {len(values)} lines are not "
+        if rest:
+            parsed.partial = (f"{len(rest)} of {len(values)} lines with text are not "
                               f"conversations ({describe_lines(rest)})")
         return parsed
     if values and other_agents.mostly_messages(values):
@@ -287,6 +291,29 @@ def _parse_lines(values: list, numbers: Optional[list[int]] = None) -> Parsed:
             parsed.format = MESSAGES_JSONL
         return parsed
     return _fail("jsonl", "JSONL but no recognised conversation format: " + describe_lines(values))
+
+
+_TEXT_KEYS = ("messages", "content", "text", "value", "conversations", "prompt", "completion",
+              "chosen", "rejected", "output", "input", "instruction", "question", "answer",
+              "response", "message", "parts")
+
+
+def _has_text(value: Any, depth: int = 0) -> bool:
+    """Whether an entry left out of a file's conversations holds anything a message could
+    say: a non-blank string under a key messages keep text in (a polled status or a
+    downloaded image in an API log holds none, a row of an unknown dataset does)."""
+    if depth > 6:
+        return False
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k in _TEXT_KEYS and isinstance(v, str) and v.strip():
+                return True
+            if isinstance(v, (dict, list)) and _has_text(v, depth + 1):
+                return True
+        return False
+    if isinstance(value, list):
+        return any(_has_text(v, depth + 1) for v in value[:50])
+    return isinstance(value, str) and depth == 0 and bool(value.strip())
 
 
 # --- what an unrecognised file looks like ---------------------------------------------
