@@ -58,9 +58,13 @@ def _turn(turn: Any, last_call: list[Optional[str]]) -> Optional[Message]:
     """One ShareGPT turn {"from", "value"}; last_call[0] is the latest call's tool name."""
     if not isinstance(turn, dict):
         return None
-    frm = turn.get("from", turn.get("role"))
+    frm = turn.get("from")
+    if frm is None:
+        frm = turn.get("role")
     key = frm.lower() if isinstance(frm, str) else None
-    value = turn.get("value", turn.get("content"))
+    value = turn.get("value")
+    if value is None and "value" not in turn:
+        value = turn.get("content")
     if key in _CALL_ROLES:
         parts = tool_calls_from_value(value) if value is not None else []
         names = [p.name for p in parts if p.name]
@@ -102,6 +106,8 @@ def _head(d: dict) -> list[Message]:
 def _media(d: dict, msgs: list[Message]) -> None:
     """LLaMA-Factory's multimodal rows: "images" / "videos" / "audios" (paths or URLs) belong
     to the first user message (its text holds the <image> placeholders)."""
+    if "images" not in d and "videos" not in d and "audios" not in d:
+        return
     from .common import guess_media
     first = next((m for m in msgs if m.role == USER), None)
     if first is None:
