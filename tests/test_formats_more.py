@@ -38,6 +38,8 @@ EXPECTED = [
     ("claude_ai_conversations.json", "claude-ai-export", "claude.ai", None, 1),
     ("claude_code_v1_sidechains.jsonl", "claude-code-jsonl", "claude-code",
      "claude-sonnet-4-20250514", 1),
+    ("claude_code_2_0_merged_sidechain.jsonl", "claude-code-jsonl", "claude-code",
+     "claude-sonnet-4-5-20250929", 1),
     ("claude_code_2_1_attachments.jsonl", "claude-code-jsonl", "claude-code", "claude-opus-4-6", 1),
     ("anthropic_stream_events.jsonl", "anthropic-stream-events", "anthropic",
      "claude-sonnet-4-5-20250929", 1),
@@ -169,6 +171,19 @@ def test_claude_code_inline_sidechains_nest_under_their_task_call():
     assert "[↳ user] 2025-06-26T11:14:06.000Z\nSearch the codebase" in text
     # their API calls count in the session's usage
     assert conv.usage["output_tokens"] == 5 * 6
+
+
+def test_claude_code_2_0_sidechain_lines_found_by_agent_id():
+    """Subagent lines merged into the main file (2.0, agentId on each line, the chain's
+    first line missing): one block, right after the Task call the agentId answered."""
+    p, text = load("claude_code_2_0_merged_sidechain.jsonl")
+    msgs = p.conversations[0].messages
+    assert [(m.role, m.sidechain) for m in msgs] == [
+        (USER, None), (ASSISTANT, None),
+        (ASSISTANT, "subagent general-purpose: Research border colours"),
+        (USER, "subagent general-purpose: Research border colours"),
+        (USER, None), (ASSISTANT, None)]
+    assert "agent_id" not in p.conversations[0].metadata     # the session is no subagent
 
 
 @pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")

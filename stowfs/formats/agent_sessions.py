@@ -190,9 +190,11 @@ def _subagent_label(call: Optional[Part], fallback: str) -> str:
 
 def parse_claude_code(lines: list) -> Conversation:
     """A Claude Code session. Subagent threads kept in the same file — `isSidechain` lines
-    (Claude Code <= 1.0) and the `agent_progress` lines of 2.x, which copy a running
+    (Claude Code <= 1.0 writes them inline; 2.0 files merged with their subagents' have
+    them with an `agentId`) and the `agent_progress` lines of 2.x, which copy a running
     subagent's messages — are nested blocks placed right after the message with the Task
-    call that started them (matched by the call's prompt, or its tool-use id)."""
+    call that started them: matched by the agentId on the line with the Task's result,
+    by the call's prompt, or by its tool-use id."""
     conv = Conversation(application="claude-code")
     main = _Thread()
     stamps: list[str] = []
@@ -201,6 +203,7 @@ def parse_claude_code(lines: list) -> Conversation:
     # nested threads: key -> (thread, main message count when it began, call id if known)
     nested: dict[str, tuple[_Thread, int, Optional[str]]] = {}
     side_root: dict[str, str] = {}             # sidechain line uuid -> its thread's key
+    agent_call: dict[str, str] = {}            # agentId -> the Task call whose result it gave
     for d in lines:
         if not isinstance(d, dict):
             continue
@@ -211,7 +214,8 @@ def parse_claude_code(lines: list) -> Conversation:
             conv.id = d["sessionId"]
         for key, meta in (("cwd", "cwd"), ("gitBranch", "git_branch"), ("version", "version"),
                           ("agentId", "agent_id"), ("slug", "slug")):
-            if meta not in conv.metadata and isinstance(d.get(key), str) and d[key]:
+            if meta not in conv.metadata and isinstance(d.get(key), str) and d[key] and (
+                    key != "agentId" or all_side):
                 conv.metadata[meta] = d[key]
         if d.get("isSidechain") is True:
             conv.metadata["sidechain"] = True
@@ -226,13 +230,22 @@ def parse_claude_code(lines: list) -> Conversation:
             continue
         if d.get("isSidechain") is True and not all_side and d.get("type") != "progress":
             uuid, parent = _s(d.get("uuid")), _s(d.get("parentUuid"))
-            key = side_root.get(parent or "") or "side:" + (uuid or str(len(nested)))
+            agent = _s(d.get("agentId"))           # 2.0: the subagent's id on each line
+            key = ("side:agent:" + agent) if agent else \
+                side_root.get(parent or "") or "side:" + (uuid or str(len(nested)))
             if uuid:
                 side_root[uuid] = key
             if key not in nested:
                 nested[key] = (_Thread(), len(main.msgs), None)
             nested[key][0].add(d)
             continue
+        agent = _s(d.get("agentId"))
+        if agent and agent not in agent_call and isinstance(d.get("message"), dict):
+            for b in d["message"].get("content") or []:      # the Task result it answered
+                if isinstance(b, dict) and b.get("type") == "tool_result" \
+                        and isinstance(b.get("tool_use_id"), str):
+                    agent_call[agent] = b["tool_use_id"]
+                    break
         main.add(d)
     conv.usage = main.total_usage()
     msgs = main.msgs
@@ -251,8 +264,11 @@ def parse_claude_code(lines: list) -> Conversation:
         for order, (key, (thread, began, call_id)) in enumerate(nested.items()):
             if key.startswith("side:"):
                 add_usage(conv.usage, thread.total_usage())    # only here, not elsewhere
+                call_id = agent_call.get(key[len("side:agent:"):]) \
+                    if key.startswith("side:agent:") else None
                 first = next((p.text for m in thread.msgs[:1] for p in m.parts if p.text), None)
-                call_id = by_prompt.pop(first, None) if first is not None else None
+                by_text = by_prompt.pop(first, None) if first is not None else None
+                call_id = call_id or by_text
             where = calls.get(call_id or "")
             pos = where[0] + 1 if where is not None else began
             label = _subagent_label(where[1] if where else None,
