@@ -62,7 +62,9 @@ SKIP_KEYS = {
 # command or hook, queue bookkeeping, file snapshots, token counts, turn markers.
 SKIP_LINE_TYPES = {"file-history-snapshot", "queue-operation", "last-prompt", "custom-title",
                    "ai-title", "pr-link", "turn_context", "assistant.turn_start",
-                   "assistant.turn_end", "session.start", "tool.execution_start"}
+                   "assistant.turn_end", "session.start", "tool.execution_start",
+                   "hook.start", "hook.end",        # Copilot: a hook's copy of a call
+                   "session.shutdown", "subagent.started", "subagent.completed"}
 CODEX_EVENT_MESSAGES = {"user_message", "agent_message", "agent_reasoning"}
 
 _WS = re.compile(r"\s+")

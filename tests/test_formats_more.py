@@ -50,6 +50,8 @@ EXPECTED = [
     ("openai_chat_chunks.jsonl", "openai-chat-stream-chunks", "openai", "gpt-4o-mini", 1),
     ("kimi_cli_context.jsonl", "kimi-cli-context-jsonl", "kimi-cli", None, 1),
     ("copilot_cli_events.jsonl", "copilot-cli-events-jsonl", "copilot-cli", "claude-sonnet-4.5", 1),
+    ("copilot_cli_events_subagent.jsonl", "copilot-cli-events-jsonl", "copilot-cli",
+     "claude-opus-4.7", 1),
     ("cline_api_conversation_history.json", "cline-api-history", "cline", None, 1),
     ("roo_api_conversation_history.json", "cline-api-history", "cline", None, 1),
     ("continue_session.json", "continue-session", "continue", None, 1),
@@ -385,3 +387,18 @@ def test_copilot_subagents_nest_and_cut_streams_keep_their_text():
         (ASSISTANT, None)]
     text = render_bytes(p).decode()
     assert text.count("Hel") == 1 and "cut sh" in text     # deltas only where no final message
+
+
+def test_copilot_real_shape_with_a_subagent():
+    p, text = load("copilot_cli_events_subagent.jsonl")
+    conv = p.conversations[0]
+    got = [(m.role, m.sidechain, m.model) for m in conv.messages]
+    assert got == [(SYSTEM, None, None), (USER, None, None),
+                   (ASSISTANT, None, "claude-opus-4.7"),
+                   (ASSISTANT, "subagent Explore Agent", "claude-haiku-4.5"),
+                   (TOOL, "subagent Explore Agent", None),
+                   (ASSISTANT, "subagent Explore Agent", "claude-haiku-4.5"),
+                   (TOOL, None, None), (ASSISTANT, None, "claude-opus-4.7")]
+    assert conv.usage == {"inputTokens": 81666 + 17050, "outputTokens": 521 + 226}
+    assert text.count("Count the lines of hello.py") == 1     # hook copies not shown
+    assert "reasoningOpaque" not in text and "EqgDCkgIDhAB" not in text

@@ -12,7 +12,10 @@
   {content}, tool.execution_start {toolCallId, toolName, arguments},
   tool.execution_complete {toolCallId, success, result: {content, detailedContent},
   error: {message}}, session.info / session.error / session.warning {message},
-  session.model_change {newModel}.
+  session.model_change {newModel}, system.message {role, content}, subagent.started
+  {toolCallId, agentDisplayName}; a subagent's events carry data.parentToolCallId (the
+  `task` call that runs it) and are nested under it. hook.* events copy a call's
+  arguments and result for the hook: not shown again.
 - Cline / Roo Code `tasks/<id>/api_conversation_history.json`: a JSON array of Anthropic
   messages ({role, content: str | blocks}, Roo adds "ts"), in which Roo also keeps
   Responses-style reasoning items ({"type": "reasoning", "summary", "encrypted_content"})
@@ -129,7 +132,7 @@ def _mentions_cline_tags(msgs: list) -> bool:
 def is_copilot_event(d: Any) -> bool:
     t = d.get("type") if isinstance(d, dict) else None
     return isinstance(t, str) and isinstance(d.get("data"), dict) and t.split(".", 1)[0] in (
-        "session", "user", "assistant", "tool") and "." in t
+        "session", "user", "assistant", "tool", "system", "subagent", "hook") and "." in t
 
 
 def copilot_kind(values: list) -> bool:
@@ -170,6 +173,18 @@ def parse_copilot(values: list) -> Conversation:
                 conv.metadata["cwd"] = ctx["cwd"]
         elif t == "session.model_change":
             model = _s(d.get("newModel")) or model
+        elif t == "system.message":
+            conv.messages.append(Message(role=_s(d.get("role")) or SYSTEM, timestamp=ts,
+                                         parts=content_parts(d.get("content"))))
+        elif t == "subagent.started":
+            cid = _s(d.get("toolCallId"))
+            agent = _s(d.get("agentDisplayName")) or _s(d.get("agentName"))
+            if cid and agent:
+                names[cid] = agent
+        elif t == "session.shutdown" and not conv.usage:
+            for metrics in (d.get("modelMetrics") or {}).values():
+                if isinstance(metrics, dict):
+                    add_usage(conv.usage, metrics.get("usage"))
         elif t == "user.message":
             parts = content_parts(d.get("content"))
             for a in d.get("attachments") or []:
