@@ -199,8 +199,10 @@ def block_parts(block: Any) -> list[Part]:
         # Mistral: "thinking": [{"type": "text", "text": ...}]
         return [Part(kind=THINKING, text=p.text) for p in content_parts(th)
                 if p.kind == TEXT and p.text is not None]
-    if t == "think" and isinstance(block.get("think"), str):      # Kimi CLI
-        return [Part(kind=THINKING, text=block["think"])]
+    if t == "think":                                              # Kimi CLI
+        th = block.get("think", block.get("text"))
+        if isinstance(th, str):
+            return [Part(kind=THINKING, text=th)]
     if t == "redacted_thinking":
         return [Part(kind=THINKING, ref="redacted")]
     if t in _CALL_TYPES:
