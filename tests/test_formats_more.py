@@ -54,7 +54,7 @@ EXPECTED = [
      "claude-opus-4.7", 1),
     ("cline_api_conversation_history.json", "cline-api-history", "cline", None, 1),
     ("roo_api_conversation_history.json", "cline-api-history", "cline", None, 1),
-    ("continue_session.json", "continue-session", "continue", None, 1),
+    ("continue_session.json", "continue-session", "continue", "GPT-4o", 1),
 ]
 
 

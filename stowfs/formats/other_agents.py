@@ -23,7 +23,8 @@
 - Continue `~/.continue/sessions/<id>.json`: {sessionId, title, workspaceDirectory,
   history: [{message: {role: user | assistant | thinking | tool | system, content: str |
   parts, toolCalls, toolCallId}, contextItems: [{name, description, content}],
-  reasoning: {text}, toolCallStates: [{toolCallId, toolCall, status, output: [items]}]}]}.
+  reasoning: {text}, toolCallStates: [{toolCallId, toolCall, status, output: [items]}]}],
+  mode, chatModelTitle (the model's display name: the conversation's model), usage}.
 """
 from __future__ import annotations
 
@@ -340,4 +341,5 @@ def parse_continue(d: dict) -> Conversation:
                                       is_error=st.get("status") == "errored"))
             if parts:
                 conv.messages.append(Message(role=TOOL, parts=parts))
-    return finish(conv)
+    add_usage(conv.usage, d.get("usage"))
+    return finish(conv, d.get("chatModelTitle"))
