@@ -402,3 +402,14 @@ def test_copilot_real_shape_with_a_subagent():
     assert conv.usage == {"inputTokens": 81666 + 17050, "outputTokens": 521 + 226}
     assert text.count("Count the lines of hello.py") == 1     # hook copies not shown
     assert "reasoningOpaque" not in text and "EqgDCkgIDhAB" not in text
+
+
+def test_claude_code_line_kinds_not_known_make_the_file_partial():
+    lines = [{"type": "user", "uuid": "a", "sessionId": "s",
+              "message": {"role": "user", "content": "hi"}},
+             {"type": "teammate-message", "uuid": "b", "sessionId": "s",
+              "message": {"role": "user", "content": "from a teammate"}},
+             {"type": "file-history-snapshot", "messageId": "a", "snapshot": {}}]
+    p = parse("\n".join(json.dumps(x) for x in lines).encode())
+    assert p.is_conversation
+    assert p.partial == "Claude Code lines of a kind not shown: 1 teammate-message"

@@ -23,6 +23,11 @@ GEMINI_CLI_LOGS = "gemini-cli-logs"
 
 _CC_META_TYPES = ("summary", "file-history-snapshot", "queue-operation", "last-prompt",
                   "progress", "system", "custom-title", "attachment")
+# line kinds parse_claude_code knows: shown (user, assistant, system, summary, attachment,
+# agent_progress) or bookkeeping with nothing a message says
+_CC_KNOWN = ("user", "assistant", "system", "summary", "attachment", "progress",
+             "file-history-snapshot", "queue-operation", "last-prompt", "custom-title",
+             "ai-title", "pr-link", "agent-name", "tag")
 _CODEX_TYPES = ("session_meta", "response_item", "event_msg", "turn_context", "compacted")
 _CODEX_LEGACY_ITEMS = ("message", "function_call", "function_call_output", "reasoning",
                        "custom_tool_call", "custom_tool_call_output", "local_shell_call")
@@ -204,6 +209,7 @@ def parse_claude_code(lines: list) -> Conversation:
     nested: dict[str, tuple[_Thread, int, Optional[str]]] = {}
     side_root: dict[str, str] = {}             # sidechain line uuid -> its thread's key
     agent_call: dict[str, str] = {}            # agentId -> the Task call whose result it gave
+    unknown: dict[str, int] = {}
     for d in lines:
         if not isinstance(d, dict):
             continue
@@ -246,6 +252,10 @@ def parse_claude_code(lines: list) -> Conversation:
                         and isinstance(b.get("tool_use_id"), str):
                     agent_call[agent] = b["tool_use_id"]
                     break
+        t = d.get("type")
+        if not (isinstance(t, str) and t in _CC_KNOWN) and (
+                isinstance(d.get("message"), dict) or isinstance(d.get("content"), str)):
+            unknown[str(t)] = unknown.get(str(t), 0) + 1     # a line kind not known here
         main.add(d)
     conv.usage = main.total_usage()
     msgs = main.msgs
@@ -280,6 +290,9 @@ def parse_claude_code(lines: list) -> Conversation:
             msgs[pos:pos] = block
     conv.messages = msgs
     conv.started, conv.ended = time_range(stamps)
+    if unknown:
+        conv.metadata["partial"] = "Claude Code lines of a kind not shown: " + ", ".join(
+            f"{n} {t}" for t, n in unknown.items())
     return finish(conv)
 
 
