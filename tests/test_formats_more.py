@@ -413,3 +413,16 @@ def test_claude_code_line_kinds_not_known_make_the_file_partial():
     p = parse("\n".join(json.dumps(x) for x in lines).encode())
     assert p.is_conversation
     assert p.partial == "Claude Code lines of a kind not shown: 1 teammate-message"
+
+
+def test_codex_item_kinds_not_known_make_the_file_partial():
+    lines = [{"timestamp": "2026-01-01T00:00:00Z", "type": "session_meta",
+              "payload": {"id": "s1", "cwd": "/w"}},
+             {"timestamp": "2026-01-01T00:00:01Z", "type": "response_item",
+              "payload": {"type": "message", "role": "user",
+                          "content": [{"type": "input_text", "text": "hi"}]}},
+             {"timestamp": "2026-01-01T00:00:02Z", "type": "response_item",
+              "payload": {"type": "hologram", "text": "something new"}}]
+    p = parse("\n".join(json.dumps(x) for x in lines).encode())
+    assert p.format == "codex-rollout-jsonl"
+    assert p.partial == "Codex items of a kind not shown: 1 hologram"

@@ -300,6 +300,7 @@ def parse_claude_code(lines: list) -> Conversation:
 
 def parse_codex(lines: list) -> Conversation:
     conv = Conversation(application="codex-cli")
+    unknown: dict[str, int] = {}
     b = ItemsBuilder()
     stamps: list[str] = []
     model: Optional[str] = None
@@ -338,6 +339,9 @@ def parse_codex(lines: list) -> Conversation:
         elif t == "response_item":
             if b.add(p, ts, model):
                 have_items = True
+            else:
+                kind = str(p.get("type"))
+                unknown[kind] = unknown.get(kind, 0) + 1
         elif t == "compacted":
             if isinstance(p.get("message"), str) and p["message"]:
                 b.messages.append(Message(role=SYSTEM, parts=content_parts(p["message"]),
@@ -360,6 +364,9 @@ def parse_codex(lines: list) -> Conversation:
     if not have_items:
         conv.messages.extend(events)
     conv.started, conv.ended = time_range(stamps)
+    if unknown:
+        conv.metadata["partial"] = "Codex items of a kind not shown: " + ", ".join(
+            f"{n} {k}" for k, n in unknown.items())
     return finish(conv, model)
 
 
