@@ -21,8 +21,8 @@ Parts:
     THINKING     a "[thinking]" line ("[thinking: subject]" when it has one), the text, and
                  a "[/thinking]" line; "[thinking: redacted]" when there is no text
     TOOL_CALL    "→ tool NAME ARGS" on one line; ARGS is the arguments as compact one-line
-                 JSON, complete (never truncated), \\uXXXX escapes decoded. Arguments that are not JSON (e.g. a raw
-                 patch) follow verbatim on the next lines instead
+                 JSON, complete (never truncated), \\uXXXX escapes decoded. Arguments that
+                 are not JSON (e.g. a raw patch) follow verbatim on the next lines instead
     TOOL_RESULT  a "← result NAME" line (NAME found from the matching call when the result
                  has none; " (error)" if flagged), once per run of parts of the same call,
                  then the text verbatim, or a one-line summary for structured results (a
@@ -64,7 +64,9 @@ def render(parsed: Parsed) -> Iterator[Fragment]:
     convs = parsed.conversations
     total = len(convs)
     for index, conv in enumerate(convs, 1):
-        yield _separator(conv, index, total), False
+        head = _separator(conv, index, total)
+        if head:
+            yield head, False
         yield from _conversation(conv)
 
 
@@ -78,7 +80,7 @@ def _separator(conv: Conversation, index: int, total: int) -> str:
     for value in (conv.id, conv.application, conv.model, conv.started, conv.title):
         if value:
             bits.append(_one_line(str(value)))
-    return "=== " + " · ".join(bits) + " ===\n\n"
+    return "=== " + " · ".join(bits) + " ===\n\n" if bits else ""
 
 
 def _one_line(s: str) -> str:
