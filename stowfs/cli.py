@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+from .conversation import PARTIAL
 from .errors import StoreFull, StowError
 
 EXIT_OK, EXIT_WARN, EXIT_ERROR = 0, 1, 2
@@ -108,7 +109,8 @@ def cmd_ingest(args) -> int:
         "dedup_bytes": sum(r.dedup_bytes for r in results),
         "replaced": sum(r.replaced and not r.unchanged for r in results),
         "unchanged": sum(r.unchanged for r in results),
-        "unparsed": sum(1 for r in results if r.error),
+        "unparsed": sum(1 for r in results if r.error and not r.error.startswith(PARTIAL)),
+        "partial": sum(1 for r in results if r.error and r.error.startswith(PARTIAL)),
         "seconds": round(dt, 3), "mb_per_s": round(total / dt / 1e6, 2) if dt > 0 else None,
         "failures": failures,
     }
@@ -121,6 +123,7 @@ def cmd_ingest(args) -> int:
               + (f", {summary['replaced']} replaced" if summary["replaced"] else "")
               + (f", {summary['unchanged']} unchanged" if summary["unchanged"] else "")
               + (f", {summary['unparsed']} stored as opaque (see `stowfs ls --errors`)" if summary["unparsed"] else "")
+              + (f", {summary['partial']} with a partial text view (see `stowfs ls --errors`)" if summary["partial"] else "")
               + (f", {len(failures)} FAILED" if failures else ""))
     return EXIT_WARN if failures else EXIT_OK
 
@@ -383,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("prefix", nargs="?", help="only names starting with this")
     sp.add_argument("-l", "--long", action="store_true",
                     help="size, tokens (original, compact; - when not counted), format and model too")
-    sp.add_argument("--errors", action="store_true", help="only files not parsed as conversations, with why")
+    sp.add_argument("--errors", action="store_true", help="only files not parsed as conversations (with why and what they look like) "
+                    "or whose text view is partial")
     sp.add_argument("--json", action="store_true")
 
     sp = cmd("cat", cmd_cat, "write stored files to stdout")

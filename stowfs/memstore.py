@@ -45,7 +45,7 @@ def default_analyze(data: bytes, name: str) -> Analysis:
     conv0 = parsed.conversations[0] if parsed.conversations else None
     day = conv0.started[:10] if conv0 is not None and conv0.started and len(conv0.started) >= 10 else None
     app = next((c.application for c in parsed.conversations if c.application), None)
-    return Analysis(format=parsed.format, error=parsed.error, application=app,
+    return Analysis(format=parsed.format, error=parsed.issue, application=app,
                     models=tuple(parsed.models()), day=day,
                     text=render_bytes(parsed) if parsed.is_conversation else b"")
 

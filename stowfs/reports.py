@@ -12,7 +12,7 @@ import heapq
 import json
 
 from . import neardup
-from .conversation import SYSTEM, TEXT, THINKING, TOKENS, TOOL_CALL, TOOL_RESULT
+from .conversation import PARTIAL, SYSTEM, TEXT, THINKING, TOKENS, TOOL_CALL, TOOL_RESULT
 
 PREVIEW = 72
 MIN_CONTENT = 48            # shorter content is not listed
@@ -53,7 +53,7 @@ def scan(store) -> dict:
     from .formats import parse
     rows: dict = {}
     for info in store.iter_files():
-        if info.error:
+        if info.error and not info.error.startswith(PARTIAL):
             continue
         parsed = parse(store.get(info.name), info.name)
         seen = set()

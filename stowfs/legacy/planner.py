@@ -31,7 +31,7 @@ def describe(parsed: Parsed) -> dict:
     day = conv0.started[:10] if conv0 is not None and conv0.started and len(conv0.started) >= 10 else None
     app = next((c.application for c in parsed.conversations if c.application), None)
     return {"fm": parsed.format, "ap": app, "md": models[0] if models else None, "ms": models[:16],
-            "dy": day, "er": parsed.error, "nm": parsed.message_count(), "nc": len(parsed.conversations)}
+            "dy": day, "er": parsed.issue, "nm": parsed.message_count(), "nc": len(parsed.conversations)}
 
 
 def unparsed(size: int) -> Parsed:

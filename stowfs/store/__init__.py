@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .. import limits
+from ..conversation import PARTIAL
 from ..errors import Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
 from . import blocks, records
 from .anchors import Index
@@ -319,7 +320,7 @@ class Store:
         c["bytes"] += sign * r.size
         c["conversations"] += sign * r.conversations
         c["messages"] += sign * r.messages
-        c["unparsed"] += sign * (1 if r.error else 0)
+        c["unparsed"] += sign * (1 if r.error and not r.error.startswith(PARTIAL) else 0)
 
     def _put_record(self, txn, r: Record) -> None:
         self._groups.set(txn, r)

@@ -43,7 +43,7 @@ def describe(parsed: Parsed) -> dict:
     day = conv0.started[:10] if conv0 is not None and conv0.started and len(conv0.started) >= 10 else None
     app = next((c.application for c in parsed.conversations if c.application), None)
     return {"format": parsed.format, "application": app, "model": models[0] if models else None,
-            "models": models[:16], "day": day, "error": parsed.error,
+            "models": models[:16], "day": day, "error": parsed.issue,
             "messages": parsed.message_count(), "conversations": len(parsed.conversations)}
 
 

@@ -85,7 +85,7 @@ def sizes(parsed: Parsed, data: bytes) -> dict:
 
 def _register_builtin() -> None:
     from . import text
-    register(View("text", "text", ".txt", 1, lambda p, _d: text.render_bytes(p),
+    register(View("text", "text", ".txt", 2, lambda p, _d: text.render_bytes(p),
                   lambda p: p.is_conversation))
     from . import compact, lean
     register(compact.VIEW)
