@@ -158,11 +158,17 @@ class DecodedCache:
         with self._lock:
             self._trim()
 
+    @staticmethod
+    def _cost(d: frames.PartialDecoder) -> int:
+        """Memory a cached fragment holds: what it decoded, and while it is not decoded
+        to its end, its compressed frame and the decoder's window (up to the block)."""
+        return len(d.buf) + (0 if d.done else d.hd.raw_len)
+
     def _trim(self) -> None:
-        size = sum(len(d.buf) for d in self._d.values())
+        size = sum(self._cost(d) for d in self._d.values())
         while size > self.limit and len(self._d) > 1:
             _, d = self._d.popitem(last=False)
-            size -= len(d.buf)
+            size -= self._cost(d)
         self._size = size
 
     def clear(self) -> None:
