@@ -140,11 +140,12 @@ class Store:
         self._env = Env(self.path, readonly, create)
         self.env = self._env.env
         try:
-            self._env.open_databases(DATABASES)
+            self._env.open_databases(DATABASES, None if readonly else
+                                     lambda txn: self._create(txn, block_size))
             db = self._env.db
             self._meta, self._blocks, self._groups_db = db[b"meta"], db[b"blocks"], db[b"groups"]
             self._names_db, self._anchors_db = db[b"names"], db[b"anchors"]
-            self._init_format(block_size)
+            self._init_format()
         except BaseException:
             self._env.close()
             raise
@@ -160,11 +161,21 @@ class Store:
         self._derived = (None, None)          # (generation, {key: {value: [ids]}})
 
     # ----------------------------------------------------------------- plumbing
-    def _init_format(self, block_size: Optional[int]) -> None:
+    def _create(self, txn, block_size: Optional[int]) -> None:
+        """A new store's meta, in the transaction that creates its databases."""
+        meta = self._env.db[b"meta"]
+        if txn.get(b"format", db=meta) is None:
+            txn.put(b"format", u64(FORMAT_VERSION), db=meta)
+            meta_put(txn, meta, b"config", {"block_size": block_size or limits.BLOCK_SIZE,
+                                           "created": int(time.time())})
+            meta_put(txn, meta, b"counters", _counters0())
+            meta_put(txn, meta, b"next_file", 1)
+
+    def _init_format(self) -> None:
         def check(txn):
             v = txn.get(b"format", db=self._meta)
             if v is None:
-                return None
+                raise NotFound(f"no store at {self.path}")
             n = from_u64(v)
             if n > FORMAT_VERSION:
                 raise StowError(f"store format {n} is newer than this stowfs ({FORMAT_VERSION})")
@@ -172,20 +183,7 @@ class Store:
                 raise StowError(f"store format {n} needs an upgrade: open it writable once")
             if meta_get(txn, self._meta, b"config") is None:
                 raise Corrupt("store configuration is missing")
-            return n
-        if self._env.read(check) is not None:
-            return
-        if self.readonly:
-            raise NotFound(f"no store at {self.path}")
-
-        def init(txn):
-            if txn.get(b"format", db=self._meta) is None:
-                txn.put(b"format", u64(FORMAT_VERSION), db=self._meta)
-                meta_put(txn, self._meta, b"config",
-                         {"block_size": block_size or limits.BLOCK_SIZE, "created": int(time.time())})
-                meta_put(txn, self._meta, b"counters", _counters0())
-                meta_put(txn, self._meta, b"next_file", 1)
-        self._env.write(init)
+        self._env.read(check)
 
     def _read(self, fn):
         return self._env.read(fn)

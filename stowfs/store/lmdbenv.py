@@ -95,8 +95,9 @@ class Env:
         self._growing = False
         self.db: dict[bytes, object] = {}
 
-    def open_databases(self, names) -> None:
-        """Open (creating, when writable, in one transaction) the named databases."""
+    def open_databases(self, names, init=None) -> None:
+        """Open the named databases; when writable, create them and run init(txn) in the
+        same transaction, so a new store appears whole or not at all."""
         try:
             if self.readonly:
                 for n in names:
@@ -105,6 +106,8 @@ class Env:
                 with self.env.begin(write=True) as txn:
                     for n in names:
                         self.db[n] = self.env.open_db(n, txn=txn, create=True)
+                    if init is not None:
+                        init(txn)
         except lmdb.NotFoundError:
             raise NotFound(f"no store at {self.path} (database missing)") from None
         except lmdb.Error as e:
