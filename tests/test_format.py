@@ -99,9 +99,19 @@ def parse_store(path: Path) -> dict:
             for i, d in enumerate(cols[0]):
                 acc = d if i == 0 else acc + d
                 ids.append(acc)
+            prev = 0
             for row in zip(ids, *cols[1:]):
                 assert row[0] >> 9 == gid
-                records[row[0]] = row
+                ext = row[14]
+                n, p = uvarint(ext, 0)
+                extents = []
+                for _ in range(n):
+                    z, p = uvarint(ext, p)
+                    length, p = uvarint(ext, p)
+                    pos = prev + (z >> 1 if not z & 1 else -((z + 1) >> 1))
+                    extents.append((pos, length))
+                    prev = pos + length
+                records[row[0]] = row[:14] + (extents,)
         names = {}
         for k, v in txn.cursor(db=dbs[b"names"]):
             fk = int.from_bytes(hashlib.blake2b(k, digest_size=8).digest(), "big")
@@ -138,15 +148,7 @@ def parse_store(path: Path) -> dict:
     files = {}
     for name, fid in names.items():
         row = records[fid]
-        ext = row[14]
-        n, p = uvarint(ext, 0)
-        prev, data = 0, b""
-        for _ in range(n):
-            z, p = uvarint(ext, p)
-            length, p = uvarint(ext, p)
-            pos = prev + (z >> 1 if not z & 1 else -((z + 1) >> 1))
-            data += read(pos, length)
-            prev = pos + length
+        data = b"".join(read(pos, length) for pos, length in row[14])
         assert len(data) == row[1]
         assert hashlib.blake2b(data, digest_size=4).digest() == row[13]
         files[name] = data

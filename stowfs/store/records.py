@@ -42,10 +42,11 @@ def checksum(data) -> bytes:
     return hashlib.blake2b(data, digest_size=CHECKSUM_SIZE).digest()
 
 
-def encode_extents(extents: list[tuple[int, int]]) -> bytes:
+def encode_extents(extents: list[tuple[int, int]], prev: int = 0) -> bytes:
+    """prev: the position the first extent is relative to (the end of the previous
+    record's last extent: files stored one after the other then cost a zero)."""
     out = bytearray()
     put_uvarint(out, len(extents))
-    prev = 0
     for pos, length in extents:
         d = pos - prev
         put_uvarint(out, (d << 1) if d >= 0 else ((-d << 1) - 1))
@@ -54,9 +55,9 @@ def encode_extents(extents: list[tuple[int, int]]) -> bytes:
     return bytes(out)
 
 
-def decode_extents(buf: bytes) -> list[tuple[int, int]]:
+def decode_extents(buf: bytes, prev: int = 0) -> list[tuple[int, int]]:
     n, p = get_uvarint(buf, 0)
-    out, prev = [], 0
+    out = []
     for _ in range(n):
         z, p = get_uvarint(buf, p)
         length, p = get_uvarint(buf, p)
@@ -103,15 +104,7 @@ class Record:
         return Record(**d)
 
     def to_list(self) -> list:
-        if self._ext_raw is None:
-            self._ext_raw = encode_extents(self._ext)
-        return [getattr(self, f) for f in self.STORED] + [self._ext_raw]
-
-    @classmethod
-    def from_list(cls, v: list) -> "Record":
-        if not isinstance(v, list) or len(v) != 15 or not isinstance(v[14], bytes):
-            raise ValueError("not a record")
-        return cls(v[0], None, *v[1:14], ext_raw=v[14])
+        return [getattr(self, f) for f in self.STORED] + [None]   # extents: encode_group
 
     def named(self, name: str) -> "Record":
         return self.replace(name=name)
@@ -179,6 +172,13 @@ def encode_group(gid: int, recs: dict[int, Record], level: int) -> bytes:
     ids = cols[0]
     cols[0] = [ids[0]] + [b - a for a, b in zip(ids, ids[1:])] if ids else []
     cols[12] = _facts_columns(cols[12])
+    ext, prev = [], 0
+    for k in sorted(recs):
+        e = recs[k].extents
+        ext.append(encode_extents(e, prev))
+        if e:
+            prev = e[-1][0] + e[-1][1]
+    cols[14] = ext
     return frames.encode(frames.GROUP, gid, pack(cols), level)
 
 
@@ -196,9 +196,13 @@ def decode_group(frame, gid: int) -> dict[int, Record]:
             acc = d if i == 0 else acc + d
             ids.append(acc)
         cols[0] = ids
-        out = {}
+        out, prev = {}, 0
         for v in zip(*cols):
-            r = Record.from_list(list(v))
+            v = list(v)
+            ext = decode_extents(v[14], prev)
+            if ext:
+                prev = ext[-1][0] + ext[-1][1]
+            r = Record(v[0], None, *v[1:14], extents=ext)
             if group_of(r.file_id) != gid:
                 raise ValueError(f"record {r.file_id} in group {gid}")
             out[r.file_id] = r
