@@ -259,13 +259,16 @@ class Store:
         another module keeps data derived from the stored files (the search index).
         The store never reads it, and it must be rebuildable from the files. Returns
         None, without calling fn, when the database does not exist yet."""
-        db = self._env.open_optional(b"aux:" + name.encode(), create=False)
-        return None if db is None else self._read(lambda txn: fn(txn, db))
+        key = b"aux:" + name.encode()
+        if self._env.open_optional(key, create=False) is None:
+            return None
+        return self._read(lambda txn: fn(txn, self._env.db[key]))   # (the handle of now)
 
     def aux_write(self, name: str, fn):
         """fn(txn, db) in one write transaction over `aux:<name>` (created if missing)."""
-        db = self._env.open_optional(b"aux:" + name.encode(), create=True)
-        return self._write(lambda txn: fn(txn, db))
+        key = b"aux:" + name.encode()
+        self._env.open_optional(key, create=True)
+        return self._write(lambda txn: fn(txn, self._env.db[key]))
 
     # ----------------------------------------------------------------- records
     def _record(self, txn, name: str) -> Record:
@@ -502,10 +505,7 @@ class Store:
         if self._env.free_share() < slack:
             return False
         with self._wlock:
-            done = self._env.compact_copy()
-        if done:
-            self._reopen_handles()
-        return done
+            return self._env.compact_copy(on_swap=self._reopen_handles)
 
     def _reopen_handles(self) -> None:
         self.env = self._env.env

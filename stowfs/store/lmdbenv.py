@@ -250,9 +250,10 @@ class Env:
         total = info["last_pgno"] + 1
         return max(0.0, 1 - (used + 2) / total) if total else 0.0
 
-    def compact_copy(self) -> bool:
+    def compact_copy(self, on_swap=None) -> bool:
         """Replace the data file with a compacting copy of it, when no other process has
-        the store open (else False). Readers and writers of this process wait."""
+        the store open (else False). Readers and writers of this process wait, until
+        on_swap() (run before they go on) has taken the new database handles."""
         try:
             fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -277,6 +278,8 @@ class Env:
                                  lock=True, mode=0o600, subdir=True)
             self.db = {}
             self.open_databases(names)
+            if on_swap is not None:
+                on_swap()
             done[0] = True
         try:
             self._exclusive(swap)
