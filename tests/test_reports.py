@@ -141,6 +141,7 @@ def test_report_commands(tmp_path):
 def test_reports_under_the_mount(mount):
     src = corpus_dir() / "claude-code-spotter" / "transcripts"
     subprocess.run(["cp", "-r", str(src), str(mount / "inbox" / "t")], check=True, timeout=300)
+    mount.settled()
     for name in ("dups.txt", "prompts.txt", "near-dups.txt", "reports.json"):
         path = mount / "reports" / name
         data = subprocess.run(["cat", str(path)], capture_output=True, check=True, timeout=120).stdout

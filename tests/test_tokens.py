@@ -488,6 +488,7 @@ def test_views_are_sized_without_decoding(store, tmp_path):
 def test_mounted_views_with_real_cat(mount, tmp_path):
     import time
     subprocess.run(["cp", str(HEAVY), str(CODEX), str(BIG), str(mount / "inbox")], check=True)
+    mount.settled()                 # views exist once a file is ingested
     for p in (HEAVY, CODEX, BIG):
         for view, folder, suffix in (("compact", "compact", ".jsonl"), ("lean", "lean", "")):
             got = subprocess.run(["cat", str(mount / folder / (p.name + suffix))], capture_output=True, check=True).stdout
