@@ -142,7 +142,22 @@ def rewrite_metadata(store, level: int) -> int:
 
     def names(txn):
         return store._names.rewrite_all(txn, level)
-    return store._write(groups) + store._write(names)
+
+    def low(db, tag, key_of):
+        def work(txn):
+            for k, v in txn.cursor(db=db):
+                hd = frames.header(v, tag, key_of(bytes(k)))
+                if hd.codec == frames.ZSTD and hd.level < level:
+                    return True
+            return False
+        return store._read(work)
+    from .names import frame_key
+    n = 0
+    if low(store._groups_db, frames.GROUP, lambda k: records._KEY.unpack(k)[0]):
+        n += store._write(groups)
+    if low(store._names_db, frames.NAMES, frame_key):
+        n += store._write(names)
+    return n
 
 
 def merge_anchors(store, live: dict) -> None:
@@ -170,6 +185,7 @@ def steps(store, level: int = limits.LEVEL_COMPACT) -> Iterator[dict]:
     """Compaction as a sequence of steps (each already committed when yielded)."""
     live = live_ranges(store)
     end_block = store._read(lambda txn: meta_get(txn, store._meta, b"stream", {"end": 0}))["end"] // store.block_size
+    dropped = 0
     for bid in block_ids(store):
         lv = live.get(bid, [])
         # the open block keeps its bytes past the last record (a writer may use them next)
@@ -177,11 +193,15 @@ def steps(store, level: int = limits.LEVEL_COMPACT) -> Iterator[dict]:
         if got is not None:
             got["block"] = bid
             got["commits"] = 1
+            dropped += got["dropped"]
             yield got
     n = rewrite_metadata(store, level)
-    yield {"metadata_frames": n, "commits": 2}
-    merge_anchors(store, live)
-    yield {"anchors": True, "commits": 1}
+    if n:
+        yield {"metadata_frames": n, "commits": 2}
+    runs = store._read(lambda txn: txn.stat(store._anchors_db)["entries"])
+    if runs > 1 or dropped:
+        merge_anchors(store, live)
+        yield {"anchors": True, "commits": 1}
 
 
 def compact(store, level: int = limits.LEVEL_COMPACT, progress=None) -> dict:

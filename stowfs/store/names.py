@@ -255,6 +255,9 @@ class Names:
         """Re-encode every page at level (the compactor); returns pages written."""
         n = 0
         for k, v in list(self.pages(txn)):
+            hd = frames.header(v, frames.NAMES, frame_key(k))
+            if hd.codec != frames.ZSTD or hd.level >= level:
+                continue
             entries = self._load(k, v)
             txn.put(k, encode_page(k, entries, level), db=self.db)
             n += 1

@@ -506,7 +506,9 @@ class Stowfs(Peer):
         return self._ready if getattr(self, "_ready", None) else self.root()
 
     def mount_cmd(self, mp):
-        return self.cli() + ["mount", str(self.stored_path()), str(mp)]
+        # the plain-ingest row is read as ingest left it: no background compaction
+        extra = ["--idle-compact", "86400"] if self.name == "stowfs-live" else []
+        return self.cli() + ["mount", str(self.stored_path()), str(mp)] + extra
 
     def umount(self):
         if self.mountpoint is not None and is_mounted(self.mountpoint):
