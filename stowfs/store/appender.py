@@ -62,11 +62,9 @@ class Appender:
         self.frags: list[int] = []
         reader = blocks.StreamReader(self.db, self.B, blocks.DecodedCache(0))
         for frag, frame in blocks.fragments(txn, self.db, self.open_id):
-            dec = reader.decoder(frag, frame)
-            dec.need(frag.hd.raw_len)
             for start, length in frag.ranges:
                 self._add_range(start, length)
-            self.raw += dec.buf
+            self.raw += reader.whole(frag, frame)
             self.frags.append(frag.key)
         self.epoch = (self.end, self.ep)
 

@@ -214,7 +214,18 @@ class StreamReader:
         raise Corrupt(f"stream position {bid * self.block_size + off} is not stored "
                       f"(block {bid}: a record points at bytes that are gone)")
 
+    def whole(self, frag: Fragment, frame) -> bytes:
+        """A fragment's whole payload, decoded and checked (through the cache)."""
+        dec = self.decoder(frag, frame)
+        with dec.lock:
+            dec.need(frag.hd.raw_len)
+            out = bytes(dec.buf)
+        self.cache.grew()
+        return out
+
     def decoder(self, frag: Fragment, frame) -> frames.PartialDecoder:
+        """The cached decoder of a fragment: use it only holding its lock (readers in
+        several threads share it)."""
         ck = (frag.key, frag.hd.hash)
         dec = self.cache.get(ck)
         if dec is None:

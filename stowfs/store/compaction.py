@@ -95,10 +95,8 @@ def compact_block(store, bid: int, live: Optional[list], level: int) -> Optional
             return None
         ranges, raw = [], bytearray()
         for frag, frame in frs:
-            dec = store._reader.decoder(frag, frame)
-            dec.need(frag.hd.raw_len)
             ranges += frag.ranges
-            raw += dec.buf
+            raw += store._reader.whole(frag, frame)
         keep = ranges if live is None else _intersect(ranges, live)
         hd0 = frs[0][0].hd
         final = len(frs) == 1 and keep == ranges and (hd0.level >= level or hd0.codec == frames.RAW)
