@@ -624,7 +624,7 @@ class Store:
                 want -= take
                 pos += n
             return bytes(out)
-        return self._read(work)
+        return self._env.read(work, buffers=True)
 
     def iter_files(self, prefix: str = "") -> Iterator[FileInfo]:
         """Every stored file whose name starts with prefix, sorted by name, a batch at a

@@ -161,14 +161,22 @@ class DecodedCache:
     @staticmethod
     def _cost(d: frames.PartialDecoder) -> int:
         """Memory a cached fragment holds: what it decoded, and while it is not decoded
-        to its end, its compressed frame and the decoder's window (up to the block)."""
-        return len(d.buf) + (0 if d.done else d.hd.raw_len)
+        to its end, its compressed frame."""
+        return len(d.buf) + (0 if d.done else d.hd.body + len(d._frame or b""))
 
     def _trim(self) -> None:
+        """Drop least recently used fragments until within the limit: decoded ones first
+        (dropping one partly decoded loses its progress: a reader going on through it
+        would start again from its beginning), never the one used last."""
         size = sum(self._cost(d) for d in self._d.values())
-        while size > self.limit and len(self._d) > 1:
-            _, d = self._d.popitem(last=False)
-            size -= self._cost(d)
+        for done_first in (True, False):
+            for k in list(self._d)[:-1]:
+                if size <= self.limit:
+                    break
+                d = self._d[k]
+                if d.done or not done_first:
+                    del self._d[k]
+                    size -= self._cost(d)
         self._size = size
 
     def clear(self) -> None:

@@ -167,12 +167,13 @@ class Env:
             self._active -= 1
             self._gate.notify_all()
 
-    def read(self, fn):
-        """fn(txn) in a short read transaction."""
+    def read(self, fn, buffers: bool = False):
+        """fn(txn) in a short read transaction. buffers: values are memoryviews into the
+        map, valid only inside fn (the read path: no copy of a block frame per read)."""
         for _ in range(3):
             self._enter()
             try:
-                with self.env.begin(buffers=False) as txn:
+                with self.env.begin(buffers=buffers) as txn:
                     return fn(txn)
             except lmdb.MapResizedError:
                 pass
