@@ -28,6 +28,7 @@ CORPUS = (REPO.parent / "shared" / "corpus")
 if not CORPUS.is_dir():
     CORPUS = Path("/work/shared/corpus")
 CLI = [sys.executable, "-m", "stowfs"]
+STOWFS_SRC = REPO          # the checkout whose stowfs package the CLI runs (--stowfs-repo)
 CMD_TIMEOUT = 300
 
 
@@ -192,7 +193,7 @@ def stowfs(*args, timeout: float = CMD_TIMEOUT, user: str | None = None, umask: 
     pre = (lambda: os.umask(umask)) if umask is not None else None
     p = CLEANUP.proc(subprocess.Popen(cmd, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE,
                                       stdin=subprocess.DEVNULL, preexec_fn=pre, cwd="/",
-                                      env={**os.environ, "PYTHONPATH": str(REPO)}))
+                                      env={**os.environ, "PYTHONPATH": str(STOWFS_SRC)}))
     try:
         out, err = p.communicate(timeout=timeout)
         hung = False
@@ -209,7 +210,7 @@ def start(*args, umask: int | None = None) -> subprocess.Popen:
     pre = (lambda: os.umask(umask)) if umask is not None else None
     return CLEANUP.proc(subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd="/",
-                                         preexec_fn=pre, env={**os.environ, "PYTHONPATH": str(REPO)}))
+                                         preexec_fn=pre, env={**os.environ, "PYTHONPATH": str(STOWFS_SRC)}))
 
 
 def list_names(store) -> tuple[list[str] | None, Result]:
@@ -405,11 +406,24 @@ class Mount:
 
 
 def log_crashes(text: str, expected: tuple[str, ...] = ()) -> list[str]:
+    """Tracebacks (as the log line before them + their exception line), fatal errors and
+    CRITICAL lines of a daemon log."""
     out = []
-    for line in text.splitlines():
-        if ("Traceback" in line or "Fatal Python error" in line or " CRITICAL " in line) and \
-                not any(re.search(p, line) for p in expected):
-            out.append(line.strip())
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if "Traceback (most recent call last)" in line:
+            j = i + 1
+            while j < len(lines) and (lines[j].startswith(" ") or lines[j].startswith("\t")):
+                j += 1
+            exc = lines[j].strip() if j < len(lines) else "?"
+            where = lines[i - 1].strip()[:160] if i else ""
+            desc = f"{where} -> {exc}"
+        elif "Fatal Python error" in line or " CRITICAL " in line:
+            desc = line.strip()
+        else:
+            continue
+        if not any(re.search(p, desc) for p in expected):
+            out.append(desc)
     return out
 
 

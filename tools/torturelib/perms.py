@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import common
 from .common import CLEANUP, Mount, Skip, Tally, log_crashes, stowfs
 
 
@@ -103,7 +104,7 @@ def run(work: Path, quick: bool, rng, tally: Tally, files: list[Path], scale: di
                 if "stowfs" in what and not cli_ok:
                     continue
                 tally.tried += 1
-                env_cmd = ["env", f"PYTHONPATH={Path(__file__).resolve().parents[2]}", *cmd]
+                env_cmd = ["env", f"PYTHONPATH={common.STOWFS_SRC}", *cmd]
                 r = _as_nobody(*env_cmd)
                 err = r.stderr.decode("utf-8", "replace")
                 if "Traceback" in err:
