@@ -355,7 +355,11 @@ class Mount:
             pass
         return 0
 
-    def kill9(self) -> None:
+    def kill9(self, unmount: bool = True) -> None:
+        """SIGKILL the daemon and wait for it to die; then (unless unmount=False: call
+        lazy_umount() once the processes using the mount are done) detach the dead mount.
+        Detaching while a writer still runs would let it write to the directory under
+        the mount point and "succeed"."""
         if self.pid:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -364,8 +368,12 @@ class Mount:
             deadline = time.monotonic() + 10
             while self.alive() and time.monotonic() < deadline:
                 time.sleep(0.02)
-        subprocess.run(["fusermount3", "-u", "-z", str(self.mp)], capture_output=True)
         self.pid = 0
+        if unmount:
+            self.lazy_umount()
+
+    def lazy_umount(self) -> None:
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mp)], capture_output=True)
 
     def umount(self) -> Result:
         r = stowfs("umount", self.mp, timeout=120)

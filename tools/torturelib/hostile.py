@@ -36,7 +36,7 @@ COUNTS = {
     "quick": {"truncated": 14, "mutated": 16, "binary": 5, "encodings": 14, "names": 24,
               "nesting": 4, "huge": 1, "huge_mb": 3, "long_paths": 4, "deep": (1000,),
               "changing": 2},
-    "full": {"truncated": 220, "mutated": 260, "binary": 40, "encodings": 42, "names": 60,
+    "full": {"truncated": 240, "mutated": 330, "binary": 40, "encodings": 42, "names": 60,
              "nesting": 12, "huge": 3, "huge_mb": 80, "long_paths": 12, "deep": (1000, 1500),
              "changing": 16},
 }

@@ -36,7 +36,7 @@ def ingest_kills(work: Path, files: list[Path], n: int, rng: random.Random, tall
         return
     acked.update({f"base/{p.name}": data[p] for p in files[:6]})
     span = max(0.5, (time.monotonic() - t0) * 1.5)
-    fresh = 0
+    fresh = fresh_unreadable = 0
     for i in range(n):
         first = i % 10 == 9          # a tenth of the kills hit the first ingest of a new store
         target = work / f"kill-fresh-{fresh}" if first else store
@@ -67,6 +67,7 @@ def ingest_kills(work: Path, files: list[Path], n: int, rng: random.Random, tall
             else:
                 tally.add("lost", f"after kill {i}{' of a first ingest' if first else ''}: "
                           f"`ls` fails: {lr.text.strip()[:200]}")
+                fresh_unreadable += first
             if first:
                 fresh += 1
             continue
@@ -94,7 +95,8 @@ def ingest_kills(work: Path, files: list[Path], n: int, rng: random.Random, tall
         tally.add("crashed", v.crash())
     elif v.rc != 0:
         tally.add("failed", f"verify after {n} ingest kills: exit {v.rc}: {v.out.decode()[-300:]}")
-    tally.note(f"ingest kills: {len(acked)} acknowledged files checked; {fresh} kills of a first ingest")
+    tally.note(f"ingest kills: {len(acked)} acknowledged files checked; {fresh} kills of a first ingest, "
+               f"after {fresh_unreadable} of which the new store did not open for readers")
 
 
 def daemon_kills(work: Path, files: list[Path], n: int, rng: random.Random, tally: Tally) -> None:
@@ -118,10 +120,14 @@ def daemon_kills(work: Path, files: list[Path], n: int, rng: random.Random, tall
         time.sleep(rng.uniform(0.05, span))
         if m.alive():
             tally.tried += 1
-        m.kill9()
+        m.kill9(unmount=False)       # the writer must see the dead mount, not the directory under it
         res, hung = writer_results(w, timeout=60)
+        m.lazy_umount()
         if hung:
             tally.add("crashed", f"kill {i}: a writer hung after the daemon died")
+        stray = [p for p in mp.rglob("*")]
+        if stray:       # written under the mount point: the check itself would be wrong
+            raise RuntimeError(f"files under the unmounted mount point: {stray[:3]}")
         for q, rel in items:
             if res.get(rel) == "ok":
                 acked[f"conversations/{rel}"] = data[q]
@@ -157,5 +163,9 @@ def daemon_kills(work: Path, files: list[Path], n: int, rng: random.Random, tall
 
 
 def run(work: Path, quick: bool, rng: random.Random, tally: Tally, files: list[Path], scale: dict) -> None:
-    ingest_kills(work, files, scale["ingest_kills"], rng, tally)
-    daemon_kills(work, files, scale["daemon_kills"], rng, tally)
+    for part, fn, n in (("ingest", ingest_kills, scale["ingest_kills"]),
+                        ("daemon", daemon_kills, scale["daemon_kills"])):
+        before = (tally.tried, tally.lost, tally.wrong, tally.crashed, tally.failed)
+        fn(work, files, n, rng, tally)
+        d = [a - b for a, b in zip((tally.tried, tally.lost, tally.wrong, tally.crashed, tally.failed), before)]
+        tally.note(f"{part} kills: tried {d[0]}, lost {d[1]}, wrong {d[2]}, crashed {d[3]}, failed checks {d[4]}")
