@@ -106,7 +106,7 @@ def mount_pass(work: Path, i: int, mb: int, files: list[Path], tally: Tally) -> 
             tally.add("failed", f"{mb} MiB: copy into inbox/ on a full disk failed with {sorted(errs)} (want ENOSPC)")
         for p, rel in fill:
             if res.get(rel) == "ok":
-                acked[rel] = data[p]
+                acked[rel] = data[p] if p in data else p.read_bytes()
         if not m.alive():
             tally.add("crashed", f"{mb} MiB: the daemon died on a full disk")
             return
