@@ -92,7 +92,8 @@ class Target:
 
 
 def trial(pristine: Path, trial_dir: Path, expected: dict[str, bytes], damage, tally: Tally,
-          label: str, outcomes: Counter) -> None:
+          label: str, outcomes: Counter) -> str:
+    """One damaged copy, checked; returns its outcome ("ok" when nothing went wrong)."""
     if trial_dir.exists():
         shutil.rmtree(trial_dir)
     shutil.copytree(pristine, trial_dir)
@@ -137,6 +138,10 @@ def trial(pristine: Path, trial_dir: Path, expected: dict[str, bytes], damage, t
         outcomes["no effect"] += 1
     if tally.crashed > crashed_before:
         outcomes["a command crashed"] += 1
+    return ("crashed" if tally.crashed > crashed_before else
+            "wrong" if any(v == "wrong" for v in affected.values()) else
+            "unreported" if affected and names is not None and (v.rc == 0 or any(n not in vtext for n in affected)) else
+            "ok")
 
 
 def run(work: Path, quick: bool, rng: random.Random, tally: Tally, files: list[Path], scale: dict) -> None:
@@ -146,6 +151,7 @@ def run(work: Path, quick: bool, rng: random.Random, tally: Tally, files: list[P
     targets = [Target(s, rng) for s, _ in stores]
     outcomes: Counter = Counter()
     per_db: Counter = Counter()
+    bad_db: dict[str, Counter] = {}
     meta_trials = 0
     n_random, n_targeted = scale["random_flips"], scale["targeted_flips"]
     trial_dir = work / "damaged"
@@ -162,8 +168,12 @@ def run(work: Path, quick: bool, rng: random.Random, tally: Tally, files: list[P
             if db != tg.content:
                 meta_trials += 1
         label = ("compacted store, " if k else "") + label
-        trial(pristine, trial_dir, expected, damage, tally, label, outcomes)
+        result = trial(pristine, trial_dir, expected, damage, tally, label, outcomes)
+        if i >= n_random and result != "ok":
+            bad_db.setdefault(db, Counter())[result] += 1
     tally.note(f"{n_random} random (a fifth zeroed pages), {n_targeted} targeted, {meta_trials} of them "
                f"at metadata (content database: {targets[0].content!r}) in {time.monotonic() - t0:.0f} s")
     tally.note("targeted per database: " + ", ".join(f"{d} {c}" for d, c in sorted(per_db.items())))
     tally.note("outcomes: " + ", ".join(f"{k} {v}" for k, v in outcomes.most_common()))
+    tally.note("targeted trials that went wrong, by database: " + ("; ".join(
+        f"{d}: " + ", ".join(f"{k} {v}" for k, v in c.most_common()) for d, c in sorted(bad_db.items())) or "none"))
