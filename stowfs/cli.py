@@ -13,6 +13,7 @@ import stat
 import sys
 import time
 
+from .conversation import PARTIAL
 from .errors import StoreFull, StowError, disk_full
 
 EXIT_OK, EXIT_WARN, EXIT_ERROR = 0, 1, 2
@@ -56,10 +57,7 @@ class Progress:
 
 def _open(args, readonly: bool = False):
     from .store import Store
-    kw = {}
-    if getattr(args, "near_threshold", None) is not None:
-        kw["near_threshold"] = args.near_threshold
-    return Store(args.store, readonly=readonly, **kw)
+    return Store(args.store, readonly=readonly)
 
 
 _KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
@@ -135,7 +133,7 @@ def cmd_ingest(args) -> int:
     prog = Progress(len(items), sum(sizes), not args.json and not args.quiet)
     t0 = time.monotonic()
     with _open(args) as store:
-        todo = ((name, src, os.path.getmtime(src)) for src, name in items)
+        todo = ((name, src, None) for src, name in items)
         by_name = {name: (src, size) for (src, name), size in zip(items, sizes)}
         for name, r in store.put_many(todo):
             src, size = by_name[name]
@@ -154,8 +152,10 @@ def cmd_ingest(args) -> int:
         "files": len(results), "failed": len(failures), "bytes": total,
         "new_bytes": sum(r.new_bytes for r in results),
         "dedup_bytes": sum(r.dedup_bytes for r in results),
-        "replaced": sum(r.replaced for r in results),
-        "unparsed": sum(1 for r in results if r.error),
+        "replaced": sum(r.replaced and not r.unchanged for r in results),
+        "unchanged": sum(r.unchanged for r in results),
+        "unparsed": sum(1 for r in results if r.error and not r.error.startswith(PARTIAL)),
+        "partial": sum(1 for r in results if r.error and r.error.startswith(PARTIAL)),
         "seconds": round(dt, 3), "mb_per_s": round(total / dt / 1e6, 2) if dt > 0 else None,
         "failures": failures,
         "skipped": [{"path": p, "reason": why} for p, why in skipped],
@@ -167,17 +167,22 @@ def cmd_ingest(args) -> int:
               f"({_human(total / dt if dt else 0)}/s): {_human(summary['new_bytes'])} new content, "
               f"{_human(summary['dedup_bytes'])} already stored"
               + (f", {summary['replaced']} replaced" if summary["replaced"] else "")
+              + (f", {summary['unchanged']} unchanged" if summary["unchanged"] else "")
               + (f", {summary['unparsed']} stored as opaque (see `stowfs ls --errors`)" if summary["unparsed"] else "")
+              + (f", {summary['partial']} with a partial text view (see `stowfs ls --errors`)" if summary["partial"] else "")
               + (f", {len(failures)} FAILED" if failures else "")
               + (f", {len(skipped)} skipped (not regular files)" if skipped else ""))
     return EXIT_WARN if failures or skipped else EXIT_OK
 
 
 def _info_dict(i) -> dict:
+    from .tokens import fact_of
+    t = fact_of(i)
     return {"name": i.name, "size": i.size, "text_size": i.text_size, "format": i.format,
             "application": i.application, "model": i.model, "day": i.day,
             "messages": i.messages, "conversations": i.conversations,
-            "mtime": i.mtime, "sha256": i.sha256, "error": i.error}
+            "mtime": i.mtime, "mtime_ns": i.mtime_ns, "mode": oct(i.mode), "checksum": i.checksum,
+            "error": i.error, "tokens": {"encoding": t["enc"], **t["views"]} if t else None}
 
 
 def cmd_ls(args) -> int:
@@ -190,16 +195,38 @@ def cmd_ls(args) -> int:
         if args.errors:
             print(f"{i.name}\t{i.error}")
         elif args.long:
-            print(f"{i.size:>12} {i.format:<20} {(i.model or '-'):<28} {i.name}")
+            from .tokens import fact_of
+            t = fact_of(i)
+            toks = f"{t['views']['original']:>10} {t['views'].get('compact', 0):>8}" if t else f"{'-':>10} {'-':>8}"
+            print(f"{i.size:>12} {toks} {i.format:<20} {(i.model or '-'):<28} {i.name}")
         else:
             print(i.name)
     return EXIT_OK
 
 
+def _rendered_view(store, name: str, view: str, encoding) -> bytes:
+    """A registry view (compact, lean, ...) or budget:N of one stored file."""
+    if view.startswith("budget:"):
+        from .formats import parse
+        from .views import budget
+        try:
+            n = budget.parse_budget(view[7:])
+        except ValueError as e:
+            raise StowError(str(e)) from None
+        data = store.get(name)
+        return budget.render(parse(data, name), n, encoding)
+    return store.get(name, view=view)
+
+
 def cmd_cat(args) -> int:
     out = sys.stdout.buffer
+    if args.encoding and not args.view.startswith("budget:"):
+        raise StowError("--encoding applies to --view budget:N only")
     with _open(args, readonly=True) as store:
         for name in args.names:
+            if args.view not in ("original", "text"):
+                out.write(_rendered_view(store, name, args.view, args.encoding))
+                continue
             r = store.reader(name, args.view)
             pos = 0
             while pos < r.size:
@@ -210,6 +237,20 @@ def cmd_cat(args) -> int:
                 pos += len(data)
     out.flush()
     return EXIT_OK
+
+
+def _view_arg(value: str) -> str:
+    from . import views
+    if value in ("original", "text") or value in views.VIEWS:
+        return value
+    if value.startswith("budget:"):
+        from .views import budget
+        try:
+            budget.parse_budget(value[7:])
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+    raise argparse.ArgumentTypeError(f"unknown view {value!r} (original, {', '.join(views.VIEWS)}, budget:N)")
 
 
 def cmd_rm(args) -> int:
@@ -225,8 +266,9 @@ def cmd_rm(args) -> int:
 
 
 def cmd_stats(args) -> int:
+    from .tokens import add_to_stats
     with _open(args, readonly=True) as store:
-        s = store.stats()
+        s = add_to_stats(store, store.stats())
     if args.json:
         from .store import stats_json
         sys.stdout.buffer.write(stats_json(s))
@@ -235,13 +277,55 @@ def cmd_stats(args) -> int:
           f"{s['unparsed_files']} stored opaque)")
     print(f"original bytes   {_human(s['naive_bytes'])}")
     print(f"on disk          {_human(s['disk_bytes'])}  ratio {s['ratio']}x, saves {s['savings_percent']}%")
-    print(f"segments         {s['segments']} referenced, {s['unique_segments']} unique "
-          f"(dedup {s['dedup_ratio']}x)")
-    print(f"blocks           {s['blocks']}: {_human(s['block_raw_bytes'])} -> {_human(s['block_bytes'])} "
-          f"(compression {s['compression_ratio']}x, {s['dictionaries']} dictionaries)")
-    for kind, k in s["by_kind"].items():
-        print(f"  {kind:<10} {k['segments']:>9} refs {_human(k['segment_bytes']):>10}   "
-              f"{k['unique_segments']:>9} unique {_human(k['unique_bytes']):>10}  dedup {k['dedup_ratio']}x")
+    print(f"content          {_human(s['stream_bytes'])} stored once ({_human(s['naive_bytes'] - s['stream_bytes'])} "
+          f"were repeats, dedup {s['dedup_ratio']}x), in {s['block_fragments']} block frames of "
+          f"{_human(s['block_bytes'])} (compression {s['compression_ratio']}x"
+          + (f"; {s['uncompacted_fragments']} not compacted yet" if s['uncompacted_fragments'] else "") + ")")
+    tb = s["table_bytes"]
+    print("tables           " + ", ".join(f"{k} {_human(v)}" for k, v in tb.items())
+          + f"  (metadata {100 * (s['metadata_share'] or 0):.1f}%)")
+    t = s["tokens"]
+    if t["files"]:
+        views = ", ".join(f"{v} {n:,}" + (f" ({_change(t['reduction_percent'][v])})" if v in t["reduction_percent"] else "")
+                          for v, n in t["views"].items())
+        print(f"tokens           {views}  [{', '.join(f'{e}: {n} files' for e, n in t['encodings'].items())}]")
+    return EXIT_OK
+
+
+def _change(reduction: float) -> str:
+    """A reduction in percent as a change: 76.4 -> "-76.4%", 0 -> "0%", -3 -> "+3%"."""
+    return "0%" if reduction == 0 else f"-{reduction}%" if reduction > 0 else f"+{-reduction}%"
+
+
+def cmd_tokens(args) -> int:
+    from . import tokens
+    with _open(args) as store:      # writable: counts taken for files stored before them are kept
+        r = tokens.aggregate(store, args.prefix or "", args.by, args.encoding, lazy=True)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return EXIT_OK
+    views = ["original", "text", "compact", "lean"]
+    print(f"{'':<32} {'files':>6} " + " ".join(f"{v:>12}" for v in views) + "  encodings")
+    for key, g in sorted(r["groups"].items()):
+        cells = " ".join(f"{g['tokens'].get(v, 0):>12,}" for v in views)
+        print(f"{key[:32]:<32} {g['files']:>6} {cells}  " + ", ".join(f"{e} {n}" for e, n in g["encodings"].items()))
+        print(f"{'':<32} {'':>6} {'':>12} " + " ".join(f"{_change(g['reduction_percent'].get(v, 0)):>12}"
+                                                         for v in views[1:]))
+    for key, g in sorted(r["groups"].items()):
+        for view, st in g["stats"].items():
+            shown = ", ".join(f"{k} {v:,}" for k, v in st.items() if v and k not in ("bytes_in",))
+            print(f"{view} ({key}): {shown}")
+    if r["not_counted"]:
+        print(f"{r['not_counted']} files not counted (not conversations, or stored before token counts)")
+    return EXIT_OK
+
+
+def cmd_cost(args) -> int:
+    from . import cost
+    prices = cost.load_prices(args.prices)
+    with _open(args) as store:      # writable: usage read from files stored before it is kept
+        r = cost.compute(store, args.prefix or "", args.by, prices, lazy=True)
+    sys.stdout.write(cost.render_json(r) if args.json else cost.render_text(r))
     return EXIT_OK
 
 
@@ -254,7 +338,7 @@ def cmd_verify(args) -> int:
     else:
         for p in report["problems"]:
             print(f"DAMAGED: {p}")
-        print(f"checked {report['files']} files, {report['segments']} segments, {report['blocks']} blocks: "
+        print(f"checked {report['files']} files, {report['fragments']} block frames: "
               + ("OK" if report["ok"] else f"{len(report['damaged_files'])} damaged files, "
                  f"{len(report['problems'])} problems"))
     return EXIT_OK if report["ok"] else EXIT_WARN
@@ -265,7 +349,7 @@ def cmd_gc(args) -> int:
     with _open(args) as store:
         r = gc(store)
     print(json.dumps(r, indent=2) if args.json else
-          f"freed {r['segments_freed']} segments ({_human(r['bytes_freed'])}), "
+          f"freed {_human(r['bytes_freed'])} no file uses, "
           f"{r['blocks_deleted']} blocks deleted, {r['blocks_rewritten']} rewritten")
     return EXIT_OK
 
@@ -275,26 +359,9 @@ def cmd_compact(args) -> int:
     r = compact(args.store, level=args.level, progress=not args.json)
     print(json.dumps(r, indent=2) if args.json else
           f"compacted: {_human(r['disk_before'])} -> {_human(r['disk_after'])} on disk, "
-          f"{r['blocks_before']} -> {r['blocks_after']} blocks, {r['dictionaries']} dictionaries")
-    return EXIT_OK
-
-
-def cmd_train(args) -> int:
-    with _open(args) as s:
-        out = {}
-        if not args.substrings_only:
-            out["dictionary"] = s.train()
-        if not args.no_substrings:
-            out["substrings"] = s.train_substrings(args.samples, args.min_occurrences)
-            out["substring_bytes"] = sum(len(r["bytes"]) for r in s.substrings()) if out["substrings"] else 0
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return EXIT_OK
-    if "dictionary" in out:
-        print(f"dictionary: {'trained, id ' + str(out['dictionary']) if out['dictionary'] else 'not enough content to train one'}")
-    if "substrings" in out:
-        print(f"substrings: {out['substrings']} promoted ({_human(out['substring_bytes'])})" if out["substrings"]
-              else f"substrings: none occur in {args.min_occurrences} samples; registry unchanged")
+          f"{r['blocks_before']} -> {r['blocks_after']} block frames, {_human(r['bytes_dropped'])} "
+          f"no file used dropped" + ("" if r["free_pages_returned"] else
+                                     "; free pages kept (the store is open elsewhere: mounted?)"))
     return EXIT_OK
 
 
@@ -360,22 +427,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prefix", default="", help="store everything under this directory name")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
-    sp.add_argument("--near-threshold", type=float, default=None, metavar="J",
-                    help="estimated Jaccard similarity at which a stored segment is tried as a delta "
-                    "base for a new one (default 0.5; 0 turns near-dedup off)")
 
     sp = cmd("ls", cmd_ls, "list stored files")
     sp.add_argument("store")
     sp.add_argument("prefix", nargs="?", help="only names starting with this")
-    sp.add_argument("-l", "--long", action="store_true", help="size, format and model too")
-    sp.add_argument("--errors", action="store_true", help="only files not parsed as conversations, with why")
+    sp.add_argument("-l", "--long", action="store_true",
+                    help="size, tokens (original, compact; - when not counted), format and model too")
+    sp.add_argument("--errors", action="store_true", help="only files not parsed as conversations (with why and what they look like) "
+                    "or whose text view is partial")
     sp.add_argument("--json", action="store_true")
 
     sp = cmd("cat", cmd_cat, "write stored files to stdout")
     sp.add_argument("store")
     sp.add_argument("names", nargs="+", metavar="NAME")
-    sp.add_argument("--view", choices=("original", "text"), default="original",
-                    help="original bytes (default) or the readable transcript")
+    sp.add_argument("--view", type=_view_arg, default="original", metavar="VIEW",
+                    help="original (default), text (the readable transcript), compact (the "
+                    "conversation only, JSONL), lean (same format, lean in tokens) or budget:N "
+                    "(the transcript trimmed to at most N tokens)")
+    sp.add_argument("--encoding", choices=("cl100k_base", "o200k_base"), default=None,
+                    help="with budget:N: count in this encoding instead of the file model's")
 
     sp = cmd("rm", cmd_rm, "remove stored files (space is freed by gc)")
     sp.add_argument("store")
@@ -385,31 +455,43 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("store")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("verify", cmd_verify, "check every block, segment and file; exit 1 names damaged files")
+    sp = cmd("tokens", cmd_tokens, "exact token counts per view (original, text, compact, lean) "
+             "and what each view removed, from the files' records")
+    sp.add_argument("store")
+    sp.add_argument("prefix", nargs="?", help="only names starting with this")
+    sp.add_argument("--by", choices=("model", "app", "day", "file"), default=None, help="group the totals")
+    sp.add_argument("--encoding", choices=("cl100k_base", "o200k_base"), default=None,
+                    help="count every file in this encoding (decodes the files whose stored counts "
+                    "use the other one); default: each file's model's encoding")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("cost", cmd_cost, "tokens and cost per model, app, day or file from the usage the "
+             "files record, priced from the dated table shipped in the package")
+    sp.add_argument("store")
+    sp.add_argument("prefix", nargs="?", help="only names starting with this")
+    sp.add_argument("--by", choices=("model", "app", "day", "file"), default="model", help="group by (default model)")
+    sp.add_argument("--prices", metavar="FILE", default=None,
+                    help="a price file laid over the shipped table (default: $STOWFS_PRICES, "
+                    "else ~/.config/stowfs/prices.json when it exists)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("verify", cmd_verify, "check every table against the others and every file against its "
+             "checksum; exit 1 names damaged files")
     sp.add_argument("store")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("gc", cmd_gc, "free segments no stored file uses any more")
+    sp = cmd("gc", cmd_gc, "drop stored bytes no file uses any more (removed or replaced files)")
     sp.add_argument("store")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("compact", cmd_compact, "repack everything into large blocks at a high zstd level, "
-             "in file order; give free space back to the disk (needs the store unmounted)")
+    sp = cmd("compact", cmd_compact, "bring the store to its final form now: blocks as one frame each at "
+             "a high zstd level, bytes no file uses dropped, metadata recompressed, free pages given back "
+             "(works while mounted; the mount also does it by itself when idle)")
     sp.add_argument("store")
     sp.add_argument("--level", type=int, default=None, help="zstd level (default 19)")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("train", cmd_train, "train the block dictionary and the shared-substring registry "
-             "from the store's own content (later blocks use them when smaller)")
-    sp.add_argument("store")
-    sp.add_argument("--samples", type=int, default=2000, help="segments sampled for substrings (default 2000)")
-    sp.add_argument("--min-occurrences", type=int, default=3,
-                    help="distinct samples a substring must occur in to be promoted (default 3)")
-    sp.add_argument("--no-substrings", action="store_true", help="only the dictionary")
-    sp.add_argument("--substrings-only", action="store_true", help="only the substrings")
-    sp.add_argument("--json", action="store_true")
-
-    sp = cmd("dups", cmd_dups, "the segments stored once for the most files, with the bytes that saves")
+    sp = cmd("dups", cmd_dups, "the message content found in the most files, with the bytes keeping it once saves")
     sp.add_argument("store")
     sp.add_argument("-n", "--top", type=int, default=20, help="how many (default 20)")
     sp.add_argument("--json", action="store_true")
@@ -420,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threshold", type=float, default=0.8, help="similarity of a variant (default 0.8)")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("near-dups", cmd_near_dups, "clusters of near-duplicate segments: a canonical one and its "
+    sp = cmd("near-dups", cmd_near_dups, "clusters of near-duplicate message content: a canonical one and its "
              "variants with their estimated similarity")
     sp.add_argument("store")
     sp.add_argument("--threshold", type=float, default=0.8, help="estimated Jaccard similarity (default 0.8)")
@@ -457,15 +539,18 @@ def main(argv=None) -> int:
             return EXIT_ERROR
         print(f"stowfs: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return EXIT_ERROR
-    except Exception as e:
+    except Exception as e:          # a bug: one line, the traceback with --debug
+        if getattr(args, "debug", False):
+            raise
         # The storage engine can report a full disk as an I/O error of its commit (LMDB
         # writes its pages with pwrite and, on tmpfs, sees EIO). When the store's file
-        # system has no room left, that is what the user must read; anything else is a
-        # bug and keeps its traceback.
-        if not getattr(args, "debug", False) and disk_full(getattr(args, "store", None)):
+        # system has no room left, that is what the user must read.
+        if disk_full(getattr(args, "store", None)):
             print(f"stowfs: error: no space left on device ({e})", file=sys.stderr)
             return EXIT_ERROR
-        raise
+        print(f"stowfs: internal error: {type(e).__name__}: {e} (--debug shows the traceback)",
+              file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

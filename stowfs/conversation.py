@@ -42,6 +42,12 @@ class Message:
     model: Optional[str] = None
     event: bool = False                 # a log line of the app (a command's output, a compaction
                                         # summary), not a prompt: its text is no system prompt
+    label: Optional[str] = None         # what the message is in its file beyond its role:
+                                        # "chosen" / "rejected" (preference data), "queued" (typed
+                                        # while the agent was busy), an attachment's kind
+    sidechain: Optional[str] = None     # set on the messages of a nested thread (a subagent run
+                                        # from a Task call): the thread's label; consecutive
+                                        # messages with the same label form one nested block
 
 
 @dataclass
@@ -54,6 +60,10 @@ class Conversation:
     ended: Optional[str] = None
     usage: dict[str, int] = field(default_factory=dict)  # summed token usage when present
     metadata: dict[str, Any] = field(default_factory=dict)
+    title: Optional[str] = None         # the conversation's title where the format has one
+
+
+PARTIAL = "partial text view: "         # how Parsed.issue starts for a partial conversation
 
 
 @dataclass
@@ -65,10 +75,24 @@ class Parsed:
     # Text formats only (e.g. aider Markdown): byte ranges (start, end, role) of message bodies
     # in the original file, so the store can keep each message as its own segment.
     spans: list[tuple[int, int, str]] = field(default_factory=list)
+    # A conversation whose text view is known to lack some of the file's content (a shape
+    # the parser recognises only in part): why, in one line. The file still has its text
+    # view; `issue` reports it in `stowfs ls --errors` and errors/.
+    partial: Optional[str] = None
 
     @property
     def is_conversation(self) -> bool:
         return self.error is None and bool(self.conversations)
+
+    @property
+    def issue(self) -> Optional[str]:
+        """What errors/ says about the file: why it is not a conversation, or what its text
+        view lacks; None when it is a conversation rendered in full."""
+        if self.error is not None:
+            return self.error
+        if self.partial is not None:
+            return PARTIAL + self.partial
+        return None
 
     def models(self) -> list[str]:
         seen: dict[str, None] = {}

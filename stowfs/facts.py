@@ -45,3 +45,4 @@ def compute(parsed: Parsed, data: bytes) -> dict:
 def _load() -> None:
     """Import the modules that register providers (once)."""
     from . import views  # noqa: F401  (registers "views")
+    from . import tokens, usage  # noqa: F401  (register "tokens", "usage")

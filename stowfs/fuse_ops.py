@@ -91,7 +91,7 @@ class Operations(pyfuse3.Operations):
         e.st_size = a.size
         e.st_blksize = 4096
         e.st_blocks = (a.size + 511) // 512
-        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = int(a.mtime * 1e9)
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = a.mtime_ns
         return e
 
     def _entry(self, node, attr: Attr) -> pyfuse3.EntryAttributes:
@@ -102,6 +102,8 @@ class Operations(pyfuse3.Operations):
     # ------------------------------------------------------------------ names and attributes
     @_handler
     async def lookup(self, parent_inode, name, ctx):
+        if self.fs.renders(parent_inode):      # budget/N/: the lookup renders the file
+            return self._entry(*await _blocking(self.fs.lookup, parent_inode, fsdecode(name)))
         return self._entry(*self.fs.lookup(parent_inode, fsdecode(name)))
 
     @_handler
@@ -111,6 +113,8 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def getattr(self, inode, ctx):
+        if self.fs.renders(inode):
+            return self._getattr(await _blocking(self.fs.getattr, inode))
         return self._getattr(self.fs.getattr(inode))
 
     @_handler
@@ -124,6 +128,8 @@ class Operations(pyfuse3.Operations):
             kw["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
             kw["mtime_ns"] = attr.st_mtime_ns
+        if kw and self.fs.is_inbox(inode):    # may copy a stored file into the spool first
+            return self._getattr(await _blocking(self.fs.setattr, inode, fh, **kw))
         return self._getattr(self.fs.setattr(inode, fh, **kw))
 
     @_handler
@@ -166,7 +172,10 @@ class Operations(pyfuse3.Operations):
         # No decode here: with keep_cache the kernel serves a warm file from its page
         # cache and sends no READ at all, so decoding at open would be wasted work; the
         # first READ decodes (off the event loop), see read().
-        fh, keep_cache, direct_io = self.fs.open(inode, flags)
+        if self.fs.open_blocks(inode, flags):     # may copy a stored file into the spool
+            fh, keep_cache, direct_io = await _blocking(self.fs.open, inode, flags)
+        else:
+            fh, keep_cache, direct_io = self.fs.open(inode, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct_io)
 
     @_handler
@@ -187,11 +196,10 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def flush(self, fh):
-        # close() waits for FLUSH (RELEASE comes later, asynchronously): ingest here.
-        if self.fs.pending_ingest(fh):
-            await _blocking(self.fs.flush, fh)
-        else:
-            self.fs.flush(fh)
+        # Nothing happens at close(): written data is in the spool at write() and ingested
+        # once settled. ENOSYS makes the kernel stop sending FLUSH on this connection, a
+        # round trip saved at every close() (reads included).
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @_handler
     async def fsync(self, fh, datasync):
@@ -199,10 +207,7 @@ class Operations(pyfuse3.Operations):
 
     @_handler
     async def release(self, fh):
-        if self.fs.pending_ingest(fh):
-            await _blocking(self.fs.release, fh)
-        else:
-            self.fs.release(fh)
+        self.fs.release(fh)
 
     # ------------------------------------------------------------------ changes
     @_handler
@@ -240,6 +245,18 @@ class Operations(pyfuse3.Operations):
                         parent_inode_new, fsdecode(name_new),
                         noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
                         exchange=bool(flags & pyfuse3.RENAME_EXCHANGE))
+
+
+async def settle_inbox(fs: Filesystem) -> None:
+    """Ingest inbox files once they have settled (Filesystem.settle), off the event loop."""
+    interval = min(0.5, max(0.05, fs.inbox.quiet / 4))
+    while True:
+        await trio.sleep(interval)
+        if fs.inbox.due():
+            try:
+                await _blocking(fs.settle)
+            except Exception:
+                log.exception("ingesting settled inbox files failed")
 
 
 async def watch_store(fs: Filesystem, interval: float = 1.0) -> None:

@@ -45,9 +45,14 @@ def default_analyze(data: bytes, name: str) -> Analysis:
     conv0 = parsed.conversations[0] if parsed.conversations else None
     day = conv0.started[:10] if conv0 is not None and conv0.started and len(conv0.started) >= 10 else None
     app = next((c.application for c in parsed.conversations if c.application), None)
-    return Analysis(format=parsed.format, error=parsed.error, application=app,
+    return Analysis(format=parsed.format, error=parsed.issue, application=app,
                     models=tuple(parsed.models()), day=day,
                     text=render_bytes(parsed) if parsed.is_conversation else b"")
+
+
+def _text_version() -> int:
+    from .views import VIEWS
+    return VIEWS["text"].version
 
 
 class MemoryViewReader:
@@ -82,7 +87,8 @@ class MemoryStore:
         self.close()
 
     # ------------------------------------------------------------------ writing
-    def put(self, name: str, data: bytes, *, mtime: Optional[float] = None) -> PutResult:
+    def put(self, name: str, data: bytes, *, mtime: Optional[float] = None,
+            mtime_ns: Optional[int] = None, mode: Optional[int] = None) -> PutResult:
         name = check_name(name)
         data = bytes(data)
         a = self._analyze(data, name)
@@ -91,22 +97,32 @@ class MemoryStore:
             old = self._files.get(name)
             fid = self._next_id
             self._next_id += 1
+            if mtime_ns is None:
+                mtime_ns = time.time_ns() if mtime is None else int(round(float(mtime) * 1e9))
             info = FileInfo(name=name, file_id=fid, size=len(data), text_size=len(a.text),
                             format=a.format, application=a.application,
                             model=a.models[0] if a.models else None, models=tuple(a.models),
-                            day=a.day, mtime=time.time() if mtime is None else float(mtime),
-                            error=a.error, sha256=hashlib.sha256(data).hexdigest())
+                            day=a.day, mtime=mtime_ns / 1e9, error=a.error,
+                            checksum=hashlib.blake2b(data, digest_size=4).hexdigest(),
+                            facts={"views": {"text": [_text_version(), len(a.text)]}},
+                            mtime_ns=mtime_ns, mode=0o644 if mode is None else mode & 0o7777)
             self._files[name] = (info, data, a.text)
             self._generation += 1
         return PutResult(name, fid, len(data), len(data), 0, a.format, a.error, old is not None)
 
-    def put_file(self, name: str, src_path, *, mtime: Optional[float] = None) -> PutResult:
+    def put_file(self, name: str, src_path, *, mtime: Optional[float] = None,
+                 mtime_ns: Optional[int] = None, mode: Optional[int] = None) -> PutResult:
+        import os
         try:
             with open(src_path, "rb") as f:
                 data = f.read()
+                st = os.fstat(f.fileno())
         except OSError as e:
             raise NotFound(f"cannot read {src_path}: {e.strerror}") from None
-        return self.put(name, data, mtime=mtime)
+        if mtime_ns is None and mtime is None:
+            mtime_ns = st.st_mtime_ns
+        return self.put(name, data, mtime=mtime, mtime_ns=mtime_ns,
+                        mode=st.st_mode if mode is None else mode)
 
     def _check_place(self, name: str) -> None:
         if self._is_dir(name):
@@ -205,26 +221,6 @@ class MemoryStore:
         size = sum(i.size for i in infos)
         return {"files": len(infos), "unparsed_files": sum(1 for i in infos if i.error),
                 "naive_bytes": size, "disk_bytes": size, "generation": self._generation}
-
-    # ------------------------------------------------------------------ segments
-    # The twin keeps no segments: each distinct file content stands for one (kind
-    # "other"), referenced by the files that hold it, so reports run on it too.
-    def iter_segments(self):
-        with self._lock:
-            counts: dict[bytes, list] = {}
-            for _info, data, _text in self._files.values():
-                h = hashlib.blake2b(data, digest_size=16).digest()
-                counts.setdefault(h, [len(data), 0])[1] += 1
-        for h in sorted(counts):
-            length, refs = counts[h]
-            yield h, 0, length, refs, None
-
-    def segment(self, h: bytes) -> bytes:
-        with self._lock:
-            for _info, data, _text in self._files.values():
-                if hashlib.blake2b(data, digest_size=16).digest() == h:
-                    return data
-        raise NotFound(f"no segment {h.hex()}")
 
     def verify(self):
         return {"ok": True, "files": len(self._files)}

@@ -1,11 +1,15 @@
 """`stowfs mount` and `stowfs umount`.
 
 mount checks what it can in the calling process (mount point, store, whether the store
-is already mounted), then daemonizes *before* anything opens LMDB (an environment must
+is already mounted; it refuses a mount point that is the store, lies inside it, holds it,
+or is not empty unless -o nonempty: the daemon would deadlock on its own mount or hide
+files), then daemonizes *before* anything opens LMDB (an environment must
 not cross fork()). The daemon opens the store, recovers the spool, mounts, and only then
 reports "ready" through a pipe; the calling process waits on that pipe, so `stowfs mount`
 returns once the mount is usable, and any error (busy store, failed mount) reaches the
-user as one line with exit code 2. SIGINT/SIGTERM/SIGHUP unmount cleanly; SIGUSR1 logs how
+user as one line with exit code 2. The daemon ingests inbox/ files once they have settled
+(--settle seconds without a writer or a change), and at unmount whatever no writer holds.
+SIGINT/SIGTERM/SIGHUP unmount cleanly; SIGUSR1 logs how
 many requests of each kind the daemon has handled (so does the unmount). The daemon
 logs to STORE/mount.log (or --log FILE; stderr with -f).
 
@@ -31,16 +35,32 @@ import threading
 import time
 from pathlib import Path
 
+from . import limits
+
 log = logging.getLogger("stowfs.mount")
 
 READY_TIMEOUT = 120.0   # seconds the calling process waits for the daemon's mount
+UMOUNT_WAIT = 600.0     # seconds umount waits for the daemon to finish (and free the store)
 LOCK_NAME = "mount.lock"
 SPOOL_NAME = "spool"
 LOG_NAME = "mount.log"
 
 
+DEFAULT_SETTLE = 2.0     # = stowfs.fs.inbox.DEFAULT_QUIET (not imported: the checks need no FUSE)
+
+
 class MountError(Exception):
     """A failure explained in one line."""
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"not a number of seconds (0 to 86400): {text!r}")
+    return value
 
 
 def _err(msg: str) -> int:
@@ -57,11 +77,18 @@ def add_arguments(mount_parser: argparse.ArgumentParser, umount_parser: argparse
                    help="stay in the foreground (log to stderr) instead of daemonizing")
     p.add_argument("--debug", action="store_true", help="debug logging (and FUSE debug output with -f)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
-                   help="FUSE mount options, comma-separated (e.g. allow_other); repeatable")
+                   help="FUSE mount options, comma-separated (e.g. allow_other; nonempty: mount over a "
+                        "directory that has files in it); repeatable")
     p.add_argument("--cache-mb", dest="cache_mb", type=int, default=48, metavar="MB",
                    help="memory for decoded data, in MiB: two thirds for decoded blocks, one third "
                         "for whole decoded files that are read in several requests (default: 48; "
                         "the kernel's page cache keeps file contents too)")
+    p.add_argument("--idle-compact", dest="idle_compact", type=float, default=None, metavar="S",
+                   help="compact the store in the background once nothing was written for S seconds "
+                        f"(default: {limits.IDLE_COMPACT_SECONDS:g})")
+    p.add_argument("--settle", type=_seconds, default=DEFAULT_SETTLE, metavar="SECONDS",
+                   help="ingest an inbox/ file once no writer has it open and it has not changed "
+                        f"for this long (default: {DEFAULT_SETTLE:g}; fsync() ingests at once)")
     p.add_argument("--log", metavar="FILE", help=f"daemon log file (default: STORE/{LOG_NAME})")
     p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)   # tests: MemoryStore
     umount_parser.add_argument("mountpoint", help="where a store is mounted")
@@ -112,6 +139,30 @@ def _check_mountpoint(mountpoint: str) -> str:
     return mp
 
 
+def _check_places(mp: str, store: str) -> None:
+    """Refuse a mount point the daemon would deadlock on: the store, inside it, or holding
+    it (the store's own files would be behind the mount)."""
+    m, s = os.path.realpath(mp), os.path.realpath(store)
+    if m == s:
+        raise MountError(f"mount point {mp} is the store itself: mount it somewhere else")
+    if m.startswith(s.rstrip("/") + "/"):
+        raise MountError(f"mount point {mp} lies inside the store {store}: mount it somewhere else")
+    if s.startswith(m.rstrip("/") + "/"):
+        raise MountError(f"store {store} lies inside the mount point {mp}: the mount would hide it")
+
+
+def _check_empty(mp: str, options: list[str]) -> None:
+    """Refuse to hide files under the mount, unless -o nonempty asks for it."""
+    if "nonempty" not in _option_set(options):
+        with os.scandir(mp) as it:
+            if any(True for _ in it):
+                raise MountError(f"mount point {mp} is not empty (-o nonempty mounts over its files)")
+
+
+def _option_set(options: list[str]) -> set[str]:
+    return {o.strip() for group in options or [] for o in group.split(",") if o.strip()}
+
+
 def _is_stale(entry) -> bool:
     """Whether a FUSE mount has lost its daemon. A stat of the mount point may be answered
     from the kernel's cache, so look up a name that cannot be cached (in a thread: a hung
@@ -146,7 +197,7 @@ def _check_store(store: str, memory: bool) -> Path:
     if not path.is_dir():
         raise MountError(f"{path} is not a store directory")
     if not memory and not (path / "lmdb").is_dir():
-        if any(p.name not in (SPOOL_NAME, LOG_NAME, LOCK_NAME) for p in path.iterdir()):
+        if any(p.name not in (SPOOL_NAME, SPOOL_NAME + ".tmp", LOG_NAME, LOCK_NAME) for p in path.iterdir()):
             raise MountError(f"{path} is not a stowfs store (and not empty)")
     return path
 
@@ -168,8 +219,7 @@ def _lock_store(path: Path):
 def _fuse_options(args, store: Path) -> set[str]:
     opts = {"default_permissions", "subtype=stowfs",
             "fsname=stowfs:" + str(store).replace("\\", "\\\\").replace(",", "\\,")}
-    for group in args.options or []:
-        opts.update(o.strip() for o in group.split(",") if o.strip())
+    opts.update(_option_set(args.options) - {"nonempty"})   # ours: FUSE 3 has no such option
     if args.debug and args.foreground:
         opts.add("debug")
     return opts
@@ -178,7 +228,9 @@ def _fuse_options(args, store: Path) -> set[str]:
 # ====================================================================== mount
 def cmd_mount(args) -> int:
     try:
+        _check_places(os.path.abspath(args.mountpoint), os.path.abspath(args.store))
         mp = _check_mountpoint(args.mountpoint)
+        _check_empty(mp, args.options)
         store = _check_store(args.store, getattr(args, "memory", False))
         _lock_store(store).close()      # early, friendly check; the daemon takes it for real
     except MountError as e:
@@ -296,13 +348,13 @@ def _serve(args, store: Path, mp: str, report) -> int:
         import pyfuse3
         import trio
         from .fs import Filesystem
-        from .fuse_ops import KernelNotifier, Operations, watch_store
+        from .fuse_ops import KernelNotifier, Operations, settle_inbox, watch_store
     except ImportError as e:
         report(f"FUSE support is not installed ({e.name}): pip install 'stowfs[fuse]'")
         return 2
     from .errors import StowError
 
-    lock = st = None
+    lock = st = compactor = None
     try:
         lock = _lock_store(store)
         lock.seek(0)
@@ -317,12 +369,18 @@ def _serve(args, store: Path, mp: str, report) -> int:
         else:
             from .store import Store
             st = Store(store, create=True, cache_bytes=budget * 2 // 3)
-        fs = Filesystem(st, store / SPOOL_NAME, cache_bytes=budget // 3, notifier=KernelNotifier())
-        removed, left = fs.inbox.recover()
-        if removed or left:
-            log.info("spool recovery: %d already stored, %d left in inbox/", removed, len(left))
+        fs = Filesystem(st, store / SPOOL_NAME, cache_bytes=budget // 3, notifier=KernelNotifier(),
+                        settle=getattr(args, "settle", DEFAULT_SETTLE))
+        found, leftovers = fs.inbox.recover()
+        if found or leftovers:
+            log.info("spool recovery: %d files written before to ingest, %d leftovers stay in inbox/",
+                     found, len(leftovers))
         ops = Operations(fs)
         pyfuse3.init(ops, mp, _fuse_options(args, store))
+        if hasattr(st, "block_stats"):          # the real store (not the memory twin)
+            from .store.background import BackgroundCompactor
+            compactor = BackgroundCompactor(st, getattr(args, "idle_compact", None) or limits.IDLE_COMPACT_SECONDS)
+            compactor.start()
     except BaseException as e:
         if isinstance(e, (MountError, StowError)):
             msg = str(e)
@@ -335,13 +393,15 @@ def _serve(args, store: Path, mp: str, report) -> int:
             msg = f"mount failed: {e!r}"
         log.error("mount failed: %s", msg)
         report(msg)
+        if compactor is not None:
+            compactor.stop()
         _close(st, lock)
         return 2
 
     log.info("mounted %s at %s (pid %d)", store, mp, os.getpid())
     code = 0
     try:
-        trio.run(_main, ops, report, watch_store)
+        trio.run(_main, ops, report, (watch_store, settle_inbox))
     except BaseException:
         log.exception("the FUSE main loop failed")
         code = 2
@@ -351,6 +411,9 @@ def _serve(args, store: Path, mp: str, report) -> int:
             pyfuse3.close(unmount=True)
         except Exception:
             log.exception("unmounting failed")
+        _settle_all(fs)
+        if compactor is not None:
+            compactor.stop()
         _close(st, lock)
         _log_requests(ops)
         log.info("unmounted %s", mp)
@@ -370,6 +433,19 @@ def _drain_notifications(timeout: float = 5.0) -> None:
                 log.warning("kernel notifications still pending after %.0f s; unmounting", timeout)
 
 
+def _settle_all(fs) -> None:
+    """At unmount, ingest what the inbox holds that no writer has open (the kernel is gone:
+    no notifications). A failure leaves the spool file for the next mount."""
+    from .fs import Notifier
+    fs.notifier = Notifier()
+    try:
+        n = fs.settle(everything=True)
+        if n:
+            log.info("ingested %d inbox files at unmount", n)
+    except Exception:
+        log.exception("ingesting inbox files at unmount failed; they stay in the spool")
+
+
 def _close(st, lock) -> None:
     if st is not None:
         st.close()
@@ -383,7 +459,7 @@ def _log_requests(ops) -> None:
     log.info("requests handled: %s", ", ".join(f"{k} {n}" for k, n in sorted(ops.requests.items())) or "none")
 
 
-async def _main(ops, report, watch_store) -> None:
+async def _main(ops, report, tasks) -> None:
     import pyfuse3
     import trio
 
@@ -400,7 +476,8 @@ async def _main(ops, report, watch_store) -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signal)
-        nursery.start_soon(watch_store, ops.fs)
+        for task in tasks:
+            nursery.start_soon(task, ops.fs)
         report(None)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
@@ -428,8 +505,8 @@ def cmd_umount(args) -> int:
         if "busy" in why.lower():
             why = f"{mp} is busy (a process is using it); close it and retry"
         return _err(why)
-    if daemon:
-        deadline = time.monotonic() + 30
+    if daemon:      # it ingests what inbox/ still holds before it exits: the store is free after
+        deadline = time.monotonic() + UMOUNT_WAIT
         while time.monotonic() < deadline and _alive(daemon):
             time.sleep(0.05)
     return 0

@@ -20,7 +20,6 @@ import hashlib
 from functools import lru_cache
 
 from . import limits
-from .pieces import ASSISTANT, USER
 
 SHINGLE = 8
 SAMPLE = 8                   # one window in SAMPLE is kept (a power of two)
@@ -37,6 +36,7 @@ EMPTY = 0xFFFFFFFF
 def delta_candidate(kind: int, length: int) -> bool:
     """Whether a new segment of this kind and length is signed, looked up for a near
     copy to delta against, and indexed as a base for later ones."""
+    from .legacy.pieces import ASSISTANT, USER      # format 2's segment kinds
     return kind not in (USER, ASSISTANT) and limits.DELTA_MIN <= length <= limits.DELTA_MAX
 
 

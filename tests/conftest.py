@@ -101,6 +101,21 @@ class Mount:
             assert self.pid and _alive(self.pid), "daemon not running after mount"
         return r
 
+    def waiting(self) -> list[str]:
+        """inbox/ files written but not ingested yet (spool files other than leftovers)."""
+        from stowfs.fs.inbox import is_leftover
+        spool = self.store / "spool"
+        return [str(p.relative_to(spool)) for p in spool.rglob("*")
+                if p.is_file() and not is_leftover(str(p.relative_to(spool)))]
+
+    def settled(self, timeout: float = 60) -> None:
+        """Wait until what was written to inbox/ is ingested: a file is stored once it has
+        settled (closed and unchanged for --settle seconds), not at close()."""
+        deadline = time.monotonic() + timeout
+        while self.waiting() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not self.waiting(), f"not ingested after {timeout} s: {self.waiting()[:10]}"
+
     def mounted(self) -> bool:
         return str(self.path) in _mounts_under(MOUNT_BASE)
 

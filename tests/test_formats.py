@@ -389,7 +389,14 @@ def test_error_messages_are_specific():
     assert "line 3" in parse(b'{"a": 1,\n\n}').error
     assert parse(b"[" * 100_000).error == "JSON: nested too deeply"
     assert "4300" in parse(b"[" + b"1" * 5000 + b"]").error
-    assert parse(b'{"hello": 1}').error == "JSON but no recognised conversation format"
+    assert parse(b'{"hello": 1}').error == \
+        "no recognised conversation format: JSON object with keys hello"
+    # what an unknown file looked like, so a user can ask for its format
+    assert parse(b'[{"q": 1, "a": 2}, {"q": 3}]').error == (
+        "no recognised conversation format: JSON array of 2 objects with keys q, a")
+    lines = b'{"type": "ping", "at": 1}\n{"type": "pong", "at": 2}\n{"type": "ping"}\n'
+    assert parse(lines).error == ("JSONL but no recognised conversation format: JSONL, 3 lines "
+                                  'of objects with keys type, at; "type": ping, pong')
 
 
 def test_nested_blocks_near_the_recursion_limit_do_not_raise():

@@ -6,12 +6,14 @@ import errno
 import json
 import os
 import stat
+import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from stowfs.errors import NotFound
 from stowfs.fs import Filesystem, Notifier
+from stowfs.fs.inbox import is_leftover
 from stowfs.fs.names import (DIR_BASE, INBOX_BASE, ROOT_INO, TOP, dir_ino, file_ino, flat,
                              unflat)
 from stowfs.memstore import Analysis, MemoryStore
@@ -88,20 +90,21 @@ def cat(fs, path: str) -> bytes:
             out += chunk
             off += len(chunk)
     finally:
-        fs.flush(fh)
         fs.release(fh)
 
 
-def write_inbox(fs, path: str, data: bytes, chunk: int = 1000) -> None:
-    """What cp does: create, write, close (flush then release)."""
+def write_inbox(fs, path: str, data: bytes, chunk: int = 1000, settle: bool = True) -> None:
+    """What cp does: create, write, close (release); then, unless told not to, let the
+    inbox settle as if the quiet time had passed."""
     d, _, name = path.rpartition("/")
     parent, _ = walk(fs, "inbox/" + d)
     fh, node, _ = fs.create(parent, name, 0o644, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     fs.remember(node)
     for off in range(0, len(data), chunk):
         fs.write(fh, off, data[off:off + chunk])
-    fs.flush(fh)
     fs.release(fh)
+    if settle:
+        fs.settle(everything=True)
 
 
 def errno_of(fn, *args, **kw) -> int:
@@ -113,8 +116,10 @@ def errno_of(fn, *args, **kw) -> int:
 # ---------------------------------------------------------------------- tree
 def test_root_layout(fs):
     assert set(listdir(fs, "")) == {"inbox", "conversations", "text", "by-model", "by-app",
-                                    "by-day", "errors", "stats.json", "reports"}
-    assert set(listdir(fs, "reports")) == {"dups.txt", "prompts.txt", "near-dups.txt", "reports.json"}
+                                    "by-day", "errors", "stats.json", "reports",
+                                    "compact", "lean", "budget"}
+    assert set(listdir(fs, "reports")) == {"dups.txt", "prompts.txt", "near-dups.txt", "reports.json",
+                                           "cost.txt", "cost.json"}
     assert stat.S_ISDIR(fs.getattr(TOP["inbox"]).mode)
     assert stat.S_ISREG(fs.getattr(TOP["stats.json"]).mode)
 
@@ -127,7 +132,9 @@ def test_views_of_a_conversation(fs, store):
     assert set(listdir(fs, "conversations/proj/a")) == {"x.json"}
     ino, attr = walk(fs, "conversations/proj/a/x.json")
     assert ino == file_ino(info.file_id, "conversations")
-    assert attr.size == len(data) and attr.mode & 0o777 == 0o444
+    assert attr.size == len(data) and attr.mode & 0o7777 == info.mode == 0o644   # stored mode
+    assert attr.mtime_ns == info.mtime_ns
+    assert walk(fs, "text/proj/a/x.json.txt")[1].mode & 0o7777 == 0o444
     assert cat(fs, "conversations/proj/a/x.json") == data
     assert cat(fs, "text/proj/a/x.json.txt") == b"[user] hello\n[user] world\n"
     assert walk(fs, "text/proj/a/x.json.txt")[1].size == info.text_size
@@ -179,15 +186,15 @@ def test_stats_json(fs, store):
 def test_reports_follow_the_store(fs, store):
     from stowfs.fs.names import REPORT_FILES
     before = json.loads(cat(fs, "reports/reports.json"))
-    assert before["dups"]["shared_segments"] == 0
-    store.put("a.json", conv("same"))
-    store.put("b.json", conv("same"))
+    assert before["dups"]["shared_contents"] == 0
+    store.put("a.json", conv("the same long question asked twice, word for word " * 3))
+    store.put("b.json", conv("the same long question asked twice, word for word " * 3))
     after = json.loads(cat(fs, "reports/reports.json"))
-    assert after["dups"]["shared_segments"] == 1 and after["dups"]["top"][0]["files"] == 2
+    assert after["dups"]["shared_contents"] == 1 and after["dups"]["top"][0]["files"] == 2
     text = cat(fs, "reports/dups.txt")
     assert fs.getattr(REPORT_FILES["dups.txt"]).size == len(text) and b"saves" in text
     assert errno_of(walk, fs, "reports/other.txt") == errno.ENOENT
-    assert errno_of(fs.open, REPORT_FILES["dups.txt"], os.O_WRONLY) == errno.EACCES
+    assert errno_of(fs.open, REPORT_FILES["dups.txt"], os.O_WRONLY) == errno.EROFS
 
 
 def test_inode_numbers_stable_and_distinct(store, tmp_path):
@@ -291,22 +298,23 @@ def test_a_small_listing_is_kept_until_the_store_changes(fs, store, monkeypatch)
     assert listed == ["d", "d"]
 
 def test_read_only_errnos(fs, store):
+    """Writes to read-only parts answer EROFS; only inbox/ is writable."""
     store.put("a.json", conv("x"))
     conv_dir, _ = walk(fs, "conversations")
     ino, _ = walk(fs, "conversations/a.json")
-    assert errno_of(fs.open, ino, os.O_WRONLY) == errno.EACCES
-    assert errno_of(fs.open, ino, os.O_RDWR) == errno.EACCES
-    assert errno_of(fs.create, conv_dir, "n.json", 0o644, os.O_WRONLY) == errno.EACCES
-    assert errno_of(fs.create, ROOT_INO, "n.json", 0o644, os.O_WRONLY) == errno.EACCES
-    assert errno_of(fs.mkdir, TOP["text"], "d", 0o755) == errno.EACCES
-    assert errno_of(fs.setattr, ino, size=0) == errno.EACCES
-    assert errno_of(fs.unlink, TOP["text"], "a.json.txt") == errno.EACCES
-    assert errno_of(fs.unlink, ROOT_INO, "stats.json") == errno.EACCES
-    assert errno_of(fs.rmdir, ROOT_INO, "inbox") == errno.EACCES
-    assert errno_of(fs.mknod, conv_dir, "l") == errno.EACCES
+    assert errno_of(fs.open, ino, os.O_WRONLY) == errno.EROFS
+    assert errno_of(fs.open, ino, os.O_RDWR) == errno.EROFS
+    assert errno_of(fs.create, conv_dir, "n.json", 0o644, os.O_WRONLY) == errno.EROFS
+    assert errno_of(fs.create, ROOT_INO, "n.json", 0o644, os.O_WRONLY) == errno.EROFS
+    assert errno_of(fs.mkdir, TOP["text"], "d", 0o755) == errno.EROFS
+    assert errno_of(fs.setattr, ino, size=0) == errno.EROFS
+    assert errno_of(fs.unlink, TOP["text"], "a.json.txt") == errno.EROFS
+    assert errno_of(fs.unlink, ROOT_INO, "stats.json") == errno.EROFS
+    assert errno_of(fs.rmdir, ROOT_INO, "inbox") == errno.EROFS
+    assert errno_of(fs.mknod, conv_dir, "l") == errno.EROFS
     assert errno_of(fs.mknod, TOP["inbox"], "l") == errno.EPERM
     assert errno_of(fs.rename, conv_dir, "a.json", TOP["text"], "b") == errno.EXDEV
-    assert errno_of(fs.rename, TOP["text"], "a.json.txt", TOP["text"], "b") == errno.EACCES
+    assert errno_of(fs.rename, TOP["text"], "a.json.txt", TOP["text"], "b") == errno.EROFS
 
 
 # ---------------------------------------------------------------------- changes
@@ -387,24 +395,94 @@ def test_refresh_invalidates_external_changes(fs, store):
 
 
 # ---------------------------------------------------------------------- inbox
-def test_inbox_write_ingests_on_close(fs, store, tmp_path):
+def spool_files(tmp_path) -> list[str]:
+    root = tmp_path / "spool"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def open_inbox(fs, path: str, flags: int) -> int:
+    ino, _ = walk(fs, "inbox/" + path)
+    fh, _, _ = fs.open(ino, flags)
+    return fh
+
+
+def test_inbox_file_is_served_from_the_spool_until_it_settles(fs, store, tmp_path):
     data = conv("a" * 5000)
     fs.mkdir(TOP["inbox"], "sub", 0o755)
-    write_inbox(fs, "sub/x.json", data)
-    assert store.get("sub/x.json") == data
+    write_inbox(fs, "sub/x.json", data, settle=False)
+    assert list(store.iter_files()) == []                    # closed: not ingested yet
+    ino, attr = walk(fs, "conversations/sub/x.json")         # ... but there, from the spool
+    assert ino >= INBOX_BASE and attr.size == len(data) and attr.attr_timeout == 0
     assert cat(fs, "conversations/sub/x.json") == data
-    assert listdir(fs, "inbox/sub") == {}          # left inbox/, the directory stays
-    assert not (tmp_path / "spool" / "sub" / "x.json").exists()
+    assert set(listdir(fs, "conversations")) == {"sub"}
+    assert fs.settle() == 0                                  # the quiet time has not passed
+    fs.inbox.quiet = 0
+    fs.notifier.entries.clear()
+    assert fs.settle() == 1
+    info = store.info("sub/x.json")
+    assert store.get("sub/x.json") == data and spool_files(tmp_path) == []
+    assert (dir_ino("conversations", "sub"), "x.json") in fs.notifier.entries
+    assert walk(fs, "conversations/sub/x.json")[0] == file_ino(info.file_id, "conversations")
+    # inbox/ shows what is stored at the same path, with its stored size, mtime and mode
+    shown = listdir(fs, "inbox/sub")["x.json"]
+    assert (shown.size, shown.mtime_ns, shown.mode & 0o7777) == (info.size, info.mtime_ns, info.mode)
+    assert listdir(fs, "inbox").keys() == {"sub"}
+
+
+def test_inbox_keeps_mode_and_mtime_ns(fs, store):
+    inbox = TOP["inbox"]
+    fh, node, _ = fs.create(inbox, "m.json", 0o600, os.O_WRONLY | os.O_CREAT)
+    fs.remember(node)
+    fs.write(fh, 0, conv("m"))
+    fs.setattr(node.ino, fh, mode=stat.S_IFREG | 0o640, mtime_ns=1_600_000_000_123_456_789)
+    fs.release(fh)
+    fs.settle(everything=True)
+    info = store.info("m.json")
+    assert (info.mode, info.mtime_ns) == (0o640, 1_600_000_000_123_456_789)
+    attr = walk(fs, "conversations/m.json")[1]
+    assert (attr.mode & 0o7777, attr.mtime_ns) == (0o640, 1_600_000_000_123_456_789)
+    # chmod and utime of a stored file: stored again with the new mode and time, same bytes
+    ino, _ = walk(fs, "inbox/m.json")
+    fs.setattr(ino, None, mode=stat.S_IFREG | 0o604)
+    fs.setattr(ino, None, mtime_ns=1_700_000_000_000_000_001)
+    fs.settle(everything=True)
+    again = store.info("m.json")
+    assert (again.mode, again.mtime_ns, store.get("m.json")) == (0o604, 1_700_000_000_000_000_001, conv("m"))
+
+
+def test_inbox_append_adds_to_the_stored_content(fs, store, tmp_path):
+    write_inbox(fs, "log.jsonl", b'{"a": 1}\n')
+    assert store.get("log.jsonl") == b'{"a": 1}\n' and spool_files(tmp_path) == []
+    for line in (b'{"b": 2}\n', b'{"c": 3}\n'):               # what `echo line >> f` does
+        fh = open_inbox(fs, "log.jsonl", os.O_WRONLY | os.O_APPEND)
+        fs.write(fh, 0, line)        # O_APPEND: at the end whatever the offset
+        fs.release(fh)
+    assert cat(fs, "conversations/log.jsonl") == b'{"a": 1}\n{"b": 2}\n{"c": 3}\n'
+    fs.settle(everything=True)
+    assert store.get("log.jsonl") == b'{"a": 1}\n{"b": 2}\n{"c": 3}\n'
+    fh = open_inbox(fs, "log.jsonl", os.O_WRONLY | os.O_TRUNC)  # truncate: replaces
+    fs.write(fh, 0, b"new\n")
+    fs.release(fh)
+    fs.settle(everything=True)
+    assert store.get("log.jsonl") == b"new\n"
+    fh = open_inbox(fs, "log.jsonl", os.O_RDWR)                 # opened, not changed: no new version
+    fid = store.info("log.jsonl").file_id
+    fs.release(fh)
+    fs.settle(everything=True)
+    assert store.info("log.jsonl").file_id == fid and spool_files(tmp_path) == []
 
 
 def test_inbox_replace_existing(fs, store):
     store.put("x.json", conv("old"))
     ino, _ = walk(fs, "conversations/x.json")
     fs.notifier.entries.clear()
-    write_inbox(fs, "x.json", conv("new"))
+    write_inbox(fs, "x.json", conv("new"), settle=False)
+    assert (TOP["conversations"], "x.json") in fs.notifier.entries   # now the spool file
+    assert errno_of(fs.open, ino, os.O_RDONLY) == errno.ESTALE       # the kernel looks it up again
+    assert cat(fs, "conversations/x.json") == conv("new")
+    fs.settle(everything=True)
     assert store.get("x.json") == conv("new")
-    assert (TOP["conversations"], "x.json") in fs.notifier.entries
-    assert walk(fs, "conversations/x.json")[0] != ino
+    assert walk(fs, "conversations/x.json")[0] not in (ino,)
 
 
 def test_inbox_ops(fs, store):
@@ -418,23 +496,235 @@ def test_inbox_ops(fs, store):
     assert fs.getattr(node.ino).size == 11
     fs.setattr(node.ino, fh, size=5)
     assert fs.read(fh, 0, 100) == b"hello"
-    fs.rename(d, "f", inbox, "g")                 # rename while open: ingested under the new name
-    fs.flush(fh)
+    fs.rename(d, "f", inbox, "g")                 # rename while open: stored under the new name
     fs.release(fh)
-    assert store.get("g") == b"hello"
+    fs.settle(everything=True)
+    assert store.get("g") == b"hello" and [i.name for i in store.iter_files()] == ["g"]
     assert errno_of(fs.rmdir, inbox, "nope") == errno.ENOENT
     fh, node, _ = fs.create(d, "h", 0o644, os.O_WRONLY)
     fs.write(fh, 0, b"x")
-    fs.unlink(d, "h")                            # removed before close: not ingested
-    fs.flush(fh)
+    fs.unlink(d, "h")                            # removed before it settled: never stored
     fs.release(fh)
+    fs.settle(everything=True)
     with pytest.raises(NotFound):
         store.info("d/h")
     fs.rmdir(inbox, "d")
-    assert listdir(fs, "inbox") == {}
+    assert listdir(fs, "inbox").keys() == {"g"}   # the stored file, at its path
+    # a stored file renamed and removed through inbox/: as in any directory
+    fs.rename(inbox, "g", inbox, "g2")
+    assert [i.name for i in store.iter_files()] == ["g2"] and store.get("g2") == b"hello"
+    fs.unlink(inbox, "g2")
+    assert list(store.iter_files()) == [] and listdir(fs, "inbox") == {}
+    store.put("sd/a.json", conv("a"))
+    assert errno_of(fs.rmdir, inbox, "sd") == errno.ENOTEMPTY
+    assert errno_of(fs.mkdir, inbox, "sd", 0o755) == errno.EEXIST
 
 
-def test_inbox_write_error_is_reported_and_nothing_stored(fs, store, monkeypatch):
+def test_rename_a_directory_half_stored_half_spooled(fs, store, tmp_path):
+    store.put("d/a.json", conv("a"))
+    d, _ = walk(fs, "inbox/d")
+    write_inbox(fs, "d/b.json", conv("b"), settle=False)
+    fs.rename(TOP["inbox"], "d", TOP["inbox"], "e")
+    assert [i.name for i in store.iter_files()] == ["e/a.json"]
+    assert set(listdir(fs, "inbox/e")) == {"a.json", "b.json"}
+    assert set(listdir(fs, "conversations")) == {"e"}
+    assert cat(fs, "conversations/e/b.json") == conv("b")
+    fs.settle(everything=True)
+    assert sorted(i.name for i in store.iter_files()) == ["e/a.json", "e/b.json"]
+    assert spool_files(tmp_path) == []
+
+
+def test_temp_file_renamed_onto_a_stored_name(fs, store, tmp_path):
+    """rsync and tempfile + os.replace: the temp name is never stored, the real one is."""
+    store.put("d/x.json", conv("old"))
+    d, _ = walk(fs, "inbox/d")
+    for tmp in (".x.json.Ab12Cd", "tmpk3j_h5g2"):
+        fh, node, _ = fs.create(d, tmp, 0o600, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        fs.write(fh, 0, conv("new " + tmp))
+        fs.release(fh)
+        assert tmp not in listdir(fs, "conversations/d")      # a leftover's name: not shown
+        fs.settle(everything=True)
+        assert tmp in listdir(fs, "inbox/d")                   # ... and not stored
+        fs.rename(d, tmp, d, "x.json")
+        assert cat(fs, "conversations/d/x.json") == conv("new " + tmp)
+        fs.settle(everything=True)
+        assert [i.name for i in store.iter_files()] == ["d/x.json"]
+        assert store.get("d/x.json") == conv("new " + tmp)
+    assert spool_files(tmp_path) == []
+
+
+def test_leftovers_are_never_stored(fs, store, tmp_path):
+    names = [".x.json.swp", ".x.json.swx", "x.json~", ".#x.json", "#x.json#", "index.lock",
+             ".x.json.AbC123", "tmp_pack_Xy12Zq", "tmp_obj_abcDEF", "tmpa1b2c3d4"]
+    for name in names:
+        assert is_leftover("some/dir/" + name), name
+        write_inbox(fs, name, b"scratch")
+    for name in ("x.json", ".bashrc", "notes.md", "session.jsonl", "a.lock.json", "tmp.json",
+                 ".x.json.seven77"):
+        assert not is_leftover(name), name
+    fs.settle(everything=True)
+    assert list(store.iter_files()) == []
+    assert listdir(fs, "conversations") == {} and listdir(fs, "errors") == {}
+    assert set(listdir(fs, "inbox")) == set(names)           # they stay while they exist
+    for name in names:                                       # fsync makes them durable only
+        fh = open_inbox(fs, name, os.O_WRONLY)
+        fs.fsync(fh)
+        fs.release(fh)
+    assert list(store.iter_files()) == []
+
+
+def test_a_stored_file_renamed_to_a_backup_name_is_not_stored_under_it(fs, store, tmp_path):
+    """What an editor does on save: x -> x~, write x, remove x~."""
+    store.put("x.json", conv("old"))
+    fs.rename(TOP["inbox"], "x.json", TOP["inbox"], "x.json~")
+    assert list(store.iter_files()) == [] and spool_files(tmp_path) == ["x.json~"]
+    assert cat(fs, "inbox/x.json~") == conv("old")
+    write_inbox(fs, "x.json", conv("new"))
+    fs.unlink(TOP["inbox"], "x.json~")
+    assert [i.name for i in store.iter_files()] == ["x.json"] and store.get("x.json") == conv("new")
+    assert spool_files(tmp_path) == []
+
+
+def test_fsync_ingests_now(fs, store, tmp_path):
+    fh, node, _ = fs.create(TOP["inbox"], "s.json", 0o644, os.O_WRONLY | os.O_CREAT)
+    fs.write(fh, 0, conv("one"))
+    fs.fsync(fh)                                  # still open: stored anyway
+    assert store.get("s.json") == conv("one") and spool_files(tmp_path) == ["s.json"]
+    fs.write(fh, len(conv("one")), b"\n")         # written on after fsync: stored once settled
+    fs.release(fh)
+    fs.settle(everything=True)
+    assert store.get("s.json") == conv("one") + b"\n" and spool_files(tmp_path) == []
+
+
+def test_same_name_opened_for_write_again_and_again(fs, store):
+    for i in range(50):
+        if i % 7 == 3:
+            fs.settle(everything=True)            # sometimes it settled in between
+        try:
+            ino, _ = walk(fs, "inbox/again.json")
+            fh, _, _ = fs.open(ino, os.O_WRONLY | os.O_TRUNC)
+        except OSError as e:
+            assert e.errno == errno.ENOENT and i == 0
+            fh, node, _ = fs.create(TOP["inbox"], "again.json", 0o644, os.O_WRONLY | os.O_CREAT)
+            fs.remember(node)
+        fs.write(fh, 0, conv(str(i)))
+        fs.release(fh)
+    fs.settle(everything=True)
+    assert store.get("again.json") == conv("49")
+
+
+def test_writers_race_a_settling_inbox(fs, store):
+    """Opens for write, appends, truncates and touches while another thread ingests
+    whatever settles at once (quiet time 0): no ENOENT, nothing lost."""
+    import threading
+    fs.inbox.quiet = 0
+    stop, errors, ingested = threading.Event(), [], []
+
+    def settler():
+        while not stop.is_set():
+            try:
+                ingested.append(fs.settle())
+            except Exception as e:      # noqa: BLE001 - reported below
+                errors.append(e)
+    t = threading.Thread(target=settler)
+    t.start()
+    try:
+        write_inbox(fs, "r.jsonl", b"", settle=False)
+        expect = b""
+        for i in range(300):
+            ino, _ = walk(fs, "inbox/r.jsonl")
+            line = f'{{"i": {i}}}\n'.encode()
+            if i % 50 == 49:
+                fh, _, _ = fs.open(ino, os.O_WRONLY | os.O_TRUNC)
+                expect = b""
+            else:
+                fh, _, _ = fs.open(ino, os.O_WRONLY | os.O_APPEND)
+            fs.write(fh, 0, line)
+            expect += line
+            fs.release(fh)
+            if i % 7 == 0:
+                fs.setattr(ino, None, mtime_ns=1_600_000_000 * 10**9 + i)
+            if i % 20 == 10:
+                time.sleep(0.02)         # the settler's turn: ingested, then appended to
+    finally:
+        stop.set()
+        t.join()
+    assert errors == [] and sum(ingested) >= 2       # it did settle in between, repeatedly
+    fs.settle(everything=True)
+    assert store.get("r.jsonl") == expect
+    assert cat(fs, "conversations/r.jsonl") == expect
+
+
+NAMES = ["a.json", "b.json", "d/c.json", "d/.c.json.Xy12Zq", "a.json~"]
+NAME = st.sampled_from(NAMES[:3]) | st.sampled_from(NAMES)     # mostly real names
+OPS = st.one_of(
+    st.tuples(st.just("write"), NAME, st.binary(max_size=40), st.booleans()),
+    st.tuples(st.just("rename"), NAME, NAME),
+    st.tuples(st.just("unlink"), NAME),
+    st.tuples(st.just("fsync"), NAME),
+    st.tuples(st.just("settle")))
+
+
+@given(st.lists(OPS, max_size=30))
+@settings(max_examples=400, deadline=None)
+def test_inbox_behaves_like_a_directory(tmp_path_factory, ops):
+    """Any sequence of writes (truncating or appending), renames, removals, fsyncs and
+    settles: inbox/ reads like a plain directory after the same steps, conversations/
+    shows every file that is not a leftover, and in the end the store holds exactly those."""
+    store = MemoryStore(analyze=analyze)
+    spool = tmp_path_factory.mktemp("spool")
+    fs = Filesystem(store, spool, notifier=Recorder(), settle=3600)
+    fs.mkdir(TOP["inbox"], "d", 0o755)
+    ref: dict[str, bytes] = {}
+
+    def ino_of(path):
+        try:
+            return walk(fs, "inbox/" + path)[0]
+        except FileNotFoundError:
+            return None
+
+    for op in ops:
+        kind, name = op[0], (op[1] if len(op) > 1 else None)
+        if kind == "write":
+            data, append = op[2], op[3]
+            ino = ino_of(name)
+            if ino is None:
+                d, _, base = name.rpartition("/")
+                fh, node, _ = fs.create(walk(fs, "inbox/" + d)[0], base, 0o644, os.O_WRONLY | os.O_CREAT)
+                fs.remember(node)
+            else:
+                fh, _, _ = fs.open(ino, os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC))
+            fs.write(fh, 0, data)
+            fs.release(fh)
+            ref[name] = (ref.get(name, b"") if append else b"") + data
+        elif kind == "rename" and name in ref:
+            dst = op[2]
+            (d1, _, b1), (d2, _, b2) = name.rpartition("/"), dst.rpartition("/")
+            fs.rename(walk(fs, "inbox/" + d1)[0], b1, walk(fs, "inbox/" + d2)[0], b2)
+            ref[dst] = ref.pop(name)
+        elif kind == "unlink" and name in ref:
+            d, _, base = name.rpartition("/")
+            fs.unlink(walk(fs, "inbox/" + d)[0], base)
+            del ref[name]
+        elif kind == "fsync" and name in ref:
+            fh, _, _ = fs.open(ino_of(name), os.O_WRONLY)
+            fs.fsync(fh)
+            fs.release(fh)
+        elif kind == "settle":
+            fs.settle(everything=True)
+        for n in NAMES:
+            if n in ref:
+                assert cat(fs, "inbox/" + n) == ref[n], (op, n)
+                if not is_leftover(n):
+                    assert cat(fs, "conversations/" + n) == ref[n], (op, n)
+            else:
+                assert ino_of(n) is None, (op, n)
+    fs.settle(everything=True)
+    assert {i.name: store.get(i.name) for i in store.iter_files()} == \
+        {n: data for n, data in ref.items() if not is_leftover(n)}
+
+
+def test_inbox_write_error_is_reported_and_nothing_stored(fs, store, monkeypatch, caplog):
     fh, node, _ = fs.create(TOP["inbox"], "f.json", 0o644, os.O_WRONLY)
     fs.write(fh, 0, b"part")
 
@@ -443,45 +733,50 @@ def test_inbox_write_error_is_reported_and_nothing_stored(fs, store, monkeypatch
     monkeypatch.setattr(os, "pwrite", full)
     assert errno_of(fs.write, fh, 4, b"more") == errno.ENOSPC
     monkeypatch.undo()
-    assert errno_of(fs.flush, fh) == errno.ENOSPC
     fs.release(fh)
+    fs.settle(everything=True)
     assert list(store.iter_files()) == []
+    assert "f.json" in caplog.text and "incomplete" in caplog.text
+    assert b"f.json: not stored: a write failed (No space left on device)" in cat(fs, "errors/f.json.txt")
+    assert "f.json" in listdir(fs, "inbox")
 
 
-def test_store_full_at_ingest_gives_enospc(fs, store, monkeypatch):
+def test_failed_ingest_is_logged_listed_and_retried_after_a_change(fs, store, monkeypatch, caplog):
     from stowfs.errors import StoreFull
 
     def full(*a, **kw):
         raise StoreFull("store is full")
     monkeypatch.setattr(store, "put_file", full)
-    fh, node, _ = fs.create(TOP["inbox"], "f.json", 0o644, os.O_WRONLY)
-    fs.write(fh, 0, b"data")
-    with pytest.raises(StoreFull) as ei:
-        fs.flush(fh)
-    assert ei.value.errno == errno.ENOSPC
+    write_inbox(fs, "f.json", conv("data"))
+    assert "inbox/f.json: not stored: store is full" in caplog.text
+    assert listdir(fs, "errors").keys() == {"f.json.txt"}
+    assert cat(fs, "errors/f.json.txt") == b"inbox/f.json: not stored: store is full\n"
+    assert cat(fs, "conversations/f.json") == conv("data")   # still there, from the spool
     monkeypatch.undo()
-    fs.release(fh)        # a later close (dup'd fd) would retry; the bytes are still in inbox/
-    assert "f.json" in listdir(fs, "inbox") or store.get("f.json") == b"data"
+    assert fs.settle(everything=True) == 0                # not retried while unchanged
+    ino, _ = walk(fs, "inbox/f.json")
+    fs.setattr(ino, None, mtime_ns=1_650_000_000 * 10**9)  # touch: tried again
+    assert fs.settle(everything=True) == 1
+    assert store.get("f.json") == conv("data") and listdir(fs, "errors") == {}
 
 
 def test_spool_recovery(store, tmp_path):
+    """What a kill -9 leaves in the spool is ingested at the next mount."""
     spool = tmp_path / "spool"
     (spool / "sub").mkdir(parents=True)
     (spool / "sub" / "done.json").write_bytes(conv("done"))
     (spool / "partial.json").write_bytes(b'{"messa')
+    (spool / ".partial.json.swp").write_bytes(b"vim")
     (spool / "emptydir").mkdir()
     store.put("sub/done.json", conv("done"))          # committed before the crash
-    fs = Filesystem(store, spool)
-    removed, left = fs.inbox.recover()
-    assert removed == 1 and left == ["partial.json"]
-    assert set(listdir(fs, "inbox")) == {"sub", "partial.json", "emptydir"}
-    # touching a leftover ingests it
-    ino, _ = walk(fs, "inbox/partial.json")
-    fh, _, _ = fs.open(ino, os.O_WRONLY)
-    fs.setattr(ino, fh, mtime_ns=1_700_000_000 * 10**9)
-    fs.flush(fh)
-    fs.release(fh)
-    assert store.get("partial.json") == b'{"messa'
+    fs = Filesystem(store, spool, settle=0)
+    found, leftovers = fs.inbox.recover()
+    assert found == 2 and leftovers == [".partial.json.swp"]
+    assert cat(fs, "conversations/partial.json") == b'{"messa'
+    assert fs.settle() == 2
+    assert store.get("partial.json") == b'{"messa' and store.get("sub/done.json") == conv("done")
+    assert spool_files(tmp_path) == [".partial.json.swp"]
+    assert set(listdir(fs, "inbox")) == {"sub", "partial.json", ".partial.json.swp", "emptydir"}
 
 
 def test_empty_file_is_ingested(fs, store):

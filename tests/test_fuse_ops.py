@@ -60,7 +60,6 @@ def test_lookup_getattr_read(ops, store):
     assert fi.keep_cache and not fi.direct_io
     assert call(ops.read, fi.fh, 0, 100000) == data
     assert call(ops.read, fi.fh, 5, 3) == data[5:8]
-    call(ops.flush, fi.fh)
     call(ops.release, fi.fh)
     link = lookup_path(ops, "by-model/m-1/d%2Fx.json")
     assert call(ops.readlink, link.st_ino, None) == b"../../conversations/d/x.json"
@@ -70,12 +69,12 @@ def test_errno_mapping(ops, store, monkeypatch):
     store.put("x.json", conv("x"))
     assert fuse_errno(ops.lookup, TOP["conversations"], b"nope", None) == errno.ENOENT
     ino = lookup_path(ops, "conversations/x.json").st_ino
-    assert fuse_errno(ops.open, ino, os.O_WRONLY, None) == errno.EACCES
-    assert fuse_errno(ops.mkdir, TOP["text"], b"d", 0o755, None) == errno.EACCES
+    assert fuse_errno(ops.open, ino, os.O_WRONLY, None) == errno.EROFS
+    assert fuse_errno(ops.mkdir, TOP["text"], b"d", 0o755, None) == errno.EROFS
     assert fuse_errno(ops.symlink, TOP["inbox"], b"l", b"t", None) == errno.EPERM
     assert fuse_errno(ops.link, ino, TOP["inbox"], b"l", None) == errno.EPERM
-    assert fuse_errno(ops.mknod, TOP["conversations"], b"n", stat.S_IFIFO, 0, None) == errno.EACCES
-    assert fuse_errno(ops.unlink, TOP["text"], b"x.json.txt", None) == errno.EACCES
+    assert fuse_errno(ops.mknod, TOP["conversations"], b"n", stat.S_IFIFO, 0, None) == errno.EROFS
+    assert fuse_errno(ops.unlink, TOP["text"], b"x.json.txt", None) == errno.EROFS
     assert fuse_errno(ops.rename, TOP["conversations"], b"x.json", TOP["inbox"], b"y", 0, None) == errno.EXDEV
     assert fuse_errno(ops.rename, TOP["conversations"], b"x.json", TOP["conversations"], b"y",
                       pyfuse3.RENAME_EXCHANGE, None) == errno.EINVAL
@@ -102,7 +101,7 @@ def test_no_exception_escapes(ops, store, monkeypatch, caplog):
     assert "bad frame" in caplog.text
 
 
-def test_inbox_create_write_flush_ingests(ops, store):
+def test_inbox_create_write_settle_ingests(ops, store):
     fi, attr = call(ops.create, TOP["inbox"], b"new.json", 0o644, os.O_WRONLY | os.O_CREAT, None)
     assert not fi.keep_cache and attr.st_size == 0
     data = conv("written")
@@ -110,13 +109,42 @@ def test_inbox_create_write_flush_ingests(ops, store):
     fields = SimpleNamespace(update_size=False, update_mode=True, update_atime=False,
                              update_mtime=True, update_uid=False, update_gid=False)
     new = pyfuse3.EntryAttributes()
-    new.st_mode, new.st_mtime_ns = stat.S_IFREG | 0o640, 1_600_000_000 * 10**9
-    assert call(ops.setattr, attr.st_ino, new, fields, fi.fh, None).st_size == len(data)
-    call(ops.flush, fi.fh)                      # close() returns: stored
-    assert store.get("new.json") == data
-    assert store.info("new.json").mtime == 1_600_000_000
+    new.st_mode, new.st_mtime_ns = stat.S_IFREG | 0o640, 1_600_000_000_123_456_789
+    got = call(ops.setattr, attr.st_ino, new, fields, fi.fh, None)
+    assert got.st_size == len(data) and got.st_mtime_ns == 1_600_000_000_123_456_789
+    assert fuse_errno(ops.flush, fi.fh) == errno.ENOSYS     # the kernel stops sending FLUSH
     call(ops.release, fi.fh)
-    assert (TOP["inbox"], "new.json") in ops.fs.notifier.entries
+    assert list(store.iter_files()) == []                    # closed, not settled yet
+    conv_attr = lookup_path(ops, "conversations/new.json")   # served from the spool
+    assert conv_attr.st_size == len(data) and conv_attr.attr_timeout == 0
+    fi = call(ops.open, conv_attr.st_ino, os.O_RDONLY, None)
+    assert not fi.keep_cache and call(ops.read, fi.fh, 0, 1 << 20) == data
+    call(ops.release, fi.fh)
+    ops.fs.settle(everything=True)
+    info = store.info("new.json")
+    assert store.get("new.json") == data and (info.mtime_ns, info.mode) == (1_600_000_000_123_456_789, 0o640)
+    assert (TOP["conversations"], "new.json") in ops.fs.notifier.entries
+    stored = lookup_path(ops, "conversations/new.json")
+    assert stored.st_mtime_ns == 1_600_000_000_123_456_789 and stored.st_mode == stat.S_IFREG | 0o640
+
+
+def test_settle_task_ingests_in_the_background(store, tmp_path):
+    from test_fs_model import Recorder as Rec
+    fs = Filesystem(store, tmp_path / "spool", notifier=Rec(), settle=0.05)
+    ops = fuse_ops.Operations(fs)
+
+    async def main():
+        fi, _ = await ops.create(TOP["inbox"], b"bg.json", 0o644, os.O_WRONLY | os.O_CREAT, None)
+        await ops.write(fi.fh, 0, conv("bg"))
+        await ops.release(fi.fh)
+        with trio.move_on_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fuse_ops.settle_inbox, fs)
+                while not list(store.iter_files()):
+                    await trio.sleep(0.02)
+                nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert store.get("bg.json") == conv("bg")
 
 
 def test_readdir_resumes_and_counts_lookups(ops, store, monkeypatch):
@@ -153,7 +181,7 @@ def test_requests_are_counted_by_kind(ops, store):
     attr = lookup_path(ops, "conversations/x.json")
     fi = call(ops.open, attr.st_ino, os.O_RDONLY, None)
     call(ops.read, fi.fh, 0, 4096)
-    call(ops.flush, fi.fh)
+    fuse_errno(ops.flush, fi.fh)
     call(ops.release, fi.fh)
     fuse_errno(ops.lookup, TOP["conversations"], b"missing.json", None)    # errors count too
     assert dict(ops.requests) == {"lookup": 3, "open": 1, "read": 1, "flush": 1, "release": 1}

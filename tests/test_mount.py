@@ -61,11 +61,15 @@ def store_files(store: Path) -> dict:
 # ---------------------------------------------------------------------- the corpus
 def test_cp_corpus_then_cmp_and_grep(mount):
     run("cp", "-r", CORPUS, mount / "inbox" / "corpus")
-    for src in corpus_files():
+    for src in corpus_files():       # from close() on (served from the spool until ingested)
         rel = src.relative_to(CORPUS)
         run("cmp", src, mount / "conversations" / "corpus" / rel)
-    # nothing left in inbox/ but the directories cp made
-    assert [p for p in (mount / "inbox").rglob("*") if p.is_file()] == []
+    mount.settled()
+    # inbox/ shows what is stored, at the same paths; the spool holds nothing more
+    for src in corpus_files():
+        rel = src.relative_to(CORPUS)
+        run("cmp", src, mount / "inbox" / "corpus" / rel)
+    assert [p for p in (mount.store / "spool").rglob("*") if p.is_file()] == []
     hits = run("grep", "-rl", "doesnt seem to start", mount / "text").stdout.split()
     rels = {str(Path(h).relative_to(mount / "text")) for h in hits}
     assert "corpus/claude-code-spotter/transcripts/short.jsonl.txt" in rels
@@ -146,7 +150,9 @@ def test_parallel_writers_and_readers(mount, tmp_path):
     for i, g in enumerate(groups):
         for src in g:
             assert filecmp.cmp(src, mount / "conversations" / f"w{i}" / src.name, shallow=False)
-    assert sorted(p.name for p in (mount / "inbox").rglob("*")) == ["w0", "w1", "w2", "w3"]
+    mount.settled()
+    assert sorted(os.listdir(mount / "inbox")) == ["w0", "w1", "w2", "w3"]
+    assert sum(len(os.listdir(mount / "inbox" / f"w{i}")) for i in range(4)) == len(files)
     assert json.loads((mount / "stats.json").read_text())["files"] == len(files)
 
 
@@ -186,12 +192,12 @@ def test_kill9_during_writes_then_remount(mounter, tmp_path):
     m.start()
     for name in closed:                       # every file whose close() returned: there, intact
         assert filecmp.cmp(files[name], m / "conversations" / name, shallow=False), name
-    for name, p in files.items():             # the rest: intact, or still in inbox/, never half-stored
+    m.settled()                               # the spool files are ingested at the next mount
+    for name, p in files.items():             # the rest: every acknowledged byte, in order
         stored = m / "conversations" / name
         if stored.exists():
-            assert filecmp.cmp(p, stored, shallow=False), name
-        elif (m / "inbox" / name).exists():
-            assert p.read_bytes().startswith((m / "inbox" / name).read_bytes())
+            assert p.read_bytes().startswith(stored.read_bytes()), name
+    assert set(store_files(m.store)) >= set(closed)
     m.expected_errors.clear()
     m.umount()
 
@@ -202,10 +208,14 @@ def test_rm_replace_rename(mount, tmp_path):
     (mount / "inbox" / "d").mkdir()
     run("cp", a, mount / "inbox" / "d" / "x.json")
     x = mount / "conversations" / "d" / "x.json"
-    assert x.read_bytes() == a.read_bytes()       # now in the kernel page cache
+    assert x.read_bytes() == a.read_bytes()       # from the spool
+    mount.settled()
+    assert x.read_bytes() == a.read_bytes()       # stored: now in the kernel page cache
     text_before = (mount / "text" / "d" / "x.json.txt").read_bytes()
     # replace: the same path written again shows the new bytes at once
     run("cp", b, mount / "inbox" / "d" / "x.json")
+    assert x.read_bytes() == b.read_bytes()
+    mount.settled()
     assert x.read_bytes() == b.read_bytes()
     assert (mount / "text" / "d" / "x.json.txt").read_bytes() != text_before
     # rename, then rename a directory
@@ -222,6 +232,8 @@ def test_rm_replace_rename(mount, tmp_path):
     assert list((mount / "text").iterdir()) == []
     assert list((mount / "by-day").iterdir()) == []
     # inbox: mkdir persists, rename within inbox, rm
+    assert list((mount / "inbox").iterdir()) == [mount / "inbox" / "d"]   # the mkdir'ed one
+    assert list((mount / "inbox" / "d").iterdir()) == []
     (mount / "inbox" / "keep" / "sub").mkdir(parents=True)
     assert (mount / "inbox" / "keep" / "sub").is_dir()
     run("mv", mount / "inbox" / "keep", mount / "inbox" / "kept")
@@ -232,18 +244,20 @@ def test_rm_replace_rename(mount, tmp_path):
 def test_read_only_places(mount, tmp_path):
     (a,) = sharegpt_files(tmp_path / "src", 1)
     run("cp", a, mount / "inbox" / "a.json")
+    mount.settled()
     for cmd, path in ((["touch"], "conversations/a.json"), (["mkdir"], "text/d"),
                       (["touch"], "stats.json"), (["rm", "-f"], "text/a.json.txt"),
                       (["touch"], "conversations/new.json"), (["mkdir"], "conversations/d"),
                       (["ln", "-s", "x"], "inbox/link")):
         r = run(*cmd, mount / path, check=False)
         assert r.returncode != 0, (cmd, path)
-        assert "Permission denied" in r.stderr or "Operation not permitted" in r.stderr, r.stderr
-    with pytest.raises(PermissionError):
+        assert "Read-only file system" in r.stderr or "Operation not permitted" in r.stderr, r.stderr
+    with pytest.raises(OSError) as ei:
         open(mount / "conversations" / "a.json", "r+b")
+    assert ei.value.errno == errno.EROFS
     with pytest.raises(OSError) as ei:
         os.rename(mount / "inbox", mount / "conversations" / "x")
-    assert ei.value.errno in (errno.EACCES, errno.EXDEV)
+    assert ei.value.errno in (errno.EROFS, errno.EXDEV)
 
 
 def test_errors_entry_and_stats(mount, tmp_path):
@@ -252,6 +266,7 @@ def test_errors_entry_and_stats(mount, tmp_path):
     p.write_bytes(bytes(range(256)) * 10)
     run("cp", p, mount / "inbox")
     assert (mount / "conversations" / "notes.bin").read_bytes() == p.read_bytes()
+    mount.settled()
     err = mount / "errors" / "notes.bin.txt"
     assert err.is_file() and "notes.bin" in err.read_text()
     after = json.loads((mount / "stats.json").read_text())
@@ -262,6 +277,7 @@ def test_other_process_ingest_is_seen(mount, tmp_path):
     from stowfs.store import Store
     a, b = sharegpt_files(tmp_path / "src", 2)
     run("cp", a, mount / "inbox" / "x.json")
+    mount.settled()
     x = mount / "conversations" / "x.json"
     assert x.read_bytes() == a.read_bytes()
     with Store(mount.store) as s:                # like `stowfs ingest` while mounted
@@ -310,9 +326,10 @@ def test_mount_errors_are_one_line(mounter, tmp_path):
 
 def test_sigterm_unmounts_cleanly(mount):
     run("cp", CORPUS / "claude-code-spotter" / "transcripts" / "short.jsonl", mount / "inbox")
-    os.kill(mount.pid, signal.SIGTERM)
+    os.kill(mount.pid, signal.SIGTERM)        # before it settled: ingested at unmount
     assert wait_for(lambda: not mount.mounted() and not _alive(mount.pid), 10)
     assert "SIGTERM: unmounting" in mount.log_text()
+    assert "short.jsonl" in store_files(mount.store)
     mount.start()
     assert (mount / "conversations" / "short.jsonl").stat().st_size > 0
     mount.umount()
@@ -324,6 +341,7 @@ def test_mount_and_cli_agree(mount, tmp_path):
         pytest.skip("the stowfs CLI is not installed")
     src = CORPUS / "claude-code-spotter" / "transcripts"
     run("cp", "-r", src, mount / "inbox" / "t")
+    mount.settled()
     names = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
     for name in names:
         for view, path in (("original", mount / "conversations" / "t" / name),
@@ -348,6 +366,7 @@ def test_disk_full_gives_enospc(mounter, tmp_path):
         m = mounter(small / "store")
         m.start()
         big = CORPUS / "sharegpt-v3-subset" / "sharegpt_v3_first_1366.json"
+        m.expected_errors.append(r"not stored: a write failed \(No space left on device\)")
         r = run("cp", big, m / "inbox", check=False)
         assert r.returncode != 0 and "No space left on device" in r.stderr
         assert not (m / "conversations" / big.name).exists()      # nothing half-stored
@@ -367,3 +386,26 @@ def test_missing_mount_point_is_made_when_its_parent_exists(mounter, tmp_path):
     assert m.mounted() and (m.path / "inbox").is_dir()
     r = run(*m.cmd, "mount", m.store, tmp_path / "no" / "such" / "dir", check=False)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
+
+
+def test_mount_refuses_places_it_would_deadlock_on_or_hide(mounter, tmp_path):
+    m = mounter()
+    cases = [(m.store, m.store, "is the store itself"),
+             (m.store, m.store / "inside", "lies inside the store"),
+             (tmp_path / "outer" / "store", tmp_path / "outer", "lies inside the mount point")]
+    (tmp_path / "outer").mkdir()
+    for store, mp, why in cases:
+        r = run(*m.cmd, "mount", store, mp, check=False)
+        assert r.returncode == 2 and why in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith("stowfs: error: ")
+    assert os.listdir(m.store) == [] and os.listdir(tmp_path / "outer") == []   # nothing made
+    (m.path / "mine.txt").write_text("a file the mount would hide")
+    r = m.start(check=False)
+    assert r.returncode == 2 and "is not empty" in r.stderr and "-o nonempty" in r.stderr
+    assert r.stderr.count("\n") == 1 and not m.mounted()
+    m.start("-o", "nonempty")                    # asked for: mounted over it
+    assert {"by-app", "by-day", "by-model", "conversations", "errors", "inbox", "reports", "stats.json",
+            "text"} <= set(os.listdir(m.path))
+    m.umount()
+    assert (m.path / "mine.txt").read_text() == "a file the mount would hide"
+    (m.path / "mine.txt").unlink()

@@ -10,7 +10,6 @@ import pytest
 
 from realdata import corpus_dir
 from stowfs import reports
-from stowfs.codec import segment_hash
 from stowfs.store import Store
 
 CLI = [sys.executable, "-m", "stowfs"]
@@ -50,14 +49,14 @@ def test_dups_counts_files_and_saved_bytes(store):
         store.put(f"c{i}.json", chat(system, u))
     r = reports.dups(store)
     top = r["top"][0]
-    assert top["segment"] == segment_hash(system.encode()).hex()
+    assert top["content"] == reports.content_id(system)
     assert top["files"] == 3 and top["saved_bytes"] == 2 * len(system.encode())
     assert top["kind"] == "system" and top["preview"][:20] == " ".join(system.split())[:20]
     assert r["saved_bytes"] >= top["saved_bytes"]
 
 
 def test_preview_is_one_printable_line():
-    p = reports.preview(b"Kept model as \x1b[1mDefault\x1b[22m\n\tnext line" + b"x" * 500, 1)
+    p = reports.preview(b"Kept model as \x1b[1mDefault\x1b[22m\n\tnext line" + b"x" * 500)
     assert p.isprintable() and "\x1b" not in p and len(p) <= reports.PREVIEW
     assert p.startswith("Kept model as [1mDefault [22m next line")
 
@@ -72,12 +71,12 @@ def test_prompts_audit_lists_each_prompt_with_its_files_and_variants(store):
     store.put("v.json", chat(variant, user))
     store.put("b.json", chat(b, user))
     r = reports.prompts(store)
-    by = {i["segment"]: i for i in r["items"]}
-    ha, hv, hb = (segment_hash(x.encode()).hex() for x in (a, variant, b))
+    by = {i["content"]: i for i in r["items"]}
+    ha, hv, hb = (reports.content_id(x) for x in (a, variant, b))
     assert by[ha]["files"] == 4 and by[hv]["files"] == 1 and by[hb]["files"] == 1
-    assert r["items"][0]["segment"] == ha                      # most used first
-    assert hv in [v["segment"] for v in by[ha]["variants"]]
-    assert hb not in [v["segment"] for v in by[ha]["variants"]]
+    assert r["items"][0]["content"] == ha                      # most used first
+    assert hv in [v["content"] for v in by[ha]["variants"]]
+    assert hb not in [v["content"] for v in by[ha]["variants"]]
     assert "not listed" in r["note"]
 
 
@@ -108,7 +107,7 @@ def test_near_dup_clusters_on_real_sessions(tmp_path):
         for p in sorted((corpus_dir() / "aider-chat-history").rglob("*.md")):
             s.put_file(str(p.relative_to(corpus_dir())), p)
         r = reports.near_dups(s, threshold=0.8)
-        assert r["clusters"] > 0 and r["compared_segments"] > 0
+        assert r["clusters"] > 0 and r["compared_contents"] > 0
         for c in r["top"]:
             assert c["variants"] and all(v["similarity"] >= 0.8 for v in c["variants"])
             assert c["cluster_bytes"] == c["bytes"] + sum(v["bytes"] for v in c["variants"])
@@ -142,6 +141,7 @@ def test_report_commands(tmp_path):
 def test_reports_under_the_mount(mount):
     src = corpus_dir() / "claude-code-spotter" / "transcripts"
     subprocess.run(["cp", "-r", str(src), str(mount / "inbox" / "t")], check=True, timeout=300)
+    mount.settled()
     for name in ("dups.txt", "prompts.txt", "near-dups.txt", "reports.json"):
         path = mount / "reports" / name
         data = subprocess.run(["cat", str(path)], capture_output=True, check=True, timeout=120).stdout
@@ -149,4 +149,5 @@ def test_reports_under_the_mount(mount):
     r = json.loads((mount / "reports" / "reports.json").read_text())
     cli = subprocess.run([*CLI, "dups", str(mount.store), "--json"], capture_output=True, text=True, timeout=120)
     assert json.loads(cli.stdout) == r["dups"]
-    assert sorted(os.listdir(mount / "reports")) == ["dups.txt", "near-dups.txt", "prompts.txt", "reports.json"]
+    assert sorted(os.listdir(mount / "reports")) == ["cost.json", "cost.txt", "dups.txt", "near-dups.txt",
+                                                     "prompts.txt", "reports.json"]

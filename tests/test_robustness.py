@@ -136,12 +136,9 @@ def test_corrupted_frame_is_found_and_never_read_as_wrong_bytes(tmp_path):
     run("ingest", store, root / "agent-history-redacted", root / "aider-chat-history" / "examples")
     with Store(store) as s:
         victim = "examples/census.md"
-        r = s.reader(victim)
-        seg_hash = r._pl.skel_hashes[:16] if r._pl.skel_hashes else r._pl.hashes[:16]
-        v = s._read(lambda txn: txn.get(seg_hash, db=s._segs))
-        from stowfs.store import _seg_fields, _u64
-        block = _seg_fields(v)[0]
-        frame = s._read(lambda txn: txn.get(_u64(block), db=s._blocks))
+        from stowfs.store import blocks
+        pos = s._read(lambda txn: s._record(txn, victim)).extents[0][0]
+        frame = s._read(lambda txn: bytes(blocks.fragments(txn, s._blocks, pos // s.block_size)[0][1]))
     data_file = store / "lmdb" / "data.mdb"
     raw = bytearray(data_file.read_bytes())
     at = raw.find(frame)

@@ -66,7 +66,10 @@ def test_corpus_rendering(rel):
 @needs_corpus
 def test_claude_code_transcript_shape():
     out = render_bytes(parsed("claude-code-spotter/transcripts/tool_heavy.jsonl")).decode()
-    assert out.startswith("[user] 2026-02-10T22:57:54.684Z\nstart phoenix in background\n")
+    # one conversation: a header with its id, application, model and start time
+    assert out.startswith("=== d6e0bada-1959-4eec-a9d2-0bfade768d8f · claude-code · "
+                          "claude-opus-4-6 · 2026-02-10T22:57:51.291Z ===\n\n"
+                          "[user] 2026-02-10T22:57:54.684Z\nstart phoenix in background\n")
     assert '→ tool Bash {"command": "mix phx.server", ' in out
     assert "\n← result Bash\nCommand running in background" in out
     assert "[thinking]\nThe user wants me to research" in out
@@ -83,7 +86,8 @@ def test_exchanges_transcript_images_and_tools():
 @needs_corpus
 def test_aider_transcript_user_lines_without_markers():
     out = render_bytes(parsed("aider-chat-history/examples/pong.md")).decode()
-    assert out.startswith("[tool]\n$ aider\n\n[user]\ncan you make a simple game of pong")
+    assert out.startswith("=== aider ===\n\n[tool]\n$ aider\n\n[user]\n"
+                          "can you make a simple game of pong")
 
 
 def test_opaque_renders_nothing():
@@ -109,6 +113,7 @@ def test_tokens_images_and_tool_calls():
     ])
     out = render_bytes(Parsed(format="stowken", conversations=[conv])).decode()
     assert out == (
+        "=== m ===\n\n"
         "[user]\n[tokens: 3 ids]\n1 22 333\n\n"
         "[assistant: bot] 2026-01-01T00:00:00Z (other)\n"
         "[thinking]\nhmm\n[/thinking]\nlook\n[image: image/png, 10 bytes]\n"
@@ -137,3 +142,25 @@ def test_json_escapes_are_decoded():
     doc = {"messages": [{"role": "user", "content": "tab\there \"quoted\" é ✓ \u2028"}]}
     out = render_bytes(parse(json.dumps(doc).encode())).decode()
     assert "tab\there \"quoted\" é ✓ \u2028" in out
+
+
+def test_rendering_is_deterministic_across_processes():
+    """The store keeps the text view's size from ingest and renders it again on every read:
+    the same bytes must give the same view in any process (hash seeds vary set order)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "formats"
+    code = (
+        "import hashlib, sys, pathlib\n"
+        "from stowfs.formats import parse\n"
+        "from stowfs.views.text import render_bytes\n"
+        "h = hashlib.sha256()\n"
+        "for p in sorted(pathlib.Path(sys.argv[1]).iterdir()):\n"
+        "    h.update(render_bytes(parse(p.read_bytes())))\n"
+        "print(h.hexdigest())\n")
+    digests = {subprocess.run([sys.executable, "-c", code, str(fixtures)], check=True,
+                              capture_output=True, text=True,
+                              env={**__import__("os").environ, "PYTHONHASHSEED": seed}).stdout
+               for seed in ("1", "2", "3")}
+    assert len(digests) == 1

@@ -10,7 +10,8 @@ How aider writes it (aider/io.py):
 Messages: consecutive user lines form one user message; tool outputs (also across blank
 lines) form one `tool` message; the text between them is an assistant message (text
 before the first user message of a session, e.g. Jekyll front matter in published
-transcripts, belongs to no message). Lines that are only `<div ...>` / `</div>` wrappers
+transcripts, belongs to no message; inside a session, text before its first user
+message, as when aider fixes lint errors on its own, is an assistant message). Lines that are only `<div ...>` / `</div>` wrappers
 (aider's website examples) are treated like blank lines.
 
 Part texts: assistant text is exactly the bytes of its span; user and tool texts have the
@@ -82,6 +83,8 @@ class _Builder:
         self.conv = Conversation(application="aider")      # preamble before any header
         self.convs.append(self.conv)
         self.seen_user = False
+        self.in_session = True
+        self.in_session = False         # after a "# aider chat started at" line
         self.role: Optional[str] = None
         self.start = self.end = 0
         self.blank = False              # blank line(s) since the current message's last line
@@ -109,6 +112,7 @@ class _Builder:
         self.conv = Conversation(application="aider", started=started)
         self.convs.append(self.conv)
         self.seen_user = False
+        self.in_session = True
 
     def blank_lines(self) -> None:
         if self.role is not None:
@@ -117,8 +121,8 @@ class _Builder:
     def text(self, start: int, end: int) -> None:
         if self.role != ASSISTANT:
             self.flush()
-            if not self.seen_user:
-                return
+            if not self.seen_user and not self.in_session:
+                return                  # front matter before any session or message
             self.role, self.start = ASSISTANT, start
         self.end = end
         self.blank = False

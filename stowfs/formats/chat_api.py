@@ -14,8 +14,8 @@ import json
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from ..conversation import (ASSISTANT, SYSTEM, THINKING, TOOL, TOOL_CALL, USER, Conversation,
-                            Message, Part)
+from ..conversation import (ASSISTANT, SYSTEM, TEXT, THINKING, TOOL, TOOL_CALL, USER,
+                            Conversation, Message, Part)
 from .common import (add_usage, compact_json, content_parts, finish, iso_from_unix,
                      result_parts)
 
@@ -24,14 +24,18 @@ ANTHROPIC = "anthropic-messages"
 RESPONSES = "openai-responses"
 GEMINI = "gemini-api"
 EXCHANGE = "api-exchange"
+VALUE_PARTS = "llamafactory-messages"    # OpenAI-style rows whose parts are {"type", "value"}
+ANTHROPIC_EVENTS = "anthropic-stream-events"
+RESPONSES_EVENTS = "openai-responses-stream-events"
+CHAT_CHUNKS = "openai-chat-stream-chunks"
 
 APPLICATION = {OPENAI_CHAT: "openai", ANTHROPIC: "anthropic", RESPONSES: "openai-responses",
-               GEMINI: "gemini-api"}
+               GEMINI: "gemini-api", VALUE_PARTS: "llamafactory"}
 
-_ANTHROPIC_BLOCKS = {"tool_use", "tool_result", "thinking", "redacted_thinking", "document",
+_ANTHROPIC_BLOCKS = ("tool_use", "tool_result", "thinking", "redacted_thinking", "document",
                      "server_tool_use", "web_search_tool_result", "mcp_tool_use",
-                     "mcp_tool_result", "compaction"}
-_OPENAI_ROLES = {"system", "developer", "tool", "function"}
+                     "mcp_tool_result", "compaction")
+_OPENAI_ROLES = ("system", "developer", "tool", "function")
 
 
 def _s(v: Any) -> Optional[str]:
@@ -113,7 +117,7 @@ class ItemsBuilder:
     assistant message, function/tool calls) are merged into one assistant message; each
     tool output becomes a `tool` message."""
 
-    _SKIP = {"item_reference", "compaction", "compaction_summary", "ghost_snapshot"}
+    _SKIP = ("item_reference", "compaction", "compaction_summary", "ghost_snapshot")
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
@@ -436,6 +440,120 @@ def stream_response(text: str) -> Optional[tuple[str, dict]]:
     return None
 
 
+# --- recorded event logs: one stream event per JSON line ------------------------------
+
+_ANTHROPIC_EVENT_TYPES = ("message_start", "content_block_start", "content_block_delta",
+                          "content_block_stop", "message_delta", "message_stop", "ping")
+
+
+def event_log_kind(values: list) -> Optional[str]:
+    """ANTHROPIC_EVENTS, RESPONSES_EVENTS or CHAT_CHUNKS when the lines of a JSONL file are
+    the events of recorded API streams (what a client logs as it reads an SSE body)."""
+    seen = 0
+    for v in values[:20]:
+        if not isinstance(v, dict):
+            continue
+        t = v.get("type")
+        if t == "message_start" or (t in _ANTHROPIC_EVENT_TYPES and seen == 0 and
+                                    any(isinstance(x, dict) and x.get("type") == "message_start"
+                                        for x in values[:200])):
+            return ANTHROPIC_EVENTS
+        if isinstance(t, str) and t.startswith("response.") and (
+                "sequence_number" in v or isinstance(v.get("response"), dict) or "delta" in v
+                or "item" in v):
+            return RESPONSES_EVENTS
+        if v.get("object") == "chat.completion.chunk":
+            return CHAT_CHUNKS
+        seen += 1
+    return None
+
+
+def _split_at(values: list, starts) -> list[list[dict]]:
+    """Events grouped per stream: a new group at each event for which starts(ev) holds."""
+    groups: list[list[dict]] = []
+    for v in values:
+        if not isinstance(v, dict):
+            continue
+        if starts(v) or not groups:
+            groups.append([])
+        groups[-1].append(v)
+    return groups
+
+
+def _responses_stream(events: list[dict]) -> Optional[dict]:
+    """A Responses API event stream -> the response object: the final event's when it has
+    one, else assembled from response.output_item.done items and text deltas."""
+    for ev in reversed(events):
+        r = ev.get("response")
+        if isinstance(r, dict) and isinstance(r.get("output"), list) and r["output"]:
+            return r
+    head: dict = {}
+    items: dict[int, Any] = {}
+    text: dict[int, list[str]] = {}
+    reasoning: dict[int, list[str]] = {}
+    for ev in events:
+        t = ev.get("type")
+        if isinstance(ev.get("response"), dict):
+            head = ev["response"]
+        idx = ev.get("output_index") if type(ev.get("output_index")) is int else 0
+        if t in ("response.output_item.added", "response.output_item.done") \
+                and isinstance(ev.get("item"), dict):
+            items[idx] = ev["item"]
+        elif t == "response.output_text.delta" and isinstance(ev.get("delta"), str):
+            text.setdefault(idx, []).append(ev["delta"])
+        elif t in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta") \
+                and isinstance(ev.get("delta"), str):
+            reasoning.setdefault(idx, []).append(ev["delta"])
+    output = []
+    for idx in sorted(set(items) | set(text) | set(reasoning)):
+        item = items.get(idx)
+        item = item if isinstance(item, dict) else {}
+        if idx in reasoning and not item.get("summary"):       # item without its text
+            output.append({"type": "reasoning",
+                           "summary": [{"type": "summary_text", "text": "".join(reasoning[idx])}]})
+            if item.get("type") == "reasoning":
+                continue
+        if idx in text and not item.get("content"):
+            output.append({"type": "message", "role": ASSISTANT,
+                           "content": [{"type": "output_text", "text": "".join(text[idx])}]})
+            continue
+        if item:
+            output.append(item)
+    if not head and not output:
+        return None
+    out = dict(head)
+    out["output"] = output
+    out.setdefault("object", "response")
+    return out
+
+
+def event_log(values: list, kind: str) -> list[Conversation]:
+    """The conversations of a recorded event log: one per stream in it."""
+    convs = []
+    if kind == ANTHROPIC_EVENTS:
+        for group in _split_at(values, lambda v: v.get("type") == "message_start"):
+            msg = _anthropic_stream(group)
+            if msg is not None:
+                convs.append(build_conversation(ANTHROPIC, None, _Resp(ANTHROPIC, msg)))
+    elif kind == RESPONSES_EVENTS:
+        for group in _split_at(values, lambda v: v.get("type") == "response.created"):
+            resp = _responses_stream(group)
+            if resp is not None:
+                convs.append(build_conversation(RESPONSES, None, _Resp(RESPONSES, resp)))
+    elif kind == CHAT_CHUNKS:
+        last: list[Optional[Any]] = [None]
+
+        def new_id(v: dict) -> bool:
+            changed = v.get("id") != last[0]
+            last[0] = v.get("id")
+            return changed
+        for group in _split_at(values, new_id):
+            resp = _openai_stream(group)
+            if resp is not None:
+                convs.append(build_conversation(OPENAI_CHAT, None, _Resp(OPENAI_CHAT, resp)))
+    return [c for c in convs if c.messages]
+
+
 # --- putting it together --------------------------------------------------------------
 
 def _body(v: Any) -> Any:
@@ -458,10 +576,32 @@ def _body(v: Any) -> Any:
     return v
 
 
+def has_value_parts(msgs: Any) -> bool:
+    """True when a message list spells its content parts {"type", "value"} (LLaMA-Factory
+    v1 and other dataset tools) rather than an API's {"type": "text", "text"}."""
+    if not isinstance(msgs, list):
+        return False
+    for m in msgs[:50]:
+        c = m.get("content") if isinstance(m, dict) else None
+        if isinstance(c, list):
+            for b in c[:8]:
+                if isinstance(b, dict) and "value" in b and "text" not in b:
+                    return True
+    return False
+
+
 def build_conversation(kind: str, req: Optional[dict], resp: Optional[_Resp]) -> Conversation:
-    conv = Conversation(application=APPLICATION[kind])
+    dataset = req is not None and kind == OPENAI_CHAT and has_value_parts(req.get("messages"))
+    conv = Conversation(application=APPLICATION[VALUE_PARTS if dataset else kind])
+    if dataset:
+        conv.metadata["format"] = VALUE_PARTS
     if req is not None:
         conv.messages = request_messages(req, kind)
+        if dataset:          # a training row: its function schemas are part of what it says
+            from .sharegpt import _tools_message
+            tools_msg = _tools_message(req.get("tools"))
+            if tools_msg is not None:
+                conv.messages.insert(0, tools_msg)
         tools = req.get("tools")
         if isinstance(tools, list):
             names = []
@@ -492,6 +632,19 @@ def _response(obj: Any) -> Optional[_Resp]:
     return None
 
 
+def _error_message(body: Any) -> Optional[Message]:
+    """An API error response ({"error": {"message", "failed_generation", ...}}) as an event:
+    what the provider said, and what the model generated if the provider returns it."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return None
+    parts = [Part(kind=TEXT, text=err[k]) for k in ("message", "failed_generation")
+             if isinstance(err.get(k), str) and err[k]]
+    if not parts:
+        return None
+    return Message(role=SYSTEM, name="error", event=True, parts=parts)
+
+
 def recognise(d: dict) -> Optional[tuple[str, Conversation]]:
     """(format, Conversation) for an API request, response, or logged pair; else None."""
     if "request" in d or "response" in d:
@@ -502,6 +655,10 @@ def recognise(d: dict) -> Optional[tuple[str, Conversation]]:
             return None
         kind = req_kind or resp.kind  # type: ignore[union-attr]
         conv = build_conversation(kind, req if req_kind else None, resp)
+        if resp is None:
+            err = _error_message(_body(d.get("response")))
+            if err is not None:
+                conv.messages.append(err)
         for key in ("method", "uri", "url", "status", "source_file", "index"):
             v = d.get(key)
             if isinstance(v, str) or (type(v) is int and -2 ** 63 <= v < 2 ** 63):
@@ -514,7 +671,8 @@ def recognise(d: dict) -> Optional[tuple[str, Conversation]]:
         return EXCHANGE, conv
     kind = request_kind(d)
     if kind is not None:
-        return kind, build_conversation(kind, d, None)
+        conv = build_conversation(kind, d, None)
+        return conv.metadata.pop("format", kind), conv
     resp = _response(d)
     if resp is not None:
         return resp.kind, build_conversation(resp.kind, None, resp)

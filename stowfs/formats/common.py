@@ -23,8 +23,8 @@ from typing import Any, Iterable, Optional
 from ..conversation import (BLOB, IMAGE, TEXT, THINKING, TOKENS, TOOL_CALL, TOOL_RESULT,
                             Conversation, Message, Part)
 
-_TEXT_TYPES = {"text", "input_text", "output_text", "summary_text", "reasoning_text"}
-_CALL_TYPES = {"tool_use", "server_tool_use", "mcp_tool_use"}
+_TEXT_TYPES = ("text", "input_text", "output_text", "summary_text", "reasoning_text")
+_CALL_TYPES = ("tool_use", "server_tool_use", "mcp_tool_use")
 _MAX_TOKEN_ID = 2 ** 63
 
 
@@ -54,14 +54,37 @@ def b64_size(data: Any) -> Optional[int]:
     return max(0, n * 3 // 4 - pad)
 
 
+# Extension -> media type, fixed here rather than read from the system's mime.types, so
+# that the text view (rendered again on every read) is the same on every machine.
+_MEDIA = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
+          "webp": "image/webp", "bmp": "image/bmp", "svg": "image/svg+xml", "tif": "image/tiff",
+          "tiff": "image/tiff", "heic": "image/heic", "heif": "image/heif", "ico": "image/x-icon",
+          "avif": "image/avif", "pdf": "application/pdf", "txt": "text/plain",
+          "md": "text/markdown", "csv": "text/csv", "json": "application/json",
+          "html": "text/html", "mp3": "audio/mpeg", "wav": "audio/wav", "ogg": "audio/ogg",
+          "m4a": "audio/mp4", "flac": "audio/flac", "mp4": "video/mp4", "mov": "video/quicktime",
+          "webm": "video/webm", "avi": "video/x-msvideo", "mkv": "video/x-matroska"}
+
+
+def guess_media(ref: Any) -> Optional[str]:
+    """The media type a URL's or file name's extension says ("image/png"), if any."""
+    if not isinstance(ref, str) or not ref or ref.startswith("data:"):
+        return None
+    path = ref.split("?", 1)[0].split("#", 1)[0]
+    name = path.rsplit("/", 1)[-1]
+    if "." not in name:
+        return None
+    return _MEDIA.get(name.rsplit(".", 1)[1].lower())
+
+
 def _data_url(url: str) -> tuple[Optional[str], str]:
-    """('image/png', '1234 bytes') for a data: URL, (None, url) otherwise."""
+    """('image/png', '1234 bytes') for a data: URL, (guessed type, url) otherwise."""
     if url.startswith("data:"):
         head, _, payload = url.partition(",")
         media = head[5:].split(";", 1)[0] or None
         size = b64_size(payload) if ";base64" in head else len(payload)
         return media, f"{size} bytes"
-    return None, url
+    return guess_media(url), url
 
 
 def _source_part(kind: str, source: Any, media_type: Optional[str] = None) -> Part:
@@ -70,6 +93,8 @@ def _source_part(kind: str, source: Any, media_type: Optional[str] = None) -> Pa
         return Part(kind=kind, media_type=media_type)
     media = source.get("media_type") or media_type
     stype = source.get("type")
+    if not isinstance(media, str) or not media:
+        media = guess_media(source.get("url"))
     if stype == "url":
         ref = source.get("url")
     elif stype == "file":
@@ -98,7 +123,7 @@ def result_parts(content: Any, call_id: Optional[str], name: Optional[str],
                      is_error=is_error)]
     out: list[Part] = []
     items = content if isinstance(content, list) else [] if content is None else [content]
-    summaries: list[str] = []
+    summaries: list[Part] = []
     for item in items:
         if isinstance(item, str):
             out.append(Part(kind=TOOL_RESULT, text=item, call_id=call_id, name=name,
@@ -107,15 +132,21 @@ def result_parts(content: Any, call_id: Optional[str], name: Optional[str],
                 and item.get("type", "text") in _TEXT_TYPES:
             out.append(Part(kind=TOOL_RESULT, text=item["text"], call_id=call_id, name=name,
                             is_error=is_error))
+        elif isinstance(item, dict) and isinstance(item.get("value"), str) and "text" not in item \
+                and item.get("type") in ("text", "tool_result", "observation"):
+            out.append(Part(kind=TOOL_RESULT, text=item["value"], call_id=call_id, name=name,
+                            is_error=is_error))
         elif isinstance(item, dict) and item.get("type") in ("web_search_result",
                                                              "web_fetch_result"):
             title, url = item.get("title"), item.get("url")
-            summaries.append(" ".join(str(x) for x in (title, url) if x))
+            summaries.append(Part(kind=TOOL_RESULT, call_id=call_id, name=name, is_error=is_error,
+                                  ref=" ".join(str(x) for x in (title, url) if x) or None))
         else:
             out.extend(block_parts(item))
-    if summaries or not out:
-        ref = "; ".join(summaries) if summaries else _summary(content)
-        out.insert(0, Part(kind=TOOL_RESULT, ref=ref, call_id=call_id, name=name,
+    if summaries:
+        return summaries + out          # one line per search result, before any text
+    if not out:
+        out.insert(0, Part(kind=TOOL_RESULT, ref=_summary(content), call_id=call_id, name=name,
                            is_error=is_error))
     return out
 
@@ -153,6 +184,8 @@ def block_parts(block: Any) -> list[Part]:
     t = block.get("type")
     if t is None:
         return _gemini_part(block)
+    if "value" in block and "text" not in block and isinstance(t, str):
+        return value_part(block)
     if t in _TEXT_TYPES:
         text = block.get("text")
         return [Part(kind=TEXT, text=text)] if isinstance(text, str) else []
@@ -166,13 +199,18 @@ def block_parts(block: Any) -> list[Part]:
         # Mistral: "thinking": [{"type": "text", "text": ...}]
         return [Part(kind=THINKING, text=p.text) for p in content_parts(th)
                 if p.kind == TEXT and p.text is not None]
+    if t == "think":                                              # Kimi CLI
+        th = block.get("think", block.get("text"))
+        if isinstance(th, str):
+            return [Part(kind=THINKING, text=th)]
     if t == "redacted_thinking":
         return [Part(kind=THINKING, ref="redacted")]
     if t in _CALL_TYPES:
         return [Part(kind=TOOL_CALL, name=_str(block.get("name")), call_id=_str(block.get("id")),
                      text=compact_json(block.get("input", {})))]
     if t == "tool_result" or (isinstance(t, str) and t.endswith("_tool_result")):
-        name = None if t == "tool_result" else t[: -len("_tool_result")] or None
+        name = _str(block.get("name")) if t == "tool_result" else \
+            t[: -len("_tool_result")] or None
         return result_parts(block.get("content"), _str(block.get("tool_use_id")), name,
                              block.get("is_error") is True)
     if t == "image":
@@ -202,6 +240,65 @@ def block_parts(block: Any) -> list[Part]:
     if isinstance(text, str):
         return [Part(kind=TEXT, text=text)]
     return [Part(kind=BLOB, ref=str(t))]
+
+
+_VALUE_KINDS = {"text": TEXT, "reasoning": THINKING, "thinking": THINKING, "think": THINKING}
+
+
+def value_part(block: dict) -> list[Part]:
+    """A part spelled {"type", "value"} (LLaMA-Factory's v1 messages, several dataset
+    tools): text / reasoning / tool_call or function_call (value: JSON {"name",
+    "arguments"}) / tool_result or observation / image, video, audio (value: a path or URL)."""
+    t, value = block["type"], block["value"]
+    call_id = _str(block.get("tool_call_id") or block.get("id"))
+    if t in _VALUE_KINDS:
+        return [Part(kind=_VALUE_KINDS[t], text=value)] if isinstance(value, str) else \
+            [Part(kind=BLOB, ref=compact_json(value))]
+    if t in ("tool_call", "function_call", "tool_use"):
+        return tool_calls_from_value(value, call_id)
+    if t in ("tool_result", "observation", "function_response", "tool_response"):
+        return result_parts(value, call_id, _str(block.get("name")), False)
+    if not isinstance(value, str):
+        return [Part(kind=BLOB, ref=compact_json(value))]
+    if t.startswith("image"):
+        media, ref = _data_url(value)
+        return [Part(kind=IMAGE, media_type=media, ref=ref)]
+    media, ref = _data_url(value)
+    return [Part(kind=BLOB, media_type=media or t, ref=ref)]
+
+
+_CALL_KEYS = {"name", "arguments", "parameters", "args", "input", "id", "type", "function",
+              "call_id"}
+
+
+def _named_call(obj: Any, call_id: Optional[str]) -> Optional[Part]:
+    """A call object holding nothing but a name, arguments and ids (else None: kept whole)."""
+    if not isinstance(obj, dict) or not obj.keys() <= _CALL_KEYS:
+        return None
+    fn = obj.get("function") if isinstance(obj.get("function"), dict) else obj
+    if not isinstance(fn.get("name"), str) or not fn.keys() <= _CALL_KEYS:
+        return None
+    args = fn.get("arguments", fn.get("parameters", fn.get("args", fn.get("input", {}))))
+    return Part(kind=TOOL_CALL, name=fn["name"], call_id=call_id or _str(obj.get("id")),
+                text=args if isinstance(args, str) else compact_json(args))
+
+
+def tool_calls_from_value(value: Any, call_id: Optional[str] = None) -> list[Part]:
+    """Tool calls given as one value: {"name", "arguments"} or a list of those, or their
+    JSON text (LLaMA-Factory parts, ShareGPT function_call turns). A value that is none of
+    these is kept whole, verbatim, as the arguments of an unnamed call."""
+    obj = value
+    if isinstance(value, str):
+        try:
+            obj = json.loads(value)
+        except (ValueError, RecursionError):
+            obj = None
+    items = obj if isinstance(obj, list) and obj else [obj]
+    parts = [_named_call(x, call_id if len(items) == 1 else None) for x in items]
+    if all(p is not None for p in parts):
+        return parts  # type: ignore[return-value]
+    return [Part(kind=TOOL_CALL, call_id=call_id,
+                 text=value if isinstance(value, str) else compact_json(value))]
 
 
 def _gemini_part(block: dict) -> list[Part]:

@@ -1,64 +1,162 @@
-"""inbox/: the writable part of the mount, backed by a spool directory (STORE/spool/).
+"""inbox/: the writable part of the mount, an ordinary directory over a spool (STORE/spool/).
 
-The spool directory *is* the inbox tree: inbox/a/b.json is the spool file a/b.json, so
-written data goes to disk as it arrives (never held whole in memory), empty directories
-made with mkdir persist until removed, and whatever a crash leaves behind is found again
-at the next mount. A file is ingested (Store.put_file) when its writer closes it; only
-after the store has committed it is the spool file removed. At start-up, recover()
-removes spool files the store already holds byte for byte (a crash between commit and
-removal) and leaves the rest in inbox/ for the user to see; writing to one again, or
-touching it, ingests it.
+What inbox/PATH shows: the spool file or directory PATH if there is one (being written,
+or waiting to be ingested), else the stored file PATH (its stored size, mtime and mode),
+else the directory PATH of the store. So inbox/ holds everything stored, at the same
+relative paths, and a second `rsync -a SRC/ inbox/dst/` finds every unchanged file there.
+
+Writing: a file is written to its spool file as the bytes arrive (pwrite, no copy in
+memory). Opening a stored file for writing without O_TRUNC first copies its stored bytes
+into the spool ("copy-up"), so appends add to the stored content; truncate, chmod and
+utime on a stored file do the same. Renames and removals act on both the spool and the
+store, as in one directory: `mv inbox/a inbox/b` renames a stored a, or moves a spool a
+(and drops a stored a it replaced); `rm inbox/a` removes both.
+
+Ingest: a spool file is stored once it has *settled* -- no writer has it open and it has
+not changed for `quiet` seconds -- or when a writer calls fsync(). Then it is put into the
+store with its mtime (integer ns) and mode, and the spool file is removed. Until then
+conversations/PATH serves the spool file itself (an "alias" node), so from close() on a
+file reads back byte for byte there. A settled file whose name matches LEFTOVERS (editor
+swap files, lock files, temp files of rsync, git and Python) is never stored: those exist
+only while a writer works. An ingest that fails is logged, listed in errors/, and its
+spool file stays (tried again once it changes).
+
+Crash safety: acknowledged write() bytes are in the spool file (the page cache of the
+store's filesystem), so they survive kill -9 of the daemon; recover() at the next mount
+finds every spool file and lets it settle and be ingested. fsync() also fsyncs the spool
+file and its directory, so the bytes survive a power loss before they are ingested.
 """
 from __future__ import annotations
 
 import errno
-import hashlib
+import fnmatch
 import logging
 import os
+import re
+import shutil
 import stat
+import tempfile
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from ..errors import InvalidName, NotFound
+from ..errors import InvalidName, NotFound, StowError
 from .names import TOP, InboxInodes, join, split
 from .node import DIR, FILE, INBOX_TIMEOUT, Attr, Handle, Node, accmode_writes, fs_error
 
 log = logging.getLogger(__name__)
 INBOX_INO = TOP["inbox"]
+DEFAULT_QUIET = 2.0          # seconds a closed file must stay unchanged before it is ingested
+COPY_CHUNK = 1 << 20
+
+# Names of files that exist only while a writer works: never ingested, never shown under
+# conversations/ (they stay in inbox/ while they exist). The one list of them.
+LEFTOVERS = (
+    ".*.sw?", ".*.sv?",      # vim swap files (.x.swp, .x.swo, ..., .x.swx probe)
+    "*~",                    # editor backups (vim, emacs)
+    ".#*", "#*#",            # emacs lock and auto-save files
+    "*.lock",                # git (index.lock, HEAD.lock, config.lock), package managers
+)
+LEFTOVER_RES = (
+    r"\..+\.[A-Za-z0-9]{6}",                               # rsync's temp file .NAME.XXXXXX
+    r"tmp_(obj|pack|idx|rev|mtimes|bitmap)_[A-Za-z0-9]+",  # git's object and pack temp files
+    r"tmp[a-z0-9_]{8}",                                    # Python tempfile.mkstemp()
+)
+_LEFTOVER = re.compile("|".join([fnmatch.translate(p) for p in LEFTOVERS] +
+                                [f"(?:{r})\\Z" for r in LEFTOVER_RES]), re.S)
+
+
+def is_leftover(path: str) -> bool:
+    """Whether a file at path is a writer's leftover, by its name (LEFTOVERS)."""
+    return _LEFTOVER.match(path.rpartition("/")[2]) is not None
+
+
+@dataclass(eq=False)
+class Pending:
+    """A spool file: what is known about it between its first write and its ingest."""
+    path: str
+    version: int = 0                    # bumped at every change of content, mode or times
+    changed: float = 0.0                # time.monotonic() of the last change or close
+    writers: int = 0                    # open writable handles
+    stored_version: int = -1            # the version the store holds under path (-1: none)
+    failed_version: int = -1            # the version whose ingest failed (not retried)
+    write_error: int = 0                # errno of a failed write: the file is incomplete
+    gone: bool = False                  # removed or renamed away
+    alias: Optional[Node] = None        # its node under conversations/
+    error_node: Optional[Node] = None   # its node under errors/ while its ingest failed
+
+    def touch(self) -> None:
+        self.version += 1
+        self.changed = time.monotonic()
 
 
 class Inbox:
-    def __init__(self, store, root, lock: threading.RLock):
+    def __init__(self, store, root, lock: threading.RLock, *, quiet: float = DEFAULT_QUIET,
+                 on_conv: Callable[[str], None] = lambda path: None,
+                 on_store: Callable[[str, object, object], None] = lambda path, old, new: None):
         self.store = store
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.root.with_name(self.root.name + ".tmp")   # copy-ups, same filesystem
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp.mkdir(exist_ok=True)
+        self.quiet = quiet
+        self.on_conv = on_conv        # conversations/PATH now shows something else
+        self.on_store = on_store      # stored file PATH changed from old to new FileInfo
         self._lock = lock
         self._new_ino = InboxInodes()
         self.top = Node(INBOX_INO, DIR, "inbox", "")
         self._by_path: dict[str, Node] = {"": self.top}
+        self._pending: dict[str, Pending] = {}
+        self._dirs: dict[str, int] = {}     # directory -> spool files (not leftovers) under it
+        self.failures: dict[str, str] = {}        # path -> why its ingest failed (errors/)
+        self.epoch = 0      # bumped whenever what conversations/ or errors/ show of the spool changes
 
     def _spool(self, rel: str) -> str:
         return os.path.join(self.root, rel) if rel else str(self.root)
 
+    def _info(self, rel: str):
+        try:
+            return self.store.info(rel)
+        except (NotFound, InvalidName):
+            return None
+
     # ------------------------------------------------------------------ names
-    def node(self, rel: str) -> Optional[Node]:
-        """The node of inbox path rel, or None if it does not exist."""
+    def _kind(self, rel: str) -> Optional[str]:
+        """DIR, FILE or None: what inbox/rel is (spool first, then the store)."""
         try:
             st = os.lstat(self._spool(rel))
+            if stat.S_ISREG(st.st_mode):
+                return FILE
+            if stat.S_ISDIR(st.st_mode):
+                return DIR
         except FileNotFoundError:
-            st = None
+            pass
+        if not rel:
+            return DIR
+        if self._info(rel) is not None:
+            return FILE
+        return DIR if self.store.is_dir(rel) else None
+
+    def _node_of(self, rel: str, kind: str) -> Node:
         with self._lock:
             node = self._by_path.get(rel)
-            if st is None or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-                if node is not None and rel:
-                    del self._by_path[rel]
-                return None
-            kind = DIR if stat.S_ISDIR(st.st_mode) else FILE
             if node is None or node.kind != kind:
                 node = Node(self._new_ino(), kind, "inbox", rel)
                 self._by_path[rel] = node
             return node
+
+    def node(self, rel: str) -> Optional[Node]:
+        """The node of inbox path rel, or None if it does not exist."""
+        kind = self._kind(rel)
+        if kind is None:
+            with self._lock:
+                if rel and rel in self._by_path:
+                    del self._by_path[rel]
+            return None
+        return self._node_of(rel, kind)
 
     def child(self, d: Node, name: str) -> Node:
         node = self.node(join(d.path, name))
@@ -67,22 +165,48 @@ class Inbox:
         return node
 
     def list(self, d: Node) -> list[tuple[str, Node]]:
-        out = []
-        with os.scandir(self._spool(d.path)) as it:
-            names = [e.name for e in it]
-        for name in names:
-            node = self.node(join(d.path, name))
-            if node is not None:
-                out.append((name, node))
-        return out
+        names = {}
+        try:
+            with os.scandir(self._spool(d.path)) as it:
+                for e in it:
+                    if e.is_file(follow_symlinks=False):
+                        names[e.name] = FILE
+                    elif e.is_dir(follow_symlinks=False):
+                        names[e.name] = DIR
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        if d.path == "" or d.kind == DIR:
+            try:
+                for name, info in self.store.listdir(d.path):
+                    names.setdefault(name, DIR if info is None else FILE)
+            except (NotFound, InvalidName):
+                pass
+        return [(name, self._node_of(join(d.path, name), kind)) for name, kind in names.items()]
+
+    def forget(self, node: Node) -> None:
+        """The kernel holds no reference to node any more."""
+        with self._lock:
+            if node.path and self._by_path.get(node.path) is node:
+                del self._by_path[node.path]
 
     def attr(self, node: Node, fd: int = -1) -> Attr:
         try:
             st = os.fstat(fd) if fd >= 0 else os.lstat(self._spool(node.path))
+            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                return Attr(node.ino, st.st_mode, st.st_size, st.st_mtime_ns,
+                            entry_timeout=INBOX_TIMEOUT, attr_timeout=INBOX_TIMEOUT)
         except FileNotFoundError:
-            raise fs_error(errno.ENOENT) from None
-        return Attr(node.ino, st.st_mode, st.st_size, st.st_mtime,
-                    entry_timeout=INBOX_TIMEOUT, attr_timeout=INBOX_TIMEOUT)
+            pass
+        if node.kind == FILE:
+            info = self._info(node.path)
+            if info is not None:
+                return Attr(node.ino, stat.S_IFREG | info.mode, info.size, info.mtime_ns,
+                            entry_timeout=INBOX_TIMEOUT, attr_timeout=INBOX_TIMEOUT)
+        elif not node.path or self.store.is_dir(node.path):
+            st = os.lstat(self.root)
+            return Attr(node.ino, stat.S_IFDIR | 0o755, 0, st.st_mtime_ns,
+                        entry_timeout=INBOX_TIMEOUT, attr_timeout=INBOX_TIMEOUT)
+        raise fs_error(errno.ENOENT)
 
     @staticmethod
     def _check_name(name: str) -> None:
@@ -91,205 +215,529 @@ class Inbox:
         except UnicodeEncodeError:
             raise fs_error(errno.EINVAL, "names in the store must be UTF-8") from None
 
+    # ------------------------------------------------------------------ conversations/ view
+    def alias(self, rel: str) -> Optional[Node]:
+        """conversations/rel's node while rel is a spool file waiting to be ingested."""
+        if rel not in self._pending:    # the common case, answered without the lock
+            return None
+        with self._lock:
+            p = self._pending.get(rel)
+            if p is None or p.write_error or is_leftover(rel):
+                return None          # not written whole, or never to be stored
+            if p.alias is None:
+                p.alias = Node(self._new_ino(), FILE, "spool", rel)
+            return p.alias
+
+    def spooled(self, rel: str) -> bool:
+        """Whether conversations/rel is a spool file now (quick: no lock when none is)."""
+        return self.alias(rel) is not None
+
+    def alias_attr(self, node: Node) -> Attr:
+        try:
+            st = os.lstat(self._spool(node.path))
+        except FileNotFoundError:
+            raise fs_error(errno.ENOENT) from None
+        return Attr(node.ino, stat.S_IFREG | stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns,
+                    entry_timeout=INBOX_TIMEOUT, attr_timeout=0)
+
+    def open_alias(self, node: Node, flags: int) -> Handle:
+        if accmode_writes(flags):
+            raise fs_error(errno.EROFS, "conversations/ is read-only; write to inbox/")
+        with self._lock:
+            p = self._pending.get(node.path)
+            if p is None or p.alias is not node:
+                raise fs_error(errno.ESTALE)     # ingested meanwhile: look the name up again
+            fd = self._open_spool(node.path, os.O_RDONLY)
+        return Handle(node, fd=fd)
+
+    def pending_entries(self, dirpath: str) -> dict[str, Optional[Node]]:
+        """conversations/dirpath's entries that are spool files (name -> alias node) or
+        directories holding some (name -> None)."""
+        prefix = dirpath + "/" if dirpath else ""
+        out: dict[str, Optional[Node]] = {}
+        with self._lock:
+            paths = [p for p in self._pending if p.startswith(prefix) and not is_leftover(p)]
+        for path in paths:
+            name, sep, _ = path[len(prefix):].partition("/")
+            if sep:
+                out.setdefault(name, None)
+            else:
+                node = self.alias(path)
+                if node is not None:
+                    out[name] = node
+        return out
+
+    def pending_dir(self, dirpath: str) -> bool:
+        return dirpath in self._dirs
+
+    def _add(self, p: Pending) -> None:
+        """Enter p in the spool's records (the caller holds the lock)."""
+        self._pending[p.path] = p
+        self._count_dirs(p.path, 1)
+        self.epoch += 1
+
+    def _pop(self, path: str) -> Pending:
+        p = self._pending.pop(path)
+        self._count_dirs(path, -1)
+        self.epoch += 1
+        return p
+
+    def _count_dirs(self, path: str, delta: int) -> None:
+        if is_leftover(path):
+            return
+        d = split(path)[0]
+        while d:
+            n = self._dirs.get(d, 0) + delta
+            if n > 0:
+                self._dirs[d] = n
+            else:
+                self._dirs.pop(d, None)
+            d = split(d)[0]
+
+    # ------------------------------------------------------------------ errors/ view
+    def error_node(self, path: str) -> Optional[Node]:
+        with self._lock:
+            p = self._pending.get(path)
+            if p is None or path not in self.failures:
+                return None
+            if p.error_node is None:
+                p.error_node = Node(self._new_ino(), FILE, "inbox-error", path)
+            return p.error_node
+
+    def error_text(self, path: str) -> bytes:
+        why = self.failures.get(path, "stored since")
+        return f"inbox/{path}: not stored: {why}\n".encode("utf-8", "surrogateescape")
+
+    def _failed(self, p: Pending, why: str) -> None:
+        log.error("inbox/%s: not stored: %s (the file stays in inbox/)", p.path, why)
+        with self._lock:
+            p.failed_version = p.version
+            self.failures[p.path] = why
+            self.epoch += 1
+
+    # ------------------------------------------------------------------ spool files
+    def _open_spool(self, rel: str, flags: int, mode: int = 0o600) -> int:
+        """os.open of a spool file whose mode may deny its owner (the daemon) access:
+        the file keeps the user's exact mode, the daemon lifts it for the open."""
+        path = self._spool(rel)
+        try:
+            return os.open(path, flags, mode)
+        except PermissionError:
+            if os.geteuid() == 0:
+                raise
+            st = os.stat(path)
+            os.chmod(path, st.st_mode | 0o600)
+            try:
+                return os.open(path, flags & ~(os.O_CREAT | os.O_EXCL))
+            finally:
+                os.chmod(path, st.st_mode)
+
+    def _pending_at(self, rel: str) -> Pending:
+        """The Pending of spool file rel, made if new (the caller holds the lock)."""
+        p = self._pending.get(rel)
+        if p is None:
+            p = Pending(rel, changed=time.monotonic())
+            self._add(p)
+            self.on_conv(rel)
+        return p
+
+    def _drop(self, rel: str) -> None:
+        """Forget spool file rel (and any under it); the caller holds the lock."""
+        for path in [q for q in self._pending if q == rel or q.startswith(rel + "/")]:
+            p = self._pop(path)
+            p.gone = True
+            self.failures.pop(path, None)
+            self.on_conv(path)
+
+    def _make_parents(self, rel: str) -> None:
+        d = split(rel)[0]
+        if d:
+            os.makedirs(self._spool(d), exist_ok=True)
+
+    def _copy_up(self, rel: str, truncate: bool) -> Pending:
+        """Make spool file rel from the stored file rel (its bytes unless truncate, its
+        mode and mtime), unless a spool file is there already. Returns its Pending."""
+        info = self._info(rel)
+        if info is None:
+            raise fs_error(errno.ENOENT)
+        fd, tmp = tempfile.mkstemp(dir=self._tmp)
+        try:
+            if not truncate and info.size:
+                reader = self.store.reader(rel, "original")
+                for off in range(0, info.size, COPY_CHUNK):
+                    data = reader.read(off, COPY_CHUNK)
+                    if not data:
+                        break
+                    os.write(fd, data)
+                if os.fstat(fd).st_size != info.size:
+                    raise StowError(f"{rel}: stored size changed while it was copied")
+            os.fchmod(fd, info.mode)
+            if not truncate:
+                os.utime(fd, ns=(info.mtime_ns, info.mtime_ns))
+            os.close(fd)
+            fd = -1
+            with self._lock:
+                existing = self._spooled(rel)
+                if existing is not None:
+                    return existing                    # made by another writer meanwhile
+                self._make_parents(rel)
+                os.rename(tmp, self._spool(rel))
+                tmp = None
+                p = self._pending_at(rel)
+                if not truncate and self._info(rel) is not None:
+                    p.stored_version = p.version       # the same bytes as stored
+                else:
+                    p.touch()
+                return p
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+
     # ------------------------------------------------------------------ changes
     def create(self, d: Node, name: str, mode: int, flags: int) -> Handle:
         self._check_name(name)
         rel = join(d.path, name)
-        oflags = os.O_RDWR | os.O_CREAT | (flags & (os.O_EXCL | os.O_TRUNC))
-        fd = os.open(self._spool(rel), oflags, (mode & 0o777) | 0o600)
-        node = self.node(rel)
-        if node is None:   # removed between open and lstat: keep a node for the open fd
-            node = Node(self._new_ino(), FILE, "inbox", rel, unlinked=True)
+        if self.store.is_dir(rel):
+            raise fs_error(errno.EISDIR)
+        self._make_parents(rel)
+        oflags = os.O_RDWR | os.O_CREAT | (flags & (os.O_EXCL | os.O_TRUNC | os.O_APPEND))
         with self._lock:
-            node.dirty, node.failed, node.ingested = True, 0, False
-            node.writers += 1
-        return Handle(node, fd=fd, writable=True)
+            fd = self._open_spool(rel, oflags, 0o600)
+            os.fchmod(fd, stat.S_IMODE(mode))
+            node = self._node_of(rel, FILE)
+            p = self._pending_at(rel)
+            p.touch()
+            p.writers += 1
+            p.write_error = 0
+        return Handle(node, fd=fd, writable=True, pending=p)
 
     def mkdir(self, d: Node, name: str, mode: int) -> Node:
         self._check_name(name)
         rel = join(d.path, name)
-        os.mkdir(self._spool(rel), (mode & 0o777) | 0o700)
-        node = self.node(rel)
-        if node is None:
-            raise fs_error(errno.ENOENT)
-        return node
+        if self._kind(rel) is not None:
+            raise fs_error(errno.EEXIST)
+        self._make_parents(rel)
+        os.mkdir(self._spool(rel))
+        os.chmod(self._spool(rel), stat.S_IMODE(mode))
+        return self._node_of(rel, DIR)
+
+    def open_blocks(self, node: Node, flags: int) -> bool:
+        """Whether open() may copy a stored file into the spool (then run it in a thread)."""
+        return accmode_writes(flags) or node.kind == FILE
 
     def open(self, node: Node, flags: int) -> Handle:
         if node.kind == DIR:
             raise fs_error(errno.EISDIR)
-        writable = accmode_writes(flags)
-        fd = os.open(self._spool(node.path), os.O_RDWR if writable else os.O_RDONLY)
-        if writable:
+        rel = node.path
+        if not accmode_writes(flags):
             with self._lock:
-                node.writers += 1
-        return Handle(node, fd=fd, writable=writable)
+                if rel in self._pending or os.path.isfile(self._spool(rel)):
+                    return Handle(node, fd=self._open_spool(rel, os.O_RDONLY))
+            info = self._info(rel)
+            if info is None:
+                raise fs_error(errno.ENOENT)
+            reader = self.store.reader(rel, "original")
+            return Handle(node, reader=reader, key=(info.file_id, "original"), size=info.size)
+        truncate = bool(flags & os.O_TRUNC)
+        oflags = os.O_RDWR | (flags & (os.O_TRUNC | os.O_APPEND))
+        for _ in range(3):
+            with self._lock:     # the spool file cannot be ingested and removed meanwhile
+                p = self._spooled(rel)
+                if p is not None:
+                    fd = self._open_spool(rel, oflags)
+                    p.writers += 1
+                    if truncate:
+                        p.touch()
+                        p.write_error = 0
+                    return Handle(node, fd=fd, writable=True, pending=p)
+            self._copy_up(rel, truncate)        # a stored file: into the spool first
+        raise fs_error(errno.EAGAIN, f"inbox/{rel} kept changing while it was opened")
+
+    def _spooled(self, rel: str) -> Optional[Pending]:
+        """The Pending of spool file rel if there is one (the caller holds the lock)."""
+        p = self._pending.get(rel)
+        if p is not None and not p.gone and os.path.isfile(self._spool(rel)):
+            return p
+        if p is None and os.path.isfile(self._spool(rel)):
+            return self._pending_at(rel)
+        return None
 
     def write(self, h: Handle, offset: int, data: bytes) -> int:
         if not h.writable:
             raise fs_error(errno.EBADF)
+        p = h.pending
         try:
             n = os.pwrite(h.fd, data, offset)
         except OSError as e:
-            h.node.failed = e.errno or errno.EIO
+            p.write_error = e.errno or errno.EIO
             raise
-        h.node.dirty = True
+        p.touch()
         return n
 
     def read(self, h: Handle, offset: int, size: int) -> bytes:
         return os.pread(h.fd, size, offset)
 
-    def setattr(self, node: Node, fd: int, size=None, mode=None, atime_ns=None, mtime_ns=None) -> Attr:
-        target = fd if fd >= 0 else self._spool(node.path)
-        if node.kind == DIR and size is not None:
-            raise fs_error(errno.EISDIR)
+    def setattr(self, node: Node, fd: int, size=None, mode=None, atime_ns=None, mtime_ns=None,
+                pending: Optional[Pending] = None) -> Attr:
+        rel = node.path
+        if node.kind == DIR:
+            if size is not None:
+                raise fs_error(errno.EISDIR)
+            if not os.path.isdir(self._spool(rel)):       # a directory of the store
+                os.makedirs(self._spool(rel), exist_ok=True)
+            target = self._spool(rel)
+            self._apply(target, size, mode, atime_ns, mtime_ns)
+            return self.attr(node)
+        for _ in range(3):
+            with self._lock:     # the spool file cannot be ingested and removed meanwhile
+                if pending is not None and not pending.gone and fd >= 0:
+                    target = fd                         # a writable handle's own file
+                else:
+                    pending, target = self._spooled(rel), self._spool(rel)
+                if pending is not None:
+                    self._apply(target, size, mode, atime_ns, mtime_ns)
+                    if size == 0:
+                        pending.write_error = 0
+                    pending.touch()
+                    return self.attr(node, fd if target == fd else -1)
+            self._copy_up(rel, truncate=size == 0)    # a stored file: into the spool first
+        raise fs_error(errno.EAGAIN, f"inbox/{rel} kept changing while it was changed")
+
+    @staticmethod
+    def _apply(target, size, mode, atime_ns, mtime_ns) -> None:
         if size is not None:
             os.truncate(target, size)
-            node.dirty, node.failed = True, 0
         if mode is not None:
-            os.chmod(target, (mode & 0o777) | (0o700 if node.kind == DIR else 0o600))
+            os.chmod(target, stat.S_IMODE(mode))
         if atime_ns is not None or mtime_ns is not None:
             st = os.stat(target)
             os.utime(target, ns=(st.st_atime_ns if atime_ns is None else atime_ns,
                                  st.st_mtime_ns if mtime_ns is None else mtime_ns))
-            if node.kind == FILE and mtime_ns is not None:
-                node.dirty = True
-        return self.attr(node, fd)
 
-    def _forget_path(self, rel: str) -> None:
-        """Drop rel (and everything under it) from the name map, marking the nodes gone."""
-        with self._lock:
-            for p in [p for p in self._by_path if p == rel or p.startswith(rel + "/")]:
-                self._by_path.pop(p).unlinked = True
-
-    def unlink(self, d: Node, name: str) -> Node:
+    def unlink(self, d: Node, name: str) -> None:
+        """rm inbox/PATH: the spool file and the stored file of that path."""
+        rel = join(d.path, name)
         node = self.child(d, name)
         if node.kind == DIR:
             raise fs_error(errno.EISDIR)
-        os.unlink(self._spool(node.path))
-        self._forget_path(node.path)
-        return node
+        with self._lock:
+            try:
+                os.unlink(self._spool(rel))
+            except FileNotFoundError:
+                pass
+            self._drop(rel)
+            if self._by_path.get(rel) is node:
+                del self._by_path[rel]
+            old = self._info(rel)
+            if old is not None:
+                self.store.remove(rel)
+        if old is not None:
+            self.on_store(rel, old, None)
 
     def rmdir(self, d: Node, name: str) -> None:
+        rel = join(d.path, name)
         node = self.child(d, name)
         if node.kind != DIR:
             raise fs_error(errno.ENOTDIR)
-        os.rmdir(self._spool(node.path))
-        self._forget_path(node.path)
+        if self.store.is_dir(rel):
+            raise fs_error(errno.ENOTEMPTY)
+        os.rmdir(self._spool(rel))
+        with self._lock:
+            if self._by_path.get(rel) is node:
+                del self._by_path[rel]
 
     def rename(self, d1: Node, n1: str, d2: Node, n2: str, noreplace: bool) -> None:
         self._check_name(n2)
         src, dst = join(d1.path, n1), join(d2.path, n2)
-        if self.node(src) is None:
-            raise fs_error(errno.ENOENT)
-        if noreplace and os.path.lexists(self._spool(dst)):
-            raise fs_error(errno.EEXIST)
-        os.rename(self._spool(src), self._spool(dst))
+        moves = []
+        if is_leftover(dst) and not is_leftover(src) and not os.path.lexists(self._spool(src)) \
+                and self._info(src) is not None:
+            # a stored file becomes an editor's backup (vim: x -> x~, then writes x): it
+            # moves into the spool, where leftovers live, instead of being stored as x~
+            self._copy_up(src, truncate=False)
         with self._lock:
+            kind = self._kind(src)
+            if kind is None:
+                raise fs_error(errno.ENOENT)
             if src == dst:
                 return
-            moved = {p: n for p, n in self._by_path.items() if p == src or p.startswith(src + "/")}
-            for p in moved:
-                del self._by_path[p]
-            self._forget_path(dst)
-            for p, n in moved.items():
-                n.path = dst + p[len(src):]
+            if dst.startswith(src + "/"):
+                raise fs_error(errno.EINVAL)
+            dkind = self._kind(dst)
+            if dkind is not None:
+                if noreplace:
+                    raise fs_error(errno.EEXIST)
+                if kind == DIR and dkind == FILE:
+                    raise fs_error(errno.ENOTDIR)
+                if kind == FILE and dkind == DIR:
+                    raise fs_error(errno.EISDIR)
+                if dkind == DIR and self.store.is_dir(dst):
+                    raise fs_error(errno.ENOTEMPTY)
+            sspool, dspool = self._spool(src), self._spool(dst)
+            if os.path.lexists(sspool):
+                self._make_parents(dst)
+                os.rename(sspool, dspool)       # replaces a spool file (or empty dir) at dst
+            elif os.path.isfile(dspool):
+                os.unlink(dspool)               # replaced by a stored file
+            elif os.path.isdir(dspool):
+                os.rmdir(dspool)
+            # what the store holds under src moves along, unless a spool file now shadows it
+            stored = ([self._info(src)] if kind == FILE else list(self.store.iter_files(src + "/")))
+            for info in filter(None, stored):
+                new = dst + info.name[len(src):]
+                replaced = self._info(new)
+                if os.path.isfile(self._spool(new)):
+                    self.store.remove(info.name)
+                    moves.append((info.name, info, None))
+                else:
+                    self.store.rename(info.name, new)
+                    moves.append((info.name, info, None))
+                    moves.append((new, replaced, self._info(new)))
+            # the spool files' records and the kernel's nodes follow their files
+            if kind == FILE:
+                self._drop(dst)                 # the spool file replaced at dst
+            for path in [q for q in self._pending if q == src or q.startswith(src + "/")]:
+                p = self._pop(path)
+                p.path = dst + path[len(src):]
+                p.stored_version = -1
+                p.failed_version = -1
+                self.failures.pop(path, None)
+                if p.alias is not None:
+                    p.alias.path = p.path
+                self._add(p)
+                self.on_conv(path)
+                self.on_conv(p.path)
+            moved = {q: n for q, n in self._by_path.items() if q == src or q.startswith(src + "/")}
+            for q in moved:
+                del self._by_path[q]
+            for q in [q for q in self._by_path if q == dst or q.startswith(dst + "/")]:
+                self._by_path.pop(q).unlinked = True
+            for q, n in moved.items():
+                n.path = dst + q[len(src):]
                 self._by_path[n.path] = n
+        for path, old, new in moves:
+            self.on_store(path, old, new)
 
-    # ------------------------------------------------------------------ ingest
-    @staticmethod
-    def pending(h: Handle) -> bool:
-        n = h.node
-        return h.writable and n.dirty and not n.failed and not n.unlinked
-
-    def ingest(self, h: Handle):
-        """Store the handle's file under its inbox path and drop the spool file.
-        Returns (path, old FileInfo or None, new FileInfo), or None if there was nothing to do."""
-        node = h.node
-        with self._lock:
-            if not self.pending(h):
-                return None
-            path, ingested = node.path, node.ingested
-            node.dirty = False
-        # Once ingested, the spool file is gone but this fd may still write: read it via /proc.
-        src = f"/proc/self/fd/{h.fd}" if ingested else self._spool(path)
+    # ------------------------------------------------------------------ closing and ingest
+    def release(self, h: Handle) -> None:
         try:
-            mtime = os.fstat(h.fd).st_mtime
-            try:
-                old = self.store.info(path)
-            except (NotFound, InvalidName):
-                old = None
-            self.store.put_file(path, src, mtime=mtime)
-            new = self.store.info(path)
-        except BaseException:
-            node.dirty = True
-            raise
-        with self._lock:
-            if not ingested and node.path == path and not node.unlinked:
-                try:
-                    os.unlink(self._spool(path))
-                except FileNotFoundError:
-                    pass
-                self._by_path.pop(path, None)
-                node.ingested = True
-        return path, old, new
-
-    def flush(self, h: Handle):
-        if h.writable and h.node.failed:
-            raise fs_error(h.node.failed, "an earlier write failed; the file was not stored")
-        if h.node.writers <= 1:
-            return self.ingest(h)
-        return None
-
-    def release(self, h: Handle):
-        """Close the handle. If another writer's flush deferred the ingest to this last
-        writer and its flush has passed, ingest now (after close() returned: rare)."""
-        result = None
-        try:
-            if h.writable:
+            if h.writable and h.pending is not None:
                 with self._lock:
-                    h.node.writers -= 1
-                    last = h.node.writers == 0
-                if last and self.pending(h):
-                    log.info("inbox/%s: ingesting at release (several writers)", h.node.path)
-                    result = self.ingest(h)
+                    h.pending.writers -= 1
+                    h.pending.changed = time.monotonic()
         finally:
-            os.close(h.fd)
-            h.fd = -1
-        return result
+            if h.fd >= 0:
+                os.close(h.fd)
+                h.fd = -1
+
+    def fsync(self, h: Handle):
+        """fsync(): the spool file and its directory reach the disk, then the file is
+        ingested (a leftover is only made durable). Returns ingest()'s result."""
+        if h.fd < 0:
+            return None
+        os.fsync(h.fd)
+        with self._lock:
+            p = h.pending or self._pending.get(h.node.path)
+        if p is None or p.gone:
+            return None
+        d = p.path
+        while d:                 # its directory entry, and those of directories made for it
+            d = split(d)[0]
+            dfd = os.open(self._spool(d), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return None if is_leftover(p.path) else self.ingest(p, force=True)
+
+    def due(self, now: Optional[float] = None, everything: bool = False) -> list[Pending]:
+        """Spool files that have settled: no writer, unchanged for `quiet` seconds, not a
+        leftover, not failed at this version (everything: whatever has no writer)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return [p for p in self._pending.values()
+                    if p.writers <= 0 and p.failed_version != p.version
+                    and (everything or now - p.changed >= self.quiet) and not is_leftover(p.path)]
+
+    def ingest(self, p: Pending, force: bool = False):
+        """Store spool file p under its path with its mtime and mode; remove the spool file
+        if nothing changed meanwhile. Returns (path, old FileInfo or None, new FileInfo),
+        or None if there was nothing to store."""
+        with self._lock:
+            if p.gone or self._pending.get(p.path) is not p or (p.writers > 0 and not force):
+                return None
+            path, version = p.path, p.version
+            if p.write_error:
+                why = f"a write failed ({os.strerror(p.write_error)}): the file is incomplete"
+                fd = -1
+            else:
+                why = None
+                try:
+                    fd = self._open_spool(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    self._drop(path)
+                    return None
+        if why is not None:
+            self._failed(p, why)
+            return None
+        old = new = None
+        try:
+            if p.stored_version != version:
+                st = os.fstat(fd)
+                old = self._info(path)
+                self.store.put_file(path, f"/proc/self/fd/{fd}", mtime_ns=st.st_mtime_ns,
+                                    mode=stat.S_IMODE(st.st_mode))
+                new = self._info(path)
+        except (StowError, OSError) as e:
+            self._failed(p, str(e) if isinstance(e, StowError) else (e.strerror or str(e)))
+            return None
+        finally:
+            os.close(fd)
+        stale = False
+        with self._lock:
+            if self._pending.get(path) is p and not p.gone:
+                if self.failures.pop(path, None) is not None:
+                    self.epoch += 1
+                if p.version == version and p.writers <= 0:
+                    os.unlink(self._spool(path))
+                    self._drop(path)
+                else:
+                    p.stored_version = version     # stored; changed since: stays pending
+            elif new is not None:
+                stale = True   # removed or renamed away while being stored
+        if stale:
+            current = self._info(path)
+            if current is not None and current.file_id == new.file_id:
+                self.store.remove(path)
+            self.on_store(path, new, None)
+            return None
+        return (path, old, new) if new is not None else None
 
     # ------------------------------------------------------------------ start-up
     def recover(self) -> tuple[int, list[str]]:
-        """Drop spool files the store already holds (a crash between commit and unlink);
-        report the others, which stay in inbox/. Returns (removed, left)."""
-        removed, left = 0, []
+        """Find the spool files an earlier mount left (written, not yet ingested: a crash
+        or an unmount while a writer held them): each settles and is ingested like a file
+        just closed. Returns (files found, leftovers that will not be stored)."""
+        found, leftovers = 0, []
+        now = time.monotonic()
         for dirpath, _dirs, files in os.walk(self.root):
             for f in files:
                 full = os.path.join(dirpath, f)
+                if not os.path.isfile(full) or os.path.islink(full):
+                    continue
                 rel = os.path.relpath(full, self.root)
-                try:
-                    info = self.store.info(rel)
-                except (NotFound, InvalidName):
-                    info = None
-                if info is not None and os.path.getsize(full) == info.size and _sha256(full) == info.sha256:
-                    os.unlink(full)
-                    removed += 1
+                with self._lock:
+                    if rel not in self._pending:
+                        self._add(Pending(rel, changed=now))
+                if is_leftover(rel):
+                    leftovers.append(rel)
                 else:
-                    left.append(rel)
-        for rel in left:
-            log.warning("inbox/%s: left over from an earlier mount; not ingested (write or touch it to ingest)", rel)
-        return removed, left
-
-    def parent_of(self, node: Node) -> tuple[int, str]:
-        """(parent inode, name) of an inbox node, for invalidating its entry."""
-        d, name = split(node.path)
-        with self._lock:
-            parent = self._by_path.get(d)
-        return (parent.ino if parent is not None else 0), name
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+                    found += 1
+        for rel in leftovers:
+            log.info("inbox/%s: a leftover of an editor or tool; stays in inbox/, never stored", rel)
+        return found, leftovers

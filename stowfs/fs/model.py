@@ -1,14 +1,21 @@
 """The filesystem model: the store shown as a tree of inodes. No FUSE library here.
 
-    /                       root (read-only)
-    inbox/                  writable; ingested on close (inbox.py)
-    conversations/PATH      original bytes            (inode 16 + file_id*8 + 0)
+    /                       root (read-only: EROFS)
+    inbox/                  writable: spool files and what is stored at the same paths;
+                            a file is ingested once it has settled or on fsync (inbox.py)
+    conversations/PATH      original bytes            (inode 16 + file_id*8 + 0); a spool
+                            file waiting to be ingested is served from the spool
     text/PATH.txt           readable transcript       (... + 1)
+    FOLDER/PATH SUFFIX      every other view of the registry (stowfs.views): compact/PATH.jsonl
+                            (... + 4), lean/PATH (... + 5); sized from the "views" fact
+    budget/N/PATH.txt       the transcript trimmed to N tokens, any N (views/budget.py):
+                            rendered on lookup, kept in the decoded-bytes cache
     errors/FLAT.txt         why PATH is not a conversation (... + 2)
     by-model/MODEL/FLAT     symlink ../../conversations/PATH (... + 3); same for by-app/APP/
                             and by-day/YYYY-MM-DD/
     stats.json              Store.stats() as JSON
     reports/                dups.txt, prompts.txt, near-dups.txt, reports.json (stowfs.reports),
+                            cost.txt, cost.json (stowfs.cost),
                             computed when the store has changed since they were last read
 
 FLAT is the stored path with '%' and '/' percent-encoded (names.flat), so the by-* and
@@ -38,8 +45,9 @@ from typing import Callable, Iterator, Optional
 from ..store import stats_json
 from ..errors import Corrupt, InvalidName, NotFound
 from .cache import ByteLRU
-from .inbox import Inbox
-from .names import (BY_KEYS, FILE_CODES, REPORT_FILES, ROOT_INO, STATS_INO, TOP, dir_ino, file_ino,
+from .inbox import DEFAULT_QUIET, Inbox
+from .names import (BUDGET, BUDGET_LISTED, BY_KEYS, FILE_CODES, FOLDER_SUFFIX, REPORT_FILES, ROOT_INO,
+                    STATS_INO, STORE_FOLDERS, TOP, budget_of, budget_view, dir_ino, file_ino,
                     fits, flat, join, link_target, split, unflat)
 from .node import DIR, FILE, LINK, Attr, DirHandle, FileMeta, Handle, Node, accmode_writes, fs_error
 
@@ -51,7 +59,10 @@ SMALL_FILE = 256 << 10      # decoded inline by the adapter, see small()
 SMALL_DIR = 128             # entries of a directory the adapter lists inline, see small_dir()
 KEPT_LISTING = 64           # entries of a directory whose listing is kept per store generation
 WHOLE_LIMIT = 16 << 20
-STORE_VIEWS = {"conversations": "original", "text": "text"}
+STORE_VIEWS = STORE_FOLDERS        # folder -> view, every view of the registry (names.py)
+READER_VIEWS = ("original", "text")  # decoded range by range; the others are rendered whole
+BUDGET_ENTRY_TIMEOUT = 1.0          # budget/ names are not invalidated when a file changes
+INBOX_VIEWS = ("inbox", "spool", "inbox-error", "stats", "report")   # nodes with no stored record
 
 
 class Notifier:
@@ -76,16 +87,17 @@ def index_value(info, key: str) -> Optional[str]:
 class Filesystem:
     def __init__(self, store, spool_dir, *, cache_bytes: int = 64 << 20,
                  notifier: Optional[Notifier] = None, uid: Optional[int] = None,
-                 gid: Optional[int] = None):
+                 gid: Optional[int] = None, settle: float = DEFAULT_QUIET):
         self.store = store
         self.notifier = notifier or Notifier()
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.cache = ByteLRU(cache_bytes)
         self.whole_limit = min(WHOLE_LIMIT, max(cache_bytes // 4, 1 << 20))
-        self.mount_time = time.time()
+        self.mount_time = time.time_ns()
         self._lock = threading.RLock()
-        self.inbox = Inbox(store, spool_dir, self._lock)
+        self.inbox = Inbox(store, spool_dir, self._lock, quiet=settle,
+                           on_conv=self._conv_changed, on_store=self._changed)
         self._nodes: dict[int, Node] = {ROOT_INO: Node(ROOT_INO, DIR, "root", "")}
         for name, ino in TOP.items():
             view = "stats" if ino == STATS_INO else name
@@ -97,6 +109,7 @@ class Filesystem:
         self._handles: dict[int, object] = {}
         self._next_fh = 0
         self._memos: dict[str, tuple[int, object]] = {}
+        self._stale_sizes: dict[tuple, int] = {}
         self._seen_generation = store.generation
 
     # ================================================================== inode table
@@ -112,7 +125,7 @@ class Filesystem:
             known = self._nodes.get(node.ino)
             if known is None:
                 self._nodes[node.ino] = known = node
-            elif known is not node and node.view != "inbox":
+            elif known is not node and node.view not in INBOX_VIEWS:
                 known.path, known.info = node.path, node.info   # e.g. renamed since
             known.nlookup += 1
             return known
@@ -125,6 +138,8 @@ class Filesystem:
             node.nlookup -= n
             if node.nlookup <= 0:
                 del self._nodes[ino]
+                if node.view == "inbox":
+                    self.inbox.forget(node)
 
     def known_inodes(self) -> int:
         return len(self._nodes)
@@ -159,10 +174,15 @@ class Filesystem:
         return value
 
     def _stats_json(self) -> bytes:
-        return self._memo("stats", lambda: render_stats(self.store.stats()))
+        from ..tokens import add_to_stats
+        return self._memo("stats", lambda: render_stats(add_to_stats(self.store, self.store.stats())))
 
     def _report(self, name: str) -> bytes:
         from .. import reports
+        if name in ("cost.txt", "cost.json"):
+            from .. import cost
+            render = cost.render_text if name == "cost.txt" else cost.render_json
+            return self._memo("report:" + name, lambda: render(cost.compute(self.store)).encode())
         if name == "reports.json":
             return self._memo("report:" + name, lambda: reports.render_all_json(self.store))
         return self._memo("report:" + name, lambda: reports.render_text(self.store, name[:-4]))
@@ -177,6 +197,54 @@ class Filesystem:
     def _file_node(self, view: str, info) -> Node:
         kind = LINK if view == "link" else FILE
         return Node(file_ino(info.file_id, view), kind, view, info.name, self._meta(info))
+
+    # ------------------------------------------------------------ registry views, budget/
+    def _view_size(self, info, folder: str) -> int:
+        """Size of a stored file's view: from its record; a view whose stored size is of
+        an older renderer version (or missing) is rendered once and its size kept."""
+        view = STORE_VIEWS[folder]
+        if view == "original":
+            return info.size
+        if view == "text":
+            return info.text_size
+        from ..views import VIEWS
+        stored = (info.view_sizes or {}).get(view)
+        if stored is not None and stored[0] == VIEWS[view].version:
+            return stored[1]
+        key = ("size", info.file_id, view)
+        size = self._stale_sizes.get(key)
+        if size is None:
+            size = len(self._render_view(info, view))
+            with self._lock:
+                if len(self._stale_sizes) > 100_000:
+                    self._stale_sizes.clear()
+                self._stale_sizes[key] = size
+        return size
+
+    def _render_view(self, info, view: str) -> bytes:
+        """A rendered view (a registry view or budget:N) of one stored file, through the
+        decoded-bytes cache."""
+        key = (info.file_id, view)
+        data = self.cache.get(key)
+        if data is None:
+            n = budget_of(view)
+            if n is None:
+                data = self.store.get(info.name, view=view)
+            else:
+                from ..formats import parse
+                from ..views import budget
+                original = self.store.get(info.name)
+                data = budget.render(parse(original, info.name), n)
+            self.cache.put(key, data)
+        return data
+
+    def _budget_dir(self, name: str) -> Optional[Node]:
+        from ..views.budget import parse_budget
+        try:
+            n = parse_budget(name)
+        except ValueError:
+            return None
+        return self._dir_node(budget_view(n), "")
 
     def _meta(self, info) -> FileMeta:
         """The FileMeta of a stored file's record: the one its known nodes (any view)
@@ -199,22 +267,32 @@ class Filesystem:
         v = node.view
         if v == "inbox":
             return self.inbox.attr(node)
+        if v == "spool":
+            return self.inbox.alias_attr(node)
+        if v == "inbox-error":
+            return Attr(node.ino, stat.S_IFREG | 0o444, len(self.inbox.error_text(node.path)),
+                        time.time_ns(), attr_timeout=0, entry_timeout=0)
         if node.kind == DIR:
             perm = 0o755 if v in ("inbox", "conversations") else 0o555
             return Attr(node.ino, stat.S_IFDIR | perm, 0, self.mount_time)
         if v == "stats":
-            return Attr(node.ino, stat.S_IFREG | 0o444, len(self._stats_json()), time.time(),
+            return Attr(node.ino, stat.S_IFREG | 0o444, len(self._stats_json()), time.time_ns(),
                         attr_timeout=0)
         if v == "report":
-            return Attr(node.ino, stat.S_IFREG | 0o444, len(self._report(node.path)), time.time(),
+            return Attr(node.ino, stat.S_IFREG | 0o444, len(self._report(node.path)), time.time_ns(),
                         attr_timeout=0)
         info = node.info
         if node.kind == LINK:
-            return Attr(node.ino, stat.S_IFLNK | 0o777, len(link_target(info.name).encode()), info.mtime)
-        size = {"conversations": info.size, "text": info.text_size}.get(v)
-        if size is None:
-            size = len(error_text(info))
-        return Attr(node.ino, stat.S_IFREG | 0o444, size, info.mtime)
+            return Attr(node.ino, stat.S_IFLNK | 0o777, len(link_target(info.name).encode()), info.mtime_ns)
+        if v == "conversations":      # the original keeps the mode it was written with
+            return Attr(node.ino, stat.S_IFREG | info.mode, info.size, info.mtime_ns)
+        if v in STORE_VIEWS:
+            return Attr(node.ino, stat.S_IFREG | 0o444, self._view_size(info, v), info.mtime_ns)
+        if budget_of(v) is not None:
+            size = len(self._render_view(info, v))
+            return Attr(node.ino, stat.S_IFREG | 0o444, size, info.mtime_ns,
+                        entry_timeout=BUDGET_ENTRY_TIMEOUT)
+        return Attr(node.ino, stat.S_IFREG | 0o444, len(error_text(info)), info.mtime_ns)
 
     def readlink(self, ino: int) -> str:
         node = self._node(ino)
@@ -242,21 +320,36 @@ class Filesystem:
                 return self._nodes[REPORT_FILES[name]]
         elif v == "conversations":
             path = join(d.path, name)
+            alias = self.inbox.alias(path)     # written, not ingested yet: the spool file
+            if alias is not None:
+                return alias
             info = self._info(path)
             if info is not None:
                 return self._file_node(v, info)
-            if self.store.is_dir(path):
+            if self._conv_is_dir(path):
                 return self._dir_node(v, path)
-        elif v == "text":
-            if name.endswith(".txt"):
-                info = self._info(join(d.path, name[:-4]))
+        elif v in STORE_VIEWS or budget_of(v) is not None:
+            suffix = FOLDER_SUFFIX.get(v, ".txt")
+            if suffix and name.endswith(suffix):
+                info = self._info(join(d.path, name[:-len(suffix)]))
+                if info is not None:
+                    return self._file_node(v, info)
+            elif not suffix:
+                info = self._info(join(d.path, name))
                 if info is not None:
                     return self._file_node(v, info)
             path = join(d.path, name)
             if self.store.is_dir(path):
                 return self._dir_node(v, path)
+        elif v == BUDGET:
+            node = self._budget_dir(name)
+            if node is not None:
+                return node
         elif v == "errors":
             path = unflat(name[:-4]) if name.endswith(".txt") else None
+            failed = self.inbox.error_node(path) if path else None
+            if failed is not None:
+                return failed
             info = self._info(path) if path else None
             if info is not None and info.error:
                 return self._file_node(v, info)
@@ -281,14 +374,29 @@ class Filesystem:
         if v == "reports":
             return [(name, self._nodes[ino]) for name, ino in REPORT_FILES.items()]
         out = []
-        if v in ("conversations", "text"):
+        if v in STORE_VIEWS or budget_of(v) is not None:
+            suffix = FOLDER_SUFFIX.get(v, ".txt")
+            spooled = self.inbox.pending_entries(d.path) if v == "conversations" else {}
             for name, info in self.store.listdir(d.path):
+                if name in spooled:
+                    continue
                 if info is None:
                     out.append((name, self._dir_node(v, join(d.path, name))))
                 else:
-                    out.append((name + ".txt" if v == "text" else name, self._file_node(v, info)))
+                    out.append((name + suffix, self._file_node(v, info)))
+            for name, alias in spooled.items():
+                out.append((name, alias if alias is not None else self._dir_node(v, join(d.path, name))))
+        elif v == BUDGET:
+            out = [(str(n), self._dir_node(budget_view(n), "")) for n in BUDGET_LISTED]
         elif v == "errors":
-            out = [(flat(i.name) + ".txt", self._file_node(v, i)) for i in self._error_files()]
+            failed = {}
+            for path in list(self.inbox.failures):
+                node = self.inbox.error_node(path)
+                if node is not None:
+                    failed[flat(path) + ".txt"] = node
+            out = [(flat(i.name) + ".txt", self._file_node(v, i)) for i in self._error_files()
+                   if flat(i.name) + ".txt" not in failed]
+            out += list(failed.items())
         elif v in BY_KEYS:
             key = BY_KEYS[v]
             if not d.path:
@@ -313,7 +421,8 @@ class Filesystem:
         (re)reads the directory (may block); later calls continue the same listing."""
         dh = self._handle(fh)
         if start_id == 0 or not dh.entries:
-            gen, memo = self.store.generation, dh.node.listing
+            # conversations/ and errors/ also show the inbox's spool files and failures
+            gen, memo = (self.store.generation, self.inbox.epoch), dh.node.listing
             if memo is not None and memo[0] == gen:
                 dh.entries, dh.inos = memo[1], memo[2]
                 return self._entries(dh, bisect_right(dh.inos, start_id))
@@ -344,7 +453,14 @@ class Filesystem:
         """Whether fh is a directory that had at most SMALL_DIR entries when last listed
         (about 10 µs an entry: quick enough to list without leaving the caller's thread)."""
         h = self._handles.get(fh)
-        return isinstance(h, DirHandle) and 0 <= h.node.listed <= SMALL_DIR
+        return isinstance(h, DirHandle) and 0 <= h.node.listed <= SMALL_DIR \
+            and budget_of(h.node.view) is None
+
+    def renders(self, ino: int) -> bool:
+        """Whether a lookup in ino, or a getattr of ino, may render a file (budget/N/:
+        sizes are known only once rendered): the adapter runs those in a worker thread."""
+        node = self._nodes.get(ino)
+        return node is not None and budget_of(node.view) is not None
 
     def releasedir(self, fh: int) -> None:
         with self._lock:
@@ -357,10 +473,14 @@ class Filesystem:
         node = self._node(ino)
         if node.view == "inbox":
             return self._add_handle(self.inbox.open(node, flags)), False, False
+        if node.view == "spool":
+            return self._add_handle(self.inbox.open_alias(node, flags)), False, False
         if node.kind == DIR:
             raise fs_error(errno.EISDIR)
         if accmode_writes(flags):
-            raise fs_error(errno.EACCES, "only inbox/ is writable")
+            raise fs_error(errno.EROFS, "only inbox/ is writable")
+        if node.view == "inbox-error":
+            return self._add_handle(Handle(node, data=self.inbox.error_text(node.path))), False, True
         if node.view == "stats":
             return self._add_handle(Handle(node, data=self._stats_json())), False, True
         if node.view == "report":
@@ -369,11 +489,14 @@ class Filesystem:
             return self._add_handle(Handle(node, data=error_text(node.info))), True, False
         if node.kind != FILE:
             raise fs_error(errno.EINVAL)
-        fid, view = node.info.file_id, STORE_VIEWS[node.view]
+        fid = node.info.file_id
+        view = STORE_VIEWS.get(node.view) or node.view     # budget:N has no folder entry
         # A warm file is opened again and again (grep -r, cat): while the store's
         # generation has not moved since the last check, node.info is still current and
         # the lookup of the file's record can be skipped. The generation is read first,
         # so a change racing with the check only makes the next open check again.
+        if node.view == "conversations" and self.inbox.spooled(node.path):
+            raise fs_error(errno.ESTALE)     # written again: the spool file is what it shows now
         gen = self.store.generation
         if node.checked != gen:
             current = self._info(node.path)
@@ -383,7 +506,10 @@ class Filesystem:
                 raise fs_error(errno.ESTALE)
             node.checked = gen
         current = node.info
-        size = current.size if view == "original" else current.text_size
+        if node.view in STORE_VIEWS:
+            size = self._view_size(current, node.view)
+        else:
+            size = len(self._render_view(current, view))
         return self._add_handle(Handle(node, key=(fid, view), size=size)), True, False
 
     def _reader(self, h: Handle):
@@ -399,6 +525,10 @@ class Filesystem:
 
     def _decode_whole(self, h: Handle, keep: bool = True) -> bytes:
         data = self.cache.get(h.key)
+        if data is None and h.key[1] not in READER_VIEWS:
+            data = self._render_view(h.node.info, h.key[1])
+            if len(data) != h.size:
+                raise fs_error(errno.ESTALE, f"{h.node.path}: view {h.key[1]} changed size")
         if data is None:
             reader = self._reader(h)
             with h.lock:
@@ -434,8 +564,8 @@ class Filesystem:
             return self.inbox.read(h, offset, size)
         if offset >= h.size:
             return b""
-        if h.size <= self.whole_limit:
-            if offset == 0 and size >= h.size:
+        if h.size <= self.whole_limit or h.key[1] not in READER_VIEWS:
+            if offset == 0 and size >= h.size and h.key[1] in READER_VIEWS:
                 # One read takes the whole file: the kernel keeps it in its page cache
                 # (keep_cache), so a copy in ours would be dropped unused. Only files
                 # read in several requests are worth keeping decoded.
@@ -445,44 +575,61 @@ class Filesystem:
         with h.lock:
             return reader.read(offset, size)
 
+    def is_inbox(self, ino: int) -> bool:
+        node = self._nodes.get(ino)
+        return node is not None and node.view == "inbox"
+
+    def open_blocks(self, ino: int, flags: int) -> bool:
+        """Whether open(ino, flags) may take a while (copy a stored file into the spool)."""
+        node = self._nodes.get(ino)
+        return node is not None and node.view == "inbox" and self.inbox.open_blocks(node, flags)
+
     def write(self, fh: int, offset: int, data: bytes) -> int:
         h = self._handle(fh)
-        if h.fd < 0:
+        if h.fd < 0 or not h.writable:
             raise fs_error(errno.EBADF)
         return self.inbox.write(h, offset, data)
 
-    def pending_ingest(self, fh: int) -> bool:
-        """Whether flush/release of fh will ingest (then call them off the event loop)."""
-        h = self._handles.get(fh)
-        return h is not None and h.fd >= 0 and Inbox.pending(h)
-
-    def flush(self, fh: int) -> None:
-        """close(): for a written inbox file, ingest it now, so that when close() returns
-        the file is committed and visible under conversations/."""
-        h = self._handle(fh)
-        if h.fd >= 0:
-            self._ingested(h, self.inbox.flush(h))
-
     def fsync(self, fh: int) -> None:
+        """fsync(): an inbox file reaches the disk and is ingested now."""
         h = self._handle(fh)
         if h.fd >= 0:
-            os.fsync(h.fd)
+            self._ingested(self.inbox.fsync(h))
 
     def release(self, fh: int) -> None:
         with self._lock:
             h = self._handles.pop(fh, None)
         if h is not None and h.fd >= 0:
-            self._ingested(h, self.inbox.release(h))
+            self.inbox.release(h)
 
-    def _ingested(self, h: Handle, result) -> None:
-        if result is None:
-            return
-        path, old, new = result
-        if h.node.ingested:
-            parent, name = self.inbox.parent_of(h.node)
-            if parent:
-                self.notifier.entry(parent, name)
-        self._changed(path, old, new)
+    def settle(self, everything: bool = False) -> int:
+        """Ingest the inbox files that have settled (everything: all that no writer holds,
+        as at unmount). Returns how many were stored."""
+        n = 0
+        for p in self.inbox.due(everything=everything):
+            result = self.inbox.ingest(p)
+            if result is not None:
+                n += 1
+                self._ingested(result)
+        return n
+
+    def _ingested(self, result) -> None:
+        if result is not None:
+            self._changed(*result)
+
+    def _conv_is_dir(self, path: str) -> bool:
+        return self.store.is_dir(path) or self.inbox.pending_dir(path)
+
+    def _conv_changed(self, path: str) -> None:
+        """What conversations/path shows changed between a spool file and the store."""
+        d, name = split(path)
+        self.notifier.entry(dir_ino("conversations", d), name)
+        if self.inbox.pending_dir(d) or self._info(path) is not None:
+            return                    # still there: its directories are too
+        while d and not self._conv_is_dir(d):
+            parent, name = split(d)
+            self.notifier.entry(dir_ino("conversations", parent), name)
+            d = parent
 
     # ================================================================== changes
     def create(self, parent: int, name: str, mode: int, flags: int) -> tuple[int, Node, Attr]:
@@ -504,7 +651,7 @@ class Filesystem:
         if d.kind != DIR:
             raise fs_error(errno.ENOTDIR)
         if d.view != "inbox":
-            raise fs_error(errno.EACCES, "only inbox/ is writable")
+            raise fs_error(errno.EROFS, "only inbox/ is writable")
         return d
 
     def setattr(self, ino: int, fh: Optional[int] = None, *, size=None, mode=None,
@@ -512,10 +659,13 @@ class Filesystem:
         """truncate, chmod, utime: inbox/ only (ownership changes are accepted and ignored)."""
         node = self._node(ino)
         if node.view != "inbox":
-            raise fs_error(errno.EACCES, "only inbox/ is writable")
+            if size is None and mode is None and atime_ns is None and mtime_ns is None:
+                return self._attr(node)         # chown and the like: accepted, ignored
+            raise fs_error(errno.EROFS, "only inbox/ is writable")
         h = self._handles.get(fh) if fh is not None else None
         fd = h.fd if isinstance(h, Handle) else -1
-        return self.inbox.setattr(node, fd, size=size, mode=mode, atime_ns=atime_ns, mtime_ns=mtime_ns)
+        return self.inbox.setattr(node, fd, size=size, mode=mode, atime_ns=atime_ns, mtime_ns=mtime_ns,
+                                  pending=h.pending if isinstance(h, Handle) else None)
 
     def unlink(self, parent: int, name: str) -> None:
         """rm: in inbox/ drops the spool file; in conversations/ deletes the conversation."""
@@ -525,12 +675,16 @@ class Filesystem:
             return
         node = self._child(d, name)
         if d.view != "conversations":
-            raise fs_error(errno.EACCES, "only conversations/ and inbox/ entries can be removed")
+            raise fs_error(errno.EROFS, "only conversations/ and inbox/ entries can be removed")
         if node.kind == DIR:
             raise fs_error(errno.EISDIR)
+        if node.view == "spool":        # not ingested yet: rm of inbox/PATH
+            self.inbox.unlink(self.inbox.node(d.path) or self.inbox.top, name)
+            return
         self.store.remove(node.path)
         # Keep the kernel's entries of directories this emptied: `rm -r` rmdirs them next.
-        self._changed(node.path, node.info, None, dir_views=("text",))
+        self._changed(node.path, node.info, None,
+                      dir_views=tuple(f for f in STORE_VIEWS if f != "conversations"))
 
     def rmdir(self, parent: int, name: str) -> None:
         d = self._node(parent)
@@ -539,7 +693,7 @@ class Filesystem:
             return
         if d.view != "conversations":
             self._child(d, name)
-            raise fs_error(errno.EACCES, "only conversations/ and inbox/ entries can be removed")
+            raise fs_error(errno.EROFS, "only conversations/ and inbox/ entries can be removed")
         path = join(d.path, name)
         if self._info(path) is not None:
             raise fs_error(errno.ENOTDIR)
@@ -559,9 +713,11 @@ class Filesystem:
             return
         src = self._child(d1, n1)
         if d1.view != "conversations":
-            raise fs_error(errno.EACCES, "only conversations/ and inbox/ entries can be renamed")
+            raise fs_error(errno.EROFS, "only conversations/ and inbox/ entries can be renamed")
         if d2.view != "conversations":
             raise fs_error(errno.EXDEV)
+        if src.view == "spool" or self.inbox.pending_dir(src.path):
+            raise fs_error(errno.EBUSY, "not ingested yet: rename it in inbox/")
         dst_path = join(d2.path, n2)
         dst_info = self._info(dst_path)
         if noreplace and (dst_info is not None or self.store.is_dir(dst_path)):
@@ -609,7 +765,7 @@ class Filesystem:
     def _dentries(self, path: str, info) -> set[tuple[int, str]]:
         """The kernel entries that show stored file `path` (with metadata `info`)."""
         d, base = split(path)
-        out = {(dir_ino("conversations", d), base), (dir_ino("text", d), base + ".txt")}
+        out = {(dir_ino(folder, d), base + FOLDER_SUFFIX[folder]) for folder in STORE_VIEWS}
         if info is not None:
             if info.error:
                 out.add((TOP["errors"], flat(path) + ".txt"))
@@ -650,10 +806,14 @@ class Filesystem:
         self._seen_generation = gen
         with self._lock:
             nodes = [n for n in self._nodes.values()
-                     if n.ino not in self._fixed and n.view not in ("inbox", "stats", "report")]
+                     if n.ino not in self._fixed and n.view not in INBOX_VIEWS]
         for n in nodes:
             if n.kind == DIR:
-                if n.view in STORE_VIEWS:
+                if budget_of(n.view) is not None:
+                    if n.path and not self.store.is_dir(n.path):
+                        parent, name = split(n.path)
+                        self.notifier.entry(dir_ino(n.view, parent), name)
+                elif n.view in STORE_VIEWS:
                     if not self.store.is_dir(n.path):
                         self._gone_dirs(n.path)
                 elif n.path not in self._index_values(BY_KEYS[n.view]):

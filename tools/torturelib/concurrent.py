@@ -75,7 +75,7 @@ def cli(work: Path, files: list[Path], writers: int, rng: random.Random, tally: 
         err = p.stderr.read().decode("utf-8", "replace")
         p.stderr.close()
         tally.tried += len(batch)
-        if "Traceback" in err or p.returncode < 0:
+        if "Traceback" in err or "internal error" in err or p.returncode < 0:
             tally.add("crashed", f"writer {w}: exit {p.returncode}: {err.strip().splitlines()[-1:]}")
         elif p.returncode != 0:
             tally.add("lost", f"writer {w}: exit {p.returncode}: {err.strip()[-300:]}", n=len(batch))

@@ -53,7 +53,7 @@ def ingest_kills(work: Path, files: list[Path], n: int, rng: random.Random, tall
         if finished:
             if p.returncode == 0 and not first:
                 acked.update({f"{prefix}/{q.name}": data[q] for q in batch})
-            if "Traceback" in err:
+            if "Traceback" in err or "internal error" in err:
                 tally.add("crashed", f"ingest {prefix}: {err.strip().splitlines()[-1]}")
             continue                  # not a kill: the ingest was done
         tally.tried += 1

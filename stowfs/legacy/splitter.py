@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import re
 
-from . import limits
+from .. import limits
 from .pieces import (ASSISTANT, OTHER, RAW, ROLE_KIND, TOKENS, TOOL, PieceListBuilder,
                      json_string_style, token_lines, token_style)
-from .conversation import Parsed, TOOL_CALL, TOOL_RESULT, THINKING
-from .packing import encode_uvarints
+from ..conversation import Parsed, TOOL_CALL, TOOL_RESULT, THINKING
+from ..packing import encode_uvarints
 
 _LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|\[\s*[0-9][0-9,\s]*\]', re.DOTALL)
 _DIGITS = re.compile(rb"[0-9]+")

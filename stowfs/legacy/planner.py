@@ -15,10 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import limits, neardup
+from .. import limits
+from .. import neardup
 from .chunker import cut_points
 from .codec import segment_hash
-from .conversation import Parsed
+from ..conversation import Parsed
 from .pieces import PIECES, VIEW, PieceList, PieceListBuilder, pack_views
 from .splitter import build_view, content_kinds, looks_like_json, split_spans, split_stream
 
@@ -30,7 +31,7 @@ def describe(parsed: Parsed) -> dict:
     day = conv0.started[:10] if conv0 is not None and conv0.started and len(conv0.started) >= 10 else None
     app = next((c.application for c in parsed.conversations if c.application), None)
     return {"fm": parsed.format, "ap": app, "md": models[0] if models else None, "ms": models[:16],
-            "dy": day, "er": parsed.error, "nm": parsed.message_count(), "nc": len(parsed.conversations)}
+            "dy": day, "er": parsed.issue, "nm": parsed.message_count(), "nc": len(parsed.conversations)}
 
 
 def unparsed(size: int) -> Parsed:
@@ -72,7 +73,7 @@ def split_views(data: Optional[bytes], opener, parsed: Parsed, store_segment):
     opl = orig.finish()
     text = PieceListBuilder(store_segment, VIEW)
     if data is not None and parsed.is_conversation:
-        from .views.text import render
+        from ..views.text import render
         build_view(render(parsed), text, kinds)
     tpl = text.finish()
     blob = pack_views(opl, tpl)
@@ -131,11 +132,11 @@ class Plan:
 def plan_bytes(name: str, data: bytes, mtime: float, signatures=True) -> Plan:
     """signatures: compute MinHash signatures of delta candidates (not when the store
     does no near-dedup)."""
-    from .formats import parse
+    from ..formats import parse
     parsed = parse(data, name)
     rec = Recorder(signatures)
     opl, tpl, pieces, sha, _ = split_views(data, None, parsed, rec)
-    from . import facts
+    from .. import facts
     meta = describe(parsed)
     meta["x"] = facts.compute(parsed, data)
     return Plan(name, len(data), mtime, sha, meta, opl, tpl, pieces,
@@ -160,7 +161,7 @@ def plan_paths(items: list, signatures=True) -> list:
     segments that store does not hold yet are signed (a grown session's old turns are
     exact duplicates, no delta candidates; measured on the bench's sessions corpus:
     ingest 5.1-5.3 s -> 3.5-3.8 s, against 2.5-2.6 s with near-dedup off)."""
-    from .errors import StowError
+    from ..errors import StowError
     probe = None
     if isinstance(signatures, str):
         from .store import SegmentProbe

@@ -24,9 +24,9 @@ from array import array
 
 import zstandard as zstd
 
-from . import limits
-from .errors import Corrupt
-from .packing import get_uvarint, put_uvarint
+from .. import limits
+from ..errors import Corrupt
+from ..packing import get_uvarint, put_uvarint
 
 RAW, ZSTD, ZSTD_DICT, DELTA = 0x00, 0x01, 0x02, 0x10
 KNOWN_TAGS = {RAW: "raw", ZSTD: "zstd", ZSTD_DICT: "zstd+dict", DELTA: "delta"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import zlib
 
-from . import limits
+from .. import limits
 
 _ANCHOR = re.compile(rb"[\n\x00},]")
 _WINDOW = 32

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 
 from .chunker import StreamChunker
-from .packing import decode_uvarints, encode_uvarints, get_uvarint, pack, put_uvarint, unpack
+from ..packing import decode_uvarints, encode_uvarints, get_uvarint, pack, put_uvarint, unpack
 
 # Segment kinds (stats and dictionaries are kept per kind).
 OTHER, SYSTEM, USER, ASSISTANT, TOOL, SKELETON, BLOB, TOKENS, VIEW, PIECES = range(10)

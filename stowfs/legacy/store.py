@@ -56,12 +56,12 @@ from typing import Iterator, Optional
 
 import lmdb
 
-from . import limits
-from . import neardup
+from .. import limits
+from .. import neardup
 from .codec import (DELTA, Dictionaries, build_pack, decode_delta, decode_frame, encode_delta,
                     encode_frame, frame_dict_id, frame_raw_size, parse_pack, segment_hash)
-from .errors import Busy, Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
-from .packing import get_uvarint, pack, unpack, encode_uvarints
+from ..errors import Busy, Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
+from ..packing import get_uvarint, pack, unpack, encode_uvarints
 from .pieces import (KIND_NAMES, PIECES, SKELETON, TOKENS, VIEW, PieceList, render,
                      unpack_views)
 from .planner import Plan, describe, plan_bytes, plan_path, plan_paths, split_views, unparsed
@@ -76,6 +76,14 @@ _NEAR_PREFIX = 4                        # bytes of a segment hash an LSH entry k
 
 def _u64(n: int) -> bytes:
     return _U64.pack(n)
+
+
+def _times(mtime, mtime_ns, mode) -> tuple[float, dict]:
+    """put's mtime as a float, and the record keys for an exact mtime_ns and a mode."""
+    if mtime_ns is None:
+        return (time.time() if mtime is None else float(mtime)), ({} if mode is None else {"mo": mode & 0o7777})
+    extra = {"mn": int(mtime_ns)} if mode is None else {"mn": int(mtime_ns), "mo": mode & 0o7777}
+    return (mtime_ns / 1e9 if mtime is None else float(mtime)), extra
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,8 @@ class FileInfo:
     messages: int = 0
     conversations: int = 0
     facts: dict = field(default_factory=dict, compare=False)   # stowfs.facts, from the record
+    mtime_ns: int = 0       # integer ns (records without one: from mtime)
+    mode: int = 0o644       # st_mode permission bits (records without one: 0644)
 
 
 @dataclass(frozen=True)
@@ -297,7 +307,7 @@ class _Packer:
         del self._order[norder:]
 
     def _write(self, txn, c: dict, block_id: int, segs: list[bytes]) -> None:
-        self.s._write_block(txn, block_id, segs, c, limits.LEVEL_INGEST, self.s._block_dicts(txn))
+        self.s._write_block(txn, block_id, segs, c, limits.LEVEL_INGEST_V2, self.s._block_dicts(txn))
 
     def flush(self, txn, c: Optional[dict] = None, everything: bool = True) -> None:
         """Write the full blocks (and, with everything, the open one) in txn."""
@@ -433,7 +443,7 @@ class _Ingest:
             tried += 1
             payload = encode_delta(data, base)
             if plain is None:
-                plain = len(s._dicts.compressor(limits.LEVEL_INGEST, None).compress(data))
+                plain = len(s._dicts.compressor(limits.LEVEL_INGEST_V2, None).compress(data))
             if len(payload) <= limits.DELTA_KEEP * plain:
                 return payload, base_h, (0 if d is None else d[0]) + 1
         return None
@@ -695,7 +705,7 @@ class Store:
     def _write(self, fn):
         """Run fn(txn) in one write transaction; grow the map and retry when full."""
         if self.readonly:
-            from .errors import ReadOnly
+            from ..errors import ReadOnly
             raise ReadOnly("store opened read-only")
         for _ in range(64):
             self._enter()
@@ -947,7 +957,7 @@ class Store:
                 self._groups.put(ck, hit)
         return hit
 
-    def _encode_group(self, items: dict[int, bytes], level: int = limits.LEVEL_INGEST) -> bytes:
+    def _encode_group(self, items: dict[int, bytes], level: int = limits.LEVEL_INGEST_V2) -> bytes:
         """A group in the frame envelope (codec.py). Rewrites between compacts use the
         ingest level: at level 19 removing one file of a 256-file group took 10.7 ms
         instead of 0.8 (compact writes its groups at level 19)."""
@@ -1038,7 +1048,8 @@ class Store:
                         format=h["fm"], application=h.get("ap"), model=h.get("md"),
                         models=tuple(h.get("ms") or ()), day=h.get("dy"), mtime=h["mt"],
                         error=h.get("er"), sha256=h["sh"].hex(), messages=h.get("nm", 0),
-                        conversations=h.get("nc", 0), facts=h.get("x") or {})
+                        conversations=h.get("nc", 0), facts=h.get("x") or {},
+                        mtime_ns=h.get("mn", round(h["mt"] * 1e9)), mode=h.get("mo", 0o644))
 
     def _file_id(self, txn, name: str) -> Optional[int]:
         v = txn.get(name.encode("utf-8"), db=self._names)
@@ -1055,30 +1066,35 @@ class Store:
         return h
 
     # ----------------------------------------------------------------- writing
-    def put(self, name: str, data: bytes, *, mtime: Optional[float] = None) -> PutResult:
+    def put(self, name: str, data: bytes, *, mtime: Optional[float] = None,
+            mtime_ns: Optional[int] = None, mode: Optional[int] = None) -> PutResult:
         name = check_name(name)
-        mtime = time.time() if mtime is None else float(mtime)
+        mtime, extra = _times(mtime, mtime_ns, mode)
         if len(data) <= limits.MAX_PARSE_BYTES:
             plan = plan_bytes(name, data, mtime, self.near_threshold > 0)
+            plan.meta.update(extra)
             work = lambda txn: self._apply(txn, plan)  # noqa: E731
         else:
-            work = lambda txn: self._stream(txn, name, lambda: io.BytesIO(data), len(data), mtime)  # noqa: E731
+            work = lambda txn: self._stream(txn, name, lambda: io.BytesIO(data), len(data), mtime, extra)  # noqa: E731
         result = self._write(work)
         self._maybe_train()
         return result
 
-    def put_file(self, name: str, src, *, mtime: Optional[float] = None) -> PutResult:
+    def put_file(self, name: str, src, *, mtime: Optional[float] = None,
+                 mtime_ns: Optional[int] = None, mode: Optional[int] = None) -> PutResult:
         name = check_name(name)
-        mtime = time.time() if mtime is None else float(mtime)
+        mtime, extra = _times(mtime, mtime_ns, mode)
         try:
             plan = plan_path(name, src, mtime, self.near_threshold > 0)
+            if plan is not None:
+                plan.meta.update(extra)
             size = plan.size if plan is not None else os.path.getsize(src)
         except OSError as e:
             raise NotFound(f"cannot read {src}: {e.strerror}") from None
         if plan is not None:
             work = lambda txn: self._apply(txn, plan)  # noqa: E731
         else:
-            work = lambda txn: self._stream(txn, name, lambda: open(src, "rb"), size, mtime)  # noqa: E731
+            work = lambda txn: self._stream(txn, name, lambda: open(src, "rb"), size, mtime, extra)  # noqa: E731
         result = self._write(work)
         self._maybe_train()
         return result
@@ -1160,7 +1176,7 @@ class Store:
         return self._record_file(txn, ing, plan.name, plan.size, plan.mtime, plan.sha, plan.meta,
                                  plan.text.size, plan.pieces)
 
-    def _stream(self, txn, name: str, opener, size: int, mtime: float) -> PutResult:
+    def _stream(self, txn, name: str, opener, size: int, mtime: float, extra=None) -> PutResult:
         """Store a file too large to hold in memory, a window at a time (not parsed)."""
         self._check_place(txn, name)
         ing = _Ingest(self, txn)
@@ -1169,7 +1185,8 @@ class Store:
         if nread != size or opl.size != size:
             raise StowError(f"{name}: size changed while it was being stored")
         ing.flush()
-        return self._record_file(txn, ing, name, size, mtime, sha, describe(parsed), tpl.size, pieces)
+        return self._record_file(txn, ing, name, size, mtime, sha, {**describe(parsed), **(extra or {})},
+                                 tpl.size, pieces)
 
     def _record_file(self, txn, ing: "_Ingest", name: str, size: int, mtime: float, sha: bytes,
                      meta: dict, text_size: int, pieces: bytes) -> PutResult:
@@ -1336,7 +1353,7 @@ class Store:
 
     def get(self, name: str, view: str = "original") -> bytes:
         if view not in VIEWS:
-            from . import views
+            from .. import views
             if view not in views.VIEWS:
                 raise InvalidName(f"unknown view {view!r} (views: original, {', '.join(views.VIEWS)})")
             return views.render(view, self.get(name), name)
@@ -1495,8 +1512,8 @@ class Store:
         current = self._read(self._ingest_dict)
         if rotate and current is not None:
             self._dicts.ensure(current, lambda: self._read(lambda txn: self._dict_bytes(txn, current)))
-            old = self._dicts.compressor(limits.LEVEL_INGEST, current)
-            new = zstandard.ZstdCompressor(level=limits.LEVEL_INGEST, dict_data=zstandard.ZstdCompressionDict(raw))
+            old = self._dicts.compressor(limits.LEVEL_INGEST_V2, current)
+            new = zstandard.ZstdCompressor(level=limits.LEVEL_INGEST_V2, dict_data=zstandard.ZstdCompressionDict(raw))
             old_size = sum(len(old.compress(x)) for x in held)
             new_size = sum(len(new.compress(x)) for x in held)
             if new_size > (1 - limits.DICT_ROTATE_GAIN) * old_size:

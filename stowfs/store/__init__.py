@@ -1,0 +1,803 @@
+"""The store: one LMDB environment holding a content stream cut into compressed blocks
+(blocks.py), per-file records packed in groups (records.py), a packed name table
+(names.py) and a dedup index of content-defined anchors (anchors.py).
+
+`Store` is the thin facade the CLI, the mount and the tests use; each module behind it
+owns one job. The stored format is written down in FORMAT.md beside this file.
+"""
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .. import limits
+from ..conversation import PARTIAL
+from ..errors import Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
+from . import blocks, records
+from .anchors import Index
+from .appender import Appender
+from .ingest import Prepared, Writer, prepare, prepare_large, prepare_many, prepare_path
+from .lmdbenv import DATABASES, Env, from_u64, meta_get, meta_put, u64
+from .names import Names
+from .records import Groups, Record
+
+FORMAT_VERSION = 3
+DEFAULT_MODE = 0o644
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    file_id: int
+    size: int
+    text_size: int
+    format: str
+    application: Optional[str]
+    model: Optional[str]
+    models: tuple
+    day: Optional[str]
+    mtime: float
+    error: Optional[str]
+    checksum: str
+    messages: int = 0
+    conversations: int = 0
+    facts: dict = field(default_factory=dict, compare=False)
+    mtime_ns: int = 0
+    mode: int = DEFAULT_MODE
+
+    def view_size(self, view: str) -> Optional[int]:
+        """The stored size of a view, or None when it must be measured (unknown view,
+        or stored by an older renderer)."""
+        if view == "original":
+            return self.size
+        from .. import views
+        v = views.VIEWS.get(view)
+        got = (self.facts.get("views") or {}).get(view)
+        if v is None or not got or got[0] != v.version:
+            return None
+        return got[1]
+
+
+@dataclass(frozen=True)
+class PutResult:
+    name: str
+    file_id: int
+    size: int
+    new_bytes: int
+    dedup_bytes: int
+    format: str
+    error: Optional[str]
+    replaced: bool
+    unchanged: bool = False
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidName("empty name")
+    name = name.strip("/")
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") for p in parts) or "\0" in name:
+        raise InvalidName(f"invalid name: {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidName(f"name is not valid UTF-8: {name!r}") from None
+    if len(name.encode("utf-8")) > limits.MAX_NAME_BYTES:
+        raise InvalidName(f"name too long ({len(name.encode())} bytes, at most "
+                          f"{limits.MAX_NAME_BYTES}): {name[:60]!r}...")
+    for p in parts:
+        if len(p.encode("utf-8")) > limits.MAX_NAME_COMPONENT:
+            raise InvalidName(f"name component too long ({len(p.encode())} bytes, at most "
+                              f"{limits.MAX_NAME_COMPONENT}): {p[:60]!r}...")
+    return name
+
+
+def _info(r: Record) -> FileInfo:
+    tv = (r.facts.get("views") or {}).get("text")
+    return FileInfo(name=r.name, file_id=r.file_id, size=r.size, text_size=tv[1] if tv else 0,
+                    format=r.format, application=r.application, model=r.model,
+                    models=tuple(r.models or ()), day=r.day, mtime=r.mtime_ns / 1e9,
+                    error=r.error, checksum=r.checksum.hex(), messages=r.messages,
+                    conversations=r.conversations, facts=r.facts, mtime_ns=r.mtime_ns, mode=r.mode)
+
+
+def _join(a: list, b: list) -> list:
+    """Extents a then b, merged where they touch."""
+    out = [tuple(e) for e in a]
+    for pos, n in b:
+        if out and out[-1][0] + out[-1][1] == pos:
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        else:
+            out.append((pos, n))
+    return out
+
+
+def _counters0() -> dict:
+    return {"files": 0, "bytes": 0, "conversations": 0, "messages": 0, "unparsed": 0,
+            "stream_bytes": 0, "dedup_bytes": 0}
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+class Store:
+    def __init__(self, path, *, readonly: bool = False, create: bool = True,
+                 cache_bytes: int = limits.BLOCK_CACHE_BYTES, block_size: Optional[int] = None,
+                 level: Optional[int] = None, **_legacy):
+        """block_size: positions per content block for a new store (default
+        limits.BLOCK_SIZE). level: zstd level of blocks written by ingest."""
+        self.path = Path(path)
+        self.readonly = readonly
+        if not readonly:
+            from .upgrade import upgrade_if_needed
+            upgrade_if_needed(self.path)
+        self._env = Env(self.path, readonly, create)
+        self.env = self._env.env
+        try:
+            self._env.open_databases(DATABASES, None if readonly else
+                                     lambda txn: self._create(txn, block_size))
+            db = self._env.db
+            self._meta, self._blocks, self._groups_db = db[b"meta"], db[b"blocks"], db[b"groups"]
+            self._names_db, self._anchors_db = db[b"names"], db[b"anchors"]
+            self._init_format()
+        except BaseException:
+            self._env.close()
+            raise
+        self.block_size = self._read(lambda txn: meta_get(txn, self._meta, b"config"))["block_size"]
+        self.level = limits.LEVEL_INGEST if level is None else level
+        self.cache = blocks.DecodedCache(cache_bytes)
+        self._reader = blocks.StreamReader(self._blocks, self.block_size, self.cache)
+        self._groups = Groups(self._groups_db)
+        self._names = Names(self._names_db)
+        self._writer: Optional[Writer] = None
+        self._wlock = threading.RLock()
+        self._changed = False                 # the current write transaction changed something
+        self._derived = (None, None)          # (generation, {key: {value: [ids]}})
+
+    # ----------------------------------------------------------------- plumbing
+    def _create(self, txn, block_size: Optional[int]) -> None:
+        """A new store's meta, in the transaction that creates its databases."""
+        meta = self._env.db[b"meta"]
+        if txn.get(b"format", db=meta) is None:
+            txn.put(b"format", u64(FORMAT_VERSION), db=meta)
+            meta_put(txn, meta, b"config", {"block_size": block_size or limits.BLOCK_SIZE,
+                                           "created": int(time.time())})
+            meta_put(txn, meta, b"counters", _counters0())
+            meta_put(txn, meta, b"next_file", 1)
+
+    def _init_format(self) -> None:
+        def check(txn):
+            v = txn.get(b"format", db=self._meta)
+            if v is None:
+                raise NotFound(f"no store at {self.path}")
+            n = from_u64(v)
+            if n > FORMAT_VERSION:
+                raise StowError(f"store format {n} is newer than this stowfs ({FORMAT_VERSION})")
+            if n < FORMAT_VERSION:
+                raise StowError(f"store format {n} needs an upgrade: open it writable once")
+            if meta_get(txn, self._meta, b"config") is None:
+                raise Corrupt("store configuration is missing")
+        self._env.read(check)
+
+    def _read(self, fn):
+        return self._env.read(fn)
+
+    def close(self) -> None:
+        self._env.close()
+        self.env = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def generation(self) -> int:
+        return self._read(lambda txn: meta_get(txn, self._meta, b"generation", 0))
+
+    def disk_bytes(self) -> int:
+        return self._env.disk_bytes()
+
+    def writer(self) -> Writer:
+        if self._writer is None:
+            app = Appender(self._blocks, self._meta, self.block_size, self.level)
+            self._writer = Writer(app, Index(self._anchors_db), self._reader)
+        return self._writer
+
+    def _write(self, fn, *, stream: bool = False, seal: bool = False, alone: bool = False):
+        """fn(txn) in one write transaction; with stream, the content writer is brought
+        in step first and saves what fn appended before the commit; alone: fn stores one
+        file and may write filled blocks as it goes (bounded memory)."""
+        with self._wlock:
+            if stream:
+                self.writer().own_txn = alone
+            def work(txn):
+                self._groups.dirty = {}
+                self._names.dirty = {}
+                try:
+                    if not stream:
+                        out = fn(txn)
+                    else:
+                        w = self.writer()
+                        w.begin(txn)
+                        mark = w.mark()
+                        try:
+                            out = fn(txn)
+                            self._changed = self._changed or w.dirty()
+                            w.save(txn, wait=seal, seal=seal)
+                        except BaseException:
+                            w.rollback(mark)
+                            raise
+                    self._changed = self._changed or bool(self._groups.dirty or self._names.dirty)
+                    self._groups.flush(txn, limits.LEVEL_META_LIVE)
+                    self._names.flush(txn, limits.LEVEL_META_LIVE)
+                    return out
+                finally:
+                    self._groups.dirty = {}
+                    self._names.dirty = {}
+            self._changed = not stream
+            try:
+                return self._env.write(work, changed=lambda: self._changed)
+            except BaseException:
+                if stream and self._writer is not None:
+                    self._writer.app.forget()
+                raise
+            finally:
+                if self._writer is not None:
+                    self._writer.own_txn = False
+
+    # ----------------------------------------------------------------- derived data
+    def aux_read(self, name: str, fn):
+        """fn(txn, db) in a read transaction over the named database `aux:<name>`, where
+        another module keeps data derived from the stored files (the search index).
+        The store never reads it, and it must be rebuildable from the files. Returns
+        None, without calling fn, when the database does not exist yet."""
+        key = b"aux:" + name.encode()
+        if self._env.open_optional(key, create=False) is None:
+            return None
+        return self._read(lambda txn: fn(txn, self._env.db[key]))   # (the handle of now)
+
+    def aux_write(self, name: str, fn):
+        """fn(txn, db) in one write transaction over `aux:<name>` (created if missing)."""
+        key = b"aux:" + name.encode()
+        self._env.open_optional(key, create=True)
+        return self._write(lambda txn: fn(txn, self._env.db[key]))
+
+    # ----------------------------------------------------------------- records
+    def _record(self, txn, name: str) -> Record:
+        fid = self._names.lookup(txn, name)
+        if fid is None:
+            raise NotFound(f"no such file: {name}")
+        r = self._groups.get(txn, fid)
+        if r is None or r.file_id != fid:
+            raise Corrupt(f"{name}: its record ({fid}) is missing; the name table or the "
+                          "record group is damaged")
+        return r.named(name)
+
+    def _record_by_id(self, txn, fid: int) -> Optional[Record]:
+        r = self._groups.get(txn, fid)
+        if r is None:
+            return None
+        name = self._id_names(txn).get(fid)
+        if name is None:
+            raise Corrupt(f"record {fid} has no name in the name table")
+        return r.named(name)
+
+    def _id_names(self, txn) -> dict:
+        """{file id: name}, from the name table, kept until the store changes."""
+        gen = meta_get(txn, self._meta, b"generation", 0)
+        got = getattr(self, "_idn", None)
+        if got is None or got[0] != gen:
+            got = (gen, {fid: n for n, fid in self._names.iterate(txn)})
+            self._idn = got
+        return got[1]
+
+    def _check_place(self, txn, name: str) -> None:
+        """name must not be a directory, and no parent of it may be a file."""
+        for n, _ in self._names.iterate(txn, name + "/"):
+            if n.startswith(name + "/"):
+                raise Exists(f"{name} is a directory")
+            break
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if self._names.lookup(txn, parent) is not None:
+                raise Exists(f"{parent} is a file, so {name} cannot be stored")
+
+    def _counters(self, txn) -> dict:
+        c = _counters0()
+        c.update(meta_get(txn, self._meta, b"counters", {}))
+        return c
+
+    def _count(self, c: dict, r: Record, sign: int) -> None:
+        c["files"] += sign
+        c["bytes"] += sign * r.size
+        c["conversations"] += sign * r.conversations
+        c["messages"] += sign * r.messages
+        c["unparsed"] += sign * (1 if r.error and not r.error.startswith(PARTIAL) else 0)
+
+    def _put_record(self, txn, r: Record) -> None:
+        self._groups.set(txn, r)
+
+    def _drop_record(self, txn, fid: int) -> Optional[Record]:
+        return self._groups.drop(txn, fid)
+
+    def _same_bytes(self, txn, r: Record, data: Optional[bytes], path: Optional[str]) -> bool:
+        """True when the stored file r holds exactly these bytes (compared, not hashed);
+        with data longer than r, whether data starts with r's bytes."""
+        off = 0
+        f = open(path, "rb") if data is None else None
+        try:
+            for pos, n in r.extents:
+                while n > 0:
+                    take = min(n, limits.READ_WINDOW)
+                    stored = self.writer().read(txn, pos, take)
+                    mine = data[off:off + take] if f is None else f.read(take)
+                    if stored != mine:
+                        return False
+                    off, pos, n = off + take, pos + take, n - take
+            return True
+        finally:
+            if f is not None:
+                f.close()
+
+    def _apply(self, txn, p: Prepared, data: Optional[bytes], path: Optional[str]) -> PutResult:
+        name = p.name
+        self._check_place(txn, name)
+        old_fid = self._names.lookup(txn, name)
+        old = self._record(txn, name) if old_fid is not None else None
+        c = self._counters(txn)
+        if old is not None and old.size == p.size and old.checksum == p.checksum \
+                and self._same_bytes(txn, old, data, path):
+            if (old.mtime_ns, old.mode) != (p.mtime_ns, p.mode):
+                self._put_record(txn, old.replace(mtime_ns=p.mtime_ns, mode=p.mode))
+            return PutResult(name, old.file_id, p.size, 0, p.size, old.format, old.error, True, True)
+        w = self.writer()
+        if data is not None and old is not None and 0 < old.size < p.size \
+                and self._same_bytes(txn, old, data, None):
+            # the file grew (an append, a session that went on): keep what it had
+            extents, new, dup = w.store_bytes(txn, memoryview(data)[old.size:])
+            extents = _join(old.extents, extents)
+            dup += old.size
+        elif data is not None:
+            extents, new, dup = w.store_bytes(txn, data, p.anchors)
+        else:
+            extents, new, dup = w.store_file(txn, path, p.size)
+        if sum(n for _, n in extents) != p.size:
+            raise StowError(f"{name}: stored {sum(n for _, n in extents)} bytes of {p.size}")
+        fid = meta_get(txn, self._meta, b"next_file", 1)
+        meta_put(txn, self._meta, b"next_file", fid + 1)
+        m = p.meta
+        r = Record(fid, name, p.size, p.mtime_ns, p.mode, m["format"], m["application"], m["model"],
+                   m["models"], m["day"], m["error"], m["messages"], m["conversations"], p.facts,
+                   p.checksum, list(extents))
+        if old is not None:
+            self._drop_record(txn, old.file_id)
+            self._count(c, old, -1)
+        self._put_record(txn, r)
+        self._names.put(txn, name, fid)
+        self._count(c, r, +1)
+        c["stream_bytes"] += new
+        c["dedup_bytes"] += dup
+        meta_put(txn, self._meta, b"counters", c)
+        return PutResult(name, fid, p.size, new, dup, r.format, r.error, old is not None)
+
+    # ----------------------------------------------------------------- writing
+    @staticmethod
+    def _times(mtime, mtime_ns) -> int:
+        if mtime_ns is not None:
+            return int(mtime_ns)
+        if mtime is not None:
+            return int(round(float(mtime) * 1e9))
+        return _now_ns()
+
+    def put(self, name: str, data: bytes, *, mtime: Optional[float] = None,
+            mtime_ns: Optional[int] = None, mode: Optional[int] = None) -> PutResult:
+        name = check_name(name)
+        data = bytes(data)
+        t = self._times(mtime, mtime_ns)
+        mode = DEFAULT_MODE if mode is None else stat_mod.S_IMODE(mode)
+        if len(data) <= limits.MAX_PARSE_BYTES:
+            p = prepare(name, data, t, mode)
+        else:
+            from .ingest import describe, unparsed
+            p = Prepared(name, len(data), t, mode, describe(unparsed(len(data))), {},
+                         records.checksum(data))
+        return self._write(lambda txn: self._apply(txn, p, data, None), stream=True, alone=True)
+
+    def put_file(self, name: str, src, *, mtime: Optional[float] = None,
+                 mtime_ns: Optional[int] = None, mode: Optional[int] = None) -> PutResult:
+        name = check_name(name)
+        try:
+            st = os.stat(src)
+            t = self._times(mtime, mtime_ns if mtime_ns is not None or mtime is not None else st.st_mtime_ns)
+            mode = stat_mod.S_IMODE(st.st_mode) if mode is None else stat_mod.S_IMODE(mode)
+            p, data = prepare_path(name, str(src), t, mode)
+        except OSError as e:
+            raise NotFound(f"cannot read {src}: {e.strerror}") from None
+        if data is not None and len(data) != p.size:
+            raise StowError(f"{src} changed while it was read")
+        return self._write(lambda txn: self._apply(txn, p, data, None if data is not None else str(src)),
+                           stream=True, alone=True)
+
+    def put_many(self, items, *, workers: Optional[int] = None, batch_files: int = 4096,
+                 batch_bytes: int = limits.BATCH_BYTES):
+        """Store many files: items are (name, source path, mtime or None[, mode]).
+        Yields (name, PutResult or StowError) in order.
+
+        Files are prepared (parsed, facts taken) in `workers` processes while this one
+        stores them; they are committed in batches, one fsync per batch. Each file is
+        its own child transaction: one that fails leaves nothing behind. The open block
+        is sealed into one frame at the ingest level at the end."""
+        from .pipeline import prepared_stream
+        batch, nbytes = [], 0
+        for row in prepared_stream(list(items), workers):
+            p = row[2]
+            if isinstance(p, Prepared) and p.size > limits.ALONE_BYTES:
+                if batch:       # a large file goes in a transaction of its own
+                    yield from self._commit_batch(batch, seal=False)
+                    batch, nbytes = [], 0
+                try:
+                    yield row[0], self._write(lambda txn: self._apply(txn, p, None, row[1]),
+                                              stream=True, alone=True)
+                except StoreFull:
+                    raise
+                except StowError as e:
+                    yield row[0], e
+                continue
+            batch.append(row)
+            nbytes += row[2].size if isinstance(row[2], Prepared) else 0
+            if len(batch) >= batch_files or nbytes >= batch_bytes:
+                yield from self._commit_batch(batch, seal=False)
+                batch, nbytes = [], 0
+        yield from self._commit_batch(batch, seal=True)
+        self.reclaim()
+
+    def _commit_batch(self, batch, seal: bool):
+        def work(txn):
+            out = []
+            w = self.writer()
+            for name, path, p in batch:
+                if not isinstance(p, BaseException):
+                    try:
+                        check_name(name)
+                    except StowError as e:
+                        p = e
+                if isinstance(p, BaseException):
+                    out.append((name, p))
+                    continue
+                mark, gmark, nmark = w.mark(), self._groups.mark(), self._names.mark()
+                try:
+                    with self.env.begin(write=True, parent=txn) as child:
+                        data = None
+                        if p.size <= limits.MAX_PARSE_BYTES:
+                            with open(path, "rb") as f:
+                                data = f.read()
+                            if len(data) != p.size or records.checksum(data) != p.checksum:
+                                raise StowError(f"{path} changed while it was being stored")
+                        out.append((name, self._apply(child, p, data, None if data is not None else path)))
+                except StowError as e:
+                    w.rollback(mark)
+                    self._groups.rollback(gmark)
+                    self._names.rollback(nmark)
+                    out.append((name, e))
+                except OSError as e:
+                    w.rollback(mark)
+                    self._groups.rollback(gmark)
+                    self._names.rollback(nmark)
+                    out.append((name, StowError(f"cannot read {path}: {e.strerror}")))
+            return out
+        return self._write(work, stream=True, seal=seal)
+
+    def reclaim(self, slack: float = limits.RECLAIM_SLACK) -> bool:
+        """Give the LMDB file's free pages back to the disk (a compacting copy that takes
+        the file's place), when they are more than `slack` of it and no other process
+        has the store open. True if it did."""
+        if self.readonly:
+            return False
+        if self._env.free_share() < slack:
+            return False
+        with self._wlock:
+            return self._env.compact_copy(on_swap=self._reopen_handles)
+
+    def _reopen_handles(self) -> None:
+        self.env = self._env.env
+        db = self._env.db
+        self._meta, self._blocks, self._groups_db = db[b"meta"], db[b"blocks"], db[b"groups"]
+        self._names_db, self._anchors_db = db[b"names"], db[b"anchors"]
+        self.cache.clear()
+        self._reader = blocks.StreamReader(self._blocks, self.block_size, self.cache)
+        self._groups = Groups(self._groups_db)
+        self._names = Names(self._names_db)
+        self._writer = None
+
+    def seal(self) -> None:
+        """Rewrite the open block's fragments as one frame at the ingest level (end of
+        an ingest: what a plain `ingest` leaves is close to what compaction gives)."""
+        if self.readonly:
+            return
+
+        def work(txn):
+            w = self.writer()
+            w.app.save(txn, wait=True)
+            if w.app.seal(txn):
+                self._changed = True
+        self._write(work, stream=True)
+
+    def remove(self, name: str) -> None:
+        name = check_name(name)
+
+        def work(txn):
+            r = self._record(txn, name)
+            self._names.delete(txn, name)
+            self._drop_record(txn, r.file_id)
+            c = self._counters(txn)
+            self._count(c, r, -1)
+            meta_put(txn, self._meta, b"counters", c)
+        self._write(work)
+
+    def rename(self, old: str, new: str) -> None:
+        old, new = check_name(old), check_name(new)
+        if old == new:
+            return
+
+        def work(txn):
+            r = self._record(txn, old)
+            self._check_place(txn, new)
+            c = self._counters(txn)
+            repl = self._names.lookup(txn, new)
+            if repl is not None:
+                gone = self._record(txn, new)
+                self._drop_record(txn, gone.file_id)
+                self._count(c, gone, -1)
+            self._names.delete(txn, old)
+            self._names.put(txn, new, r.file_id)
+            self._put_record(txn, r.replace(name=new))
+            meta_put(txn, self._meta, b"counters", c)
+        self._write(work)
+
+    def set_attributes(self, name: str, *, mtime_ns: Optional[int] = None, mode: Optional[int] = None) -> FileInfo:
+        """Change a stored file's mtime or permission bits (no content is touched)."""
+        name = check_name(name)
+
+        def work(txn):
+            r = self._record(txn, name)
+            r2 = r.replace(mtime_ns=r.mtime_ns if mtime_ns is None else int(mtime_ns),
+                           mode=r.mode if mode is None else stat_mod.S_IMODE(mode))
+            self._put_record(txn, r2)
+            return _info(r2)
+        return self._write(work)
+
+    # ----------------------------------------------------------------- reading
+    def info(self, name: str) -> FileInfo:
+        name = check_name(name)
+        return _info(self._read(lambda txn: self._record(txn, name)))
+
+    def info_by_id(self, file_id: int) -> FileInfo:
+        def work(txn):
+            r = self._record_by_id(txn, file_id)
+            if r is None:
+                raise NotFound(f"no file with id {file_id}")
+            return r
+        return _info(self._read(work))
+
+    def reader(self, name: str, view: str = "original"):
+        name = check_name(name)
+        if view == "original":
+            return FileReader(self, self._read(lambda txn: self._record(txn, name)))
+        return BytesReader(self.get(name, view))
+
+    def get(self, name: str, view: str = "original") -> bytes:
+        if view == "original":
+            r = self.reader(name)
+            return r.read(0, r.size)
+        from .. import views
+        if view not in views.VIEWS:
+            raise InvalidName(f"unknown view {view!r} (views: original, {', '.join(views.VIEWS)})")
+        return views.render(view, self.get(name), check_name(name))
+
+    def view_size(self, info: FileInfo, view: str) -> int:
+        got = info.view_size(view)
+        return got if got is not None else len(self.get(info.name, view))
+
+    def read_extents(self, extents, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of a file made of these extents."""
+        def work(txn):
+            out = bytearray()
+            pos, want = 0, size
+            for spos, n in extents:
+                if want <= 0:
+                    break
+                if offset + size - want >= pos + n:
+                    pos += n
+                    continue
+                a = max(offset + size - want - pos, 0)
+                take = min(n - a, want)
+                out += self._reader.read(txn, spos + a, take)
+                want -= take
+                pos += n
+            return bytes(out)
+        return self._read(work)
+
+    def iter_files(self, prefix: str = "") -> Iterator[FileInfo]:
+        """Every stored file whose name starts with prefix, sorted by name, a batch at a
+        time (no transaction is held between batches)."""
+        start = prefix
+        first = True
+        while True:
+            def batch(txn, start=start, first=first):
+                out = []
+                for name, fid in self._names.iterate(txn, start):
+                    if not name.startswith(prefix):
+                        break
+                    if not first and name == start:
+                        continue
+                    r = self._groups.get(txn, fid)
+                    if r is None:
+                        raise Corrupt(f"{name}: the name table and the records disagree")
+                    out.append(_info(r.named(name)))
+                    if len(out) >= 256:
+                        break
+                return out
+            rows = self._read(batch)
+            yield from rows
+            if len(rows) < 256:
+                return
+            start, first = rows[-1].name, False
+
+    def listdir(self, dirpath: str = "") -> list[tuple[str, Optional[FileInfo]]]:
+        prefix = (dirpath.strip("/") + "/") if dirpath.strip("/") else ""
+
+        def work(txn):
+            out, last_dir = [], None
+            for name, fid in self._names.iterate(txn, prefix):
+                if not name.startswith(prefix):
+                    break
+                rest = name[len(prefix):]
+                slash = rest.find("/")
+                if slash >= 0:
+                    child = rest[:slash]
+                    if child != last_dir:
+                        out.append((child, None))
+                        last_dir = child
+                    continue
+                r = self._groups.get(txn, fid)
+                if r is None:
+                    raise Corrupt(f"{name}: the name table and the records disagree")
+                out.append((rest, _info(r.named(name))))
+            return out
+        return self._read(work)
+
+    def is_dir(self, path: str) -> bool:
+        p = path.strip("/")
+        if not p:
+            return True
+
+        def work(txn):
+            for name, _ in self._names.iterate(txn, p + "/"):
+                return name.startswith(p + "/")
+            return False
+        return self._read(work)
+
+    def _index(self) -> dict:
+        """{key: {value: [file ids]}} for model, app, day; derived from the records and
+        kept until the store changes."""
+        gen = self.generation
+        if self._derived[0] == gen:
+            return self._derived[1]
+        idx: dict = {"model": {}, "app": {}, "day": {}}
+
+        def work(txn):
+            for gid in list(self._groups.all_ids(txn)):
+                for r in self._groups.load(txn, gid).values():
+                    for m in (r.models or ([r.model] if r.model else [])):
+                        idx["model"].setdefault(m, []).append(r.file_id)
+                    if r.application:
+                        idx["app"].setdefault(r.application, []).append(r.file_id)
+                    if r.day:
+                        idx["day"].setdefault(r.day, []).append(r.file_id)
+        self._read(work)
+        self._derived = (gen, idx)
+        return idx
+
+    def index_values(self, key: str) -> list[str]:
+        return sorted(self._index().get(key, {}))
+
+    def index_files(self, key: str, value: str) -> list[FileInfo]:
+        ids = self._index().get(key, {}).get(value, [])
+        out = []
+        for fid in ids:
+            try:
+                out.append(self.info_by_id(fid))
+            except NotFound:
+                pass
+        return sorted(out, key=lambda i: i.name)
+
+    def iter_records(self) -> Iterator[Record]:
+        """Every record, group by group (for maintenance and reports)."""
+        gids = self._read(lambda txn: list(self._groups.all_ids(txn)))
+        for gid in gids:
+            recs = self._read(lambda txn, gid=gid: self._groups.load(txn, gid))
+            yield from (recs[k] for k in sorted(recs))
+
+    # ----------------------------------------------------------------- stats
+    def table_bytes(self) -> dict:
+        """Bytes of LMDB pages each database uses (what `du` sees, by table)."""
+        def work(txn):
+            out = {}
+            for name, db in self._env.db.items():
+                s = txn.stat(db)
+                out[name.decode()] = (s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]) * s["psize"]
+            return out
+        return self._read(work)
+
+    def block_stats(self) -> dict:
+        def work(txn):
+            n = frames_bytes = raw = low = 0
+            from . import frames as fr
+            for k, v in txn.cursor(db=self._blocks):
+                hd = fr.header(v, fr.BLOCK, int.from_bytes(k, "big"))
+                n += 1
+                frames_bytes += len(v)
+                raw += hd.raw_len
+                low += 1 if (hd.codec == fr.ZSTD and hd.level < limits.LEVEL_COMPACT) else 0
+            return {"fragments": n, "stored_bytes": frames_bytes, "raw_bytes": raw, "low_level_fragments": low}
+        return self._read(work)
+
+    def stats(self) -> dict:
+        c = self._read(self._counters)
+        disk = self.disk_bytes()
+        b = self.block_stats()
+        tables = self.table_bytes()
+        content = tables.get("blocks", 0)
+        return {
+            "files": c["files"], "conversations": c["conversations"], "messages": c["messages"],
+            "unparsed_files": c["unparsed"], "naive_bytes": c["bytes"], "disk_bytes": disk,
+            "ratio": round(c["bytes"] / disk, 3) if disk else None,
+            "savings_percent": round(100 * (1 - disk / c["bytes"]), 2) if c["bytes"] else None,
+            "stream_bytes": b["raw_bytes"], "dedup_bytes_at_ingest": c["dedup_bytes"],
+            "dedup_ratio": round(c["bytes"] / b["raw_bytes"], 3) if b["raw_bytes"] else None,
+            "block_fragments": b["fragments"], "block_bytes": b["stored_bytes"],
+            "compression_ratio": round(b["raw_bytes"] / b["stored_bytes"], 3) if b["stored_bytes"] else None,
+            "uncompacted_fragments": b["low_level_fragments"],
+            "free_page_share": round(self._env.free_share(), 4),
+            "table_bytes": tables,
+            "metadata_share": round(1 - content / sum(tables.values()), 4) if sum(tables.values()) else None,
+        }
+
+
+def stats_json(stats: dict) -> bytes:
+    """The one spelling of the stats as JSON: `stowfs stats --json` and MOUNT/stats.json."""
+    import json
+    return (json.dumps(stats, indent=2) + "\n").encode()
+
+
+class FileReader:
+    """Reads any byte range of a stored file, decoding only the blocks it touches."""
+
+    def __init__(self, store: Store, r: Record):
+        self._s = store
+        self.size = r.size
+        self._extents = r.extents
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset >= self.size or size <= 0:
+            return b""
+        size = min(size, self.size - offset)
+        return self._s.read_extents(self._extents, offset, size)
+
+
+class BytesReader:
+    def __init__(self, data: bytes):
+        self._d = data
+        self.size = len(data)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self._d[offset:offset + size]

@@ -1,0 +1,193 @@
+"""The dedup index: content-defined anchors of the stream, so a long repeat of bytes
+stored before (a history resent in every logged request, a session copied as it grew,
+the same file under two names) is found and stored once.
+
+An anchor is a position whose 32-byte window hashes to a value with its top
+ANCHOR_BITS bits zero, about one every 2**ANCHOR_BITS bytes; the same content has its
+anchors in the same places wherever it occurs. The index maps the 32-bit key of each
+anchor's window to the stream position where that window was first stored. At ingest,
+a new file's anchors are looked up; each hit is checked byte for byte and extended in
+both directions (ingest.py), so a match is exact and as long as the repeat really is.
+Short repeats (< MIN_MATCH) are left to zstd, which sees them inside a block.
+
+The window hash is a position-weighted sum of a fixed random table, computed for every
+position at once with numpy prefix sums (h_i = sum_{j<W} j * T[b_{i+j}]).
+
+Stored form (database `anchors`): runs, one LMDB value each, key u64be run id,
+value frame(tag ANCHORS, run id, payload = n x u32 key (sorted) | n x 5-byte position
+(little-endian)). A writer appends one run per transaction with what it stored; runs
+are merged into one when there are more than ANCHOR_RUNS_MAX, and rebuilt without
+anchors in dropped bytes by the compactor. The index is derived data: `verify` and the
+compactor can rebuild it from the stream.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+
+from .. import limits
+from ..errors import Corrupt
+from . import frames
+
+W = limits.ANCHOR_WINDOW
+_MUL = np.uint64(0x9E3779B97F4A7C15)
+_KEY = struct.Struct(">Q")
+
+
+def _table() -> np.ndarray:
+    raw = b"".join(hashlib.blake2b(bytes([i]), digest_size=8, person=b"stowfs-anchor").digest()
+                   for i in range(256))
+    return np.frombuffer(raw, dtype="<u8").copy()
+
+
+_T = _table()
+
+
+def find(data, bits: int = limits.ANCHOR_BITS) -> tuple[np.ndarray, np.ndarray]:
+    """(positions int64, keys uint32) of data's anchors, in order."""
+    n = len(data)
+    if n < W:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint32)
+    pos_out, key_out = [], []
+    step = limits.ANCHOR_SCAN_CHUNK
+    shift = np.uint64(64 - bits)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    with np.errstate(over="ignore"):
+        for lo in range(0, n - W + 1, step):
+            hi = min(n, lo + step + W - 1)
+            a = buf[lo:hi]
+            v = _T[a]
+            idx = np.arange(len(a), dtype=np.uint64)
+            s1 = np.empty(len(a) + 1, np.uint64)
+            s1[0] = 0
+            np.cumsum(v, out=s1[1:])
+            s2 = np.empty(len(a) + 1, np.uint64)
+            s2[0] = 0
+            np.cumsum(v * idx, out=s2[1:])
+            m = len(a) - W + 1
+            h = (s2[W:W + m] - s2[:m]) - idx[:m] * (s1[W:W + m] - s1[:m])
+            h *= _MUL
+            sel = np.flatnonzero((h >> shift) == 0)
+            if len(sel):
+                pos_out.append(sel.astype(np.int64) + lo)
+                key_out.append((h[sel] >> np.uint64(16)).astype(np.uint32))
+    if not pos_out:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint32)
+    pos = np.concatenate(pos_out)
+    keys = np.concatenate(key_out)
+    # a run of one repeated byte makes every position there an anchor: keep one per gap
+    keep = np.ones(len(pos), bool)
+    keep[1:] = np.diff(pos) >= limits.ANCHOR_MIN_GAP
+    return pos[keep], keys[keep]
+
+
+def encode_run(run_id: int, keys: np.ndarray, positions: np.ndarray) -> bytes:
+    order = np.argsort(keys, kind="stable")
+    k = keys[order].astype("<u4")
+    p = positions[order].astype("<u8").view(np.uint8).reshape(-1, 8)[:, :5]
+    return frames.encode(frames.ANCHORS, run_id, k.tobytes() + p.tobytes(), 0)
+
+
+def decode_run(frame, run_id: int) -> tuple[np.ndarray, np.ndarray]:
+    _, raw = frames.decode(frame, frames.ANCHORS, run_id)
+    if len(raw) % 9:
+        raise Corrupt(f"anchor run {run_id} is damaged (length)")
+    n = len(raw) // 9
+    keys = np.frombuffer(raw, dtype="<u4", count=n).astype(np.uint32)
+    p5 = np.frombuffer(raw, dtype=np.uint8, offset=4 * n).reshape(n, 5)
+    p8 = np.zeros((n, 8), np.uint8)
+    p8[:, :5] = p5
+    return keys, p8.view("<u8").reshape(n).astype(np.int64)
+
+
+class Index:
+    """The anchor runs of a store, loaded once and kept in step with it, plus the
+    anchors this writer added and has not saved yet."""
+
+    def __init__(self, db):
+        self.db = db
+        self.runs: dict[int, tuple[bytes, np.ndarray, np.ndarray]] = {}
+        self.pending: dict[int, int] = {}
+
+    def begin(self, txn) -> None:
+        """Bring the loaded runs in step with the store."""
+        seen = set()
+        cur = txn.cursor(db=self.db)
+        for k, v in cur:
+            run_id = _KEY.unpack(k)[0]
+            seen.add(run_id)
+            hd = frames.header(v, frames.ANCHORS, run_id)
+            have = self.runs.get(run_id)
+            if have is None or have[0] != hd.hash:
+                keys, pos = decode_run(v, run_id)
+                self.runs[run_id] = (hd.hash, keys, pos)
+        for gone in set(self.runs) - seen:
+            del self.runs[gone]
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """For each key, a stored position with that key, or -1."""
+        out = np.full(len(keys), -1, np.int64)
+        for _, rk, rp in self.runs.values():
+            if not len(rk) or not len(keys):
+                continue
+            i = np.searchsorted(rk, keys)
+            i[i >= len(rk)] = len(rk) - 1
+            hit = (rk[i] == keys) & (out < 0)
+            out[hit] = rp[i[hit]]
+        return out
+
+    def add(self, key: int, pos: int) -> None:
+        self.pending.setdefault(key, pos)
+
+    def mark(self):
+        return dict(self.pending)
+
+    def rollback(self, m) -> None:
+        self.pending = m
+
+    def save(self, txn) -> None:
+        if not self.pending:
+            return
+        cur = txn.cursor(db=self.db)
+        run_id = _KEY.unpack(cur.key())[0] + 1 if cur.last() else 0
+        keys = np.fromiter(self.pending.keys(), np.uint32, len(self.pending))
+        pos = np.fromiter(self.pending.values(), np.int64, len(self.pending))
+        frame = encode_run(run_id, keys, pos)
+        txn.put(_KEY.pack(run_id), frame, db=self.db)
+        k2, p2 = decode_run(frame, run_id)
+        self.runs[run_id] = (frames.header(frame, frames.ANCHORS, run_id).hash, k2, p2)
+        self.pending = {}
+        if len(self.runs) > limits.ANCHOR_RUNS_MAX:
+            # tiered: merge the small runs into one, leave the largest (what compaction
+            # merged) alone, so a small ingest never rewrites the whole index
+            biggest = max(self.runs, key=lambda r: len(self.runs[r][1]))
+            self.merge(txn, only=[r for r in self.runs if r != biggest])
+
+    def merge(self, txn, keep=None, only=None) -> None:
+        """Rewrite every run (or the runs `only`) as one (keep(positions) -> bool mask
+        drops anchors)."""
+        ids = sorted(self.runs if only is None else only)
+        if not ids:
+            return
+        keys = np.concatenate([self.runs[r][1] for r in ids])
+        pos = np.concatenate([self.runs[r][2] for r in ids])
+        if keep is not None and len(pos):
+            m = keep(pos)
+            keys, pos = keys[m], pos[m]
+        # one position per key: the earliest stored
+        order = np.lexsort((pos, keys))
+        keys, pos = keys[order], pos[order]
+        first = np.ones(len(keys), bool)
+        first[1:] = keys[1:] != keys[:-1]
+        keys, pos = keys[first], pos[first]
+        top = max(self.runs)
+        for run_id in ids:
+            txn.delete(_KEY.pack(run_id), db=self.db)
+            del self.runs[run_id]
+        run_id = top + 1
+        frame = encode_run(run_id, keys, pos)
+        txn.put(_KEY.pack(run_id), frame, db=self.db)
+        k2, p2 = decode_run(frame, run_id)
+        self.runs[run_id] = (frames.header(frame, frames.ANCHORS, run_id).hash, k2, p2)

@@ -1,0 +1,224 @@
+"""The content stream: every stored byte has a position in one append-only stream, cut
+into blocks of `block_size` positions (16 MiB by default). A file's record lists the
+stream ranges it is made of (its extents); its own new bytes are appended to the
+stream in order, so they compress next to each other and next to the files stored
+before and after it.
+
+Stored form (database `blocks`), one LMDB value per *fragment*:
+
+    key   = u64be(block_id << 16 | fragment)
+    value = frame(tag BLOCK, key, extra = live ranges + piece hashes, payload)
+
+A fragment holds the live bytes of some ranges of its block (block-relative
+`(start, length)`, sorted, disjoint), concatenated. A block written whole is one
+fragment (0). Bytes appended by a small ingest (a file dropped into inbox/) go into a new
+fragment of the open block, so an ingest compresses only what it adds; the compactor
+later merges a block's fragments into one frame at a high level. Dropping dead bytes
+rewrites a fragment with fewer ranges; positions never move, so no record is ever
+rewritten for it.
+
+Reads decode a fragment only as far as needed (frames.PartialDecoder), each 256 KiB
+piece checked against its own hash before it is handed out.
+"""
+from __future__ import annotations
+
+import struct
+import threading
+from bisect import bisect_right
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+from .. import limits
+from ..errors import Corrupt
+from ..packing import get_uvarint, put_uvarint
+from . import frames
+
+_KEY = struct.Struct(">Q")
+
+
+def frag_key(block_id: int, frag: int) -> int:
+    return (block_id << 16) | frag
+
+
+def key_bytes(k: int) -> bytes:
+    return _KEY.pack(k)
+
+
+def encode_extra(ranges: list[tuple[int, int]], raw) -> bytes:
+    out = bytearray()
+    put_uvarint(out, len(ranges))
+    prev = 0
+    for start, length in ranges:
+        put_uvarint(out, start - prev)
+        put_uvarint(out, length)
+        prev = start + length
+    out += frames.chunk_hashes(raw, limits.PIECE_HASH_STEP)
+    return bytes(out)
+
+
+def decode_extra(extra: bytes, raw_len: int, key: int) -> tuple[list[tuple[int, int]], bytes]:
+    try:
+        n, pos = get_uvarint(extra, 0)
+        ranges, prev, total = [], 0, 0
+        for _ in range(n):
+            gap, pos = get_uvarint(extra, pos)
+            length, pos = get_uvarint(extra, pos)
+            ranges.append((prev + gap, length))
+            prev += gap + length
+            total += length
+    except ValueError as e:
+        raise Corrupt(f"block fragment {key >> 16}.{key & 0xFFFF} is damaged: {e}") from None
+    if total != raw_len:
+        raise Corrupt(f"block fragment {key >> 16}.{key & 0xFFFF} is damaged (ranges)")
+    return ranges, extra[pos:]
+
+
+def encode_fragment(key: int, ranges: list[tuple[int, int]], raw, level: int) -> bytes:
+    return frames.encode(frames.BLOCK, key, bytes(raw), level, encode_extra(ranges, raw))
+
+
+@dataclass
+class Fragment:
+    key: int
+    ranges: list            # block-relative (start, length)
+    starts: list            # range starts, for bisect
+    offsets: list           # payload offset of each range
+    hd: frames.Header
+
+    @property
+    def first(self) -> int:
+        return self.ranges[0][0] if self.ranges else 0
+
+    @property
+    def end(self) -> int:
+        return self.ranges[-1][0] + self.ranges[-1][1] if self.ranges else 0
+
+    def locate(self, off: int) -> Optional[tuple[int, int]]:
+        """(payload offset, bytes live from there) of block offset off, or None (a hole)."""
+        i = bisect_right(self.starts, off) - 1
+        if i < 0:
+            return None
+        start, length = self.ranges[i]
+        if off >= start + length:
+            return None
+        return self.offsets[i] + off - start, start + length - off
+
+
+def parse_fragment(frame, key: int) -> Fragment:
+    hd = frames.header(frame, frames.BLOCK, key)
+    ranges, _ = decode_extra(hd.extra, hd.raw_len, key)
+    offsets, acc = [], 0
+    for _, length in ranges:
+        offsets.append(acc)
+        acc += length
+    return Fragment(key, ranges, [r[0] for r in ranges], offsets, hd)
+
+
+def fragments(txn, db, block_id: int) -> list[tuple[Fragment, memoryview]]:
+    """Every fragment of a block, in key order, with its frame."""
+    out = []
+    cur = txn.cursor(db=db)
+    if cur.set_range(key_bytes(frag_key(block_id, 0))):
+        for k, v in cur:
+            try:
+                key = _KEY.unpack(k)[0]
+            except struct.error:
+                raise Corrupt("a block key is damaged") from None
+            if key >> 16 != block_id:
+                break
+            out.append((parse_fragment(v, key), v))
+    return out
+
+
+class DecodedCache:
+    """Decoded (or partly decoded) fragments by (key, content hash), LRU, bounded in
+    bytes of decoded content; the one in use is kept even when larger than the bound."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._d: OrderedDict = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, k):
+        with self._lock:
+            v = self._d.get(k)
+            if v is not None:
+                self._d.move_to_end(k)
+            return v
+
+    def put(self, k, dec: frames.PartialDecoder) -> None:
+        with self._lock:
+            if k not in self._d:
+                self._d[k] = dec
+            self._trim()
+
+    def grew(self) -> None:
+        with self._lock:
+            self._trim()
+
+    @staticmethod
+    def _cost(d: frames.PartialDecoder) -> int:
+        """Memory a cached fragment holds: what it decoded, and while it is not decoded
+        to its end, its compressed frame and the decoder's window (up to the block)."""
+        return len(d.buf) + (0 if d.done else d.hd.raw_len)
+
+    def _trim(self) -> None:
+        size = sum(self._cost(d) for d in self._d.values())
+        while size > self.limit and len(self._d) > 1:
+            _, d = self._d.popitem(last=False)
+            size -= self._cost(d)
+        self._size = size
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self._size = 0
+
+
+class StreamReader:
+    """Reads committed stream ranges inside a transaction."""
+
+    def __init__(self, db, block_size: int, cache: DecodedCache):
+        self.db = db
+        self.block_size = block_size
+        self.cache = cache
+
+    def read(self, txn, pos: int, n: int) -> bytes:
+        out = bytearray()
+        while n > 0:
+            bid, off = divmod(pos, self.block_size)
+            take = min(n, self.block_size - off)
+            got = self._read_block(txn, bid, off, take)
+            out += got
+            pos += len(got)
+            n -= len(got)
+        return bytes(out)
+
+    def _read_block(self, txn, bid: int, off: int, n: int) -> bytes:
+        for frag, frame in fragments(txn, self.db, bid):
+            if not (frag.first <= off < frag.end):
+                continue
+            loc = frag.locate(off)
+            if loc is None:
+                break
+            p, live = loc
+            take = min(n, live)
+            dec = self.decoder(frag, frame)
+            with dec.lock:
+                dec.need(p + take)
+                out = bytes(dec.buf[p:p + take])
+            self.cache.grew()
+            return out
+        raise Corrupt(f"stream position {bid * self.block_size + off} is not stored "
+                      f"(block {bid}: a record points at bytes that are gone)")
+
+    def decoder(self, frag: Fragment, frame) -> frames.PartialDecoder:
+        ck = (frag.key, frag.hd.hash)
+        dec = self.cache.get(ck)
+        if dec is None:
+            _, pieces = decode_extra(frag.hd.extra, frag.hd.raw_len, frag.key)
+            dec = frames.PartialDecoder(bytes(frame), frag.hd, pieces, limits.PIECE_HASH_STEP)
+            self.cache.put(ck, dec)
+        return dec

@@ -1,0 +1,217 @@
+"""Frames: the self-describing envelope of every stored value of format 3.
+
+    frame = tag u8 | key u64be | codec u8 | level u8 | uvarint raw length
+            | uvarint extra length | extra | hash 16 | payload
+
+- tag says what the frame holds (BLOCK, GROUP, NAMES, ANCHORS). Tags are forever; the
+  format-2 tags 0x00-0x1f stay reserved for `stowfs.legacy.codec`.
+- key is the frame's own address (block id, group id, ...): a read checks that the
+  frame it reached is the one it asked for, so a damaged LMDB key or a crossed pointer
+  fails loudly instead of handing back another value.
+- codec: RAW (payload is the bytes) or ZSTD (one zstd frame); level is informational
+  (the background compactor raises frames written at a low level).
+- extra: tag-specific bytes kept uncompressed (a block's live ranges).
+- hash: BLAKE2b-128 over (tag, key, extra, decoded payload). It names the frame's
+  content, whatever the codec: recompressing a frame never changes it, and a decode
+  that does not hash to it raises Corrupt.
+
+Every decode is bounded by limits.MAX_FRAME_RAW.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+import threading
+from dataclasses import dataclass
+
+import zstandard as zstd
+
+from .. import limits
+from ..errors import Corrupt
+from ..packing import get_uvarint, put_uvarint
+
+BLOCK, GROUP, NAMES, ANCHORS = 0x20, 0x21, 0x22, 0x23
+TAG_NAMES = {BLOCK: "block", GROUP: "record group", NAMES: "name page", ANCHORS: "anchor run"}
+RAW, ZSTD = 0, 1
+HASH_SIZE = 16
+_KEY = struct.Struct(">Q")
+_local = threading.local()
+
+
+def content_hash(tag: int, key: int, extra: bytes, raw) -> bytes:
+    h = hashlib.blake2b(digest_size=HASH_SIZE, person=b"stowfs-frame-3")
+    h.update(bytes([tag]))
+    h.update(_KEY.pack(key))
+    h.update(extra)
+    h.update(raw)
+    return h.digest()
+
+
+def compressor(level: int, size: int) -> zstd.ZstdCompressor:
+    """A per-thread compressor: window as large as the input (capped), so a whole block
+    is one match window, and a checksum of its own."""
+    cache = _local.__dict__.setdefault("c", {})
+    wlog = max(10, min(limits.ZSTD_MAX_WINDOW_LOG, (max(size, 1) - 1).bit_length()))
+    c = cache.get((level, wlog))
+    if c is None:
+        params = zstd.ZstdCompressionParameters.from_level(
+            level, window_log=wlog, write_checksum=1, write_content_size=1)
+        c = cache[(level, wlog)] = zstd.ZstdCompressor(compression_params=params)
+    return c
+
+
+def decompressor() -> zstd.ZstdDecompressor:
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstd.ZstdDecompressor(max_window_size=1 << limits.ZSTD_MAX_WINDOW_LOG)
+    return d
+
+
+def encode(tag: int, key: int, raw: bytes, level: int, extra: bytes = b"") -> bytes:
+    """A frame holding raw, compressed at level (0: stored raw)."""
+    if len(raw) > limits.MAX_FRAME_RAW:
+        raise ValueError(f"frame of {len(raw)} bytes is over MAX_FRAME_RAW")
+    payload, codec = raw, RAW
+    if level > 0 and raw:
+        comp = compressor(level, len(raw)).compress(raw)
+        if len(comp) < len(raw):
+            payload, codec = comp, ZSTD
+    head = bytearray([tag])
+    head += _KEY.pack(key)
+    head += bytes([codec, level if codec == ZSTD else 0])
+    put_uvarint(head, len(raw))
+    put_uvarint(head, len(extra))
+    head += extra
+    head += content_hash(tag, key, extra, raw)
+    return bytes(head) + payload
+
+
+@dataclass(frozen=True)
+class Header:
+    tag: int
+    key: int
+    codec: int
+    level: int
+    raw_len: int
+    extra: bytes
+    hash: bytes
+    body: int          # offset of the payload in the frame
+
+
+def header(frame, tag: int, key: int) -> Header:
+    """Parse and check a frame's header: it must be a `tag` frame for `key`."""
+    what = f"{TAG_NAMES.get(tag, hex(tag))} {key}"
+    try:
+        if len(frame) < 11 or frame[0] != tag:
+            raise ValueError(f"tag 0x{frame[0] if frame else 0:02x}, expected 0x{tag:02x}")
+        got = _KEY.unpack_from(frame, 1)[0]
+        if got != key:
+            raise ValueError(f"the frame says it is {got}")
+        codec, level = frame[9], frame[10]
+        raw_len, pos = get_uvarint(frame, 11)
+        n_extra, pos = get_uvarint(frame, pos)
+        extra = bytes(frame[pos:pos + n_extra])
+        pos += n_extra
+        h = bytes(frame[pos:pos + HASH_SIZE])
+        pos += HASH_SIZE
+        if codec not in (RAW, ZSTD) or len(h) != HASH_SIZE or len(extra) != n_extra:
+            raise ValueError("bad header")
+        if raw_len > limits.MAX_FRAME_RAW:
+            raise ValueError(f"declares {raw_len} bytes, over the limit")
+        if codec == RAW and len(frame) - pos != raw_len:
+            raise ValueError("raw payload of the wrong length")
+    except (ValueError, IndexError, struct.error) as e:
+        raise Corrupt(f"{what} is damaged: {e}") from None
+    return Header(tag, key, codec, level, raw_len, extra, h, pos)
+
+
+def decode(frame, tag: int, key: int) -> tuple[Header, bytes]:
+    """The checked header and decoded payload of a frame."""
+    hd = header(frame, tag, key)
+    body = memoryview(frame)[hd.body:]
+    if hd.codec == RAW:
+        raw = bytes(body)
+    else:
+        try:
+            raw = decompressor().decompress(body, max_output_size=hd.raw_len)
+        except zstd.ZstdError as e:
+            raise Corrupt(f"{TAG_NAMES[tag]} {key} does not decode: {e}") from None
+    check(hd, raw)
+    return hd, raw
+
+
+def check(hd: Header, raw) -> None:
+    if len(raw) != hd.raw_len or content_hash(hd.tag, hd.key, hd.extra, raw) != hd.hash:
+        raise Corrupt(f"{TAG_NAMES.get(hd.tag, hex(hd.tag))} {hd.key} is damaged "
+                      "(its content does not match its hash)")
+
+
+def chunk_hashes(raw, step: int) -> bytes:
+    """8-byte BLAKE2b of each `step`-byte piece of raw: what lets a partial decode check
+    what it hands out before the whole frame is decoded."""
+    mv = memoryview(raw)
+    return b"".join(hashlib.blake2b(mv[i:i + step], digest_size=8).digest()
+                    for i in range(0, len(raw), step))
+
+
+class PartialDecoder:
+    """Decodes a frame's payload a piece at a time, so a read near the start of a large
+    block does not decode all of it. Bytes are handed out only once checked: each
+    `step`-byte piece against its own 8-byte hash (`pieces`), the whole against the
+    frame hash when the end is reached. A damaged piece raises Corrupt."""
+
+    def __init__(self, frame, hd: Header, pieces: bytes, step: int):
+        self.hd = hd
+        self.buf = bytearray()
+        self.checked = 0                 # bytes of buf checked so far
+        self.lock = threading.Lock()     # readers of one cached block take turns
+        self._pieces, self._step = pieces, step
+        if len(pieces) != 8 * (-(-hd.raw_len // step)):
+            raise Corrupt(f"{TAG_NAMES[hd.tag]} {hd.key} is damaged (piece hashes)")
+        self._frame = frame
+        self._pos = hd.body
+        self._reader = None
+        if hd.codec == ZSTD:
+            self._reader = zstd.ZstdDecompressor(
+                max_window_size=1 << limits.ZSTD_MAX_WINDOW_LOG).decompressobj()
+
+    @property
+    def done(self) -> bool:
+        return self._frame is None
+
+    def need(self, end: int) -> None:
+        """Decode and check at least up to offset end of the payload (or all of it)."""
+        end = min(end, self.hd.raw_len)
+        try:
+            while self.checked < end:
+                if self._reader is None:
+                    self.buf += memoryview(self._frame)[self._pos:]
+                    self._pos = len(self._frame)
+                else:
+                    chunk = memoryview(self._frame)[self._pos:self._pos + limits.PARTIAL_DECODE_STEP]
+                    self._pos += len(chunk)
+                    self.buf += self._reader.decompress(chunk) if chunk else b""
+                if len(self.buf) > self.hd.raw_len:
+                    raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} decodes to more than it declares")
+                last = self._pos >= len(self._frame)
+                self._check_pieces(last)
+                if last:
+                    if self.checked != self.hd.raw_len:
+                        raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} is truncated")
+                    check(self.hd, self.buf)
+                    self._frame = self._reader = None
+                    return
+        except zstd.ZstdError as e:
+            raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} does not decode: {e}") from None
+
+    def _check_pieces(self, last: bool) -> None:
+        step = self._step
+        while True:
+            a = self.checked
+            b = min(a + step, self.hd.raw_len)
+            if b > len(self.buf) or a >= b:
+                return
+            i = a // step
+            if hashlib.blake2b(memoryview(self.buf)[a:b], digest_size=8).digest() != self._pieces[8 * i:8 * i + 8]:
+                raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} is damaged at offset {a}")
+            self.checked = b

@@ -1,0 +1,327 @@
+"""The store's LMDB environment: opening it (private permissions, map size), short read
+and write transactions (the map grows when full), and the `meta` database.
+
+Only this module calls lmdb.open. Nothing here knows what the other databases hold.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+import threading
+from pathlib import Path
+
+import lmdb
+
+from .. import limits
+from ..errors import Busy, NotFound, ReadOnly, StoreFull, StowError
+from ..packing import pack, unpack
+
+DATABASES = (b"meta", b"blocks", b"groups", b"names", b"anchors")
+_U64 = struct.Struct(">Q")
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def from_u64(b) -> int:
+    if b is None or len(b) != 8:
+        raise ValueError("not a u64")
+    return _U64.unpack(b)[0]
+
+
+def private_dir(path: Path) -> None:
+    """Create path (and parents) as a directory only its owner can enter."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+
+
+def private_file(path: Path) -> None:
+    try:
+        os.chmod(path, 0o600)
+    except FileNotFoundError:
+        pass
+
+
+def disk_full(e: BaseException) -> bool:
+    return getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e) or "ENOSPC" in str(e)
+
+
+class Env:
+    """One LMDB environment with its named databases (self.db[name])."""
+
+    def __init__(self, path: Path, readonly: bool, create: bool):
+        self.path = Path(path)
+        self.readonly = readonly
+        if not self.path.is_dir():
+            if readonly or not create:
+                raise NotFound(f"no store at {self.path}")
+            try:
+                private_dir(self.path)
+            except OSError as e:
+                raise StowError(f"cannot create store at {self.path}: {e.strerror}") from None
+        envdir = self.path / "lmdb"
+        if readonly and not envdir.is_dir():
+            raise NotFound(f"no store at {self.path}")
+        self._lockf = self._take_lock(fcntl.LOCK_SH, "is being compacted by another process")
+        try:
+            if not readonly:
+                private_dir(envdir)
+            try:
+                cur = (envdir / "data.mdb").stat().st_size
+            except FileNotFoundError:
+                cur = 0
+            step = limits.MAP_SIZE_STEP
+            map_size = max(limits.MAP_SIZE_INITIAL, -(-2 * cur // step) * step)
+            try:
+                self.env = lmdb.open(str(envdir), map_size=map_size, max_dbs=len(DATABASES) + 16,
+                                     readonly=readonly, readahead=False, meminit=False,
+                                     max_readers=limits.MAX_READERS, lock=True, mode=0o600, subdir=True)
+            except lmdb.Error as e:
+                if disk_full(e):
+                    raise StoreFull(f"no space left on device: cannot open the store at {self.path}") from None
+                raise StowError(f"cannot open store at {self.path}: {e}") from None
+            if not readonly:
+                for f in ("data.mdb", "lock.mdb"):
+                    private_file(envdir / f)
+            self.env.reader_check()
+        except BaseException:
+            self._lockf.close()
+            raise
+        self._gate = threading.Condition()
+        self._active = 0
+        self._growing = False
+        self.db: dict[bytes, object] = {}
+
+    def open_databases(self, names, init=None) -> None:
+        """Open the named databases; when writable, create them and run init(txn) in the
+        same transaction, so a new store appears whole or not at all."""
+        try:
+            if self.readonly:
+                for n in names:
+                    self.db[n] = self.env.open_db(n, create=False)
+            else:
+                with self.env.begin(write=True) as txn:
+                    for n in names:
+                        self.db[n] = self.env.open_db(n, txn=txn, create=True)
+                    if init is not None:
+                        init(txn)
+        except lmdb.NotFoundError:
+            raise NotFound(f"no store at {self.path} (database missing)") from None
+        except lmdb.Error as e:
+            raise StowError(f"store at {self.path} is not readable: {e}") from None
+
+    def open_optional(self, name: bytes, create: bool):
+        if name not in self.db:
+            try:
+                self.db[name] = self.env.open_db(name, create=create and not self.readonly)
+            except lmdb.NotFoundError:
+                return None
+        return self.db[name]
+
+    def _take_lock(self, mode: int, what: str):
+        lock = self.path / "stowfs.lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            if self.readonly and e.errno in (errno.EACCES, errno.EROFS):
+                fd = os.open(lock, os.O_RDONLY)
+            else:
+                raise StowError(f"cannot open {lock}: {e.strerror}") from None
+        f = os.fdopen(fd, "rb")
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise Busy(f"store {self.path} {what}") from None
+        return f
+
+    def exclusive_lock(self):
+        """Upgrade to the exclusive store lock (no other process has the store open)."""
+        try:
+            fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(f"store {self.path} is open in another process (mounted?)") from None
+
+    def close(self) -> None:
+        env = getattr(self, "env", None)
+        if env is not None:
+            env.close()
+            self.env = None
+        f = getattr(self, "_lockf", None)
+        if f is not None:
+            f.close()
+            self._lockf = None
+
+    # ------------------------------------------------------------ transactions
+    def _enter(self):
+        with self._gate:
+            while self._growing:
+                self._gate.wait()
+            self._active += 1
+
+    def _leave(self):
+        with self._gate:
+            self._active -= 1
+            self._gate.notify_all()
+
+    def read(self, fn):
+        """fn(txn) in a short read transaction."""
+        for _ in range(3):
+            self._enter()
+            try:
+                with self.env.begin(buffers=False) as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                pass
+            except lmdb.Error as e:
+                from ..errors import Corrupt
+                raise Corrupt(f"store structure damaged: {e}") from None
+            finally:
+                self._leave()
+            self._adopt_map_size()
+        raise StowError("store map keeps being resized by another process")
+
+    def write(self, fn, changed=None):
+        """fn(txn) in one write transaction; the map grows and fn runs again when full.
+        fn must not keep state from a failed try (everything it wrote is rolled back).
+        The generation is bumped unless changed() says nothing was written (then the
+        commit writes no page either)."""
+        if self.readonly:
+            raise ReadOnly("store opened read-only")
+        for _ in range(64):
+            self._enter()
+            try:
+                with self.env.begin(write=True) as txn:
+                    result = fn(txn)
+                    if changed is None or changed():
+                        bump(txn, self.db[b"meta"])
+                return result
+            except lmdb.MapFullError:
+                grow = True
+            except lmdb.MapResizedError:
+                grow = False
+            except lmdb.Error as e:
+                if disk_full(e):
+                    raise StoreFull(f"no space left on device: nothing was stored ({self.path})") from None
+                raise
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise StoreFull(f"no space left on device: nothing was stored ({self.path})") from None
+                raise
+            finally:
+                self._leave()
+            if grow:
+                self._exclusive(self._grow)
+            else:
+                self._adopt_map_size()
+        raise StoreFull("store map cannot grow further")
+
+    def _exclusive(self, fn):
+        with self._gate:
+            self._growing = True
+            while self._active:
+                self._gate.wait()
+            try:
+                fn()
+            finally:
+                self._growing = False
+                self._gate.notify_all()
+
+    def _grow(self):
+        size = self.env.info()["map_size"] + limits.MAP_SIZE_STEP
+        if size > limits.MAP_SIZE_MAX:
+            raise StoreFull(f"store reached its size limit ({limits.MAP_SIZE_MAX} bytes)")
+        self.env.set_mapsize(size)
+
+    def _adopt_map_size(self):
+        self._exclusive(lambda: self.env.set_mapsize(0))
+
+    def free_share(self) -> float:
+        """The share of the data file that is free pages (what a compacting copy drops)."""
+        info, st = self.env.info(), self.env.stat()
+        used = 0
+        with self.env.begin() as txn:
+            dbs = [st] + [txn.stat(db) for db in self.db.values()]
+        for s in dbs:
+            used += s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]
+        total = info["last_pgno"] + 1
+        return max(0.0, 1 - (used + 2) / total) if total else 0.0
+
+    def compact_copy(self, on_swap=None) -> bool:
+        """Replace the data file with a compacting copy of it, when no other process has
+        the store open (else False). Readers and writers of this process wait, until
+        on_swap() (run before they go on) has taken the new database handles."""
+        try:
+            fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        done = [False]
+
+        def swap():
+            envdir = self.path / "lmdb"
+            tmp = self.path / "lmdb.compacting"
+            import shutil
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            private_dir(tmp)
+            self.env.copy(str(tmp), compact=True)
+            private_file(tmp / "data.mdb")
+            names = list(self.db)
+            self.env.close()
+            os.replace(tmp / "data.mdb", envdir / "data.mdb")
+            shutil.rmtree(tmp)
+            self.env = lmdb.open(str(envdir), map_size=self._map_size(), max_dbs=len(DATABASES) + 16,
+                                 readonly=False, readahead=False, meminit=False, max_readers=limits.MAX_READERS,
+                                 lock=True, mode=0o600, subdir=True)
+            self.db = {}
+            self.open_databases(names)
+            if on_swap is not None:
+                on_swap()
+            done[0] = True
+        try:
+            self._exclusive(swap)
+        finally:
+            fcntl.flock(self._lockf, fcntl.LOCK_SH)
+        return done[0]
+
+    def _map_size(self) -> int:
+        try:
+            cur = (self.path / "lmdb" / "data.mdb").stat().st_size
+        except FileNotFoundError:
+            cur = 0
+        step = limits.MAP_SIZE_STEP
+        return max(limits.MAP_SIZE_INITIAL, -(-2 * cur // step) * step)
+
+    def disk_bytes(self) -> int:
+        total = 0
+        for f in (self.path / "lmdb").iterdir():
+            try:
+                total += f.stat().st_blocks * 512
+            except FileNotFoundError:
+                pass
+        return total
+
+
+# ------------------------------------------------------------------ meta
+def meta_get(txn, db, key: bytes, default=None):
+    v = txn.get(key, db=db)
+    if v is None:
+        return default
+    try:
+        return unpack(v)
+    except Exception:
+        from ..errors import Corrupt
+        raise Corrupt(f"store metadata {key.decode()!r} is damaged") from None
+
+
+def meta_put(txn, db, key: bytes, value) -> None:
+    txn.put(key, pack(value), db=db)
+
+
+def bump(txn, db) -> int:
+    g = meta_get(txn, db, b"generation", 0) + 1
+    meta_put(txn, db, b"generation", g)
+    return g

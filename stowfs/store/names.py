@@ -1,0 +1,269 @@
+"""The name table: every stored path, sorted, packed up to NAME_PAGE_ENTRIES to a
+compressed page (as squashfs packs its directory table), so a name costs a few bytes
+instead of an LMDB entry of its own.
+
+Stored form (database `names`): key = the UTF-8 of the page's first name, cut to
+NAME_KEY_BYTES (LMDB's key limit is 511 bytes; names may be longer), value =
+frame(tag NAMES, key = BLAKE2b-64 of the LMDB key, payload = msgpack [[names sorted],
+[file ids, as deltas]]). The frame's key binds a page to the LMDB key it is
+stored under, so a damaged key is detected.
+
+The table is an index over the records (each record holds its name): `verify`
+cross-checks the two both ways, and a read checks that the record a name led to has
+that name.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Iterator, Optional
+
+from .. import limits
+from ..errors import Corrupt
+from ..packing import pack, unpack
+from . import frames
+
+
+def page_key(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")[:limits.NAME_KEY_BYTES]
+
+
+def frame_key(k: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(k, digest_size=8).digest(), "big")
+
+
+def encode_page(k: bytes, entries: list, level: int) -> bytes:
+    """Two columns: the names, and the file ids as deltas."""
+    ids = [e[1] for e in entries]
+    deltas = ids[:1] + [b - a for a, b in zip(ids, ids[1:])]
+    return frames.encode(frames.NAMES, frame_key(k), pack([[e[0] for e in entries], deltas]), level)
+
+
+def decode_page(k: bytes, frame) -> list:
+    _, raw = frames.decode(frame, frames.NAMES, frame_key(k))
+    try:
+        names, deltas = unpack(raw)
+        if len(names) != len(deltas):
+            raise ValueError("columns differ in length")
+        entries, acc = [], 0
+        for i, (n, d) in enumerate(zip(names, deltas)):
+            acc = d if i == 0 else acc + d
+            entries.append([n, acc])
+        prev = None
+        for e in entries:
+            if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], int)):
+                raise ValueError("bad entry")
+            if prev is not None and e[0] <= prev:
+                raise ValueError("not sorted")
+            prev = e[0]
+        if not entries or page_key(entries[0][0]) != bytes(k):
+            raise ValueError("first name does not match the page key")
+        return entries
+    except Exception as e:
+        raise Corrupt(f"name page {bytes(k)[:40]!r} is damaged: {e}") from None
+
+
+class Names:
+    """The name table. A write transaction changes pages in `dirty` (key -> entries;
+    None: deleted) and writes each once, at `flush`."""
+
+    def __init__(self, db):
+        self.db = db
+        self._cache: "OrderedDict[bytes, list]" = OrderedDict()
+        self._tl = threading.local()      # a write transaction's changes: its thread's only
+        self._lock = threading.Lock()
+
+    @property
+    def dirty(self) -> dict:
+        d = getattr(self._tl, "d", None)
+        if d is None:
+            d = self._tl.d = {}
+        return d
+
+    @dirty.setter
+    def dirty(self, value: dict) -> None:
+        self._tl.d = value
+
+    def _load(self, k: bytes, frame) -> list:
+        hd = frames.header(frame, frames.NAMES, frame_key(k))
+        with self._lock:
+            got = self._cache.get(hd.hash)
+            if got is not None:
+                self._cache.move_to_end(hd.hash)
+                return got
+        got = decode_page(k, frame)
+        with self._lock:
+            self._cache[hd.hash] = got
+            while len(self._cache) > limits.NAME_PAGE_CACHE:
+                self._cache.popitem(last=False)
+        return got
+
+    def _entries(self, txn, k: bytes) -> list:
+        if k in self.dirty:
+            return self.dirty[k]
+        return self._load(k, txn.get(k, db=self.db))
+
+    def _keys_from(self, txn, k: Optional[bytes]):
+        """Page keys in order, starting at the last one <= k (all, for None)."""
+        cur = txn.cursor(db=self.db)
+        lm = []
+        if k is None:
+            ok = cur.first()
+        else:
+            ok = cur.set_range(k)
+            if ok and bytes(cur.key()) != k:
+                ok = cur.prev() or cur.first()
+            elif not ok:
+                ok = cur.last()
+        dirty = sorted(dk for dk, v in self.dirty.items() if v is not None)
+        # the floor among dirty keys too
+        if k is not None:
+            below = [dk for dk in dirty if dk <= k]
+            lo = below[-1] if below else None
+            start = bytes(cur.key()) if ok else None
+            if start is not None and start > k:
+                start = None
+            floor = max([x for x in (lo, start) if x is not None], default=None)
+        else:
+            floor = None
+
+        def lmdb_keys():
+            if not ok:
+                return
+            c2 = txn.cursor(db=self.db)
+            if floor is not None:
+                c2.set_range(floor)
+            elif not c2.first():
+                return
+            for kk in c2.iternext(keys=True, values=False):
+                yield bytes(kk)
+        import heapq
+        seen = None
+        for kk in heapq.merge(lmdb_keys(), (d for d in dirty if floor is None or d >= floor)):
+            if kk == seen:
+                continue
+            seen = kk
+            if floor is not None and kk < floor:
+                continue
+            if kk in self.dirty and self.dirty[kk] is None:
+                continue
+            yield kk
+
+    def _page_for(self, txn, name: str) -> Optional[tuple[bytes, list]]:
+        """The page whose range holds name (the last page whose first name <= name)."""
+        k = page_key(name)
+        prev = None
+        for pk in self._keys_from(txn, k):
+            entries = self._entries(txn, pk)
+            if entries[0][0] > name:
+                break
+            prev = (pk, entries)
+            if pk > k:
+                break
+        if prev is None:
+            for pk in self._keys_from(txn, None):
+                return pk, self._entries(txn, pk)
+        return prev
+
+    def lookup(self, txn, name: str) -> Optional[int]:
+        page = self._page_for(txn, name)
+        if page is None:
+            return None
+        entries = page[1]
+        i = bisect.bisect_left(entries, [name, -1])
+        if i < len(entries) and entries[i][0] == name:
+            return entries[i][1]
+        return None
+
+    def iterate(self, txn, start: str = "") -> Iterator[tuple[str, int]]:
+        """(name, id) for every name >= start, in order."""
+        for pk in self._keys_from(txn, page_key(start) if start else None):
+            for name, fid in self._entries(txn, pk):
+                if name >= start:
+                    yield name, fid
+
+    def put(self, txn, name: str, file_id: int) -> Optional[int]:
+        """Map name to file_id; returns the id it replaced, if any."""
+        page = self._page_for(txn, name)
+        if page is None:
+            k, entries = page_key(name), []
+        else:
+            k, entries = page[0], list(page[1])
+        i = bisect.bisect_left(entries, [name, -1])
+        old = None
+        if i < len(entries) and entries[i][0] == name:
+            old = entries[i][1]
+            entries[i] = [name, file_id]
+        else:
+            entries.insert(i, [name, file_id])
+        self._set(k, entries)
+        return old
+
+    def delete(self, txn, name: str) -> Optional[int]:
+        page = self._page_for(txn, name)
+        if page is None:
+            return None
+        k, entries = page[0], list(page[1])
+        i = bisect.bisect_left(entries, [name, -1])
+        if i < len(entries) and entries[i][0] == name:
+            fid = entries.pop(i)[1]
+            self._set(k, entries)
+            return fid
+        return None
+
+    def _set(self, k: bytes, entries: list) -> None:
+        """Entries become the page at k: re-keyed if its first name changed, split when
+        it grew past the page size."""
+        self.dirty[k] = None
+        if not entries:
+            return
+        pages = [entries]
+        while len(pages[-1]) > limits.NAME_PAGE_ENTRIES:
+            last = pages.pop()
+            cut = len(last) // 2
+            # pages must start with names whose keys differ (names longer than the key)
+            while cut < len(last) and page_key(last[cut][0]) == page_key(last[cut - 1][0]):
+                cut += 1
+            if cut >= len(last):
+                pages.append(last)
+                break
+            pages += [last[:cut], last[cut:]]
+        for p in pages:
+            self.dirty[page_key(p[0][0])] = p
+
+    def mark(self):
+        return dict(self.dirty)
+
+    def rollback(self, m) -> None:
+        self.dirty = m
+
+    def flush(self, txn, level: int) -> None:
+        for k, entries in self.dirty.items():
+            if entries is None:
+                txn.delete(k, db=self.db)
+        for k, entries in self.dirty.items():
+            if entries is not None:
+                frame = encode_page(k, entries, level)
+                txn.put(k, frame, db=self.db)
+                with self._lock:
+                    self._cache[frames.header(frame, frames.NAMES, frame_key(k)).hash] = entries
+        self.dirty = {}
+
+    def rewrite_all(self, txn, level: int) -> int:
+        """Re-encode every page at level (the compactor); returns pages written."""
+        n = 0
+        for k, v in list(self.pages(txn)):
+            hd = frames.header(v, frames.NAMES, frame_key(k))
+            if hd.codec != frames.ZSTD or hd.level >= level:
+                continue
+            entries = self._load(k, v)
+            txn.put(k, encode_page(k, entries, level), db=self.db)
+            n += 1
+        return n
+
+    def pages(self, txn) -> Iterator[tuple[bytes, bytes]]:
+        cur = txn.cursor(db=self.db)
+        for k, v in cur:
+            yield bytes(k), bytes(v)

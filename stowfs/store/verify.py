@@ -1,0 +1,170 @@
+"""verify: every table checked against the others, every file rebuilt against its
+checksum, damaged files named.
+
+The walk runs in a child process (`python -m stowfs.store.verify STORE`): a damaged LMDB
+page can make the LMDB library abort the process, and then the parent still reports
+"structure damaged" instead of dying with it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+
+from ..errors import Corrupt, StowError
+
+
+def walk(path: str) -> dict:
+    """The checks themselves (in the child)."""
+    from . import Store, blocks, frames, records
+    from .anchors import decode_run
+    problems: list[str] = []
+    damaged: set[str] = set()
+    store = Store(path, readonly=True, cache_bytes=64 << 20)
+    try:
+        B = store.block_size
+        # blocks: every fragment decodes whole and matches its hashes; coverage per block
+        covered: dict[int, list] = defaultdict(list)
+        bad_blocks: set[int] = set()
+        nfrag = 0
+
+        def frags(txn):
+            return [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store._blocks)]
+        for k, v in store._read(frags):
+            nfrag += 1
+            key = int.from_bytes(k, "big") if len(k) == 8 else -1
+            try:
+                frag = blocks.parse_fragment(v, key)
+                _, pieces = blocks.decode_extra(frag.hd.extra, frag.hd.raw_len, key)
+                dec = frames.PartialDecoder(v, frag.hd, pieces, frames_step())
+                dec.need(frag.hd.raw_len)
+                for s, n in frag.ranges:
+                    covered[key >> 16].append((s, s + n))
+            except Corrupt as e:
+                problems.append(str(e))
+                bad_blocks.add(key >> 16 if key >= 0 else -1)
+        # records
+        recs: dict[int, records.Record] = {}
+
+        def groups(txn):
+            return [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store._groups_db)]
+        for k, v in store._read(groups):
+            gid = int.from_bytes(k, "big") if len(k) == 8 else -1
+            try:
+                recs.update(records.decode_group(v, gid))
+            except Corrupt as e:
+                problems.append(str(e) + " (the files it describes cannot be read)")
+        # names
+        names: dict[str, int] = {}
+
+        def pages(txn):
+            return [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store._names_db)]
+        from .names import decode_page
+        for k, v in store._read(pages):
+            try:
+                for n, fid in decode_page(k, v):
+                    if n in names:
+                        problems.append(f"{n}: listed twice in the name table")
+                    names[n] = fid
+            except Corrupt as e:
+                problems.append(str(e) + " (names on it cannot be found)")
+        by_id = {}
+        ids_named = defaultdict(list)
+        for n, fid in names.items():
+            ids_named[fid].append(n)
+            r = recs.get(fid)
+            if r is None:
+                problems.append(f"{n}: the name table points at record {fid}, which does not exist")
+                damaged.add(n)
+            else:
+                by_id[fid] = r.named(n)
+        for fid, ns in ids_named.items():
+            if len(ns) > 1:
+                problems.append(f"record {fid} is named {len(ns)} times: {', '.join(ns[:4])}")
+                damaged.update(ns)
+        for fid in recs:
+            if fid not in ids_named:
+                problems.append(f"record {fid} is not reachable by any name (its name page is damaged?)")
+        # anchors (derived, but must decode)
+
+        def runs(txn):
+            return [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store._anchors_db)]
+        for k, v in store._read(runs):
+            try:
+                decode_run(v, int.from_bytes(k, "big"))
+            except Corrupt as e:
+                problems.append(str(e) + " (dedup index: rebuilt by `stowfs compact`)")
+        # every file: extents inside stored ranges, bytes against the checksum
+        import hashlib
+        for r in sorted(by_id.values(), key=lambda r: r.name):
+            try:
+                if sum(n for _, n in r.extents) != r.size:
+                    raise Corrupt(f"{r.name}: its extents do not add up to its size")
+                h = hashlib.blake2b(digest_size=records.CHECKSUM_SIZE)
+                for pos, n in r.extents:
+                    off = 0
+                    while off < n:
+                        take = min(n - off, 4 << 20)
+                        h.update(store._read(lambda txn, p=pos + off, t=take: store._reader.read(txn, p, t)))
+                        off += take
+                if h.digest() != r.checksum:
+                    raise Corrupt(f"{r.name}: its bytes do not match its checksum")
+            except Corrupt as e:
+                problems.append(str(e))
+                damaged.add(r.name)
+        c = store._read(store._counters)
+        if c["files"] != len(by_id) or c["bytes"] != sum(r.size for r in by_id.values()):
+            problems.append(f"counters say {c['files']} files / {c['bytes']} bytes, records "
+                            f"{len(by_id)} / {sum(r.size for r in by_id.values())} (stats only)")
+        return {"ok": not problems, "files": len(by_id), "blocks": len(covered) + len(bad_blocks),
+                "fragments": nfrag, "problems": problems, "damaged_files": sorted(damaged),
+                "structure_damaged": False}
+    finally:
+        store.close()
+
+
+def frames_step() -> int:
+    from .. import limits
+    return limits.PIECE_HASH_STEP
+
+
+def verify(path) -> dict:
+    """Run the walk in a child process; a crash of the child is reported, not shared."""
+    cmd = [sys.executable, "-m", "stowfs.store.verify", str(path)]
+    env = dict(os.environ)
+    pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    p = subprocess.run(cmd, capture_output=True, env=env)
+    if p.returncode == 0 or p.returncode == 3:
+        try:
+            return json.loads(p.stdout)
+        except ValueError:
+            pass
+    if p.returncode < 0:
+        why = f"the walk was killed by {signal.Signals(-p.returncode).name}"
+    else:
+        tail = p.stderr.decode("utf-8", "replace").strip().splitlines()
+        why = tail[-1] if tail else f"exit {p.returncode}"
+    return {"ok": False, "files": 0, "blocks": 0, "fragments": 0, "structure_damaged": True,
+            "problems": [f"store structure damaged: {why}"], "damaged_files": []}
+
+
+def _main() -> int:
+    path = sys.argv[1]
+    try:
+        report = walk(path)
+    except StowError as e:
+        report = {"ok": False, "files": 0, "blocks": 0, "fragments": 0, "structure_damaged": True,
+                  "problems": [f"store structure damaged: {e}"], "damaged_files": []}
+    except Exception as e:       # the LMDB library's own errors on a damaged file
+        report = {"ok": False, "files": 0, "blocks": 0, "fragments": 0, "structure_damaged": True,
+                  "problems": [f"store structure damaged: {type(e).__name__}: {e}"], "damaged_files": []}
+    sys.stdout.write(json.dumps(report))
+    return 0 if report["ok"] else 3
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
