@@ -26,7 +26,7 @@ from .lmdbpages import walk_checked
 def _data_file(store: Path) -> Path:
     found = sorted(store.rglob("data.mdb"))
     if len(found) != 1:
-        raise SystemExit(f"torture: expected one LMDB data.mdb under {store}, found {len(found)}")
+        raise RuntimeError(f"expected one LMDB data.mdb under {store}, found {len(found)}")
     return found[0]
 
 
@@ -34,11 +34,11 @@ def build(work: Path, files: list[Path], compact: bool) -> tuple[Path, dict[str,
     store = work / ("pristine-compacted" if compact else "pristine")
     r = stowfs("ingest", store, *files, "--prefix", "c", "-q")
     if r.rc != 0:
-        raise SystemExit(f"torture: building the corruption store failed: {r.text}")
+        raise RuntimeError(f"building the corruption store failed: {r.text.strip()}")
     if compact:
         r = stowfs("compact", store, "--json")
         if r.rc != 0:
-            raise SystemExit(f"torture: compact failed: {r.text}")
+            raise RuntimeError(f"compact failed: {r.text.strip()}")
     names, _ = list_names(store)
     expected = {f"c/{p.name}": p.read_bytes() for p in files}
     assert names is not None and sorted(names) == sorted(expected), "store lists other names than ingested"
