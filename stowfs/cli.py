@@ -6,13 +6,15 @@ Errors print one line on stderr; --debug shows the traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import stat
 import sys
 import time
 
 from .conversation import PARTIAL
-from .errors import StoreFull, StowError
+from .errors import StoreFull, StowError, disk_full
 
 EXIT_OK, EXIT_WARN, EXIT_ERROR = 0, 1, 2
 
@@ -58,29 +60,72 @@ def _open(args, readonly: bool = False):
     return Store(args.store, readonly=readonly)
 
 
-def _inputs(paths: list[str]) -> list[tuple[str, str]]:
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _not_regular(mode: int) -> str:
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
+def _walk(top: str, base: str, out: list, skipped: list) -> None:
+    """Every regular file under top, as (path, base/relative name), in sorted order. An
+    explicit stack, not recursion: a tree 1,000 directories deep walks like a flat one.
+    Symlinks are not followed and, like FIFOs, sockets and devices, are skipped (listed
+    in skipped with why); an unreadable directory is skipped too."""
+    stack = [(top, base)]
+    while stack:
+        path, name = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            skipped.append((path, f"cannot read directory: {e.strerror}"))
+            continue
+        subdirs = []
+        for e in entries:
+            try:
+                mode = e.stat(follow_symlinks=False).st_mode
+            except OSError as err:
+                skipped.append((e.path, err.strerror))
+                continue
+            if stat.S_ISDIR(mode):
+                subdirs.append((e.path, name + "/" + e.name))
+            elif stat.S_ISREG(mode):
+                out.append((e.path, name + "/" + e.name))
+            else:
+                skipped.append((e.path, f"skipped: {_not_regular(mode)}"))
+        stack.extend(reversed(subdirs))
+
+
+def _inputs(paths: list[str], skipped: list | None = None) -> list[tuple[str, str]]:
     """(source path, stored name) pairs; a directory keeps its relative paths under its own
-    name, as `cp -r` would."""
+    name, as `cp -r` would. Entries inside directories that are not regular files go to
+    skipped as (path, why)."""
     out = []
+    skipped = [] if skipped is None else skipped
     for p in paths:
         p = os.path.abspath(p)
-        if os.path.isdir(p):
-            base = os.path.basename(p.rstrip("/")) or "root"
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                for f in sorted(files):
-                    src = os.path.join(root, f)
-                    if os.path.isfile(src) and not os.path.islink(src):
-                        out.append((src, base + "/" + os.path.relpath(src, p).replace(os.sep, "/")))
-        elif os.path.isfile(p):
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                raise StowError(f"no such file or directory: {p}") from None
+            raise StowError(f"{p}: {e.strerror}") from None
+        if stat.S_ISDIR(st.st_mode):
+            _walk(p, os.path.basename(p.rstrip("/")) or "root", out, skipped)
+        elif stat.S_ISREG(st.st_mode):
             out.append((p, os.path.basename(p)))
         else:
-            raise StowError(f"no such file or directory: {p}")
+            raise StowError(f"{p}: not a regular file or directory ({_not_regular(st.st_mode)})")
     return out
 
 
 def cmd_ingest(args) -> int:
-    items = _inputs(args.paths)
+    skipped: list[tuple[str, str]] = []
+    items = _inputs(args.paths, skipped)
+    for path, why in skipped:
+        print(f"stowfs: {os.fsencode(path).decode('utf-8', 'backslashreplace')}: {why}", file=sys.stderr)
     if args.prefix:
         items = [(src, args.prefix.strip("/") + "/" + name) for src, name in items]
     sizes = [os.path.getsize(src) for src, _ in items]
@@ -113,6 +158,7 @@ def cmd_ingest(args) -> int:
         "partial": sum(1 for r in results if r.error and r.error.startswith(PARTIAL)),
         "seconds": round(dt, 3), "mb_per_s": round(total / dt / 1e6, 2) if dt > 0 else None,
         "failures": failures,
+        "skipped": [{"path": p, "reason": why} for p, why in skipped],
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -124,8 +170,9 @@ def cmd_ingest(args) -> int:
               + (f", {summary['unchanged']} unchanged" if summary["unchanged"] else "")
               + (f", {summary['unparsed']} stored as opaque (see `stowfs ls --errors`)" if summary["unparsed"] else "")
               + (f", {summary['partial']} with a partial text view (see `stowfs ls --errors`)" if summary["partial"] else "")
-              + (f", {len(failures)} FAILED" if failures else ""))
-    return EXIT_WARN if failures else EXIT_OK
+              + (f", {len(failures)} FAILED" if failures else "")
+              + (f", {len(skipped)} skipped (not regular files)" if skipped else ""))
+    return EXIT_WARN if failures or skipped else EXIT_OK
 
 
 def _info_dict(i) -> dict:
@@ -474,6 +521,11 @@ def main(argv=None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except StoreFull as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"stowfs: error: no space left on device ({e})", file=sys.stderr)
+        return EXIT_ERROR
     except StowError as e:
         if getattr(args, "debug", False):
             raise
@@ -482,11 +534,20 @@ def main(argv=None) -> int:
     except OSError as e:
         if getattr(args, "debug", False):
             raise
+        if e.errno == errno.ENOSPC or disk_full(getattr(args, "store", None)):
+            print(f"stowfs: error: no space left on device ({e.strerror or e})", file=sys.stderr)
+            return EXIT_ERROR
         print(f"stowfs: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return EXIT_ERROR
     except Exception as e:          # a bug: one line, the traceback with --debug
         if getattr(args, "debug", False):
             raise
+        # The storage engine can report a full disk as an I/O error of its commit (LMDB
+        # writes its pages with pwrite and, on tmpfs, sees EIO). When the store's file
+        # system has no room left, that is what the user must read.
+        if disk_full(getattr(args, "store", None)):
+            print(f"stowfs: error: no space left on device ({e})", file=sys.stderr)
+            return EXIT_ERROR
         print(f"stowfs: internal error: {type(e).__name__}: {e} (--debug shows the traceback)",
               file=sys.stderr)
         return EXIT_ERROR

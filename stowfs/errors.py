@@ -3,6 +3,7 @@ FUSE layer maps each to an errno (see ERRNO)."""
 from __future__ import annotations
 
 import errno
+import os
 
 
 class StowError(Exception):
@@ -46,3 +47,25 @@ class ReadOnly(StowError):
 
 class TooLarge(StowError):
     errno = errno.EFBIG
+
+
+DISK_FULL_BYTES = 1 << 20    # less room than this for the store: its disk counts as full
+
+
+def disk_full(path) -> bool:
+    """Whether the file system holding path (or its nearest existing parent) has less
+    than DISK_FULL_BYTES left for an unprivileged writer. Used to report a failure the
+    storage engine gives as a plain I/O error as what it is: no space left on device."""
+    if not path:
+        return False
+    path = os.path.abspath(os.fspath(path))
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < DISK_FULL_BYTES

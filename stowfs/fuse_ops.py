@@ -18,7 +18,7 @@ import threading
 import pyfuse3
 import trio
 
-from .errors import StowError
+from .errors import StowError, disk_full
 from .fs import Attr, Filesystem, Notifier
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,10 @@ def _handler(fn):
             if not e.errno:
                 log.exception("%s: unexpected error", fn.__name__)
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
-        except Exception:
+        except Exception as e:
+            if disk_full(getattr(self.fs.store, "path", None)):   # the engine's EIO of a full disk
+                log.warning("%s: no space left on device (%s)", fn.__name__, e)
+                raise pyfuse3.FUSEError(errno.ENOSPC) from None
             log.exception("%s%r: unexpected error", fn.__name__, args[:3])
             raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper

@@ -191,7 +191,7 @@ def _check_store(store: str, memory: bool) -> Path:
     path = Path(store).absolute()
     if not path.exists():
         try:
-            path.mkdir(parents=True)
+            path.mkdir(parents=True, mode=0o700)      # only its owner reads a store
         except OSError as e:
             raise MountError(f"no store at {path}, and it cannot be created: {e.strerror}") from None
     if not path.is_dir():
@@ -205,7 +205,7 @@ def _check_store(store: str, memory: bool) -> Path:
 def _lock_store(path: Path):
     """Hold STORE/mount.lock for the life of the mount: one mount per store (the spool is
     its alone). Raises MountError naming the holder."""
-    f = open(path / LOCK_NAME, "a+")
+    f = open(os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -289,7 +289,7 @@ def _daemon_child(args, store: Path, mp: str, ready_fd: int) -> int:
     """Runs in the daemon: stdio to /dev/null and the log, then serve."""
     os.chdir("/")
     logf = _log_path(args, store)
-    fd = os.open(logf, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(logf, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)
@@ -340,6 +340,10 @@ def _serve(args, store: Path, mp: str, report) -> int:
     """Open the store, mount, serve until unmounted or signalled. report(None) once the
     mount is ready, report(message) if it never will be."""
     _setup_logging(args)
+    # Whatever the daemon creates in the store (spool/, spool files and directories, the
+    # log) is its owner's alone, whatever the umask it was started with: a spool file is
+    # a conversation in clear.
+    os.umask(0o077)
     try:
         import pyfuse3
         import trio

@@ -571,14 +571,14 @@ class Store:
             if readonly or not create:
                 raise NotFound(f"no store at {self.path}")
             try:
-                self.path.mkdir(parents=True)
+                self.path.mkdir(parents=True, mode=0o700)     # a store is its owner's alone
             except OSError as e:
                 raise StowError(f"cannot create store at {self.path}: {e.strerror}") from None
         envdir = self.path / "lmdb"
         if readonly and not envdir.is_dir():
             raise NotFound(f"no store at {self.path}")
         self._lockf = self._take_lock(fcntl.LOCK_SH, "is being compacted by another process")
-        envdir.mkdir(exist_ok=True)
+        envdir.mkdir(mode=0o700, exist_ok=True)
         try:
             cur = (envdir / "data.mdb").stat().st_size
         except FileNotFoundError:
@@ -586,7 +586,8 @@ class Store:
         map_size = max(limits.MAP_SIZE_INITIAL, -(-2 * cur // limits.MAP_SIZE_STEP) * limits.MAP_SIZE_STEP)
         try:
             self.env = lmdb.open(str(envdir), map_size=map_size, max_dbs=16, readonly=readonly,
-                                 readahead=False, meminit=False, max_readers=256, lock=True)
+                                 readahead=False, meminit=False, max_readers=256, lock=True,
+                                 mode=0o600)
         except lmdb.Error as e:
             self._lockf.close()
             raise StowError(f"cannot open store at {self.path}: {e}") from None
@@ -652,7 +653,7 @@ class Store:
         except lmdb.NotFoundError:
             return None
     def _take_lock(self, mode: int, what: str):
-        f = open(self.path / "stowfs.lock", "a+")
+        f = open(os.open(self.path / "stowfs.lock", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
         try:
             fcntl.flock(f, mode | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,0 +1,179 @@
+"""Single-byte flips and zeroed pages in the store's LMDB file, at random offsets and
+aimed at every named database the file holds (found by walking its pages, lmdbpages.py).
+
+Each trial starts from a pristine copy of the store, damages one place, then reads every
+file with `stowfs cat`, lists with `stowfs ls` and runs `stowfs verify`:
+  wrong   - a cat that exited 0 with bytes other than the original's;
+  crashed - a traceback, an abort or other signal, or a hang, in any of them;
+  lost    - a file that no longer reads (or is no longer listed) while verify does not
+            report it: verify exits 0, or its output does not name the file.
+Targeted trials pick a database in turn, a page of it (leaf, branch or overflow), and
+flip a byte of one entry's key, of its value, anywhere in the page, or zero the page.
+"Metadata" is every database but the one holding most of the file's pages (the content).
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+from .common import Tally, check_files, list_names, stowfs
+from .lmdbpages import walk_checked
+
+
+def _data_file(store: Path) -> Path:
+    found = sorted(store.rglob("data.mdb"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one LMDB data.mdb under {store}, found {len(found)}")
+    return found[0]
+
+
+def build(work: Path, files: list[Path], compact: bool) -> tuple[Path, dict[str, bytes]]:
+    store = work / ("pristine-compacted" if compact else "pristine")
+    r = stowfs("ingest", store, *files, "--prefix", "c", "-q")
+    if r.rc != 0:
+        raise RuntimeError(f"building the corruption store failed: {r.text.strip()}")
+    if compact:
+        r = stowfs("compact", store, "--json")
+        if r.rc != 0:
+            raise RuntimeError(f"compact failed: {r.text.strip()}")
+    names, _ = list_names(store)
+    expected = {f"c/{p.name}": p.read_bytes() for p in files}
+    assert names is not None and sorted(names) == sorted(expected), "store lists other names than ingested"
+    return store, expected
+
+
+class Target:
+    def __init__(self, store: Path, rng: random.Random):
+        self.rng = rng
+        self.lay = walk_checked(str(_data_file(store)))
+        self.size = len(self.lay.data)
+        self.psize = self.lay.psize
+        dbs = {n: d for n, d in self.lay.databases.items() if d.pages}
+        self.content = max(dbs, key=lambda n: dbs[n].data_bytes())
+        self.dbs = sorted(dbs)
+
+    def random_flip(self) -> tuple[str, list[tuple[int, bytes]]]:
+        off = self.rng.randrange(self.size)
+        return f"random flip at {off}", [(off, bytes([self.lay.data[off] ^ self._mask()]))]
+
+    def random_zero_page(self) -> tuple[str, list[tuple[int, bytes]]]:
+        pg = self.rng.randrange(self.size // self.psize)
+        return f"random zeroed page {pg}", [(pg * self.psize, bytes(self.psize))]
+
+    def _mask(self) -> int:
+        return 1 << self.rng.randrange(8) if self.rng.random() < 0.7 else self.rng.randrange(1, 256)
+
+    def targeted(self, db: str) -> tuple[str, list[tuple[int, bytes]]]:
+        d = self.lay.databases[db]
+        page = self.rng.choice(d.pages)
+        base = page.pgno * self.psize
+        mode = self.rng.choice(["key", "value", "page", "zero"] if page.nodes else ["page", "zero"])
+        if page.kind == "overflow" and mode in ("key", "value"):
+            mode = "page"
+        if mode == "zero":
+            return f"{db}: zeroed {page.kind} page {page.pgno}", [(base, bytes(self.psize))]
+        if mode == "page":
+            off = base + self.rng.randrange(self.psize * page.npages)
+        else:
+            node = self.rng.choice(page.nodes)
+            start, n = node.key if mode == "key" else (node.big if node.overflow >= 0 and node.big[1] else node.value)
+            if n == 0:
+                start, n = node.key
+            if n == 0:
+                off = base + self.rng.randrange(self.psize)
+                mode = "page"
+            else:
+                off = start + self.rng.randrange(n)
+        return (f"{db}: flip in a {page.kind} page's {mode} at {off}",
+                [(off, bytes([self.lay.data[off] ^ self._mask()]))])
+
+
+def trial(pristine: Path, trial_dir: Path, expected: dict[str, bytes], damage, tally: Tally,
+          label: str, outcomes: Counter) -> str:
+    """One damaged copy, checked; returns its outcome ("ok" when nothing went wrong)."""
+    if trial_dir.exists():
+        shutil.rmtree(trial_dir)
+    shutil.copytree(pristine, trial_dir)
+    data_file = _data_file(trial_dir)
+    with open(data_file, "r+b") as f:
+        for off, b in damage:
+            f.seek(off)
+            f.write(b)
+    tally.tried += 1
+    affected: dict[str, str] = {}
+    crashed_before = tally.crashed
+    names, lr = list_names(trial_dir)
+    if lr.crash():
+        tally.add("crashed", f"{label}: {lr.crash()}")
+    elif names is not None:
+        for n in expected:
+            if n not in names:
+                affected[n] = "not listed"
+    affected.update(check_files(trial_dir, expected, tally, what=f"{label}: ", missing_is=None))
+    v = stowfs("verify", trial_dir, timeout=300)
+    vtext = v.out.decode("utf-8", "replace") + v.text
+    if v.crash():
+        tally.add("crashed", f"{label}: verify: {v.crash()}")
+        outcomes["verify crashed"] += 1
+    elif affected and names is None and v.rc != 0:
+        # the store does not open, so no name can be listed: a loud verify is all there is
+        outcomes["store does not open; verify fails loudly"] += 1
+    elif affected:
+        unreported = [n for n in affected if v.rc == 0 or n not in vtext]
+        if unreported:
+            n = unreported[0]
+            tally.add("lost", f"{label}: {n} {affected[n]}; verify exit {v.rc} "
+                      f"{'says OK' if v.rc == 0 else 'does not name it'} "
+                      f"({len(unreported)} of {len(affected)} affected files unreported)",
+                      n=len(unreported))
+            outcomes["damage not reported by verify"] += 1
+        else:
+            outcomes["damage found and named by verify"] += 1
+    elif v.rc != 0:
+        outcomes["verify found damage no read saw"] += 1
+    else:
+        outcomes["no effect"] += 1
+    if tally.crashed > crashed_before:
+        outcomes["a command crashed"] += 1
+    return ("crashed" if tally.crashed > crashed_before else
+            "wrong" if any(v == "wrong" for v in affected.values()) else
+            "unreported" if affected and names is not None and (v.rc == 0 or any(n not in vtext for n in affected)) else
+            "ok")
+
+
+def run(work: Path, quick: bool, rng: random.Random, tally: Tally, files: list[Path], scale: dict) -> None:
+    # a spread of sizes and formats; small enough that a trial takes a few seconds
+    files = sorted(rng.sample(files, min(scale["corrupt_files"], len(files))))
+    stores = [build(work, files, compact=False), build(work, files, compact=True)]
+    targets = [Target(s, rng) for s, _ in stores]
+    outcomes: Counter = Counter()
+    per_db: Counter = Counter()
+    bad_db: dict[str, Counter] = {}
+    meta_trials = 0
+    n_random, n_targeted = scale["random_flips"], scale["targeted_flips"]
+    trial_dir = work / "damaged"
+    t0 = time.monotonic()
+    for i in range(n_random + n_targeted):
+        k = i % 2
+        (pristine, expected), tg = stores[k], targets[k]
+        if i < n_random:
+            label, damage = tg.random_zero_page() if rng.random() < 0.2 else tg.random_flip()
+        else:
+            db = tg.dbs[(i - n_random) // 2 % len(tg.dbs)]
+            label, damage = tg.targeted(db)
+            per_db[db] += 1
+            if db != tg.content:
+                meta_trials += 1
+        label = ("compacted store, " if k else "") + label
+        result = trial(pristine, trial_dir, expected, damage, tally, label, outcomes)
+        if i >= n_random and result != "ok":
+            bad_db.setdefault(db, Counter())[result] += 1
+    tally.note(f"{n_random} random (a fifth zeroed pages), {n_targeted} targeted, {meta_trials} of them "
+               f"at metadata (content database: {targets[0].content!r}) in {time.monotonic() - t0:.0f} s")
+    tally.note("targeted per database: " + ", ".join(f"{d} {c}" for d, c in sorted(per_db.items())))
+    tally.note("outcomes: " + ", ".join(f"{k} {v}" for k, v in outcomes.most_common()))
+    tally.note("targeted trials that went wrong, by database: " + ("; ".join(
+        f"{d}: " + ", ".join(f"{k} {v}" for k, v in c.most_common()) for d, c in sorted(bad_db.items())) or "none"))
