@@ -330,14 +330,17 @@ def cmd_cost(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .maintenance import verify
-    with _open(args, readonly=True) as store:
-        report = verify(store, progress=not args.json)
+    from .store.verify import verify
+    if not os.path.isdir(args.store):
+        raise StowError(f"no store at {args.store}")
+    report = verify(args.store)          # in a child process: a damaged store cannot crash us
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        for p in report["problems"]:
+        for p in dict.fromkeys(report["problems"]):
             print(f"DAMAGED: {p}")
+        for name in report["damaged_files"]:
+            print(f"damaged file: {name}")
         print(f"checked {report['files']} files, {report['fragments']} block frames: "
               + ("OK" if report["ok"] else f"{len(report['damaged_files'])} damaged files, "
                  f"{len(report['problems'])} problems"))

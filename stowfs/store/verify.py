@@ -119,6 +119,7 @@ def walk(path: str) -> dict:
         if c["files"] != len(by_id) or c["bytes"] != sum(r.size for r in by_id.values()):
             problems.append(f"counters say {c['files']} files / {c['bytes']} bytes, records "
                             f"{len(by_id)} / {sum(r.size for r in by_id.values())} (stats only)")
+        problems = list(dict.fromkeys(problems))
         return {"ok": not problems, "files": len(by_id), "blocks": len(covered) + len(bad_blocks),
                 "fragments": nfrag, "problems": problems, "damaged_files": sorted(damaged),
                 "structure_damaged": False}
