@@ -236,7 +236,9 @@ class Inbox:
         try:
             st = os.lstat(self._spool(node.path))
         except FileNotFoundError:
-            raise fs_error(errno.ENOENT) from None
+            # ingested between the lookup and this getattr: ESTALE makes the kernel look
+            # the name up again (it finds the stored file), where ENOENT would be final
+            raise fs_error(errno.ESTALE) from None
         return Attr(node.ino, stat.S_IFREG | stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns,
                     entry_timeout=INBOX_TIMEOUT, attr_timeout=0)
 

@@ -3,7 +3,8 @@
 A store is created by `stowfs ingest` and by `stowfs mount` under umask 022 (the usual
 default, which would leave new files world-readable); while the mount runs and a copy
 into inbox/ is still open (its spool file exists), every directory under the store must
-be 0700 and every file 0600 (no group or other bits). Then, as the user nobody (setpriv),
+be 0700 and every file 0600 (no group or other bits; inside spool/, which is 0700, inbox
+files keep the mode their writer asked for). Then, as the user nobody (setpriv),
 reading the LMDB file, `stowfs cat` and reading the mount must all fail, with one clear
 line from the CLI and no traceback. A read that succeeds is a leak (a failed check).
 """
@@ -21,12 +22,18 @@ from .common import CLEANUP, Mount, Skip, Tally, log_crashes, stowfs
 
 
 def _modes(store: Path) -> list[str]:
+    """Paths under the store readable by group or others. Inside spool/ (itself 0700, so
+    no one else can reach what it holds), an inbox file and directory keep the mode their
+    writer asked for: it is what inbox/ shows and what the file is stored with."""
     bad = []
+    spool = store / "spool"
     for root, dirs, files in os.walk(store):
         for n in dirs + files:
             p = Path(root) / n
             st = p.lstat()
             if stat.S_ISLNK(st.st_mode):
+                continue
+            if spool in p.parents and not spool.stat().st_mode & 0o077:
                 continue
             if st.st_mode & 0o077:
                 bad.append(f"{p.relative_to(store.parent)} {stat.filemode(st.st_mode)}")
