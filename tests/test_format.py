@@ -58,7 +58,9 @@ def parse_store(path: Path) -> dict:
         dbs = {n: env.open_db(n, txn=txn, create=False) for n in (b"meta", b"blocks", b"groups", b"names", b"anchors")}
         meta = dict(txn.cursor(db=dbs[b"meta"]))
         assert struct.unpack(">Q", meta[b"format"])[0] == 3
-        config = msgpack.unpackb(meta[b"config"])
+        body, check = meta[b"config"][:-8], meta[b"config"][-8:]
+        assert hashlib.blake2b(b"config\0" + body, digest_size=8).digest() == check
+        config = msgpack.unpackb(body)
         B = config["block_size"]
         stream = {}
         for k, v in txn.cursor(db=dbs[b"blocks"]):

@@ -239,8 +239,10 @@ class Inbox:
             # ingested between the lookup and this getattr: ESTALE makes the kernel look
             # the name up again (it finds the stored file), where ENOENT would be final
             raise fs_error(errno.ESTALE) from None
+        # entry timeout 0: once the file is ingested, the next lookup must reach the stored
+        # file (a kept entry would lead a retry after ESTALE back to this alias)
         return Attr(node.ino, stat.S_IFREG | stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns,
-                    entry_timeout=INBOX_TIMEOUT, attr_timeout=0)
+                    entry_timeout=0, attr_timeout=0)
 
     def open_alias(self, node: Node, flags: int) -> Handle:
         if accmode_writes(flags):

@@ -181,8 +181,10 @@ class Store:
                 raise StowError(f"store format {n} is newer than this stowfs ({FORMAT_VERSION})")
             if n < FORMAT_VERSION:
                 raise StowError(f"store format {n} needs an upgrade: open it writable once")
-            if meta_get(txn, self._meta, b"config") is None:
-                raise Corrupt("store configuration is missing")
+            cfg = meta_get(txn, self._meta, b"config")
+            if not isinstance(cfg, dict) or not isinstance(cfg.get("block_size"), int) \
+                    or not 1 << 16 <= cfg["block_size"] <= limits.MAX_FRAME_RAW:
+                raise Corrupt("store configuration is missing or damaged")
         self._env.read(check)
 
     def _read(self, fn):

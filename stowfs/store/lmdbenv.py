@@ -307,19 +307,30 @@ class Env:
 
 
 # ------------------------------------------------------------------ meta
+def _meta_sum(key: bytes, body: bytes) -> bytes:
+    import hashlib
+    return hashlib.blake2b(key + b"\0" + body, digest_size=8).digest()
+
+
 def meta_get(txn, db, key: bytes, default=None):
+    """A meta value: msgpack followed by BLAKE2b-64 of (key, NUL, msgpack), checked."""
     v = txn.get(key, db=db)
     if v is None:
         return default
+    v = bytes(v)
+    body, check = v[:-8], v[-8:]
     try:
-        return unpack(v)
+        if len(v) < 9 or _meta_sum(key, body) != check:
+            raise ValueError("checksum")
+        return unpack(body)
     except Exception:
         from ..errors import Corrupt
         raise Corrupt(f"store metadata {key.decode()!r} is damaged") from None
 
 
 def meta_put(txn, db, key: bytes, value) -> None:
-    txn.put(key, pack(value), db=db)
+    body = pack(value)
+    txn.put(key, body + _meta_sum(key, body), db=db)
 
 
 def bump(txn, db) -> int:
