@@ -172,7 +172,7 @@ def record_added(store, results) -> None:
     bytes; derived, best effort: a file without a record is estimated (see query)."""
     from ..packing import encode_uvarints
     rows = [(r.file_id, r.new_bytes) for r in results]
-    if not rows:
+    if not rows or not hasattr(store, "aux_write"):
         return
 
     def work(txn, db):
@@ -186,6 +186,8 @@ def _added(store) -> dict[int, int]:
 
     def work(txn, db):
         return {int.from_bytes(k, "big"): decode_uvarints(v)[0] for k, v in txn.cursor(db=db)}
+    if not hasattr(store, "aux_read"):      # the in-memory twin keeps no derived data
+        return {}
     return store.aux_read(ADDED_DB, work) or {}
 
 
