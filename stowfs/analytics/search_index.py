@@ -483,6 +483,9 @@ def index_bytes(store) -> int:
 
 # ====================================================================== lookups
 class _PageCache:
+    """Decoded pages: (terms, postings, the terms joined by newlines, where each term
+    starts in that blob, the indexes of cut terms), a few hundred pages at a time."""
+
     def __init__(self, limit: int):
         self.limit = limit
         self.d: dict = {}
@@ -493,7 +496,13 @@ class _PageCache:
             v = self.d.get(key)
         if v is None:
             terms, lists = unpack(_decompressor().decompress(load()))
-            v = (terms, lists)
+            blob = b"\n".join(terms)
+            starts, pos = [], 0
+            for t in terms:
+                starts.append(pos)
+                pos += len(t) + 1
+            longs = [i for i, t in enumerate(terms) if len(t) >= MAX_TERM]
+            v = (terms, lists, blob, starts, longs)
             with self.lock:
                 if len(self.d) >= self.limit:
                     self.d.pop(next(iter(self.d)))
@@ -529,7 +538,7 @@ def _segment_ids(txn, db, epoch: str, seg: int, cond: Condition) -> set[int]:
         key = _page_at(cur, pfx, cond.term)
         if key is None:
             return out
-        terms, lists = load(key)
+        terms, lists = load(key)[:2]
         i = bisect.bisect_left(terms, cond.term)
         if i < len(terms) and terms[i] == cond.term:
             out.update(_ids_decode(lists[i]))
@@ -543,7 +552,7 @@ def _segment_ids(txn, db, epoch: str, seg: int, cond: Condition) -> set[int]:
             if not key.startswith(pfx):
                 return out
         while True:
-            terms, lists = load(key)
+            terms, lists = load(key)[:2]
             i = bisect.bisect_left(terms, cond.term)
             while i < len(terms) and terms[i].startswith(cond.term):
                 out.update(_ids_decode(lists[i]))
@@ -551,14 +560,20 @@ def _segment_ids(txn, db, epoch: str, seg: int, cond: Condition) -> set[int]:
             if i < len(terms) or not cur.next() or not cur.key().startswith(pfx):
                 return out
             key = cur.key()
-    # suffix / infix: every term of the segment (a long term was cut: keep it as a maybe)
-    test = (lambda t: t.endswith(cond.term)) if cond.kind == "suffix" else (lambda t: cond.term in t)
+    # suffix / infix: every term of the segment, searched in the page's joined terms (a
+    # term cut at MAX_TERM may hold the word past its cut: kept as a maybe)
+    needle = cond.term + (b"\n" if cond.kind == "suffix" else b"")
     ok = cur.set_range(pfx)
     while ok and cur.key().startswith(pfx):
-        terms, lists = load(cur.key())
-        for t, p in zip(terms, lists):
-            if len(t) >= MAX_TERM or test(t):
-                out.update(_ids_decode(p))
+        terms, lists, blob, starts, longs = load(cur.key())
+        hit = set(longs)
+        blob_end = blob + b"\n"
+        j = blob_end.find(needle)
+        while j >= 0:
+            hit.add(bisect.bisect_right(starts, j) - 1)
+            j = blob_end.find(needle, j + 1)
+        for i in hit:
+            out.update(_ids_decode(lists[i]))
         ok = cur.next()
     return out
 
