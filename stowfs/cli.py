@@ -344,21 +344,32 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
-def _open_for_derived(args):
-    """Writable when possible (the derived indexes are brought up to date), else read-only
-    (then files not indexed yet are read directly)."""
-    from .errors import ReadOnly
+def _open_for_derived(args, in_step):
+    """The store for a question answered from derived data (search index, embeddings):
+    read-only when that data is in step (opening a store for writing moves its
+    generation, which would make the next question sync again), else writable so it
+    is brought up to date; read-only anyway when the store cannot be written (then
+    files not indexed yet are read directly)."""
     from .store import Store
+    ro = Store(args.store, readonly=True)
+    try:
+        fresh = in_step(ro)
+    except BaseException:
+        ro.close()
+        raise
+    if fresh:
+        return ro
+    ro.close()
     try:
         return Store(args.store, create=False)
-    except (ReadOnly, PermissionError, OSError):
+    except (StowError, OSError):
         return Store(args.store, readonly=True)
 
 
 def cmd_search(args) -> int:
     if args.semantic:
         from .analytics import semantic
-        with _open_for_derived(args) as store:
+        with _open_for_derived(args, semantic.in_step) as store:
             rows = semantic.search(store, args.query, top=args.top)
         if args.json:
             print(json.dumps(rows, indent=2))
@@ -367,7 +378,7 @@ def cmd_search(args) -> int:
                 print(f"{r['score']:.3f}  {r['file']}#{r['conversation'] + 1}  {r['first_request']}")
         return EXIT_OK
     from .analytics import search_index
-    with _open_for_derived(args) as store:
+    with _open_for_derived(args, search_index.in_step) as store:
         hits = search_index.search(store, args.query, regex=args.regex, ignore_case=args.ignore_case,
                                    role=args.role, models=_set(args.model), apps=_set(args.app),
                                    files_only=args.files_with_matches)
@@ -399,7 +410,7 @@ def cmd_embed(args) -> int:
 
 def cmd_cluster(args) -> int:
     from .analytics import semantic
-    with _open_for_derived(args) as store:
+    with _open_for_derived(args, semantic.in_step) as store:
         r = semantic.cluster(store, args.k, seed=args.seed)
     if args.json:
         print(json.dumps(r, indent=2))
@@ -414,7 +425,7 @@ def cmd_cluster(args) -> int:
 
 def cmd_outliers(args) -> int:
     from .analytics import semantic
-    with _open_for_derived(args) as store:
+    with _open_for_derived(args, semantic.in_step) as store:
         r = semantic.outliers(store, k=args.k, seed=args.seed, top=args.top)
     if args.json:
         print(json.dumps(r, indent=2))

@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import zstandard
 
 from ..errors import NotFound, ReadOnly, StowError
-from ..packing import decode_uvarints, encode_uvarints, pack, unpack
+from ..packing import decode_uvarints, pack, unpack
 
 DB = "search"
 VERSION = 2
@@ -82,6 +82,8 @@ def words(data: bytes) -> bytes:
 def terms_of(data: bytes) -> set[bytes]:
     """The distinct terms of a text view."""
     out = set(words(data).split())
+    if not out or max(map(len, out)) <= MAX_TERM:
+        return out
     long = [w for w in out if len(w) > MAX_TERM]
     for w in long:
         out.discard(w)
@@ -141,11 +143,18 @@ def _page_prefix(seg: int) -> bytes:
 
 
 def _ids_encode(ids) -> bytes:
-    prev, out = 0, []
-    for i in sorted(ids):
-        out.append(i - prev)
+    """Varint deltas of ascending file ids (callers pass them sorted); the same bytes as
+    packing.encode_uvarints of the deltas, inlined: it runs once per term of a segment."""
+    out = bytearray()
+    prev = 0
+    for i in ids:
+        v = i - prev
         prev = i
-    return encode_uvarints(out)
+        while v >= 0x80:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
+    return bytes(out)
 
 
 def _ids_decode(buf: bytes) -> list[int]:
@@ -288,13 +297,9 @@ class _Builder:
         self.text_bytes += len(text)
         if not text:
             return
-        post = self.postings
+        add = self.postings.setdefault
         for t in terms_of(text):
-            lst = post.get(t)
-            if lst is None:
-                post[t] = [fid]
-            else:
-                lst.append(fid)
+            add(t, []).append(fid)
 
     def full(self) -> bool:
         return len(self.ids) >= SEG_FILES or self.text_bytes >= SEG_TEXT

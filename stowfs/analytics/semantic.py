@@ -174,6 +174,14 @@ def _ids(txn, db) -> set[int]:
     return out
 
 
+def in_step(store) -> bool:
+    """Whether the embeddings were last synced at the store's current generation."""
+    if not hasattr(store, "aux_read"):
+        return False
+    meta = store.aux_read(DB, _meta)
+    return meta is not None and meta.get("gen") == store.generation
+
+
 def embed(store, progress: Optional[Callable[[int, int], None]] = None, batch_files: int = 64) -> dict:
     """Embed the conversations of files not embedded yet; drop ids that are gone."""
     from ..formats import parse
