@@ -841,6 +841,10 @@ class Syncer:
             except ReadOnly:
                 return
             except Exception as e:     # logged, never silent; the next query syncs again
+                if getattr(self.store, "env", True) is None:
+                    if self.log is not None:   # the store was closed (unmount) under the sync
+                        self.log.info("search index sync stopped: the store was closed")
+                    return
                 if self.log is not None:
                     self.log.error("search index sync failed: %s", e, exc_info=True)
             with self._lock:
