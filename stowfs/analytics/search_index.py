@@ -17,8 +17,9 @@ byte of a non-ASCII character), ASCII-lower-cased and cut to MAX_TERM bytes. Lay
     b"d" + u32 seg           {"ids": varint deltas of the live file ids of the segment,
                               "n": file ids it was built with, "tb": text bytes indexed}
     b"p" + u32 seg + TERM    one page of the segment's term dictionary, keyed by its first
-                              term: zstd(msgpack [terms, postings]); postings are varint
-                              deltas of file ids; terms sorted (code point = UTF-8 order)
+                              term: zstd(msgpack [the page's terms joined by "\\n",
+                              postings]); postings are varint deltas of file ids; terms
+                              sorted as bytes
 
 A segment is built from up to SEG_FILES files (or SEG_TEXT bytes of text) in one write
 transaction; its pages never change. Removing a file only drops its id from the segment's
@@ -50,7 +51,7 @@ from ..errors import NotFound, ReadOnly, StowError
 from ..packing import decode_uvarints, pack, unpack
 
 DB = "search"
-VERSION = 2
+VERSION = 3
 MAX_TERM = 40                  # bytes of a word kept as its term
 SEG_FILES = 2000               # files a segment is built from at most
 SEG_TEXT = 24 << 20            # ... or bytes of text
@@ -124,13 +125,15 @@ def conditions(phrase: str) -> list[Condition]:
 
 
 def _plan(conds: list[Condition]) -> list[Condition]:
-    """The conditions worth looking up: exact and prefix words (longest first); a scan of
-    the term dictionary (suffix, infix) only when there is nothing else."""
-    cheap = [c for c in conds if c.kind in ("exact", "prefix")]
-    if cheap:
-        return sorted(set(cheap), key=lambda c: (c.kind != "exact", -len(c.term)))
-    scans = sorted(conds, key=lambda c: -len(c.term))
-    return scans[:1]
+    """The conditions worth looking up: exact and prefix words (longest first), then the
+    longest suffix/infix word (a scan of the joined terms) when it has 4+ bytes or
+    nothing else narrows."""
+    cheap = sorted(set(c for c in conds if c.kind in ("exact", "prefix")),
+                   key=lambda c: (c.kind != "exact", -len(c.term)))
+    scans = sorted((c for c in conds if c.kind in ("suffix", "infix")), key=lambda c: -len(c.term))
+    if scans and (not cheap or len(scans[0].term) >= 4):
+        cheap.append(scans[0])      # a scan narrows last, once the lookups have
+    return cheap
 
 
 # ====================================================================== state
@@ -243,10 +246,10 @@ def _pages(postings: dict[bytes, list[int]]) -> Iterator[tuple[bytes, bytes]]:
         lists.append(p)
         raw += len(t) + len(p) + 4
         if raw >= PAGE_RAW:
-            yield terms[0], _compressor().compress(pack([terms, lists]))
+            yield terms[0], _compressor().compress(pack([b"\n".join(terms), lists]))
             terms, lists, raw = [], [], 0
     if terms:
-        yield terms[0], _compressor().compress(pack([terms, lists]))
+        yield terms[0], _compressor().compress(pack([b"\n".join(terms), lists]))
 
 
 def _write_segment(txn, db, seg: int, postings: dict[bytes, list[int]], ids: Iterable[int],
@@ -402,8 +405,8 @@ def _read_segment(txn, db, seg: int, keep: Optional[set] = None) -> dict[bytes, 
     cur = txn.cursor(db=db)
     ok = cur.set_range(pfx)
     while ok and cur.key().startswith(pfx):
-        terms, lists = unpack(_decompressor().decompress(cur.value()))
-        for t, p in zip(terms, lists):
+        blob, lists = unpack(_decompressor().decompress(cur.value()))
+        for t, p in zip(blob.split(b"\n"), lists):
             ids = _ids_decode(p)
             if keep is not None:
                 ids = [i for i in ids if i in keep]
@@ -488,8 +491,8 @@ def index_bytes(store) -> int:
 
 # ====================================================================== lookups
 class _PageCache:
-    """Decoded pages: (terms, postings, the terms joined by newlines, where each term
-    starts in that blob, the indexes of cut terms), a few hundred pages at a time."""
+    """Decoded pages (the joined terms, the terms, their postings), a few hundred at a
+    time."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -500,19 +503,16 @@ class _PageCache:
         with self.lock:
             v = self.d.get(key)
         if v is None:
-            terms, lists = unpack(_decompressor().decompress(load()))
-            blob = b"\n".join(terms)
-            starts, pos = [], 0
-            for t in terms:
-                starts.append(pos)
-                pos += len(t) + 1
-            longs = [i for i, t in enumerate(terms) if len(t) >= MAX_TERM]
-            v = (terms, lists, blob, starts, longs)
+            blob, lists = unpack(_decompressor().decompress(load()))
+            v = (blob.split(b"\n"), lists, blob)
             with self.lock:
                 if len(self.d) >= self.limit:
                     self.d.pop(next(iter(self.d)))
                 self.d[key] = v
         return v
+
+
+_LONG = re.compile(rb"[^\n]{%d,}" % MAX_TERM)
 
 
 _pages_cache = _PageCache(_PAGE_CACHE_PAGES)
@@ -543,7 +543,7 @@ def _segment_ids(txn, db, epoch: str, seg: int, cond: Condition) -> set[int]:
         key = _page_at(cur, pfx, cond.term)
         if key is None:
             return out
-        terms, lists = load(key)[:2]
+        terms, lists, _ = load(key)
         i = bisect.bisect_left(terms, cond.term)
         if i < len(terms) and terms[i] == cond.term:
             out.update(_ids_decode(lists[i]))
@@ -557,7 +557,7 @@ def _segment_ids(txn, db, epoch: str, seg: int, cond: Condition) -> set[int]:
             if not key.startswith(pfx):
                 return out
         while True:
-            terms, lists = load(key)[:2]
+            terms, lists, _ = load(key)
             i = bisect.bisect_left(terms, cond.term)
             while i < len(terms) and terms[i].startswith(cond.term):
                 out.update(_ids_decode(lists[i]))
@@ -570,13 +570,15 @@ def _segment_ids(txn, db, epoch: str, seg: int, cond: Condition) -> set[int]:
     needle = cond.term + (b"\n" if cond.kind == "suffix" else b"")
     ok = cur.set_range(pfx)
     while ok and cur.key().startswith(pfx):
-        terms, lists, blob, starts, longs = load(cur.key())
-        hit = set(longs)
+        terms, lists, blob = load(cur.key())
         blob_end = blob + b"\n"
+        hit = set()
+        if _LONG.search(blob):          # rare: only pages holding a cut term pay for this
+            hit.update(i for i, t in enumerate(terms) if len(t) >= MAX_TERM)
         j = blob_end.find(needle)
         while j >= 0:
-            hit.add(bisect.bisect_right(starts, j) - 1)
-            j = blob_end.find(needle, j + 1)
+            hit.add(blob_end.count(b"\n", 0, j))
+            j = blob_end.find(needle, blob_end.find(b"\n", j) + 1)   # next term
         for i in hit:
             out.update(_ids_decode(lists[i]))
         ok = cur.next()
