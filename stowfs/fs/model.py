@@ -178,7 +178,7 @@ class Filesystem:
         return self._memo("values:" + key, lambda: set(self.store.index_values(key)))
 
     # ------------------------------------------------------------------ search/ (issue 15)
-    SEARCHES_KEPT = 32
+    SEARCHES_KEPT = 8            # listings kept (each up to one FileInfo per stored file)
 
     def _search_files(self, query: str) -> list:
         """FileInfo of the files whose text view holds query, kept per store generation
