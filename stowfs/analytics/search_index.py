@@ -826,10 +826,22 @@ class Syncer:
         self.log = log
         self._lock = threading.Lock()
         self._again = False
+        self._stopping = False
         self._thread: Optional[threading.Thread] = None
+
+    def stop(self, timeout: Optional[float] = 10.0) -> None:
+        """No new runs; wait for the one under way (call before the store is closed)."""
+        with self._lock:
+            self._stopping = True
+            self._again = False
+            t = self._thread
+        if t is not None:
+            t.join(timeout)
 
     def kick(self) -> None:
         with self._lock:
+            if self._stopping:
+                return
             if self._thread is not None and self._thread.is_alive():
                 self._again = True
                 return
@@ -843,7 +855,8 @@ class Syncer:
             except ReadOnly:
                 return
             except Exception as e:     # logged, never silent; the next query syncs again
-                if getattr(self.store, "env", True) is None:
+                if self._stopping or getattr(self.store, "env", True) is None or \
+                        "closed/deleted/dropped" in str(e):
                     if self.log is not None:   # the store was closed (unmount) under the sync
                         self.log.info("search index sync stopped: the store was closed")
                     return

@@ -209,6 +209,13 @@ class Filesystem:
         except StowError as e:
             raise fs_error(errno.EINVAL, str(e)) from None
 
+    def stop_background(self) -> None:
+        """Let the background search-index sync finish; the daemon calls this before it
+        closes the store."""
+        syncer = self.__dict__.get("_syncer")
+        if syncer is not None:
+            syncer.stop()
+
     def _search_synced(self) -> None:
         """Bring the search index up to date in the background (after an ingest)."""
         syncer = self.__dict__.get("_syncer")
