@@ -406,3 +406,16 @@ def test_embeddings_follow_the_store(tmp_path):
         assert r["embedded"] == 1 and r["dropped"] == 2
         vs = semantic.vectors(s)
         assert set(vs.file_ids.tolist()) == {i.file_id for i in s.iter_files()}
+
+
+def test_tokens_come_from_the_token_counters_fact():
+    """The token counter (issue 14) records {"v", "enc", "views": {view: tokens}}; query
+    counts the text view's tokens from it, and text bytes (not exact) without it."""
+    from stowfs.store import FileInfo
+    base = dict(name="x", file_id=1, size=100, text_size=40, format="openai-chat", application="openai",
+                model="gpt-4", models=("gpt-4",), day="2026-01-01", mtime=0.0, error=None, sha256="00",
+                messages=2, conversations=1)
+    with_fact = FileInfo(**base, facts={"tokens": {"v": 1, "enc": "o200k_base",
+                                                   "views": {"original": 31, "text": 12}}})
+    assert query.tokens_of(with_fact) == (12, True)
+    assert query.tokens_of(FileInfo(**base, facts={})) == (40, False)

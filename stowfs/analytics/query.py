@@ -4,8 +4,9 @@ Answered from the files' records alone (Store.iter_files: FileInfo and its facts
 a decode, so it costs one pass over the records. Per group:
 
     files, conversations, messages   counted at ingest
-    tokens                           FileInfo.facts["tokens"] when the token counter has
-                                     recorded it (exact); the text view's bytes otherwise
+    tokens                           the text view's tokens from FileInfo.facts["tokens"]
+                                     when the token counter has recorded them (exact); the
+                                     text view's bytes otherwise
                                      ("tokens_exact" says which, per group)
     original_bytes                   the files' sizes
     stored_bytes                     the store's bytes on disk shared out in proportion to
@@ -53,8 +54,8 @@ def kind_of(info) -> str:
 
 
 def tokens_of(info) -> tuple[int, bool]:
-    """(tokens, exact): the recorded token count of the file's original, else the bytes
-    of its text view (what a reader of the transcript reads)."""
+    """(tokens, exact): the recorded token count of the file's text view (the token
+    counter's fact), else the bytes of its text view: either way the transcript."""
     t = (info.facts or {}).get("tokens")
     n = _token_number(t)
     if n is not None:
@@ -63,6 +64,11 @@ def tokens_of(info) -> tuple[int, bool]:
 
 
 def _token_number(t) -> Optional[int]:
+    if isinstance(t, dict) and isinstance(t.get("views"), dict):
+        # the token counter's fact: {"v", "enc", "views": {"original": n, "text": n, ...}}
+        n = t["views"].get("text")
+        if isinstance(n, int) and not isinstance(n, bool):
+            return n
     if isinstance(t, bool):
         return None
     if isinstance(t, int):
