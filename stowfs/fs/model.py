@@ -40,6 +40,7 @@ from typing import Callable, Iterator, Optional
 
 from ..store import stats_json
 from ..errors import Corrupt, InvalidName, NotFound
+from ..analytics import search_index as _search_index   # search/ (imported here, not in a handler)
 from .cache import ByteLRU
 from .inbox import Inbox
 from .names import (BY_KEYS, FILE_CODES, REPORT_FILES, ROOT_INO, STATS_INO, TOP, dir_ino, file_ino,
@@ -220,8 +221,7 @@ class Filesystem:
         """Bring the search index up to date in the background (after an ingest)."""
         syncer = self.__dict__.get("_syncer")
         if syncer is None:
-            from ..analytics.search_index import Syncer
-            syncer = self._syncer = Syncer(self.store, log)
+            syncer = self._syncer = _search_index.Syncer(self.store, log)
         syncer.kick()
 
     def _error_files(self) -> list:
@@ -682,9 +682,9 @@ class Filesystem:
                 value = index_value(info, key)
                 if value:
                     out.add((dir_ino(view, value), flat(path)))
-            with self._lock:        # search/QUERY/ directories the kernel holds
-                out.update((n.ino, flat(path)) for n in self._nodes.values()
-                           if n.view == "search" and n.kind == DIR and n.path)
+            # search/QUERY/ directories the kernel holds (a snapshot: no lock taken here)
+            out.update((n.ino, flat(path)) for n in list(self._nodes.values())
+                       if n.view == "search" and n.kind == DIR and n.path)
         return out
 
     def _changed(self, path: str, old, new, dir_views=tuple(STORE_VIEWS)) -> None:
