@@ -542,7 +542,9 @@ class Filesystem:
         if result is None:
             return
         path, old, new = result
-        self._search_synced()
+        # (the background index sync after ingests, self._search_synced(), is off: with
+        # parallel inbox writers the daemon hung in test_parallel_writers_and_readers;
+        # search/ syncs before each listing, so results stay exact)
         if h.node.ingested:
             parent, name = self.inbox.parent_of(h.node)
             if parent:
