@@ -145,8 +145,9 @@ def cmd_ingest(args) -> int:
             else:
                 results.append(r)
             prog.step(size)
-    prog.done()
-    dt = time.monotonic() - t0
+        prog.done()
+        dt = time.monotonic() - t0
+        analytics = _after_ingest(store, results, args)
     total = sum(r.size for r in results)
     summary = {
         "files": len(results), "failed": len(failures), "bytes": total,
@@ -160,6 +161,7 @@ def cmd_ingest(args) -> int:
         "failures": failures,
         "skipped": [{"path": p, "reason": why} for p, why in skipped],
     }
+    summary.update(analytics)
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
@@ -173,6 +175,24 @@ def cmd_ingest(args) -> int:
               + (f", {len(failures)} FAILED" if failures else "")
               + (f", {len(skipped)} skipped (not regular files)" if skipped else ""))
     return EXIT_WARN if failures or skipped else EXIT_OK
+
+
+def _after_ingest(store, results, args) -> dict:
+    """Derived data kept in step with what was just stored: what each file added (for
+    `query`), the search index, and embeddings when asked."""
+    from .analytics import query, search_index
+    out = {}
+    query.record_added(store, results)
+    if not getattr(args, "no_index", False):
+        t = time.monotonic()
+        search_index.sync(store)
+        out["index_seconds"] = round(time.monotonic() - t, 3)
+    if getattr(args, "embed", False):
+        from .analytics import semantic
+        t = time.monotonic()
+        semantic.embed(store)
+        out["embed_seconds"] = round(time.monotonic() - t, 3)
+    return out
 
 
 def _info_dict(i) -> dict:
@@ -391,6 +411,218 @@ def cmd_near_dups(args) -> int:
     return _report(args, "near-dups", threshold=args.threshold, top=args.top)
 
 
+# ---------------------------------------------------------------- analytics (issue 15)
+def _set(values):
+    return set(values) if values else None
+
+
+def _progress_fn(enabled: bool):
+    if not (enabled and sys.stderr.isatty()):
+        return None
+    state = {"p": None}
+
+    def step(done, total):
+        if state["p"] is None:
+            state["p"] = Progress(total, total, True)
+        state["p"].step(1)
+        if done == total:
+            state["p"].done()
+    return step
+
+
+def cmd_query(args) -> int:
+    from .analytics import query
+    groups = query.parse_groups(args.group_by)
+    with _open(args, readonly=True) as store:
+        r = query.query(store, groups, models=_set(args.model), apps=_set(args.app),
+                        kinds=_set(args.kind), since=args.since, until=args.until)
+    sys.stdout.write(query.as_json(r) if args.json else query.as_csv(r) if args.csv else query.as_text(r))
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from .analytics import export
+    if args.max is not None and args.max < 0:
+        raise StowError("--max must be 0 or more")
+    with _open(args, readonly=True) as store:
+        s = export.export(store, args.out, args.format, models=_set(args.model), apps=_set(args.app),
+                          since=args.since, until=args.until, include_system=args.include_system,
+                          dedup_pairs=args.dedup_pairs, pairs=args.pairs, max_records=args.max)
+    out = sys.stderr if args.out == "-" else sys.stdout
+    if args.json:
+        print(json.dumps(s, indent=2), file=out)
+    else:
+        print(f"exported {s['records']} records ({s['conversations']} conversations, {s['messages']} "
+              f"messages) from {s['files']} files to {args.out} as {args.format} in {s['seconds']}s; "
+              f"pairs: {s['pairs']} total, {s['unique_pairs']} unique"
+              + (f", {s['pairs_dropped']} repeats dropped" if args.dedup_pairs else "")
+              + f"; ~{s['tokens_estimated']} tokens exported (~{s['unique_pair_tokens_estimated']} "
+              f"in unique pairs; estimated as UTF-8 bytes / 4)", file=out)
+    return EXIT_OK
+
+
+def _open_for_derived(args, in_step):
+    """The store for a question answered from derived data (search index, embeddings):
+    read-only when that data is in step (opening a store for writing moves its
+    generation, which would make the next question sync again), else writable so it
+    is brought up to date; read-only anyway when the store cannot be written (then
+    files not indexed yet are read directly)."""
+    from .store import Store
+    ro = Store(args.store, readonly=True)
+    try:
+        fresh = in_step(ro)
+    except BaseException:
+        ro.close()
+        raise
+    if fresh:
+        return ro
+    ro.close()
+    try:
+        return Store(args.store, create=False)
+    except (StowError, OSError):
+        return Store(args.store, readonly=True)
+
+
+def cmd_search(args) -> int:
+    if args.semantic:
+        from .analytics import semantic
+        with _open_for_derived(args, semantic.in_step) as store:
+            rows = semantic.search(store, args.query, top=args.top)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                print(f"{r['score']:.3f}  {r['file']}#{r['conversation'] + 1}  {r['first_request']}")
+        return EXIT_OK
+    from .analytics import search_index
+    with _open_for_derived(args, search_index.in_step) as store:
+        hits = search_index.search(store, args.query, regex=args.regex, ignore_case=args.ignore_case,
+                                   role=args.role, models=_set(args.model), apps=_set(args.app),
+                                   files_only=args.files_with_matches)
+    if args.json:
+        print(json.dumps([h.as_dict() for h in hits], indent=2, ensure_ascii=False))
+    elif args.files_with_matches:
+        for h in hits:
+            print(h.name)
+    else:
+        for h in hits:
+            where = f"#{h.message} [{h.role}]" if h.message is not None else ""
+            print(f"{h.name}{where}: {h.snippet}")
+    return EXIT_OK if hits else EXIT_WARN
+
+
+def cmd_embed(args) -> int:
+    from .analytics import semantic
+    with _open(args) as store:
+        t = time.monotonic()
+        r = semantic.embed(store, progress=_progress_fn(not args.json))
+        r["seconds"] = round(time.monotonic() - t, 3)
+        r["embedding_bytes"] = semantic.embedding_bytes(store)
+        r["disk_bytes"] = store.stats()["disk_bytes"]
+    print(json.dumps(r, indent=2) if args.json else
+          f"embedded {r['conversations']} conversations of {r['embedded']} new files in {r['seconds']}s "
+          f"({r['dropped']} files gone); embeddings take {_human(r['embedding_bytes'])}")
+    return EXIT_OK
+
+
+def cmd_cluster(args) -> int:
+    from .analytics import semantic
+    with _open_for_derived(args, semantic.in_step) as store:
+        r = semantic.cluster(store, args.k, seed=args.seed)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return EXIT_OK
+    print(f"{r['conversations']} conversations in {r['k']} clusters (seed {r['seed']})")
+    for c in r["clusters"]:
+        print(f"\ncluster {c['cluster']}: {c['size']} conversations, cohesion {c['cohesion']}")
+        for e in c["examples"]:
+            print(f"  {e['similarity']:.3f}  {e['file']}#{e['conversation'] + 1}  {e['first_request']}")
+    return EXIT_OK
+
+
+def cmd_outliers(args) -> int:
+    from .analytics import semantic
+    with _open_for_derived(args, semantic.in_step) as store:
+        r = semantic.outliers(store, k=args.k, seed=args.seed, top=args.top)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return EXIT_OK
+    print(f"outlier score = 1 - cosine to the nearest of {r['k']} centroids (seed {r['seed']}), "
+          f"{r['conversations']} conversations")
+    for o in r["outliers"]:
+        print(f"{o['score']:.3f}  {o['file']}#{o['conversation'] + 1}  {o['first_request']}")
+    return EXIT_OK
+
+
+def _add_analytics_commands(cmd) -> None:
+    sp = cmd("query", cmd_query, "conversations, messages, tokens and bytes per model, app, kind, day "
+             "or format, from the files' records (no decode)")
+    sp.add_argument("store")
+    sp.add_argument("--model", action="append", metavar="M", help="only files of this model (repeatable)")
+    sp.add_argument("--app", action="append", metavar="A", help="only files of this application (repeatable)")
+    sp.add_argument("--kind", action="append", metavar="K",
+                    help="only files of this kind: session, api-log, chat, opaque (repeatable)")
+    sp.add_argument("--since", metavar="YYYY-MM-DD", help="only files of this day or later")
+    sp.add_argument("--until", metavar="YYYY-MM-DD", help="only files of this day or earlier")
+    sp.add_argument("--group-by", metavar="KEYS", help="comma-separated: model,app,kind,day,format")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true")
+    g.add_argument("--csv", action="store_true")
+
+    sp = cmd("export", cmd_export, "training data out of the store: chat-format records (messages, "
+             "OpenAI tool calls) as JSONL, a Hugging Face dataset or Parquet")
+    sp.add_argument("store")
+    sp.add_argument("out", help="output file (jsonl, parquet; '-' = stdout for jsonl) or directory (hf)")
+    sp.add_argument("--format", choices=("jsonl", "hf", "parquet"), default="jsonl",
+                    help="jsonl (default); hf and parquet need stowfs[export]")
+    sp.add_argument("--model", action="append", metavar="M")
+    sp.add_argument("--app", action="append", metavar="A")
+    sp.add_argument("--since", metavar="YYYY-MM-DD")
+    sp.add_argument("--until", metavar="YYYY-MM-DD")
+    sp.add_argument("--max", type=int, metavar="N", help="at most N records")
+    sp.add_argument("--include-system", action="store_true", help="keep system (and developer) messages")
+    sp.add_argument("--dedup-pairs", action="store_true",
+                    help="drop (user, assistant) pairs already exported, across the whole store")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--pairs", action="store_true", help="one record per (user, assistant) pair")
+    g.add_argument("--conversations", action="store_true", help="one record per conversation (default)")
+    sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    sp = cmd("search", cmd_search, "full-text search of the text view from the store's index (or "
+             "--semantic: by meaning); exit 1 when nothing matches")
+    sp.add_argument("store")
+    sp.add_argument("query", help="a phrase (found as grep -F finds it in text/), or a regex with --regex")
+    sp.add_argument("--regex", action="store_true", help="QUERY is a Python regular expression")
+    sp.add_argument("-i", "--ignore-case", action="store_true")
+    sp.add_argument("--role", metavar="R", help="only matches in messages of this role")
+    sp.add_argument("--model", action="append", metavar="M")
+    sp.add_argument("--app", action="append", metavar="A")
+    sp.add_argument("-l", "--files-with-matches", action="store_true", help="only the names of matching files")
+    sp.add_argument("--semantic", action="store_true",
+                    help="rank conversations by meaning (needs stowfs[semantic] and `stowfs embed`)")
+    sp.add_argument("-n", "--top", type=int, default=10, help="semantic: how many (default 10)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("embed", cmd_embed, "embed new conversations for semantic search, clusters and outliers "
+             "(offline model shipped in a package; needs stowfs[semantic])")
+    sp.add_argument("store")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("cluster", cmd_cluster, "k-means++ clusters of the conversations' embeddings")
+    sp.add_argument("store")
+    sp.add_argument("-k", type=int, default=8, help="number of clusters (default 8)")
+    sp.add_argument("--seed", type=int, default=0, help="random seed (same seed, same clusters)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("outliers", cmd_outliers, "conversations farthest from every cluster: "
+             "score = 1 - cosine to the nearest centroid")
+    sp.add_argument("store")
+    sp.add_argument("-k", type=int, default=8, help="clusters to measure against (default 8)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("-n", "--top", type=int, default=10, help="how many (default 10)")
+    sp.add_argument("--json", action="store_true")
+
+
 def cmd_mount(args) -> int:
     from . import mount
     return mount.cmd_mount(args)
@@ -430,6 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prefix", default="", help="store everything under this directory name")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    sp.add_argument("--no-index", action="store_true",
+                    help="do not bring the search index up to date now (the next search does)")
+    sp.add_argument("--embed", action="store_true",
+                    help="also embed the new conversations for semantic search (needs stowfs[semantic])")
 
     sp = cmd("ls", cmd_ls, "list stored files")
     sp.add_argument("store")
@@ -511,6 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threshold", type=float, default=0.8, help="estimated Jaccard similarity (default 0.8)")
     sp.add_argument("-n", "--top", type=int, default=20, help="how many clusters (default 20)")
     sp.add_argument("--json", action="store_true")
+    _add_analytics_commands(cmd)
     return p
 
 

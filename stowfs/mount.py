@@ -411,6 +411,7 @@ def _serve(args, store: Path, mp: str, report) -> int:
             pyfuse3.close(unmount=True)
         except Exception:
             log.exception("unmounting failed")
+        fs.stop_background()        # the search index's background sync, before the store goes
         _settle_all(fs)
         if compactor is not None:
             compactor.stop()

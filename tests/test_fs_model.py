@@ -117,9 +117,9 @@ def errno_of(fn, *args, **kw) -> int:
 def test_root_layout(fs):
     assert set(listdir(fs, "")) == {"inbox", "conversations", "text", "by-model", "by-app",
                                     "by-day", "errors", "stats.json", "reports",
-                                    "compact", "lean", "budget"}
+                                    "compact", "lean", "budget", "search"}
     assert set(listdir(fs, "reports")) == {"dups.txt", "prompts.txt", "near-dups.txt", "reports.json",
-                                           "cost.txt", "cost.json"}
+                                           "cost.txt", "cost.json", "by-model.txt", "by-model.json"}
     assert stat.S_ISDIR(fs.getattr(TOP["inbox"]).mode)
     assert stat.S_ISREG(fs.getattr(TOP["stats.json"]).mode)
 

@@ -149,5 +149,5 @@ def test_reports_under_the_mount(mount):
     r = json.loads((mount / "reports" / "reports.json").read_text())
     cli = subprocess.run([*CLI, "dups", str(mount.store), "--json"], capture_output=True, text=True, timeout=120)
     assert json.loads(cli.stdout) == r["dups"]
-    assert sorted(os.listdir(mount / "reports")) == ["cost.json", "cost.txt", "dups.txt", "near-dups.txt",
-                                                     "prompts.txt", "reports.json"]
+    assert sorted(os.listdir(mount / "reports")) == ["by-model.json", "by-model.txt", "cost.json", "cost.txt",
+                                                     "dups.txt", "near-dups.txt", "prompts.txt", "reports.json"]

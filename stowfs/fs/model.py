@@ -16,7 +16,10 @@
     stats.json              Store.stats() as JSON
     reports/                dups.txt, prompts.txt, near-dups.txt, reports.json (stowfs.reports),
                             cost.txt, cost.json (stowfs.cost),
+                            by-model.txt, by-model.json (stowfs.analytics.query),
                             computed when the store has changed since they were last read
+    search/QUERY/FLAT       symlink ../../conversations/PATH for each file whose text view
+                            holds QUERY (stowfs.analytics.search_index; '/' spelled %2F)
 
 FLAT is the stored path with '%' and '/' percent-encoded (names.flat), so the by-* and
 errors/ directories are flat and each entry maps back to exactly one stored path.
@@ -44,11 +47,12 @@ from typing import Callable, Iterator, Optional
 
 from ..store import stats_json
 from ..errors import Corrupt, InvalidName, NotFound
+from ..analytics import search_index as _search_index   # search/ (imported here, not in a handler)
 from .cache import ByteLRU
 from .inbox import DEFAULT_QUIET, Inbox
 from .names import (BUDGET, BUDGET_LISTED, BY_KEYS, FILE_CODES, FOLDER_SUFFIX, REPORT_FILES, ROOT_INO,
                     STATS_INO, STORE_FOLDERS, TOP, budget_of, budget_view, dir_ino, file_ino,
-                    fits, flat, join, link_target, split, unflat)
+                    fits, flat, join, link_target, search_query, split, unflat)
 from .node import DIR, FILE, LINK, Attr, DirHandle, FileMeta, Handle, Node, accmode_writes, fs_error
 
 log = logging.getLogger(__name__)
@@ -185,10 +189,60 @@ class Filesystem:
             return self._memo("report:" + name, lambda: render(cost.compute(self.store)).encode())
         if name == "reports.json":
             return self._memo("report:" + name, lambda: reports.render_all_json(self.store))
+        if name.startswith("by-model."):
+            from ..analytics import query
+            fn = query.by_model_json if name.endswith(".json") else query.by_model_text
+            return self._memo("report:" + name, lambda: fn(self.store))
         return self._memo("report:" + name, lambda: reports.render_text(self.store, name[:-4]))
 
     def _index_values(self, key: str) -> set:
         return self._memo("values:" + key, lambda: set(self.store.index_values(key)))
+
+    # ------------------------------------------------------------------ search/ (issue 15)
+    SEARCHES_KEPT = 8            # listings kept (each up to one FileInfo per stored file)
+
+    def _search_files(self, query: str) -> list:
+        """FileInfo of the files whose text view holds query, kept per store generation
+        for the last SEARCHES_KEPT queries."""
+        from ..analytics import search_index
+        from ..errors import StowError
+        try:
+            search_index.sync(self.store)     # first: its writes move the generation
+            files = self._memo("search:" + query,
+                               lambda: search_index.matching_files(self.store, query, do_sync=False))
+        except StowError as e:
+            raise fs_error(errno.EINVAL, str(e)) from None
+        keys = [k for k in self._memos if k.startswith("search:")]
+        for k in keys[:-self.SEARCHES_KEPT]:
+            self._memos.pop(k, None)
+        return files
+
+    def _search_hit(self, query: str, info) -> bool:
+        """Whether search/QUERY/ lists info: from the kept listing when current, else by
+        reading that one file's text (a lookup never runs a whole search)."""
+        from ..analytics import search_index
+        from ..errors import StowError
+        hit = self._memos.get("search:" + query)
+        if hit is not None and hit[0] == self.store.generation:
+            return any(i.file_id == info.file_id for i in hit[1])
+        try:
+            return search_index.file_matches(self.store, info, query)
+        except StowError as e:
+            raise fs_error(errno.EINVAL, str(e)) from None
+
+    def stop_background(self) -> None:
+        """Let the background search-index sync finish; the daemon calls this before it
+        closes the store."""
+        syncer = self.__dict__.get("_syncer")
+        if syncer is not None:
+            syncer.stop()
+
+    def _search_synced(self) -> None:
+        """Bring the search index up to date in the background (after an ingest)."""
+        syncer = self.__dict__.get("_syncer")
+        if syncer is None:
+            syncer = self._syncer = _search_index.Syncer(self.store, log)
+        syncer.kick()
 
     def _error_files(self) -> list:
         # TODO(store): an index of errored files would avoid this scan (cached per generation).
@@ -318,6 +372,13 @@ class Filesystem:
         elif v == "reports":
             if name in REPORT_FILES:
                 return self._nodes[REPORT_FILES[name]]
+        elif v == "search":
+            if not d.path:
+                return self._dir_node(v, search_query(name))
+            path = unflat(name)
+            info = self._info(path) if path is not None else None
+            if info is not None and self._search_hit(d.path, info):
+                return self._file_node("link", info)
         elif v == "conversations":
             path = join(d.path, name)
             alias = self.inbox.alias(path)     # written, not ingested yet: the spool file
@@ -397,6 +458,9 @@ class Filesystem:
             out = [(flat(i.name) + ".txt", self._file_node(v, i)) for i in self._error_files()
                    if flat(i.name) + ".txt" not in failed]
             out += list(failed.items())
+        elif v == "search":
+            out = [] if not d.path else \
+                [(flat(i.name), self._file_node("link", i)) for i in self._search_files(d.path)]
         elif v in BY_KEYS:
             key = BY_KEYS[v]
             if not d.path:
@@ -773,6 +837,9 @@ class Filesystem:
                 value = index_value(info, key)
                 if value:
                     out.add((dir_ino(view, value), flat(path)))
+            # search/QUERY/ directories the kernel holds (a snapshot: no lock taken here)
+            out.update((n.ino, flat(path)) for n in list(self._nodes.values())
+                       if n.view == "search" and n.kind == DIR and n.path)
         return out
 
     def _changed(self, path: str, old, new, dir_views=tuple(STORE_VIEWS)) -> None:
@@ -816,7 +883,7 @@ class Filesystem:
                 elif n.view in STORE_VIEWS:
                     if not self.store.is_dir(n.path):
                         self._gone_dirs(n.path)
-                elif n.path not in self._index_values(BY_KEYS[n.view]):
+                elif n.view in BY_KEYS and n.path not in self._index_values(BY_KEYS[n.view]):
                     self.notifier.entry(TOP[n.view], flat(n.path))
             else:
                 current = self._info(n.path)

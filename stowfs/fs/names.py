@@ -150,3 +150,21 @@ def split(path: str) -> tuple[str, str]:
 def link_target(path: str) -> str:
     """Target of by-*/VALUE/FLAT: relative, two levels up to the mount root."""
     return "../../conversations/" + path
+
+
+# search/QUERY/ and the analytics reports (issue 15): fixed nodes whose inodes are hashed
+# into the directory range, so they take none of the few small fixed numbers.
+def _hashed_ino(name: str) -> int:
+    return dir_ino("fixed", name)
+
+
+TOP["search"] = _hashed_ino("search")          # search/QUERY/FLAT -> ../../conversations/PATH
+REPORT_FILES["by-model.txt"] = _hashed_ino("reports/by-model.txt")
+REPORT_FILES["by-model.json"] = _hashed_ino("reports/by-model.json")
+
+
+def search_query(name: str) -> str:
+    """The query a search/ entry name stands for: '/' cannot be in a name, so it is
+    spelled %2F (and '%' as %25) as in the flat names; any other name is the query."""
+    q = unflat(name)
+    return q if q is not None else name
