@@ -413,7 +413,7 @@ def test_tokens_come_from_the_token_counters_fact():
     counts the text view's tokens from it, and text bytes (not exact) without it."""
     from stowfs.store import FileInfo
     base = dict(name="x", file_id=1, size=100, text_size=40, format="openai-chat", application="openai",
-                model="gpt-4", models=("gpt-4",), day="2026-01-01", mtime=0.0, error=None, sha256="00",
+                model="gpt-4", models=("gpt-4",), day="2026-01-01", mtime=0.0, error=None, checksum="00",
                 messages=2, conversations=1)
     with_fact = FileInfo(**base, facts={"tokens": {"v": 1, "enc": "o200k_base",
                                                    "views": {"original": 31, "text": 12}}})

@@ -53,6 +53,7 @@ def test_search_folder_is_grep(mount, tmp_path):
         pytest.skip(f"real corpus not found at {CORPUS}")
     for sub in ("claude-code-spotter", "api-cassettes-pydantic-ai", "agent-history-redacted"):
         run("cp", "-r", CORPUS / sub, mount / "inbox" / sub)
+    mount.settled()                 # stored once settled (not at close)
     check(mount)
     conv = mount / "conversations"
     files = sorted(p for p in conv.rglob("*") if p.is_file())
@@ -61,6 +62,7 @@ def test_search_folder_is_grep(mount, tmp_path):
     other = next(p for p in (CORPUS / "claude-code-spotter").rglob("*.jsonl")
                  if p.read_bytes() != files[1].read_bytes())
     run("cp", other, mount / "inbox" / files[1].relative_to(conv))
+    mount.settled()
     run("mv", files[2], conv / "renamed.jsonl")
     check(mount)
     # the reports/by-model files say what `stowfs query --group-by model` says
