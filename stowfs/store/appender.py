@@ -221,7 +221,3 @@ class Appender:
         self.ep += 1
         meta_put(txn, self.meta, b"stream", {"end": self.end, "epoch": self.ep})
         self.epoch = (self.end, self.ep)
-
-    @property
-    def fragment_count(self) -> int:
-        return len(self.frags)

@@ -217,9 +217,3 @@ def compact(store, level: int = limits.LEVEL_COMPACT, progress=None) -> dict:
             "blocks_before": frags_before, "blocks_after": store.block_stats()["fragments"],
             "blocks_rewritten": rewritten, "bytes_dropped": dropped,
             "free_pages_returned": reclaimed}
-
-
-def pending_work(store, level: int = limits.LEVEL_COMPACT) -> bool:
-    """True when compaction has something to do (cheap: frame headers only)."""
-    b = store.block_stats()
-    return b["low_level_fragments"] > 0 or b["fragments"] > len(block_ids(store))

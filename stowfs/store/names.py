@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import threading
-from collections import OrderedDict
 from typing import Iterator, Optional
 
 from .. import limits
 from ..errors import Corrupt
 from ..packing import pack, unpack
 from . import frames
+from .tables import FrameCache, ThreadDirty
 
 
 def page_key(name: str) -> bytes:
@@ -65,40 +64,18 @@ def decode_page(k: bytes, frame) -> list:
         raise Corrupt(f"name page {bytes(k)[:40]!r} is damaged: {e}") from None
 
 
-class Names:
+class Names(ThreadDirty):
     """The name table. A write transaction changes pages in `dirty` (key -> entries;
     None: deleted) and writes each once, at `flush`."""
 
     def __init__(self, db):
+        super().__init__()
         self.db = db
-        self._cache: "OrderedDict[bytes, list]" = OrderedDict()
-        self._tl = threading.local()      # a write transaction's changes: its thread's only
-        self._lock = threading.Lock()
-
-    @property
-    def dirty(self) -> dict:
-        d = getattr(self._tl, "d", None)
-        if d is None:
-            d = self._tl.d = {}
-        return d
-
-    @dirty.setter
-    def dirty(self, value: dict) -> None:
-        self._tl.d = value
+        self._cache = FrameCache(limits.NAME_PAGE_CACHE)
 
     def _load(self, k: bytes, frame) -> list:
         hd = frames.header(frame, frames.NAMES, frame_key(k))
-        with self._lock:
-            got = self._cache.get(hd.hash)
-            if got is not None:
-                self._cache.move_to_end(hd.hash)
-                return got
-        got = decode_page(k, frame)
-        with self._lock:
-            self._cache[hd.hash] = got
-            while len(self._cache) > limits.NAME_PAGE_CACHE:
-                self._cache.popitem(last=False)
-        return got
+        return self._cache.get(hd.hash, lambda: decode_page(k, frame))
 
     def _entries(self, txn, k: bytes) -> list:
         if k in self.dirty:
@@ -247,8 +224,7 @@ class Names:
             if entries is not None:
                 frame = encode_page(k, entries, level)
                 txn.put(k, frame, db=self.db)
-                with self._lock:
-                    self._cache[frames.header(frame, frames.NAMES, frame_key(k)).hash] = entries
+                self._cache.put(frames.header(frame, frames.NAMES, frame_key(k)).hash, entries)
         self.dirty = {}
 
     def rewrite_all(self, txn, level: int) -> int:

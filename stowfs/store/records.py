@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import threading
 from typing import Optional
 
 from .. import limits
 from ..errors import Corrupt
 from ..packing import get_uvarint, pack, put_uvarint, unpack
 from . import frames
+from .tables import FrameCache, ThreadDirty
 
 _KEY = struct.Struct(">Q")
 
@@ -73,34 +73,27 @@ class Record:
     """One file's record; its extents are decoded on first use."""
     __slots__ = ("file_id", "name", "size", "mtime_ns", "mode", "format", "application", "model",
                  "models", "day", "error", "messages", "conversations", "facts", "checksum",
-                 "_ext", "_ext_raw")
+                 "_ext")
     FIELDS = ("file_id", "name", "size", "mtime_ns", "mode", "format", "application", "model",
               "models", "day", "error", "messages", "conversations", "facts", "checksum")
     STORED = FIELDS[:1] + FIELDS[2:]        # the name lives in the name table only
 
     def __init__(self, file_id, name, size, mtime_ns, mode, format, application, model, models,
-                 day, error, messages, conversations, facts, checksum, extents=None, ext_raw=None):
+                 day, error, messages, conversations, facts, checksum, extents=None):
         self.file_id, self.name, self.size, self.mtime_ns, self.mode = file_id, name, size, mtime_ns, mode
         self.format, self.application, self.model, self.models = format, application, model, models
         self.day, self.error, self.messages, self.conversations = day, error, messages, conversations
         self.facts, self.checksum = facts, checksum
-        self._ext = extents
-        self._ext_raw = ext_raw
+        self._ext = extents if extents is not None else []
 
     @property
     def extents(self) -> list:
-        if self._ext is None:
-            try:
-                self._ext = decode_extents(self._ext_raw)
-            except ValueError as e:
-                raise Corrupt(f"{self.name}: its extents are damaged: {e}") from None
         return self._ext
 
     def replace(self, **kw) -> "Record":
         d = {f: getattr(self, f) for f in self.FIELDS}
         d.update(kw)
-        if "extents" not in kw:
-            d["extents"], d["ext_raw"] = self._ext, self._ext_raw
+        d.setdefault("extents", self._ext)
         return Record(**d)
 
     def to_list(self) -> list:
@@ -109,8 +102,6 @@ class Record:
     def named(self, name: str) -> "Record":
         return self.replace(name=name)
 
-    def stored_extent_bytes(self) -> int:
-        return sum(n for _, n in self.extents)
 
 
 def group_of(file_id: int) -> int:
@@ -213,28 +204,14 @@ def decode_group(frame, gid: int) -> dict[int, Record]:
         raise Corrupt(f"record group {gid} is damaged: {e}") from None
 
 
-class Groups:
+class Groups(ThreadDirty):
     """Read and write record groups. Decoded groups are cached by content hash; a write
     transaction changes groups in `dirty` and writes each once, at `flush`."""
 
     def __init__(self, db, cache_entries: int = limits.GROUP_CACHE):
-        from collections import OrderedDict
+        super().__init__()
         self.db = db
-        self._cache: "OrderedDict[bytes, dict]" = OrderedDict()
-        self._limit = cache_entries
-        self._tl = threading.local()      # a write transaction's changes: its thread's only
-        self._lock = threading.Lock()
-
-    @property
-    def dirty(self) -> dict:
-        d = getattr(self._tl, "d", None)
-        if d is None:
-            d = self._tl.d = {}
-        return d
-
-    @dirty.setter
-    def dirty(self, value: dict) -> None:
-        self._tl.d = value
+        self._cache = FrameCache(cache_entries)
 
     def load(self, txn, gid: int) -> dict[int, Record]:
         d = self.dirty.get(gid)
@@ -244,17 +221,7 @@ class Groups:
         if frame is None:
             return {}
         hd = frames.header(frame, frames.GROUP, gid)
-        with self._lock:
-            got = self._cache.get(hd.hash)
-            if got is not None:
-                self._cache.move_to_end(hd.hash)
-                return got
-        recs = decode_group(frame, gid)
-        with self._lock:
-            self._cache[hd.hash] = recs
-            while len(self._cache) > self._limit:
-                self._cache.popitem(last=False)
-        return recs
+        return self._cache.get(hd.hash, lambda: decode_group(frame, gid))
 
     def get(self, txn, file_id: int) -> Optional[Record]:
         return self.load(txn, group_of(file_id)).get(file_id)
@@ -287,8 +254,8 @@ class Groups:
         if recs:
             frame = encode_group(gid, recs, level)
             txn.put(key, frame, db=self.db)
-            with self._lock:      # the next read of this group needs no decode
-                self._cache[frames.header(frame, frames.GROUP, gid).hash] = dict(recs)
+            # the next read of this group needs no decode
+            self._cache.put(frames.header(frame, frames.GROUP, gid).hash, dict(recs))
         else:
             txn.delete(key, db=self.db)
 
