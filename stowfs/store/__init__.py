@@ -334,12 +334,13 @@ class Store:
     def _same_bytes(self, txn, r: Record, data: Optional[bytes], path: Optional[str]) -> bool:
         """True when the stored file r holds exactly these bytes (compared, not hashed);
         with data longer than r, whether data starts with r's bytes."""
-        off = 0
+        off, step = 0, 64 << 10        # small first: a replaced file differs early
         f = open(path, "rb") if data is None else None
         try:
             for pos, n in r.extents:
                 while n > 0:
-                    take = min(n, limits.READ_WINDOW)
+                    take = min(n, step)
+                    step = min(step * 4, limits.READ_WINDOW)
                     stored = self.writer().read(txn, pos, take)
                     mine = data[off:off + take] if f is None else f.read(take)
                     if stored != mine:
@@ -353,8 +354,10 @@ class Store:
     def _apply(self, txn, p: Prepared, data: Optional[bytes], path: Optional[str]) -> PutResult:
         name = p.name
         self._check_place(txn, name)
-        old_fid = self._names.lookup(txn, name)
-        old = self._record(txn, name) if old_fid is not None else None
+        try:
+            old = self._record(txn, name)
+        except NotFound:
+            old = None
         c = self._counters(txn)
         if old is not None and old.size == p.size and old.checksum == p.checksum \
                 and self._same_bytes(txn, old, data, path):
