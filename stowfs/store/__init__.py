@@ -463,7 +463,8 @@ class Store:
                 yield from self._commit_batch(batch, seal=False)
                 batch, nbytes = [], 0
         yield from self._commit_batch(batch, seal=True)
-        self.reclaim()
+        # no reclaim() here: taking the store for a compacting copy while other processes
+        # start on it is racy (see lmdbenv.compact_copy); `compact` and the idle mount do it
 
     def _commit_batch(self, batch, seal: bool):
         def work(txn):

@@ -10,6 +10,7 @@ import fcntl
 import os
 import struct
 import threading
+import time
 from pathlib import Path
 
 import lmdb
@@ -100,8 +101,18 @@ class Env:
         same transaction, so a new store appears whole or not at all."""
         try:
             if self.readonly:
-                for n in names:
-                    self.db[n] = self.env.open_db(n, create=False)
+                # a store another process is creating right now has its directory before
+                # its databases (one transaction later): wait a moment for it
+                deadline = time.monotonic() + 3.0
+                while True:
+                    try:
+                        for n in names:
+                            self.db[n] = self.env.open_db(n, create=False)
+                        break
+                    except lmdb.NotFoundError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
             else:
                 with self.env.begin(write=True) as txn:
                     for n in names:
@@ -200,6 +211,10 @@ class Env:
                     if changed is None or changed():
                         bump(txn, self.db[b"meta"])
                 return result
+            except lmdb.BadDbiError:
+                # another process created the databases while this one opened them:
+                # take fresh handles and run fn again
+                grow = None
             except lmdb.MapFullError:
                 grow = True
             except lmdb.MapResizedError:
@@ -214,7 +229,11 @@ class Env:
                 raise
             finally:
                 self._leave()
-            if grow:
+            if grow is None:
+                names = list(self.db)
+                self.db = {}
+                self._exclusive(lambda: self.open_databases(names))
+            elif grow:
                 self._exclusive(self._grow)
             else:
                 self._adopt_map_size()
@@ -258,6 +277,9 @@ class Env:
         try:
             fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            # flock converts a lock by dropping it first: take the shared one back, or
+            # another process could swap the file under this one's map
+            fcntl.flock(self._lockf, fcntl.LOCK_SH)
             return False
         done = [False]
 
