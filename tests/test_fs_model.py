@@ -214,22 +214,23 @@ def test_inode_numbers_stable_and_distinct(store, tmp_path):
     assert walk(a, "conversations/d/x.json")[0] != old
 
 
-def test_readdir_offsets_are_stable_ids(fs, store):
-    for i in range(30):
+def test_readdir_keeps_its_listing_and_goes_in_name_order(fs, store):
+    for i in reversed(range(30)):                   # stored last to first
         store.put(f"f{i:02}.json", conv(str(i)))
+    store.put("d/x.json", conv("x"))
     ino, _ = walk(fs, "conversations")
     fh = fs.opendir(ino)
     first = list(fs.readdir(fh, 0))[:10]
     resume = first[-1][3]
-    # entries removed/added meanwhile do not shift the others
-    store.remove(first[0][0])
-    store.put("zz-new.json", conv("new"))
-    fh2 = fs.opendir(ino)
-    list(fs.readdir(fh2, 0))
-    rest = [e[0] for e in fs.readdir(fh2, resume)]
+    # entries removed/added meanwhile do not shift the others of this handle's listing
+    store.remove(first[1][0])
+    store.put("e-new.json", conv("new"))
+    rest = [e[0] for e in fs.readdir(fh, resume)]
     names = [e[0] for e in first] + rest
-    assert len(names) == len(set(names))
-    assert {f"f{i:02}.json" for i in range(30)} <= set(names)
+    assert names == sorted(names) == ["d"] + [f"f{i:02}.json" for i in range(30)]
+    fh2 = fs.opendir(ino)                           # a new listing sees the changes
+    assert [e[0] for e in fs.readdir(fh2, 0)] == \
+        ["d", "e-new.json"] + [f"f{i:02}.json" for i in range(1, 30)]
     fs.releasedir(fh)
     fs.releasedir(fh2)
 
@@ -427,6 +428,27 @@ def test_inbox_file_is_served_from_the_spool_until_it_settles(fs, store, tmp_pat
     shown = listdir(fs, "inbox/sub")["x.json"]
     assert (shown.size, shown.mtime_ns, shown.mode & 0o7777) == (info.size, info.mtime_ns, info.mode)
     assert listdir(fs, "inbox").keys() == {"sub"}
+
+
+def test_alias_ingested_between_lookup_and_open_shows_the_stored_file(fs, store):
+    """The kernel looked conversations/x.json up while it was a spool file; the settler
+    stores it before the getattr and open that follow: both answer with the stored file
+    (an ESTALE here reached readers when the kernel's single retry met the race again)."""
+    data = conv("b" * 3000)
+    write_inbox(fs, "x.json", data, settle=False)
+    alias, attr = walk(fs, "conversations/x.json")
+    assert alias >= INBOX_BASE and attr.size == len(data)
+    fs.settle(everything=True)
+    assert store.get("x.json") == data
+    attr = fs.getattr(alias)
+    assert attr.size == len(data) and attr.attr_timeout == 0 and attr.entry_timeout == 0
+    fh, keep, direct = fs.open(alias, os.O_RDONLY)
+    assert not keep
+    assert fs.read(fh, 0, 1 << 20) == data
+    fs.release(fh)
+    store.remove("x.json")                       # removed since: ENOENT, not stale bytes
+    assert errno_of(fs.getattr, alias) == errno.ENOENT
+    assert errno_of(fs.open, alias, os.O_RDONLY) == errno.ENOENT
 
 
 def test_inbox_keeps_mode_and_mtime_ns(fs, store):

@@ -68,6 +68,12 @@ _LEFTOVER = re.compile("|".join([fnmatch.translate(p) for p in LEFTOVERS] +
                                 [f"(?:{r})\\Z" for r in LEFTOVER_RES]), re.S)
 
 
+def p_alias(pending: dict, node: Node) -> bool:
+    """Whether node is still the alias of a pending spool file (call under the lock)."""
+    p = pending.get(node.path)
+    return p is not None and p.alias is node
+
+
 def is_leftover(path: str) -> bool:
     """Whether a file at path is a writer's leftover, by its name (LEFTOVERS)."""
     return _LEFTOVER.match(path.rpartition("/")[2]) is not None
@@ -232,26 +238,40 @@ class Inbox:
         """Whether conversations/rel is a spool file now (quick: no lock when none is)."""
         return self.alias(rel) is not None
 
-    def alias_attr(self, node: Node) -> Attr:
+    def alias_attr(self, node: Node) -> Optional[Attr]:
+        """The spool file's attributes, or None once it has been ingested (the stored file
+        under the same name is what the alias shows from then on)."""
         try:
             st = os.lstat(self._spool(node.path))
         except FileNotFoundError:
-            # ingested between the lookup and this getattr: ESTALE makes the kernel look
-            # the name up again (it finds the stored file), where ENOENT would be final
-            raise fs_error(errno.ESTALE) from None
+            # The settler unlinks the spool file and drops its entry under the lock, after
+            # the store has it: once the lock is free, either the spool file is back
+            # (written again) or the stored file is there.
+            with self._lock:
+                if p_alias(self._pending, node):
+                    try:
+                        st = os.lstat(self._spool(node.path))
+                    except FileNotFoundError:
+                        return None
+                else:
+                    return None
         # entry timeout 0: once the file is ingested, the next lookup must reach the stored
-        # file (a kept entry would lead a retry after ESTALE back to this alias)
+        # file's own inode
         return Attr(node.ino, stat.S_IFREG | stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns,
                     entry_timeout=0, attr_timeout=0)
 
-    def open_alias(self, node: Node, flags: int) -> Handle:
+    def open_alias(self, node: Node, flags: int) -> Optional[Handle]:
+        """A handle on the spool file, or None once it has been ingested (then the caller
+        opens the stored file: the same bytes)."""
         if accmode_writes(flags):
             raise fs_error(errno.EROFS, "conversations/ is read-only; write to inbox/")
         with self._lock:
-            p = self._pending.get(node.path)
-            if p is None or p.alias is not node:
-                raise fs_error(errno.ESTALE)     # ingested meanwhile: look the name up again
-            fd = self._open_spool(node.path, os.O_RDONLY)
+            if not p_alias(self._pending, node):
+                return None
+            try:
+                fd = self._open_spool(node.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
         return Handle(node, fd=fd)
 
     def pending_entries(self, dirpath: str) -> dict[str, Optional[Node]]:

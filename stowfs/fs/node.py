@@ -68,7 +68,7 @@ class Node:
     nlookup: int = 0                # how many references the kernel holds
     checked: int = -1               # store generation at which info was last found current
     listed: int = -1                # directories: entries at the last listing
-    listing: Any = None             # small directories: (store generation, entries, inodes)
+    listing: Any = None             # small directories: (store generation, entries)
     unlinked: bool = False          # inbox: removed or renamed over by the user
 
 
@@ -89,6 +89,7 @@ class Handle:
     node: Node
     data: Optional[bytes] = None    # whole content fixed at open (errors/, stats.json)
     reader: Any = None              # a store ViewReader (conversations/, text/)
+    info: Any = None                # stored files: the FileMeta of the version opened
     key: Any = None                 # cache key of the decoded content
     size: int = 0
     fd: int = -1                    # inbox/: the spool file
@@ -100,8 +101,7 @@ class Handle:
 @dataclass(eq=False)
 class DirHandle:
     node: Node
-    entries: list = field(default_factory=list)   # [(ino, name, Node)] sorted by ino
-    inos: list = field(default_factory=list)
+    entries: list = field(default_factory=list)   # [(name, Node)] sorted by name
 
 
 def accmode_writes(flags: int) -> bool:
