@@ -178,11 +178,10 @@ def cmd_ingest(args) -> int:
 
 
 def _after_ingest(store, results, args) -> dict:
-    """Derived data kept in step with what was just stored: what each file added (for
-    `query`), the search index, and embeddings when asked."""
-    from .analytics import query, search_index
+    """Derived data kept in step with what was just stored: the search index, and
+    embeddings when asked."""
+    from .analytics import search_index
     out = {}
-    query.record_added(store, results)
     if not getattr(args, "no_index", False):
         t = time.monotonic()
         search_index.sync(store)

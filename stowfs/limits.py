@@ -86,6 +86,7 @@ BLOCK_CACHE_BYTES = 48 << 20
 # Content blocks: stream positions per block. Measured on the bench's chats (35 MB,
 # concatenated, zstd -19): 4 MiB blocks 5.07x, 8 MiB 5.23x, 16 MiB 5.36x, 32 MiB 5.42x.
 BLOCK_SIZE = 16 << 20
+MIN_DECODED_BLOCKS = 2           # the decoded-block cache holds at least this many blocks
 MAX_FRAME_RAW = 64 << 20         # no frame decodes to more than this (bounded decode)
 ZSTD_MAX_WINDOW_LOG = 26         # compression window: the whole block
 PIECE_HASH_STEP = 256 << 10      # a partial decode checks what it hands out per piece

@@ -80,9 +80,10 @@ def add_arguments(mount_parser: argparse.ArgumentParser, umount_parser: argparse
                    help="FUSE mount options, comma-separated (e.g. allow_other; nonempty: mount over a "
                         "directory that has files in it); repeatable")
     p.add_argument("--cache-mb", dest="cache_mb", type=int, default=48, metavar="MB",
-                   help="memory for decoded data, in MiB: two thirds for decoded blocks, one third "
-                        "for whole decoded files that are read in several requests (default: 48; "
-                        "the kernel's page cache keeps file contents too)")
+                   help="memory for decoded data, in MiB: five sixths for decoded blocks (at least "
+                        "two blocks, 40 MiB), the rest for rendered views and whole decoded files "
+                        "read in several requests (default: 48; the kernel's page cache keeps file "
+                        "contents too)")
     p.add_argument("--idle-compact", dest="idle_compact", type=float, default=None, metavar="S",
                    help="compact the store in the background once nothing was written for S seconds "
                         f"(default: {limits.IDLE_COMPACT_SECONDS:g})")
@@ -206,14 +207,24 @@ def _lock_store(path: Path):
     """Hold STORE/mount.lock for the life of the mount: one mount per store (the spool is
     its alone). Raises MountError naming the holder."""
     f = open(os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
+    deadline = None
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+        # "pid N at MOUNTPOINT": a daemon whose mount point is already gone is finishing
+        # (umount returns before it has closed the store): wait for it a little
+        _, _, mp = holder.partition(" at ")
+        if mp and not os.path.ismount(mp):
+            deadline = deadline or time.monotonic() + 10
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
         f.close()
-        raise MountError(f"store {path} is busy: already mounted ({holder})") from None
-    return f
+        raise MountError(f"store {path} is busy: already mounted ({holder})")
 
 
 def _fuse_options(args, store: Path) -> set[str]:
@@ -368,8 +379,9 @@ def _serve(args, store: Path, mp: str, report) -> int:
             st = MemoryStore(store)
         else:
             from .store import Store
-            st = Store(store, create=True, cache_bytes=budget * 2 // 3)
-        fs = Filesystem(st, store / SPOOL_NAME, cache_bytes=budget // 3, notifier=KernelNotifier(),
+            st = Store(store, create=True, cache_bytes=budget * 5 // 6)
+            st.prepare_in_child()   # parsing and token counts of inbox files: not in the daemon
+        fs = Filesystem(st, store / SPOOL_NAME, cache_bytes=budget // 6, notifier=KernelNotifier(),
                         settle=getattr(args, "settle", DEFAULT_SETTLE))
         found, leftovers = fs.inbox.recover()
         if found or leftovers:

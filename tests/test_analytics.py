@@ -62,8 +62,9 @@ def test_query_totals_match_stats_and_ls(corpus_store, capsys):
                    (g["model"], g["app"], g["day"])]
         assert g["messages"] == sum(i.messages for i in members)
         assert g["original_bytes"] == sum(i.size for i in members)
-    # `ingest` recorded what each file added: attribution follows it, not file size
+    # each record keeps what its file added to the stream: attribution follows it, not size
     assert r["attribution"] == "recorded"
+    assert sum(i.facts["stored"] for i in infos) == stats["stream_bytes"]
     # the CLI prints the same numbers
     assert run_cli("query", corpus_store, "--group-by", "app", "--json") == 0
     out = json.loads(capsys.readouterr().out)
@@ -107,7 +108,7 @@ def test_query_on_many_files(tmp_path):
     assert r["total"]["messages"] == stats["messages"]
     assert {g["model"]: g["files"] for g in r["groups"]} == \
         dict(collections.Counter(models[n % 3] for n in range(400)))
-    assert r["attribution"] == "pro-rata"       # put() through the API records nothing
+    assert r["attribution"] == "recorded"       # put() through the API records it too
     s.close()
 
 

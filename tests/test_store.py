@@ -351,3 +351,49 @@ def test_names_longer_than_an_lmdb_key(store):
     assert store.get("short.json") == b'{"x": 1}'
     with pytest.raises(InvalidName):
         store.put("x" * 256 + ".json", b"{}")
+
+
+def test_put_file_prepared_in_a_child_process(tmp_path):
+    """The mount's daemon prepares inbox files in a child that exits when idle: the
+    records are those an in-process put gives, the bytes exact, and a file that changes
+    between the child's read and the store's is described from the store's own read."""
+    files = [p for p in corpus_files() if 1000 < p.stat().st_size < 2 << 20][:12]
+    a, b = Store(tmp_path / "a"), Store(tmp_path / "b")
+    try:
+        b.prepare_in_child(idle=0.5)
+        for i, p in enumerate(files):
+            a.put_file(f"f/{i}", p, mtime_ns=1)
+            b.put_file(f"f/{i}", p, mtime_ns=1)
+        for i, p in enumerate(files):
+            ia, ib = a.info(f"f/{i}"), b.info(f"f/{i}")
+            assert b.get(f"f/{i}") == p.read_bytes()
+            assert (ib.format, ib.messages, ib.model, ib.checksum) == (ia.format, ia.messages, ia.model, ia.checksum)
+            assert {k: v for k, v in ib.facts.items() if k != "stored"} == \
+                {k: v for k, v in ia.facts.items() if k != "stored"}
+        child = b._preparer._ex
+        assert child is not None
+        import time
+        for _ in range(100):                    # idle: the child is gone
+            if b._preparer._ex is None:
+                break
+            time.sleep(0.05)
+        assert b._preparer._ex is None
+        # a writer appends between the child's read and the store's
+        src = tmp_path / "grow.jsonl"
+        src.write_bytes(b'{"role": "user", "content": "hi"}\n')
+        real = b._preparer.prepare
+
+        def racing(name, path, mtime_ns, mode):
+            p = real(name, path, mtime_ns, mode)
+            with open(src, "ab") as f:
+                f.write(b'{"role": "assistant", "content": "hello"}\n')
+            return p
+        b._preparer.prepare = racing
+        b.put_file("grow.jsonl", src)
+        assert b.get("grow.jsonl") == src.read_bytes()
+        info = b.info("grow.jsonl")
+        assert info.size == src.stat().st_size and info.checksum == records.checksum(src.read_bytes()).hex()
+        assert info.messages == 2
+    finally:
+        a.close()
+        b.close()

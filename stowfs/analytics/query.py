@@ -11,11 +11,11 @@ a decode, so it costs one pass over the records. Per group:
     original_bytes                   the files' sizes
     stored_bytes                     the store's bytes on disk shared out in proportion to
                                      the new content each file brought when it was stored
-                                     (PutResult.new_bytes, kept by `stowfs ingest` in the
-                                     `aux:added` database, or facts["stored"] if the store
-                                     records it); a file with no such record (stored
-                                     through the mount or the Python API) weighs its size
-                                     times the store's average share of new bytes
+                                     (PutResult.new_bytes, kept in each record as
+                                     facts["stored"]; older stores kept it in `aux:added`);
+                                     a file with no such record (stored before either)
+                                     weighs its size times the store's average share of
+                                     new bytes
                                      ("attribution": recorded, mixed or pro-rata)
     dedup_savings                    original_bytes - stored_bytes
 
@@ -173,21 +173,9 @@ def select(infos: Iterable, **filters):
 ADDED_DB = "added"
 
 
-def record_added(store, results) -> None:
-    """Keep what each stored file added (PutResult.new_bytes) for the attribution of disk
-    bytes; derived, best effort: a file without a record is estimated (see query)."""
-    from ..packing import encode_uvarints
-    rows = [(r.file_id, r.new_bytes) for r in results]
-    if not rows or not hasattr(store, "aux_write"):
-        return
-
-    def work(txn, db):
-        for fid, n in rows:
-            txn.put(fid.to_bytes(8, "big"), encode_uvarints([max(int(n), 0)]), db=db)
-    store.aux_write(ADDED_DB, work)
-
-
 def _added(store) -> dict[int, int]:
+    """What each file added, from the `aux:added` entries that stores written before the
+    records kept facts["stored"] may still hold."""
     from ..packing import decode_uvarints
 
     def work(txn, db):
