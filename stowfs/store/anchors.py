@@ -25,28 +25,38 @@ from __future__ import annotations
 import hashlib
 import struct
 
-import numpy as np
-
 from .. import limits
 from ..errors import Corrupt
 from . import frames
 
+class _Numpy:
+    """numpy, imported at first use: a mount that only reads never needs it (15 MiB
+    resident). The first attribute taken replaces this stand-in with the module."""
+
+    def __getattr__(self, name):
+        import numpy
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+np = _Numpy()
+
 W = limits.ANCHOR_WINDOW
-_MUL = np.uint64(0x9E3779B97F4A7C15)
 _KEY = struct.Struct(">Q")
+_MUL = _T = None
 
 
-def _table() -> np.ndarray:
+def _table():
     raw = b"".join(hashlib.blake2b(bytes([i]), digest_size=8, person=b"stowfs-anchor").digest()
                    for i in range(256))
     return np.frombuffer(raw, dtype="<u8").copy()
 
 
-_T = _table()
-
-
 def find(data, bits: int = limits.ANCHOR_BITS) -> tuple[np.ndarray, np.ndarray]:
     """(positions int64, keys uint32) of data's anchors, in order."""
+    global _MUL, _T
+    if _T is None:
+        _MUL, _T = np.uint64(0x9E3779B97F4A7C15), _table()
     n = len(data)
     if n < W:
         return np.zeros(0, np.int64), np.zeros(0, np.uint32)
