@@ -602,8 +602,12 @@ class Filesystem:
             if h.reader is None:
                 node = h.node
                 reader = self.store.reader(node.path, h.key[1])
-                again = self._info(node.path)   # the reader is of the version open() checked
-                if again is None or again.file_id != h.info.file_id or reader.size != h.size:
+                # the reader must be of the version open() checked
+                fid = getattr(reader, "file_id", None)
+                if fid is None:
+                    again = self._info(node.path)
+                    fid = again.file_id if again is not None else None
+                if fid != h.info.file_id or reader.size != h.size:
                     raise fs_error(errno.ESTALE)
                 h.reader = reader
             return h.reader

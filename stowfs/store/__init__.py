@@ -823,6 +823,7 @@ class FileReader:
 
     def __init__(self, store: Store, r: Record):
         self._s = store
+        self.file_id = r.file_id
         self.size = r.size
         self._extents = r.extents
 

@@ -100,7 +100,6 @@ class Header:
 
 def header(frame, tag: int, key: int) -> Header:
     """Parse and check a frame's header: it must be a `tag` frame for `key`."""
-    what = f"{TAG_NAMES.get(tag, hex(tag))} {key}"
     try:
         if len(frame) < 11 or frame[0] != tag:
             raise ValueError(f"tag 0x{frame[0] if frame else 0:02x}, expected 0x{tag:02x}")
@@ -121,7 +120,7 @@ def header(frame, tag: int, key: int) -> Header:
         if codec == RAW and len(frame) - pos != raw_len:
             raise ValueError("raw payload of the wrong length")
     except (ValueError, IndexError, struct.error) as e:
-        raise Corrupt(f"{what} is damaged: {e}") from None
+        raise Corrupt(f"{TAG_NAMES.get(tag, hex(tag))} {key} is damaged: {e}") from None
     return Header(tag, key, codec, level, raw_len, extra, h, pos)
 
 

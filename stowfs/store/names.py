@@ -129,16 +129,32 @@ class Names(ThreadDirty):
             yield kk
 
     def _page_for(self, txn, name: str) -> Optional[tuple[bytes, list]]:
-        """The page whose range holds name (the last page whose first name <= name)."""
+        """The page whose range holds name (the last page whose first name <= name).
+        A page whose key is above name's cannot hold it (keys are first names cut to
+        NAME_KEY_BYTES, so a greater key means a greater first name): one page is read."""
         k = page_key(name)
+        if not self.dirty:          # a reader: one cursor, one page (two for a long name)
+            cur = txn.cursor(db=self.db)
+            if cur.set_range(k):
+                if bytes(cur.key()) == k:
+                    entries = self._load(k, cur.value())
+                    if entries[0][0] <= name:
+                        return k, entries
+                ok = cur.prev()     # the page before holds it
+            else:
+                ok = cur.last()
+            if ok or cur.first():   # (or name sorts before every page: the first)
+                pk = bytes(cur.key())
+                return pk, self._load(pk, cur.value())
+            return None
         prev = None
         for pk in self._keys_from(txn, k):
+            if pk > k:
+                break
             entries = self._entries(txn, pk)
             if entries[0][0] > name:
                 break
             prev = (pk, entries)
-            if pk > k:
-                break
         if prev is None:
             for pk in self._keys_from(txn, None):
                 return pk, self._entries(txn, pk)
