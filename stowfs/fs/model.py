@@ -130,6 +130,7 @@ class Filesystem:
                 self._nodes[node.ino] = known = node
             elif known is not node and node.view not in INBOX_VIEWS:
                 known.path, known.info = node.path, node.info   # e.g. renamed since
+                known.checked = node.checked
             known.nlookup += 1
             return known
 
@@ -247,9 +248,11 @@ class Filesystem:
         # TODO(store): an index of errored files would avoid this scan (cached per generation).
         return self._memo("errors", lambda: [i for i in self.store.iter_files() if i.error])
 
-    def _file_node(self, view: str, info) -> Node:
+    def _file_node(self, view: str, info, gen: int = -1) -> Node:
+        """gen: the store generation read before info was looked up (info is current as
+        of it: open() need not look the record up again while the store is unchanged)."""
         kind = LINK if view == "link" else FILE
-        return Node(file_ino(info.file_id, view), kind, view, info.name, self._meta(info))
+        return Node(file_ino(info.file_id, view), kind, view, info.name, self._meta(info), checked=gen)
 
     # ------------------------------------------------------------ registry views, budget/
     def _view_size(self, info, folder: str) -> int:
@@ -390,9 +393,10 @@ class Filesystem:
             alias = self.inbox.alias(path)     # written, not ingested yet: the spool file
             if alias is not None:
                 return alias
+            gen = self.store.generation
             info = self._info(path)
             if info is not None:
-                return self._file_node(v, info)
+                return self._file_node(v, info, gen)
             if self._conv_is_dir(path):
                 return self._dir_node(v, path)
         elif v in STORE_VIEWS or budget_of(v) is not None:
@@ -444,13 +448,14 @@ class Filesystem:
         if v in STORE_VIEWS or budget_of(v) is not None:
             suffix = FOLDER_SUFFIX.get(v, ".txt")
             spooled = self.inbox.pending_entries(d.path) if v == "conversations" else {}
+            gen = self.store.generation
             for name, info in self.store.listdir(d.path):
                 if name in spooled:
                     continue
                 if info is None:
                     out.append((name, self._dir_node(v, join(d.path, name))))
                 else:
-                    out.append((name + suffix, self._file_node(v, info)))
+                    out.append((name + suffix, self._file_node(v, info, gen)))
             for name, alias in spooled.items():
                 out.append((name, alias if alias is not None else self._dir_node(v, join(d.path, name))))
         elif v == BUDGET:
