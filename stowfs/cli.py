@@ -148,6 +148,9 @@ def cmd_ingest(args) -> int:
         prog.done()
         dt = time.monotonic() - t0
         analytics = _after_ingest(store, results, args)
+        # the open block's fragments, rewritten as one frame at the end, and the index's
+        # first pages left free pages: given back when no other process has the store open
+        store.reclaim()
     total = sum(r.size for r in results)
     summary = {
         "files": len(results), "failed": len(failures), "bytes": total,

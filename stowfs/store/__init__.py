@@ -496,8 +496,9 @@ class Store:
                 yield from self._commit_batch(batch, seal=False)
                 batch, nbytes = [], 0
         yield from self._commit_batch(batch, seal=True)
-        # no reclaim() here: taking the store for a compacting copy while other processes
-        # start on it is racy (see lmdbenv.compact_copy); `compact` and the idle mount do it
+        # sealing rewrote the open block's fragments as one frame, leaving their pages
+        # free: the caller gives them back with reclaim() once it has written all it will
+        # (`stowfs ingest` does, after the search index)
 
     def _commit_batch(self, batch, seal: bool):
         def work(txn):

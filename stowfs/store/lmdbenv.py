@@ -142,19 +142,33 @@ class Env:
             else:
                 raise StowError(f"cannot open {lock}: {e.strerror}") from None
         f = os.fdopen(fd, "rb")
-        try:
-            fcntl.flock(f, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise Busy(f"store {self.path} {what}") from None
-        return f
+        # the exclusive lock is held only while a compacting copy replaces the data file
+        # (seconds for a large store): wait for it rather than fail
+        deadline = time.monotonic() + limits.SWAP_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(f, mode | fcntl.LOCK_NB)
+                return f
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    f.close()
+                    raise Busy(f"store {self.path} {what}") from None
+                time.sleep(0.05)
 
-    def exclusive_lock(self):
-        """Upgrade to the exclusive store lock (no other process has the store open)."""
-        try:
-            fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Busy(f"store {self.path} is open in another process (mounted?)") from None
+    def _try_exclusive(self) -> bool:
+        """Convert this process's shared store lock to the exclusive one, if no other
+        process holds the store open. flock converts by dropping the lock first: two
+        processes trying at once could each see the other's lock gone for a moment and
+        one swap the file under the other's map. So attempts take turns on a second lock
+        file, and a failed one takes the shared lock back before the next may try."""
+        with open(os.open(self.path / "upgrade.lock", os.O_RDWR | os.O_CREAT, 0o600), "rb") as turn:
+            fcntl.flock(turn, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                fcntl.flock(self._lockf, fcntl.LOCK_SH)
+                return False
 
     def close(self) -> None:
         env = getattr(self, "env", None)
@@ -274,12 +288,7 @@ class Env:
         """Replace the data file with a compacting copy of it, when no other process has
         the store open (else False). Readers and writers of this process wait, until
         on_swap() (run before they go on) has taken the new database handles."""
-        try:
-            fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            # flock converts a lock by dropping it first: take the shared one back, or
-            # another process could swap the file under this one's map
-            fcntl.flock(self._lockf, fcntl.LOCK_SH)
+        if self.readonly or not self._try_exclusive():
             return False
         done = [False]
 
