@@ -185,7 +185,9 @@ def _after_ingest(store, results, args) -> dict:
     embeddings when asked."""
     from .analytics import search_index
     out = {}
-    if not getattr(args, "no_index", False):
+    # the search index is made by the first search (or --index): a store never searched
+    # does not pay for it (a fifth of a compacted store); one that has it is kept in step
+    if getattr(args, "index", False) or (not getattr(args, "no_index", False) and search_index.exists(store)):
         t = time.monotonic()
         search_index.sync(store)
         out["index_seconds"] = round(time.monotonic() - t, 3)
@@ -498,6 +500,9 @@ def cmd_search(args) -> int:
         return EXIT_OK
     from .analytics import search_index
     with _open_for_derived(args, search_index.in_step) as store:
+        if not store.readonly and not search_index.exists(store) and sys.stderr.isatty():
+            print("stowfs: building the search index (the first search of this store; later "
+                  "ingests keep it up to date)", file=sys.stderr)
         hits = search_index.search(store, args.query, regex=args.regex, ignore_case=args.ignore_case,
                                    role=args.role, models=_set(args.model), apps=_set(args.app),
                                    files_only=args.files_with_matches)
@@ -664,7 +669,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prefix", default="", help="store everything under this directory name")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
-    sp.add_argument("--no-index", action="store_true",
+    ix = sp.add_mutually_exclusive_group()
+    ix.add_argument("--index", action="store_true",
+                    help="build the search index now if the store has none (else the first search "
+                         "does; once it exists every ingest keeps it up to date)")
+    ix.add_argument("--no-index", action="store_true",
                     help="do not bring the search index up to date now (the next search does)")
     sp.add_argument("--embed", action="store_true",
                     help="also embed the new conversations for semantic search (needs stowfs[semantic])")

@@ -32,7 +32,7 @@ def run_cli(*args) -> int:
 def corpus_store(tmp_path_factory):
     corpus = corpus_dir()
     path = tmp_path_factory.mktemp("corpus") / "store"
-    assert run_cli("ingest", path, corpus, "-q") == 0
+    assert run_cli("ingest", path, corpus, "-q", "--index") == 0
     return path
 
 
@@ -249,7 +249,7 @@ def check_search_is_grep(store, qs) -> None:
 def test_search_equals_grep_F_on_text(corpus_store):
     with Store(corpus_store) as s:
         r = search_index.sync(s)
-        assert r["indexed"] == 0 and r["dropped"] == 0   # `stowfs ingest` indexed everything
+        assert r["indexed"] == 0 and r["dropped"] == 0   # `stowfs ingest --index` indexed everything
         assert search_index.in_step(s)
         all_text = texts(s)
         check_search_is_grep(s, phrases(all_text, 80, seed=1))
@@ -420,3 +420,31 @@ def test_tokens_come_from_the_token_counters_fact():
                                                    "views": {"original": 31, "text": 12}}})
     assert query.tokens_of(with_fact) == (12, True)
     assert query.tokens_of(FileInfo(**base, facts={})) == (40, False)
+
+
+def test_index_is_made_by_the_first_search_and_kept_by_later_ingests(tmp_path, capsys):
+    """A plain ingest makes no index (a store never searched does not pay for it); the
+    first search makes it; from then on each ingest keeps it in step."""
+    files = sorted(p for p in corpus_dir().rglob("*.jsonl") if p.stat().st_size < 1 << 20)[:6]
+    assert len(files) >= 4
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in files[:3]:
+        (src / p.name).write_bytes(p.read_bytes())
+    store = tmp_path / "store"
+    assert run_cli("ingest", store, src, "-q") == 0
+    with Store(store, readonly=True) as s:
+        assert not search_index.exists(s)
+    word = "the"
+    run_cli("search", store, word, "-l")
+    capsys.readouterr()
+    with Store(store, readonly=True) as s:
+        assert search_index.exists(s) and search_index.in_step(s)
+    more = tmp_path / "more"
+    more.mkdir()
+    for p in files[3:]:
+        (more / p.name).write_bytes(p.read_bytes())
+    assert run_cli("ingest", store, more, "-q") == 0
+    with Store(store, readonly=True) as s:
+        assert search_index.in_step(s)                 # the ingest kept it up to date
+        assert search_index.state(s).indexed() == {i.file_id for i in s.iter_files()}
