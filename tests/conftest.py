@@ -60,6 +60,25 @@ def _daemon_pid(store: Path) -> int:
     return int(m.group(1)) if m else 0
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below pid (from /proc), children first."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -126,11 +145,18 @@ class Mount:
         assert not (self.pid and _alive(self.pid)), "daemon still running after umount"
 
     def kill9(self) -> None:
+        kids = _descendants(self.pid)       # e.g. the inbox's preparing child and its forkserver
         os.kill(self.pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while _alive(self.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [k for k in kids if _alive(k)]
+        for k in left:
+            os.kill(k, signal.SIGKILL)
+        assert not left, f"processes of the killed daemon still running: {left}"
 
     def log_text(self) -> str:
         try:

@@ -23,6 +23,33 @@ def _row(item) -> tuple:
     return name, str(path), mtime_ns, (st.st_mode & 0o7777) if mode is None else (mode & 0o7777)
 
 
+def _exit_with(parent: int) -> None:
+    """Worker initializer: leave when the process that started the pool is gone. Pool
+    workers are children of the forkserver, not of that process; after a kill -9 of it
+    they would wait forever on a queue whose write end they hold themselves (and keep
+    the forkserver alive with them)."""
+    import threading
+    import time
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+    threading.Thread(target=watch, daemon=True, name="stowfs-parent-watch").start()
+
+
+def _pool(workers: int):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"),
+                               initializer=_exit_with, initargs=(os.getpid(),))
+
+
 def prepared_stream(items: list, workers: Optional[int]):
     """Yield (name, path, Prepared or StowError) for each item, in order."""
     rows = []
@@ -63,10 +90,7 @@ def prepared_stream(items: list, workers: Optional[int]):
         for g in groups:
             yield from emit(g, run(g))
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+    with _pool(workers) as ex:
         pending = deque()
         it = iter(groups)
         for g in it:
@@ -97,10 +121,8 @@ class ChildPreparer:
         self._timer = None
 
     def _executor(self):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
         if self._ex is None:
-            self._ex = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"))
+            self._ex = _pool(1)
         return self._ex
 
     def prepare(self, name: str, path: str, mtime_ns: int, mode: int):
