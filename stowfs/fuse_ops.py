@@ -20,6 +20,7 @@ import trio
 
 from .errors import StowError, disk_full
 from .fs import Attr, Filesystem, Notifier
+from .fs.names import fits
 
 log = logging.getLogger(__name__)
 fsdecode, fsencode = os.fsdecode, os.fsencode
@@ -64,6 +65,8 @@ class KernelNotifier(Notifier):
         self._lock = threading.Lock()   # pyfuse3 starts its notify thread lazily, unguarded
 
     def entry(self, parent_ino: int, name: str) -> None:
+        if not fits(name):
+            return      # longer than NAME_MAX: the kernel never held it (it refuses to drop it)
         with self._lock:
             pyfuse3.invalidate_entry_async(parent_ino, fsencode(name), ignore_enoent=True)
 

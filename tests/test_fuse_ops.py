@@ -240,3 +240,15 @@ def test_unmount_waits_for_queued_kernel_notifications():
     t.start()
     mount._drain_notifications(timeout=5)
     assert done == [True] and not t.is_alive()
+
+
+def test_kernel_notifier_skips_names_the_kernel_cannot_hold(monkeypatch):
+    """A by-*/ link name is the whole flattened path: past NAME_MAX the kernel never held
+    an entry for it and refuses the invalidation (pyfuse3 logged an ERROR each time)."""
+    sent = []
+    monkeypatch.setattr(pyfuse3, "invalidate_entry_async",
+                        lambda parent, name, ignore_enoent=False: sent.append((parent, name)))
+    n = fuse_ops.KernelNotifier()
+    n.entry(8, "a%2F" * 40 + "x.json")          # 166 bytes: sent
+    n.entry(8, "d%2F" * 80 + "x.json")          # 326 bytes: skipped
+    assert sent == [(8, ("a%2F" * 40 + "x.json").encode())]
