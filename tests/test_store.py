@@ -353,6 +353,36 @@ def test_names_longer_than_an_lmdb_key(store):
         store.put("x" * 256 + ".json", b"{}")
 
 
+def test_long_name_sorting_before_its_key_page(tmp_path):
+    """Names past LMDB's key length share a page key: one sorting before the first name
+    of the page its key names belongs to the page before, alone (a put) or in a batch
+    (put_many, pages changed in the transaction)."""
+    long_dir = "/".join("d" * 200 for _ in range(3))         # 602 bytes: past the key
+    src = tmp_path / "f.json"
+    src.write_bytes(b'{"x": 1}')
+    with Store(tmp_path / "s") as store:
+        short = [f"a/{i:04d}.json" for i in range(700)]      # pages before the long ones
+        later = [f"{long_dir}/{i:03d}.json" for i in range(100, 130)]
+        list(store.put_many([(n, src, None) for n in short + later], workers=0))
+        store.put(f"{long_dir}/050.json", b'{"y": 2}')       # alone: before later[0]
+        list(store.put_many([(f"{long_dir}/0{i:02d}.json", src, None) for i in range(20)],
+                            workers=0))                      # a batch of them
+        names = sorted(short + later + [f"{long_dir}/050.json"] +
+                       [f"{long_dir}/0{i:02d}.json" for i in range(20)])
+        assert [i.name for i in store.iter_files()] == names
+        for n in names:
+            assert store.info(n).name == n
+        assert store.get(f"{long_dir}/050.json") == b'{"y": 2}'
+        assert verify(store)["ok"]
+        # the pages themselves stay in order: each ends below the next one's first name
+        from stowfs.store import names as name_table
+        with store.env.begin() as txn:
+            pages = [name_table.decode_page(k, v) for k, v in store._names.pages(txn)]
+        assert len(pages) >= 2
+        assert all(a[-1][0] < b[0][0] for a, b in zip(pages, pages[1:]))
+        assert [e[0] for p in pages for e in p] == names
+
+
 def test_put_file_prepared_in_a_child_process(tmp_path):
     """The mount's daemon prepares inbox files in a child that exits when idle: the
     records are those an in-process put gives, the bytes exact, and a file that changes

@@ -153,12 +153,29 @@ class Names(ThreadDirty):
                 break
             entries = self._entries(txn, pk)
             if entries[0][0] > name:
+                # a long name sorting before the first name of the page its key names:
+                # it belongs to the page before
+                before = self._key_before(txn, pk)
+                if before is not None:
+                    prev = (before, self._entries(txn, before))
                 break
             prev = (pk, entries)
         if prev is None:
             for pk in self._keys_from(txn, None):
                 return pk, self._entries(txn, pk)
         return prev
+
+    def _key_before(self, txn, k: bytes) -> Optional[bytes]:
+        """The greatest live page key below k (pages written in this transaction too)."""
+        cur = txn.cursor(db=self.db)
+        ok = cur.prev() if cur.set_range(k) else cur.last()
+        while ok and self.dirty.get(bytes(cur.key()), True) is None:   # deleted here
+            ok = cur.prev()
+        best = bytes(cur.key()) if ok else None
+        for dk, v in self.dirty.items():
+            if v is not None and dk < k and (best is None or dk > best):
+                best = dk
+        return best
 
     def lookup(self, txn, name: str) -> Optional[int]:
         page = self._page_for(txn, name)
