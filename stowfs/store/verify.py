@@ -24,6 +24,23 @@ def walk(path: str) -> dict:
     problems: list[str] = []
     damaged: set[str] = set()
     store = Store(path, readonly=True, cache_bytes=64 << 20)
+    broken: list[str] = []
+
+    def scan(db, what: str) -> list:
+        """A table's entries, as many as its B-tree gives: a damaged page stops the walk
+        of that table (noted), not the whole verify, so the files it affects are still
+        found by the checks that follow and named."""
+        out: list = []
+
+        def work(txn):
+            for k, v in txn.cursor(db=db):
+                out.append((bytes(k), bytes(v)))
+        try:
+            store._read(work)
+        except Exception as e:      # lmdb.Error on a damaged page, Corrupt, ...
+            problems.append(f"store structure damaged: the {what} table: {type(e).__name__}: {e}")
+            broken.append(what)
+        return out
     try:
         B = store.block_size
         # blocks: every fragment decodes whole and matches its hashes; coverage per block
@@ -31,9 +48,7 @@ def walk(path: str) -> dict:
         bad_blocks: set[int] = set()
         nfrag = 0
 
-        def frags(txn):
-            return [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store._blocks)]
-        for k, v in store._read(frags):
+        for k, v in scan(store._blocks, "blocks"):
             nfrag += 1
             key = int.from_bytes(k, "big") if len(k) == 8 else -1
             try:
@@ -49,9 +64,7 @@ def walk(path: str) -> dict:
         # records
         recs: dict[int, records.Record] = {}
 
-        def groups(txn):
-            return [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store._groups_db)]
-        for k, v in store._read(groups):
+        for k, v in scan(store._groups_db, "record"):
             gid = int.from_bytes(k, "big") if len(k) == 8 else -1
             try:
                 recs.update(records.decode_group(v, gid))
@@ -60,10 +73,8 @@ def walk(path: str) -> dict:
         # names
         names: dict[str, int] = {}
 
-        def pages(txn):
-            return [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store._names_db)]
         from .names import decode_page
-        for k, v in store._read(pages):
+        for k, v in scan(store._names_db, "name"):
             try:
                 for n, fid in decode_page(k, v):
                     if n in names:
@@ -90,9 +101,7 @@ def walk(path: str) -> dict:
                 problems.append(f"record {fid} is not reachable by any name (its name page is damaged?)")
         # anchors (derived, but must decode)
 
-        def runs(txn):
-            return [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store._anchors_db)]
-        for k, v in store._read(runs):
+        for k, v in scan(store._anchors_db, "anchor"):
             try:
                 decode_run(v, int.from_bytes(k, "big"))
             except Corrupt as e:
@@ -115,14 +124,21 @@ def walk(path: str) -> dict:
             except Corrupt as e:
                 problems.append(str(e))
                 damaged.add(r.name)
-        c = store._read(store._counters)
+            except Exception as e:      # the LMDB library on a damaged page of a table it read
+                problems.append(f"{r.name}: cannot be read: {type(e).__name__}: {e}")
+                damaged.add(r.name)
+        try:
+            c = store._read(store._counters)
+        except Exception as e:
+            problems.append(f"store structure damaged: the counters: {type(e).__name__}: {e}")
+            c = {"files": len(by_id), "bytes": sum(r.size for r in by_id.values())}
         if c["files"] != len(by_id) or c["bytes"] != sum(r.size for r in by_id.values()):
             problems.append(f"counters say {c['files']} files / {c['bytes']} bytes, records "
                             f"{len(by_id)} / {sum(r.size for r in by_id.values())} (stats only)")
         problems = list(dict.fromkeys(problems))
         return {"ok": not problems, "files": len(by_id), "blocks": len(covered) + len(bad_blocks),
                 "fragments": nfrag, "problems": problems, "damaged_files": sorted(damaged),
-                "structure_damaged": False}
+                "structure_damaged": bool(broken)}
     finally:
         store.close()
 
