@@ -179,7 +179,10 @@ class PartialDecoder:
         return self._frame is None
 
     def need(self, end: int) -> None:
-        """Decode and check at least up to offset end of the payload (or all of it)."""
+        """Decode and check at least up to offset end of the payload (or all of it).
+        Only the pieces that reach below end are checked here: a damaged piece past what
+        a read needs fails the read that needs it, not this one (else whether a file
+        reads would depend on the order files are read in)."""
         end = min(end, self.hd.raw_len)
         try:
             while self.checked < end:
@@ -192,23 +195,23 @@ class PartialDecoder:
                     self.buf += self._reader.decompress(chunk) if chunk else b""
                 if len(self.buf) > self.hd.raw_len:
                     raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} decodes to more than it declares")
-                last = self._pos >= len(self._frame)
-                self._check_pieces(last)
-                if last:
-                    if self.checked != self.hd.raw_len:
+                self._check_pieces(end)
+                if self._pos >= len(self._frame):
+                    if self.checked < end:
                         raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} is truncated")
-                    check(self.hd, self.buf)
-                    self._frame = self._reader = None
+                    if self.checked == self.hd.raw_len:
+                        check(self.hd, self.buf)
+                        self._frame = self._reader = None
                     return
         except zstd.ZstdError as e:
             raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} does not decode: {e}") from None
 
-    def _check_pieces(self, last: bool) -> None:
+    def _check_pieces(self, end: int) -> None:
         step = self._step
         while True:
             a = self.checked
             b = min(a + step, self.hd.raw_len)
-            if b > len(self.buf) or a >= b:
+            if b > len(self.buf) or a >= b or a >= end:
                 return
             i = a // step
             if hashlib.blake2b(memoryview(self.buf)[a:b], digest_size=8).digest() != self._pieces[8 * i:8 * i + 8]:
