@@ -1,16 +1,20 @@
 """Hostile input, crashes, corruption and concurrency, through the real CLI."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import resource
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from conftest import _alive
 from realdata import corpus_dir
 from stowfs.store import Store
 
@@ -191,3 +195,49 @@ def test_readers_work_while_a_writer_holds_the_store_and_a_second_writer_waits(t
     finally:
         holder.kill()
         holder.wait()
+
+
+def _blocks_value_sizes(data_file) -> list[int]:
+    """File offsets of the size fields (mn_lo, mn_hi: 4 bytes before the flags) of the
+    `blocks` leaf nodes whose values live in overflow pages."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from torturelib.lmdbpages import walk_checked
+    lay = walk_checked(str(data_file))
+    return [node.key[0] - 8 for page in lay.databases["blocks"].pages if page.kind == "leaf"
+            for node in page.nodes if node.overflow >= 0]
+
+
+def test_a_value_size_past_the_end_of_the_file_is_damage_not_a_crash(tmp_path, mounter):
+    """A flipped high byte of a blocks node's size makes LMDB hand out a value reaching
+    past the end of the data file; the binding touches it as it fetches it, which was
+    SIGBUS in `cat` (and would be in the daemon) before any check could run."""
+    root = corpus_dir()
+    src = root / "agent-history-redacted"
+    store = tmp_path / "store"
+    run("ingest", store, src)
+    run("compact", store)
+    data_file = store / "lmdb" / "data.mdb"
+    sizes = _blocks_value_sizes(data_file)
+    assert sizes, "no blocks value in overflow pages: the test store is too small"
+    raw = bytearray(data_file.read_bytes())
+    for at in sizes:
+        raw[at + 3] |= 0x40          # + 1 GiB: far past the end of this file, inside the map
+    data_file.write_bytes(bytes(raw))
+    names = sorted(f"agent-history-redacted/{p.name}" for p in src.iterdir() if p.is_file())
+    for n in names[:3]:
+        p = run("cat", store, n, check=False)
+        assert p.returncode == 2, (n, p.returncode, p.stderr[-300:])
+        assert p.stderr.count(b"\n") == 1 and b"damaged" in p.stderr and b"Traceback" not in p.stderr
+    v = run("verify", store, check=False)
+    assert v.returncode == 1
+    out = v.stdout.decode()
+    assert "killed by" not in out and all(n in out for n in names), out[-2000:]
+    m = mounter(store)
+    m.start()
+    m.expected_errors.append(r"damaged|EIO|Input/output")
+    with pytest.raises(OSError) as e:
+        (m / "conversations" / names[0]).read_bytes()
+    assert e.value.errno == errno.EIO
+    assert _alive(m.pid), "the daemon died reading a damaged store"
+    assert sorted(os.listdir(m / "conversations" / "agent-history-redacted")) == sorted(Path(n).name for n in names)
+    m.umount()

@@ -16,8 +16,9 @@ from pathlib import Path
 import lmdb
 
 from .. import limits
-from ..errors import Busy, NotFound, ReadOnly, StoreFull, StowError
+from ..errors import Busy, Corrupt, NotFound, ReadOnly, StoreFull, StowError
 from ..packing import pack, unpack
+from . import mapguard
 
 DATABASES = (b"meta", b"blocks", b"groups", b"names", b"anchors")
 _U64 = struct.Struct(">Q")
@@ -31,6 +32,14 @@ def from_u64(b) -> int:
     if b is None or len(b) != 8:
         raise ValueError("not a u64")
     return _U64.unpack(b)[0]
+
+
+def map_size_for(file_size: int) -> int:
+    """The map for a data file of this size: room to grow (twice the file), and at least
+    as far past its end as a damaged 32-bit value size can reach (mapguard)."""
+    step = limits.MAP_SIZE_STEP
+    want = max(limits.MAP_SIZE_INITIAL, 2 * file_size, file_size + mapguard.REACH)
+    return -(-want // step) * step
 
 
 def private_dir(path: Path) -> None:
@@ -74,8 +83,7 @@ class Env:
                 cur = (envdir / "data.mdb").stat().st_size
             except FileNotFoundError:
                 cur = 0
-            step = limits.MAP_SIZE_STEP
-            map_size = max(limits.MAP_SIZE_INITIAL, -(-2 * cur // step) * step)
+            map_size = map_size_for(cur)
             try:
                 self.env = lmdb.open(str(envdir), map_size=map_size, max_dbs=len(DATABASES) + 16,
                                      readonly=readonly, readahead=False, meminit=False,
@@ -91,6 +99,8 @@ class Env:
         except BaseException:
             self._lockf.close()
             raise
+        self._span = mapguard.Span(str(envdir / "data.mdb"))
+        self._span.guard()
         self._gate = threading.Condition()
         self._active = 0
         self._growing = False
@@ -171,6 +181,9 @@ class Env:
                 return False
 
     def close(self) -> None:
+        span = getattr(self, "_span", None)
+        if span is not None:
+            span.close()
         env = getattr(self, "env", None)
         if env is not None:
             env.close()
@@ -193,19 +206,24 @@ class Env:
             self._gate.notify_all()
 
     def read(self, fn, buffers: bool = False):
-        """fn(txn) in a short read transaction. buffers: values are memoryviews into the
-        map, valid only inside fn (the read path: no copy of a block frame per read)."""
+        """fn(txn) in a short read transaction; Corrupt if it touched the map past the end
+        of the file (mapguard). buffers: values are memoryviews into the map, valid only
+        inside fn (the read path: no copy of a block frame per read); else bytes."""
         for _ in range(3):
             self._enter()
+            faults = self._span.faults
             try:
                 with self.env.begin(buffers=buffers) as txn:
-                    return fn(txn)
+                    out = fn(txn)
+                self._faulted(faults)
+                return out
             except lmdb.MapResizedError:
                 pass
             except lmdb.Error as e:
-                from ..errors import Corrupt
+                self._faulted(faults)
                 raise Corrupt(f"store structure damaged: {e}") from None
             finally:
+                self._span.settle()
                 self._leave()
             self._adopt_map_size()
         raise StowError("store map keeps being resized by another process")
@@ -219,9 +237,11 @@ class Env:
             raise ReadOnly("store opened read-only")
         for _ in range(64):
             self._enter()
+            faults = self._span.faults
             try:
                 with self.env.begin(write=True) as txn:
                     result = fn(txn)
+                    self._faulted(faults)
                     if changed is None or changed():
                         bump(txn, self.db[b"meta"])
                 return result
@@ -242,6 +262,7 @@ class Env:
                     raise StoreFull(f"no space left on device: nothing was stored ({self.path})") from None
                 raise
             finally:
+                self._span.settle()
                 self._leave()
             if grow is None:
                 names = list(self.db)
@@ -253,6 +274,11 @@ class Env:
                 self._adopt_map_size()
         raise StoreFull("store map cannot grow further")
 
+    def _faulted(self, before: int) -> None:
+        if self._span.faults != before:
+            raise Corrupt("store structure damaged: a value reaches past the end of the store "
+                          "file (a damaged page)")
+
     def _exclusive(self, fn):
         with self._gate:
             self._growing = True
@@ -261,11 +287,14 @@ class Env:
             try:
                 fn()
             finally:
+                if self.env is not None:
+                    self._span.refresh()         # the map may have moved
                 self._growing = False
                 self._gate.notify_all()
 
     def _grow(self):
-        size = self.env.info()["map_size"] + limits.MAP_SIZE_STEP
+        size = max(self.env.info()["map_size"] + limits.MAP_SIZE_STEP,
+                   map_size_for((self.path / "lmdb" / "data.mdb").stat().st_size))
         if size > limits.MAP_SIZE_MAX:
             raise StoreFull(f"store reached its size limit ({limits.MAP_SIZE_MAX} bytes)")
         self.env.set_mapsize(size)
@@ -324,8 +353,7 @@ class Env:
             cur = (self.path / "lmdb" / "data.mdb").stat().st_size
         except FileNotFoundError:
             cur = 0
-        step = limits.MAP_SIZE_STEP
-        return max(limits.MAP_SIZE_INITIAL, -(-2 * cur // step) * step)
+        return map_size_for(cur)
 
     def disk_bytes(self) -> int:
         total = 0
@@ -355,7 +383,6 @@ def meta_get(txn, db, key: bytes, default=None):
             raise ValueError("checksum")
         return unpack(body)
     except Exception:
-        from ..errors import Corrupt
         raise Corrupt(f"store metadata {key.decode()!r} is damaged") from None
 
 

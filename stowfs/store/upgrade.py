@@ -19,6 +19,7 @@ from pathlib import Path
 import lmdb
 
 from ..errors import Corrupt
+from . import lmdbenv, mapguard
 
 OLD = "lmdb.format2"
 NEW = "lmdb.upgrading"
@@ -28,21 +29,29 @@ def stored_format(envdir: Path):
     """The format number a store's environment says it has, or None (no store)."""
     if not (envdir / "data.mdb").exists():
         return None
+    data = envdir / "data.mdb"
     try:
-        env = lmdb.open(str(envdir), readonly=True, max_dbs=32, lock=False)
+        env = lmdb.open(str(envdir), readonly=True, max_dbs=32, lock=False,
+                        map_size=lmdbenv.map_size_for(data.stat().st_size))
     except lmdb.Error as e:
         if "already open" in str(e):
             return None                     # this process has it open: it is current
         raise
+    span = mapguard.Span(str(data))
+    span.guard()
     try:
         try:
             meta = env.open_db(b"meta", create=False)
+            with env.begin() as txn:
+                v = txn.get(b"format", db=meta)
         except lmdb.NotFoundError:
             return None
-        with env.begin() as txn:
-            v = txn.get(b"format", db=meta)
+        if span.faults:
+            raise Corrupt("store structure damaged: a value reaches past the end of the store file")
         return struct.unpack(">Q", v)[0] if v and len(v) == 8 else None
     finally:
+        span.settle()
+        span.close()
         env.close()
 
 
