@@ -169,6 +169,7 @@ class PartialDecoder:
             raise Corrupt(f"{TAG_NAMES[hd.tag]} {hd.key} is damaged (piece hashes)")
         self._frame = frame
         self._pos = hd.body
+        self._whole = False              # the whole payload checked against the frame hash
         self._reader = None
         if hd.codec == ZSTD:
             self._reader = zstd.ZstdDecompressor(
@@ -176,35 +177,57 @@ class PartialDecoder:
 
     @property
     def done(self) -> bool:
+        """Nothing left to decode (what is not checked yet is checked as it is needed)."""
         return self._frame is None
 
     def need(self, end: int) -> None:
         """Decode and check at least up to offset end of the payload (or all of it).
         Only the pieces that reach below end are checked here: a damaged piece past what
         a read needs fails the read that needs it, not this one (else whether a file
-        reads would depend on the order files are read in)."""
-        end = min(end, self.hd.raw_len)
+        reads would depend on the order files are read in).
+
+        Streaming keeps the decoder's window (as large as the block) beside the bytes
+        decoded so far: up to twice the block in memory. So once a read needs more than
+        a quarter of the payload, the rest is decoded in one call into one buffer, and
+        the stream and the frame are let go."""
+        raw_len, step = self.hd.raw_len, self._step
+        end = min(end, raw_len)
+        if self.checked >= end:
+            return
+        want = min(-(-end // step) * step, raw_len)     # whole pieces: each is checked whole
         try:
-            while self.checked < end:
+            if self._reader is not None and want > raw_len // 4:
+                self._decode_rest()
+            while len(self.buf) < want and self._frame is not None and self._pos < len(self._frame):
                 if self._reader is None:
                     self.buf += memoryview(self._frame)[self._pos:]
                     self._pos = len(self._frame)
                 else:
                     chunk = memoryview(self._frame)[self._pos:self._pos + limits.PARTIAL_DECODE_STEP]
                     self._pos += len(chunk)
-                    self.buf += self._reader.decompress(chunk) if chunk else b""
-                if len(self.buf) > self.hd.raw_len:
+                    self.buf += self._reader.decompress(chunk)
+                if len(self.buf) > raw_len:
                     raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} decodes to more than it declares")
-                self._check_pieces(end)
-                if self._pos >= len(self._frame):
-                    if self.checked < end:
-                        raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} is truncated")
-                    if self.checked == self.hd.raw_len:
-                        check(self.hd, self.buf)
-                        self._frame = self._reader = None
-                    return
         except zstd.ZstdError as e:
             raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} does not decode: {e}") from None
+        self._check_pieces(end)
+        if self.checked < end:
+            raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} is truncated")
+        if self.checked == raw_len and not self._whole:
+            check(self.hd, self.buf)
+            self._whole = True
+            self._frame = self._reader = None
+
+    def _decode_rest(self) -> None:
+        raw = decompressor().decompress(memoryview(self._frame)[self.hd.body:],
+                                        max_output_size=self.hd.raw_len)
+        if len(raw) != self.hd.raw_len:
+            raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} decodes to {len(raw)} bytes, "
+                          f"not the {self.hd.raw_len} it declares")
+        if not raw.startswith(memoryview(self.buf)[:self.checked]):     # what was handed out
+            raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} decodes two ways")
+        self.buf = raw
+        self._frame = self._reader = None
 
     def _check_pieces(self, end: int) -> None:
         step = self._step
