@@ -427,3 +427,28 @@ def test_put_file_prepared_in_a_child_process(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_zstd_state_kept_per_thread_is_bounded():
+    """Frames of every size, at two levels: a thread keeps at most one compressor per
+    level, and none sized for more than 128 KiB (one sized for a 16 MiB block is 27 MiB of
+    state at level 9 and 98 MiB at 19: a daemon kept them for its whole life)."""
+    import threading
+
+    from stowfs.store import frames
+
+    kept = {}
+
+    def work():
+        for size in (100, 3_000, 70_000, 600_000, 2_500_000, 40, 900_000):
+            for level in (9, 19):
+                raw = os.urandom(64) * (size // 64)
+                hd, back = frames.decode(frames.encode(frames.GROUP, size, raw, level), frames.GROUP, size)
+                assert back == raw
+        kept.update(frames._local.__dict__.get("c", {}))
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert set(kept) <= {9, 19}
+    assert all(w <= 17 and c.memory_size() <= 4 << 20 for w, c in kept.values())

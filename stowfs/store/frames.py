@@ -50,10 +50,11 @@ def content_hash(tag: int, key: int, extra: bytes, raw) -> bytes:
 def compressor(level: int, size: int) -> zstd.ZstdCompressor:
     """A compressor with a window as large as the input (capped), so a whole block is one
     match window, and a checksum of its own. A thread keeps the last one of each level
-    for inputs up to 1 MiB; larger ones are made each time. The state of one sized for a
-    16 MiB block is 27 MiB at level 9 and 98 MiB at level 19, and a thread used to keep
-    one per level and window size it had met (the daemon grew by tens of MiB while
-    storing inbox files)."""
+    for inputs up to 128 KiB (records, name pages: at most 3 MiB of state); larger ones
+    are made each time. The state of one sized for 1 MiB is 11 MiB at level 9 and 18 MiB
+    at level 19, for a 16 MiB block 27 and 98 MiB, and a thread used to keep one per
+    level and window size it had met (the daemon grew by tens of MiB while storing inbox
+    files)."""
     wlog = max(10, min(limits.ZSTD_MAX_WINDOW_LOG, (max(size, 1) - 1).bit_length()))
     cache = _local.__dict__.setdefault("c", {})
     got = cache.get(level)
@@ -62,7 +63,7 @@ def compressor(level: int, size: int) -> zstd.ZstdCompressor:
     params = zstd.ZstdCompressionParameters.from_level(
         level, window_log=wlog, write_checksum=1, write_content_size=1)
     c = zstd.ZstdCompressor(compression_params=params)
-    if wlog <= 20:
+    if wlog <= 17:
         cache[level] = (wlog, c)
     else:
         cache.pop(level, None)
