@@ -117,5 +117,8 @@ def run(work: Path, quick: bool, rng: random.Random, tally: Tally, files: list[P
                    f"{counts['text reads']} text/ reads, {counts['removed']} removed, {counts['listings']} full listings")
         tally.note(f"daemon RSS: {rss[0][1] // 1024} MiB at start, peak {max(v for _, v in rss) // 1024} MiB; "
                    f"highest in the first third {first // 1024} MiB, in the last third {last // 1024} MiB")
+        sixth = max(1, len(rss) // 6)
+        tally.note("daemon RSS, highest in each sixth of the run: " + ", ".join(
+            f"{max(v for _, v in rss[i:i + sixth]) // 1024}" for i in range(0, len(rss), sixth)) + " MiB")
         if seconds >= 300 and last > first * 1.25 + 16 * 1024:
             tally.add("failed", f"daemon RSS grew: {first // 1024} MiB -> {last // 1024} MiB")
