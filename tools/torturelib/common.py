@@ -347,11 +347,13 @@ class Mount:
         except OSError:
             return False
 
-    def rss_kib(self) -> int:
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        """The daemon's resident memory in KiB: VmRSS, or RssAnon (its own memory, without
+        the mapped store pages and libraries that RssFile counts)."""
         try:
             with open(f"/proc/{self.pid}/status") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field + ":"):
                         return int(line.split()[1])
         except OSError:
             pass

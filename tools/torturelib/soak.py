@@ -31,6 +31,7 @@ def run(work: Path, quick: bool, rng: random.Random, tally: Tally, files: list[P
     lock, stop = threading.Lock(), threading.Event()
     counts = {"copies": 0, "reads": 0, "text reads": 0, "removed": 0, "listings": 0}
     rss: list[tuple[float, int]] = []
+    anon: list[int] = []
     t0 = time.monotonic()
 
     def writer(wid: int):
@@ -102,6 +103,7 @@ def run(work: Path, quick: bool, rng: random.Random, tally: Tally, files: list[P
                 tally.add("crashed", f"soak: the daemon died after {time.monotonic() - t0:.0f} s")
                 break
             rss.append((time.monotonic() - t0, m.rss_kib()))
+            anon.append(m.rss_kib("RssAnon"))
     finally:
         stop.set()
         for t in threads:
@@ -119,6 +121,8 @@ def run(work: Path, quick: bool, rng: random.Random, tally: Tally, files: list[P
                    f"highest in the first third {first // 1024} MiB, in the last third {last // 1024} MiB")
         sixth = max(1, len(rss) // 6)
         tally.note("daemon RSS, highest in each sixth of the run: " + ", ".join(
-            f"{max(v for _, v in rss[i:i + sixth]) // 1024}" for i in range(0, len(rss), sixth)) + " MiB")
+            f"{max(v for _, v in rss[i:i + sixth]) // 1024}" for i in range(0, len(rss), sixth)) + " MiB; "
+            "of it anonymous (not mapped store pages): " + ", ".join(
+            f"{max(anon[i:i + sixth]) // 1024}" for i in range(0, len(anon), sixth)) + " MiB")
         if seconds >= 300 and last > first * 1.25 + 16 * 1024:
             tally.add("failed", f"daemon RSS grew: {first // 1024} MiB -> {last // 1024} MiB")
