@@ -137,16 +137,20 @@ def header(frame, tag: int, key: int) -> Header:
 def decode(frame, tag: int, key: int) -> tuple[Header, bytes]:
     """The checked header and decoded payload of a frame."""
     hd = header(frame, tag, key)
-    body = memoryview(frame)[hd.body:]
-    if hd.codec == RAW:
-        raw = bytes(body)
-    else:
-        try:
-            raw = decompressor().decompress(body, max_output_size=hd.raw_len)
-        except zstd.ZstdError as e:
-            raise Corrupt(f"{TAG_NAMES[tag]} {key} does not decode: {e}") from None
+    raw = payload(frame, hd)
     check(hd, raw)
     return hd, raw
+
+
+def payload(frame, hd: Header) -> bytes:
+    """A frame's payload, decoded in one call (not checked against its hash yet)."""
+    body = memoryview(frame)[hd.body:]
+    if hd.codec == RAW:
+        return bytes(body)
+    try:
+        return decompressor().decompress(body, max_output_size=hd.raw_len)
+    except zstd.ZstdError as e:
+        raise Corrupt(f"{TAG_NAMES.get(hd.tag, hex(hd.tag))} {hd.key} does not decode: {e}") from None
 
 
 def check(hd: Header, raw) -> None:
@@ -229,8 +233,7 @@ class PartialDecoder:
             self._frame = self._reader = None
 
     def _decode_rest(self) -> None:
-        raw = decompressor().decompress(memoryview(self._frame)[self.hd.body:],
-                                        max_output_size=self.hd.raw_len)
+        raw = payload(self._frame, self.hd)
         if len(raw) != self.hd.raw_len:
             raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} decodes to {len(raw)} bytes, "
                           f"not the {self.hd.raw_len} it declares")

@@ -80,12 +80,7 @@ class Env:
             if not readonly:
                 private_dir(envdir)
             try:
-                cur = (envdir / "data.mdb").stat().st_size
-            except FileNotFoundError:
-                cur = 0
-            map_size = map_size_for(cur)
-            try:
-                self.env = lmdb.open(str(envdir), map_size=map_size, max_dbs=len(DATABASES) + 16,
+                self.env = lmdb.open(str(envdir), map_size=self._map_size(), max_dbs=len(DATABASES) + 16,
                                      readonly=readonly, readahead=False, meminit=False,
                                      max_readers=limits.MAX_READERS, lock=True, mode=0o600, subdir=True)
             except lmdb.Error as e:
@@ -293,8 +288,7 @@ class Env:
                 self._gate.notify_all()
 
     def _grow(self):
-        size = max(self.env.info()["map_size"] + limits.MAP_SIZE_STEP,
-                   map_size_for((self.path / "lmdb" / "data.mdb").stat().st_size))
+        size = max(self.env.info()["map_size"] + limits.MAP_SIZE_STEP, self._map_size())
         if size > limits.MAP_SIZE_MAX:
             raise StoreFull(f"store reached its size limit ({limits.MAP_SIZE_MAX} bytes)")
         self.env.set_mapsize(size)

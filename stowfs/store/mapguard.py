@@ -181,7 +181,10 @@ class Span:
 
     def settle(self) -> None:
         """Put the file mapping back where zero pages were mapped (as LMDB maps it: shared,
-        read-only; past the end of the file a touch is SIGBUS again)."""
+        read-only; past the end of the file a touch is SIGBUS again). Called after every
+        transaction: without a fault it only looks at a list."""
+        if not self._zeroed:
+            return
         with self._lock:
             while self._zeroed:
                 page, end = self._zeroed.pop()
