@@ -91,6 +91,11 @@ MAX_FRAME_RAW = 64 << 20         # no frame decodes to more than this (bounded d
 ZSTD_MAX_WINDOW_LOG = 26         # compression window: the whole block
 PIECE_HASH_STEP = 256 << 10      # a partial decode checks what it hands out per piece
 PARTIAL_DECODE_STEP = 64 << 10   # compressed bytes fed to the decoder at a time
+# Fragments that decode to less are decoded on each read and not cached: the open block of
+# a mount that takes inbox files is hundreds of fragments of a few KB, whose decode costs
+# microseconds, and the files read from them are cached whole by the mount (fs/cache.py).
+CACHED_FRAGMENT_MIN = 64 << 10
+DECODED_ENTRY_COST = 2 << 10     # what a cached decoder holds besides its bytes
 LEVEL_INGEST = 9                 # blocks sealed by ingest (chats: 1.14x of level 19, 70 MB/s)
 LEVEL_FRAGMENT = 3               # fragments of the open block, rewritten later
 LEVEL_META_LIVE = 3              # record groups and name pages written by a put

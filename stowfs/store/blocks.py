@@ -160,9 +160,12 @@ class DecodedCache:
 
     @staticmethod
     def _cost(d: frames.PartialDecoder) -> int:
-        """Memory a cached fragment holds: what it decoded, and while it is not decoded
-        to its end, its compressed frame."""
-        return len(d.buf) + (0 if d.done else d.hd.body + len(d._frame or b""))
+        """Memory a cached fragment holds: what it decoded, the decoder object itself,
+        and while it is not decoded to its end, its compressed frame and the stream
+        decoder's window (as large as the payload, at most)."""
+        if d.done:
+            return len(d.buf) + limits.DECODED_ENTRY_COST
+        return len(d.buf) + limits.DECODED_ENTRY_COST + len(d._frame or b"") + d.stream_state()
 
     def _trim(self) -> None:
         """Drop least recently used fragments until within the limit: decoded ones first
@@ -232,12 +235,15 @@ class StreamReader:
         return out
 
     def decoder(self, frag: Fragment, frame) -> frames.PartialDecoder:
-        """The cached decoder of a fragment: use it only holding its lock (readers in
-        several threads share it)."""
+        """The cached decoder of a fragment (a new one, not cached, for a small fragment:
+        see limits.CACHED_FRAGMENT_MIN): use it only holding its lock (readers in several
+        threads share it)."""
+        small = frag.hd.raw_len < limits.CACHED_FRAGMENT_MIN
         ck = (frag.key, frag.hd.hash)
-        dec = self.cache.get(ck)
+        dec = None if small else self.cache.get(ck)
         if dec is None:
             _, pieces = decode_extra(frag.hd.extra, frag.hd.raw_len, frag.key)
             dec = frames.PartialDecoder(bytes(frame), frag.hd, pieces, limits.PIECE_HASH_STEP)
-            self.cache.put(ck, dec)
+            if not small:
+                self.cache.put(ck, dec)
         return dec

@@ -184,10 +184,13 @@ class PartialDecoder:
         self._frame = frame
         self._pos = hd.body
         self._whole = False              # the whole payload checked against the frame hash
-        self._reader = None
-        if hd.codec == ZSTD:
-            self._reader = zstd.ZstdDecompressor(
-                max_window_size=1 << limits.ZSTD_MAX_WINDOW_LOG).decompressobj()
+        self._reader = None              # the stream decoder, made when first needed
+
+    def stream_state(self) -> int:
+        """Memory the stream decoder holds: its window, which zstd sizes to the payload
+        (the frame says how large that is) and fills as it decodes, so its resident part
+        is about what was decoded so far."""
+        return len(self.buf) if self._reader is not None else 0
 
     @property
     def done(self) -> bool:
@@ -210,13 +213,16 @@ class PartialDecoder:
             return
         want = min(-(-end // step) * step, raw_len)     # whole pieces: each is checked whole
         try:
-            if self._reader is not None and want > raw_len // 4:
+            if self.hd.codec == ZSTD and self._frame is not None and want > raw_len // 4:
                 self._decode_rest()
             while len(self.buf) < want and self._frame is not None and self._pos < len(self._frame):
-                if self._reader is None:
+                if self.hd.codec != ZSTD:
                     self.buf += memoryview(self._frame)[self._pos:]
                     self._pos = len(self._frame)
                 else:
+                    if self._reader is None:
+                        self._reader = zstd.ZstdDecompressor(
+                            max_window_size=1 << limits.ZSTD_MAX_WINDOW_LOG).decompressobj()
                     chunk = memoryview(self._frame)[self._pos:self._pos + limits.PARTIAL_DECODE_STEP]
                     self._pos += len(chunk)
                     self.buf += self._reader.decompress(chunk)
