@@ -452,3 +452,75 @@ def test_zstd_state_kept_per_thread_is_bounded():
     t.join()
     assert set(kept) <= {9, 19}
     assert all(w <= 17 and c.memory_size() <= 4 << 20 for w, c in kept.values())
+
+
+def test_a_lean_writer_holds_only_what_it_has_not_saved(tmp_path):
+    """The mount's writer (defer_block_merges): files put one transaction each, with long
+    repeats of earlier ones (dedup reads them back from the open block's fragments, not
+    from memory), over several 1 MiB blocks. It never holds more than one transaction's
+    bytes, filled blocks stay as fragments, every file reads back, and compaction merges
+    the fragments into one frame per block with the same bytes."""
+    from stowfs import limits
+    from stowfs.store import blocks
+
+    recs = [json.dumps(openai_form(r)).encode() for r in sharegpt_records(300)]
+    files, dedup = {}, 0
+    with Store(tmp_path / "s", block_size=1 << 20) as s:
+        s.defer_block_merges()
+        for i, r in enumerate(recs):
+            # every third file repeats an earlier one inside new bytes: a dedup match
+            data = r + (recs[i // 3] if i % 3 == 0 else b"") + os.urandom(2_000).hex().encode()
+            files[f"f{i:03d}.json"] = data
+            dedup += s.put(f"f{i:03d}.json", data).dedup_bytes
+            app = s.writer().app
+            assert len(app.raw) == 0 and not app.full      # saved: nothing held
+        assert dedup > 100_000
+        # a file over two blocks: filled blocks written as it goes (flush_full); stored
+        # again unchanged, then grown (both compare against what is stored)
+        big = os.urandom(1_300_000).hex().encode()
+        files["big.json"] = big
+        s.put("big.json", big)
+        assert s.put("big.json", big).new_bytes == 0
+        files["big.json"] = big + b"more"
+        assert s.put("big.json", big + b"more").new_bytes <= 100
+        end_block = s.writer().app.open_id
+        assert end_block >= 4, "the test must fill blocks"
+        with s.env.begin() as txn:
+            for bid in range(end_block):     # left as fragments: nothing at the ingest level
+                assert {f.hd.level for f, _ in blocks.fragments(txn, s._blocks, bid)} <= {0, limits.LEVEL_FRAGMENT}
+        for name, data in files.items():
+            assert s.get(name) == data
+        assert verify(s)["ok"]
+    compact(tmp_path / "s")
+    with Store(tmp_path / "s") as s:
+        with s.env.begin() as txn:
+            for bid in range(end_block):
+                (frag, _), = blocks.fragments(txn, s._blocks, bid)
+                assert frag.hd.level in (0, limits.LEVEL_COMPACT)
+        for name, data in files.items():
+            assert s.get(name) == data
+        assert verify(s)["ok"]
+
+
+def test_small_fragments_are_not_cached_and_cached_ones_count_their_decoder(tmp_path):
+    """Reads of a mount's open block (hundreds of fragments of a few KB) used to fill the
+    decoded cache with one entry per fragment, each counted by its bytes only: the daemon
+    grew by tens of MiB over a 30-minute soak. Small fragments are decoded per read now."""
+    from stowfs import limits
+
+    recs = [json.dumps(openai_form(r)).encode() for r in sharegpt_records(60)]
+    with Store(tmp_path / "s") as s:
+        s.defer_block_merges()
+        for i, r in enumerate(recs):
+            s.put(f"f{i}.json", r)
+        s.cache.clear()
+        for i, r in enumerate(recs):
+            assert s.get(f"f{i}.json") == r
+        assert len(s.cache._d) == 0
+        big = os.urandom(100_000).hex().encode()      # new bytes: one fragment of 200 KB
+        s.put("big.json", big)
+        s.cache.clear()
+        assert s.reader("big.json").read(0, 100) == big[:100]
+        (dec,) = s.cache._d.values()
+        assert dec.hd.raw_len >= limits.CACHED_FRAGMENT_MIN
+        assert s.cache._cost(dec) >= len(dec.buf) + limits.DECODED_ENTRY_COST

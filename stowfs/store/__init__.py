@@ -157,6 +157,7 @@ class Store:
         self.block_size = self._read(lambda txn: meta_get(txn, self._meta, b"config"))["block_size"]
         self.level = limits.LEVEL_INGEST if level is None else level
         self._preparer = None
+        self._lean = False                    # defer_block_merges()
         # at least two whole blocks and their frames: a file whose repeats were stored
         # once in an earlier block reads from two blocks at a time, and a cache that holds
         # only one decodes them from their starts by turns (cold cat of chats with 32 MiB:
@@ -226,9 +227,19 @@ class Store:
     def disk_bytes(self) -> int:
         return self._env.disk_bytes()
 
+    def defer_block_merges(self) -> None:
+        """From now on this process holds only what it appended since its last save,
+        never seals the open block, and leaves a block that fills up as its fragments,
+        for the background compaction to merge (see appender.py: a lean appender). For
+        the mount, which runs for days: it no longer holds the open block (up to 16 MiB)
+        nor compresses a whole block itself."""
+        with self._wlock:
+            self._lean = True
+            self._writer = None
+
     def writer(self) -> Writer:
         if self._writer is None:
-            app = Appender(self._blocks, self._meta, self.block_size, self.level)
+            app = Appender(self._blocks, self._meta, self.block_size, self.level, lean=self._lean)
             self._writer = Writer(app, Index(self._anchors_db), self._reader)
         return self._writer
 

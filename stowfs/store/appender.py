@@ -13,6 +13,13 @@ decoded in memory across write transactions, so an ingest compresses only what i
 Another process may write in between: the meta record `stream` = {end, epoch} names
 the state this cache was built from, and any mismatch reloads it from the store.
 A transaction that fails is undone with `mark()` / `rollback()`.
+
+A lean appender (the mount's: `Store.defer_block_merges`) holds only what was appended
+since the last save, reads the rest of the open block back from its fragments, never
+seals, and leaves a block that fills up as its fragments: the mount's background
+compaction merges them into one frame (compaction.compact_block) in a child process.
+The daemon then holds neither the open block (up to a block, 16 MiB) nor the zstd state
+that compressing a whole block takes (27 MiB at the ingest level).
 """
 from __future__ import annotations
 
@@ -36,15 +43,17 @@ def pool() -> ThreadPoolExecutor:
 class _Full:
     """A block that filled up: its frame is being compressed."""
 
-    def __init__(self, block_id: int, ranges, raw: bytearray, old_frags: list[int], level: int):
+    def __init__(self, block_id: int, ranges, raw: bytearray, old_frags: list[int], level: Optional[int]):
         self.block_id, self.ranges, self.raw, self.old_frags = block_id, ranges, raw, old_frags
         key = blocks.frag_key(block_id, 0)
-        self.future = pool().submit(blocks.encode_fragment, key, ranges, raw, level)
+        # level None (a lean appender): no frame; what was not saved goes in as a fragment
+        self.future = None if level is None else pool().submit(blocks.encode_fragment, key, ranges, raw, level)
 
 
 class Appender:
-    def __init__(self, blocks_db, meta_db, block_size: int, level: int):
+    def __init__(self, blocks_db, meta_db, block_size: int, level: int, lean: bool = False):
         self.db, self.meta, self.B, self.level = blocks_db, meta_db, block_size, level
+        self.lean = lean
         self.epoch = None          # (end, epoch) this cache reflects; None: not loaded
         self.full: list[_Full] = []
 
@@ -62,9 +71,10 @@ class Appender:
         self.frags: list[int] = []
         reader = blocks.StreamReader(self.db, self.B, blocks.DecodedCache(0))
         for frag, frame in blocks.fragments(txn, self.db, self.open_id):
-            for start, length in frag.ranges:
-                self._add_range(start, length)
-            self.raw += reader.whole(frag, frame)
+            if not self.lean:
+                for start, length in frag.ranges:
+                    self._add_range(start, length)
+                self.raw += reader.whole(frag, frame)
             self.frags.append(frag.key)
         self.epoch = (self.end, self.ep)
 
@@ -86,8 +96,12 @@ class Appender:
         """Write the frames of filled blocks that are compressed (waiting while more than
         in_flight are), so a large file is stored in bounded memory. Only in a
         transaction of its own: a failure then forgets the whole cache (`forget`)."""
-        while self.full and (self.full[0].future.done() or len(self.full) > in_flight):
+        while self.full and (self.full[0].future is None or self.full[0].future.done()
+                             or len(self.full) > in_flight):
             f = self.full.pop(0)
+            if f.future is None:
+                self._save_tail_of(txn, f.block_id, f.ranges, f.raw, f.old_frags)
+                continue
             frame = f.future.result()
             for k in f.old_frags:
                 txn.delete(blocks.key_bytes(k), db=self.db)
@@ -122,7 +136,7 @@ class Appender:
 
     def _close_open_block(self) -> None:
         self.full.append(_Full(self.open_id, [tuple(r) for r in self.ranges], self.raw,
-                               self.frags, self.level))
+                               self.frags, None if self.lean else self.level))
         self.open_id += 1
         self.ranges, self.raw, self.frags = [], bytearray(), []
 
@@ -142,9 +156,15 @@ class Appender:
                 return None
         return None
 
-    def holds(self, pos: int) -> bool:
+    def held_from(self) -> int:
+        """The first stream position read from this appender (read()), not the store: a
+        lean one holds only what it has not saved (flush_full may have written the
+        unsaved part of filled blocks already)."""
         lo = self.full[0].block_id * self.B if self.full else self.open_id * self.B
-        return pos >= lo
+        return max(lo, self.saved) if self.lean else lo
+
+    def holds(self, pos: int) -> bool:
+        return pos >= self.held_from()
 
     def dirty(self) -> bool:
         """Something appended or filled since the last save."""
@@ -159,7 +179,9 @@ class Appender:
             return
         keep = []
         for f in self.full:
-            if wait or f.future.done():
+            if f.future is None:
+                self._save_tail_of(txn, f.block_id, f.ranges, f.raw, f.old_frags)
+            elif wait or f.future.done():
                 frame = f.future.result()
                 for k in f.old_frags:
                     txn.delete(blocks.key_bytes(k), db=self.db)
@@ -170,12 +192,14 @@ class Appender:
                 self._save_tail_of(txn, f.block_id, f.ranges, f.raw, f.old_frags)
                 keep.append(f)
         self.full = keep
-        if seal and self.end > self.saved:
+        if seal and self.end > self.saved and not self.lean:
             self.saved = self.end
             self._seal(txn, self.level)
             return
         self._save_tail_of(txn, self.open_id, self.ranges, self.raw, self.frags)
         self.saved = self.end
+        if self.lean:
+            self.ranges, self.raw = [], bytearray()
         self.ep += 1
         meta_put(txn, self.meta, b"stream", {"end": self.end, "epoch": self.ep})
         self.epoch = (self.end, self.ep)
@@ -203,8 +227,9 @@ class Appender:
         frags.append(key)
 
     def seal(self, txn, level: Optional[int] = None) -> bool:
-        """Rewrite the open block's fragments as one frame (after save). True if it did."""
-        if len(self.frags) <= 1 and level is None:
+        """Rewrite the open block's fragments as one frame (after save). True if it did.
+        A lean appender never does (it does not hold the block)."""
+        if self.lean or (len(self.frags) <= 1 and level is None):
             return False
         if not self.frags:
             return False

@@ -180,12 +180,18 @@ class Writer:
                 pos += len(got)
                 n -= len(got)
             return bytes(out)
-        B = self.reader.block_size
-        n = min(n, B - pos % B)
+        n = self._stored_span(pos, n)
         try:
             return self.reader.read(txn, pos, n)
         except Exception:
             return b""          # a hole (dropped bytes): no match there
+
+    def _stored_span(self, pos: int, n: int) -> int:
+        """How many of the n bytes at pos (a position the appender does not hold) one
+        read from the store may take: within one block, and short of what the appender
+        holds (a lean one holds the open block from its last save on)."""
+        B = self.reader.block_size
+        return min(n, B - pos % B, self.app.held_from() - pos)
 
     def read(self, txn, pos: int, n: int) -> bytes:
         """n bytes at stream position pos, whether committed or still in this writer's
@@ -193,7 +199,7 @@ class Writer:
         out = bytearray()
         while n > 0:
             got = self._get(txn, pos, n, (b"", 0, 0)) if self.app.holds(pos) else \
-                self.reader.read(txn, pos, min(n, self.reader.block_size - pos % self.reader.block_size))
+                self.reader.read(txn, pos, self._stored_span(pos, n))
             if not got:
                 from ..errors import Corrupt
                 raise Corrupt(f"stream position {pos} is not stored")
