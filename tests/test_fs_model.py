@@ -335,6 +335,25 @@ def test_rm_and_rename_conversations(fs, store):
     assert errno_of(walk, fs, "conversations/d") == errno.ENOENT
 
 
+def test_a_removed_file_leaves_no_inbox_entry_behind(fs, store):
+    """inbox/ shows stored files too: a file copied in and later removed (rm in
+    conversations/, or by another process) has its inbox/ entry dropped in the kernel,
+    which then forgets the node (a soak kept one for every file ever copied in)."""
+    fs.remember(fs.mkdir(TOP["inbox"], "w", 0o755)[0])
+    write_inbox(fs, "w/a.json", conv("x"))
+    inbox_w, _ = walk(fs, "inbox/w")
+    walk(fs, "inbox/w/a.json")
+    d, _ = walk(fs, "conversations/w")
+    fs.notifier.entries.clear()
+    fs.unlink(d, "a.json")
+    assert (inbox_w, "a.json") in fs.notifier.entries
+    write_inbox(fs, "w/b.json", conv("y"))
+    fs.notifier.entries.clear()
+    store.remove("w/b.json")                      # another process
+    fs.refresh()
+    assert (inbox_w, "b.json") in fs.notifier.entries
+
+
 def test_rename_directory_and_rmdir_nonempty(fs, store):
     store.put("d/a.json", conv("x"))
     store.put("d/e/b.json", conv("y"))

@@ -189,6 +189,25 @@ class Inbox:
                 pass
         return [(name, self._node_of(join(d.path, name), kind)) for name, kind in names.items()]
 
+    def known_dir(self, rel: str) -> Optional[int]:
+        """The inode of directory inbox/rel if the kernel holds it (a snapshot: no lock)."""
+        n = self._by_path.get(rel)
+        return n.ino if n is not None and n.kind == DIR else None
+
+    def gone(self) -> list[tuple[int, str]]:
+        """(directory inode, name) of each inbox/ file the kernel holds that is neither a
+        spool file nor stored any more (removed by another process)."""
+        with self._lock:
+            files = [n.path for n in self._by_path.values() if n.kind == FILE and n.path]
+        out = []
+        for rel in files:
+            if self._kind(rel) is None:
+                d, name = split(rel)
+                ino = self.known_dir(d)
+                if ino is not None:
+                    out.append((ino, name))
+        return out
+
     def forget(self, node: Node) -> None:
         """The kernel holds no reference to node any more."""
         with self._lock:

@@ -879,7 +879,13 @@ class Filesystem:
         for parent, name in self._dentries(path, old) | (self._dentries(path, new) if new else set()):
             self.notifier.entry(parent, name)
         if new is None:
-            self._gone_dirs(split(path)[0], dir_views)
+            # inbox/ shows stored files too: without this the kernel kept the entry (and
+            # the mount its node) of every file ever copied in and since removed
+            d, base = split(path)
+            inbox_dir = self.inbox.known_dir(d)
+            if inbox_dir is not None:
+                self.notifier.entry(inbox_dir, base)
+            self._gone_dirs(d, dir_views)
             if old is not None:
                 for view, key in BY_KEYS.items():
                     value = index_value(old, key)
@@ -904,6 +910,8 @@ class Filesystem:
         with self._lock:
             nodes = [n for n in self._nodes.values()
                      if n.ino not in self._fixed and n.view not in INBOX_VIEWS]
+        for parent, name in self.inbox.gone():
+            self.notifier.entry(parent, name)
         for n in nodes:
             if n.kind == DIR:
                 if budget_of(n.view) is not None:
