@@ -2,6 +2,7 @@
 repeats, removal, gc, compact, verify."""
 from __future__ import annotations
 
+import bisect
 import json
 import os
 
@@ -256,6 +257,83 @@ def test_put_many_in_worker_processes_keeps_order_and_isolates_failures(tmp_path
             assert s.get(str(p.relative_to(root))) == p.read_bytes()
         assert s.stats()["files"] == len(files)
         assert verify(s)["ok"]
+
+
+def test_name_pages_found_in_a_batch_are_those_of_the_full_walk(tmp_path):
+    """In a write transaction the page of a name is found with one cursor step and this
+    transaction's pages (Names._floor_page); it must be the page the merged walk over
+    stored and changed pages finds, for names before, inside, between and after the
+    pages, long names and pages deleted in the transaction included; and the walk must
+    find every live name (a stored page deleted in the transaction made it skip the
+    live page before it, which then held the names)."""
+    root = corpus_dir()
+    real = sorted(str(p.relative_to(root)) for p in corpus_files())
+    long_dir = "/".join("d" * 200 for _ in range(3))
+    names = sorted(set(real + [f"a/{i:04d}.json" for i in range(1500)]
+                       + [f"{long_dir}/{i:03d}.json" for i in range(0, 60, 2)]))
+    src = tmp_path / "f.json"
+    src.write_bytes(b'{"x": 1}')
+    with Store(tmp_path / "s") as store:
+        list(store.put_many([(n, src, None) for n in names[::2]], workers=0))
+        table = store._names
+        probes = names[::3] + ["", "0", "a", "a/", "a/0700.json/", "zzz", f"{long_dir}/001.json",
+                               f"{long_dir}/0", long_dir]
+
+        def both(txn, name, live):
+            fast = table._page_for(txn, name)
+            table._floor_page = lambda *_a: None
+            try:
+                slow = table._page_for(txn, name)
+            finally:
+                del table._floor_page
+            assert fast == slow, name
+            first = live[bisect.bisect_left(live, name)] if name <= live[-1] else None
+            assert table.first_from(txn, name) == first, name
+            assert next((n for n, _ in table.iterate(txn, name)), None) == first, name
+
+        def live_names(txn):
+            keys = {k for k, _ in table.pages(txn)} - {k for k, v in table.dirty.items() if v is None}
+            keys |= {k for k, v in table.dirty.items() if v is not None}
+            out = [n for k in sorted(keys) for n, _ in table._entries(txn, k)]
+            assert out == sorted(out)
+            return out
+
+        with store.env.begin(write=True) as txn:
+            table.dirty = {}
+            try:
+                for i, n in enumerate(names[1::2] + [f"0/{i}" for i in range(40)]):
+                    table.put(txn, n, 10 ** 6 + i)
+                    if i % 7 == 0:
+                        table.delete(txn, names[(i * 2) % len(names)])
+                    if i % 150 == 0 or i > 790:
+                        live = live_names(txn)
+                        for probe in probes if i % 150 == 0 else probes[:8]:
+                            both(txn, probe, live)
+                live = live_names(txn)
+                for probe in probes:
+                    both(txn, probe, live)
+            finally:
+                table.dirty = {}
+                txn.abort()
+
+
+def test_anchor_rollback_restores_what_was_pending():
+    """A file that fails in a batch takes back the anchors it added (the index keeps a
+    log of them instead of a copy per file)."""
+    from stowfs.store.anchors import Index
+    ix = Index(None)
+    for k in range(200):
+        ix.add(k * 7919 % 1000, k)
+    before = list(ix.pending.items())
+    m = ix.mark()
+    for k in range(150, 1500):
+        ix.add(k, -k)
+    inner = ix.mark()
+    ix.add(5000, 1)
+    ix.rollback(inner)
+    assert 5000 not in ix.pending and 1499 in ix.pending
+    ix.rollback(m)
+    assert list(ix.pending.items()) == before
 
 
 def test_compact_and_everything_still_works(tmp_path):

@@ -322,10 +322,9 @@ class Store:
 
     def _check_place(self, txn, name: str) -> None:
         """name must not be a directory, and no parent of it may be a file."""
-        for n, _ in self._names.iterate(txn, name + "/"):
-            if n.startswith(name + "/"):
-                raise Exists(f"{name} is a directory")
-            break
+        below = self._names.first_from(txn, name + "/")
+        if below is not None and below.startswith(name + "/"):
+            raise Exists(f"{name} is a directory")
         parts = name.split("/")
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
