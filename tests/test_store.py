@@ -336,6 +336,34 @@ def test_anchor_rollback_restores_what_was_pending():
     assert list(ix.pending.items()) == before
 
 
+def test_record_group_rollback_restores_the_changed_groups(tmp_path):
+    """A file that fails in a batch takes back its record changes (the groups keep a log
+    of them instead of a copy of every changed group per file)."""
+    root = corpus_dir()
+    files = corpus_files()[:4]
+    with Store(tmp_path / "s") as store:
+        for p in files:
+            store.put_file(str(p.relative_to(root)), p)
+        groups = store._groups
+        with store.env.begin(write=True) as txn:
+            groups.dirty = {}
+            try:
+                recs = [store._record(txn, str(p.relative_to(root))) for p in files]
+                groups.set(txn, recs[0].replace(mode=0o600))
+                before = {g: dict(d) for g, d in groups.dirty.items()}
+                m = groups.mark()
+                groups.drop(txn, recs[1].file_id)
+                groups.set(txn, recs[2].replace(mode=0o400))
+                groups.set(txn, recs[3].replace(file_id=5 << 9))      # a group not changed yet
+                assert groups.dirty != before
+                groups.rollback(m)
+                assert groups.dirty == before
+                assert list(groups.dirty) == list(before)
+            finally:
+                groups.dirty = {}
+                txn.abort()
+
+
 def test_compact_and_everything_still_works(tmp_path):
     recs = sharegpt_records(120)
     path = tmp_path / "store"

@@ -78,8 +78,9 @@ class Names(ThreadDirty):
         return self._cache.get(hd.hash, lambda: decode_page(k, frame))
 
     def _entries(self, txn, k: bytes) -> list:
-        if k in self.dirty:
-            return self.dirty[k]
+        d = self.dirty
+        if k in d:
+            return d[k]
         return self._load(k, txn.get(k, db=self.db))
 
     def _keys_from(self, txn, k: Optional[bytes]):
