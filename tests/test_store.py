@@ -259,6 +259,45 @@ def test_put_many_in_worker_processes_keeps_order_and_isolates_failures(tmp_path
         assert verify(s)["ok"]
 
 
+def test_batches_end_where_put_many_commits_and_rows_come_as_prepared():
+    """put_many stores each file in its batch's transaction as the workers deliver it (so
+    storing overlaps preparing), and its batches end where they always did: at
+    batch_files, at batch_bytes, before a file stored alone, at the end of the stream
+    (that one seals). A transaction run again replays the rows it took."""
+    from stowfs import limits
+    from stowfs.store.ingest import Prepared
+    from stowfs.store.pipeline import Batches
+
+    def cut(sizes, files, nbytes):
+        pulled = []
+
+        def stream():
+            for i, n in enumerate(sizes):
+                pulled.append(f"f{i}")
+                yield f"f{i}", f"/src/f{i}", Prepared(f"f{i}", n, 0, 0o644, {})
+        b, out = Batches(stream(), files, nbytes), []
+        while True:
+            big = b.next_alone()
+            if big is not None:
+                out.append(("alone", big[0]))
+                continue
+            names = []
+            for name, _, _ in b.rows():
+                assert pulled[-1] == name           # nothing taken before it is stored
+                names.append(name)
+            assert [r[0] for r in b.rows()] == names
+            out.append((names, b.ended))
+            b.committed()
+            if b.ended:
+                return out
+
+    assert cut([10, 10, 10, 10, limits.ALONE_BYTES + 1, 10, 50, 10, 10], 3, 60) == [
+        (["f0", "f1", "f2"], False), (["f3"], False), ("alone", "f4"),
+        (["f5", "f6"], False), (["f7", "f8"], True)]
+    assert cut([10, 10, 10], 3, 60) == [(["f0", "f1", "f2"], False), ([], True)]
+    assert cut([limits.ALONE_BYTES + 1], 3, 60) == [("alone", "f0"), ([], True)]
+
+
 def test_name_pages_found_in_a_batch_are_those_of_the_full_walk(tmp_path):
     """In a write transaction the page of a name is found with one cursor step and this
     transaction's pages (Names._floor_page); it must be the page the merged walk over
