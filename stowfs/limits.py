@@ -101,6 +101,9 @@ LEVEL_FRAGMENT = 3               # fragments of the open block, rewritten later
 LEVEL_META_LIVE = 3              # record groups and name pages written by a put
 COMPRESS_THREADS = 2
 BATCH_BYTES = 32 << 20           # ingest commits a batch at this many input bytes
+PREPARE_GROUP_FILES = 32         # ingest hands its workers tasks of at most this many files
+PREPARE_GROUP_BYTES = 1 << 20    # ... or about this many input bytes
+PREPARE_AHEAD_BYTES = 64 << 20   # input bytes handed to the workers ahead of the stores
 
 # Dedup anchors (anchors.py): a window of ANCHOR_WINDOW bytes, one anchor per about
 # 2**ANCHOR_BITS bytes; repeats shorter than MIN_MATCH are left to zstd.

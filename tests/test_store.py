@@ -2,6 +2,7 @@
 repeats, removal, gc, compact, verify."""
 from __future__ import annotations
 
+import bisect
 import json
 import os
 
@@ -256,6 +257,150 @@ def test_put_many_in_worker_processes_keeps_order_and_isolates_failures(tmp_path
             assert s.get(str(p.relative_to(root))) == p.read_bytes()
         assert s.stats()["files"] == len(files)
         assert verify(s)["ok"]
+
+
+def test_batches_end_where_put_many_commits_and_rows_come_as_prepared():
+    """put_many stores each file in its batch's transaction as the workers deliver it (so
+    storing overlaps preparing), and its batches end where they always did: at
+    batch_files, at batch_bytes, before a file stored alone, at the end of the stream
+    (that one seals). A transaction run again replays the rows it took."""
+    from stowfs import limits
+    from stowfs.store.ingest import Prepared
+    from stowfs.store.pipeline import Batches
+
+    def cut(sizes, files, nbytes):
+        pulled = []
+
+        def stream():
+            for i, n in enumerate(sizes):
+                pulled.append(f"f{i}")
+                yield f"f{i}", f"/src/f{i}", Prepared(f"f{i}", n, 0, 0o644, {})
+        b, out = Batches(stream(), files, nbytes), []
+        while True:
+            big = b.next_alone()
+            if big is not None:
+                out.append(("alone", big[0]))
+                continue
+            names = []
+            for name, _, _ in b.rows():
+                assert pulled[-1] == name           # nothing taken before it is stored
+                names.append(name)
+            assert [r[0] for r in b.rows()] == names
+            out.append((names, b.ended))
+            b.committed()
+            if b.ended:
+                return out
+
+    assert cut([10, 10, 10, 10, limits.ALONE_BYTES + 1, 10, 50, 10, 10], 3, 60) == [
+        (["f0", "f1", "f2"], False), (["f3"], False), ("alone", "f4"),
+        (["f5", "f6"], False), (["f7", "f8"], True)]
+    assert cut([10, 10, 10], 3, 60) == [(["f0", "f1", "f2"], False), ([], True)]
+    assert cut([limits.ALONE_BYTES + 1], 3, 60) == [("alone", "f0"), ([], True)]
+
+
+def test_name_pages_found_in_a_batch_are_those_of_the_full_walk(tmp_path):
+    """In a write transaction the page of a name is found with one cursor step and this
+    transaction's pages (Names._floor_page); it must be the page the merged walk over
+    stored and changed pages finds, for names before, inside, between and after the
+    pages, long names and pages deleted in the transaction included; and the walk must
+    find every live name (a stored page deleted in the transaction made it skip the
+    live page before it, which then held the names)."""
+    root = corpus_dir()
+    real = sorted(str(p.relative_to(root)) for p in corpus_files())
+    long_dir = "/".join("d" * 200 for _ in range(3))
+    names = sorted(set(real + [f"a/{i:04d}.json" for i in range(1500)]
+                       + [f"{long_dir}/{i:03d}.json" for i in range(0, 60, 2)]))
+    src = tmp_path / "f.json"
+    src.write_bytes(b'{"x": 1}')
+    with Store(tmp_path / "s") as store:
+        list(store.put_many([(n, src, None) for n in names[::2]], workers=0))
+        table = store._names
+        probes = names[::3] + ["", "0", "a", "a/", "a/0700.json/", "zzz", f"{long_dir}/001.json",
+                               f"{long_dir}/0", long_dir]
+
+        def both(txn, name, live):
+            fast = table._page_for(txn, name)
+            table._floor_page = lambda *_a: None
+            try:
+                slow = table._page_for(txn, name)
+            finally:
+                del table._floor_page
+            assert fast == slow, name
+            first = live[bisect.bisect_left(live, name)] if name <= live[-1] else None
+            assert table.first_from(txn, name) == first, name
+            assert next((n for n, _ in table.iterate(txn, name)), None) == first, name
+
+        def live_names(txn):
+            keys = {k for k, _ in table.pages(txn)} - {k for k, v in table.dirty.items() if v is None}
+            keys |= {k for k, v in table.dirty.items() if v is not None}
+            out = [n for k in sorted(keys) for n, _ in table._entries(txn, k)]
+            assert out == sorted(out)
+            return out
+
+        with store.env.begin(write=True) as txn:
+            table.dirty = {}
+            try:
+                for i, n in enumerate(names[1::2] + [f"0/{i}" for i in range(40)]):
+                    table.put(txn, n, 10 ** 6 + i)
+                    if i % 7 == 0:
+                        table.delete(txn, names[(i * 2) % len(names)])
+                    if i % 150 == 0 or i > 790:
+                        live = live_names(txn)
+                        for probe in probes if i % 150 == 0 else probes[:8]:
+                            both(txn, probe, live)
+                live = live_names(txn)
+                for probe in probes:
+                    both(txn, probe, live)
+            finally:
+                table.dirty = {}
+                txn.abort()
+
+
+def test_anchor_rollback_restores_what_was_pending():
+    """A file that fails in a batch takes back the anchors it added (the index keeps a
+    log of them instead of a copy per file)."""
+    from stowfs.store.anchors import Index
+    ix = Index(None)
+    for k in range(200):
+        ix.add(k * 7919 % 1000, k)
+    before = list(ix.pending.items())
+    m = ix.mark()
+    for k in range(150, 1500):
+        ix.add(k, -k)
+    inner = ix.mark()
+    ix.add(5000, 1)
+    ix.rollback(inner)
+    assert 5000 not in ix.pending and 1499 in ix.pending
+    ix.rollback(m)
+    assert list(ix.pending.items()) == before
+
+
+def test_record_group_rollback_restores_the_changed_groups(tmp_path):
+    """A file that fails in a batch takes back its record changes (the groups keep a log
+    of them instead of a copy of every changed group per file)."""
+    root = corpus_dir()
+    files = corpus_files()[:4]
+    with Store(tmp_path / "s") as store:
+        for p in files:
+            store.put_file(str(p.relative_to(root)), p)
+        groups = store._groups
+        with store.env.begin(write=True) as txn:
+            groups.dirty = {}
+            try:
+                recs = [store._record(txn, str(p.relative_to(root))) for p in files]
+                groups.set(txn, recs[0].replace(mode=0o600))
+                before = {g: dict(d) for g, d in groups.dirty.items()}
+                m = groups.mark()
+                groups.drop(txn, recs[1].file_id)
+                groups.set(txn, recs[2].replace(mode=0o400))
+                groups.set(txn, recs[3].replace(file_id=5 << 9))      # a group not changed yet
+                assert groups.dirty != before
+                groups.rollback(m)
+                assert groups.dirty == before
+                assert list(groups.dirty) == list(before)
+            finally:
+                groups.dirty = {}
+                txn.abort()
 
 
 def test_compact_and_everything_still_works(tmp_path):

@@ -120,6 +120,7 @@ class Index:
         self.db = db
         self.runs: dict[int, tuple[bytes, np.ndarray, np.ndarray]] = {}
         self.pending: dict[int, int] = {}
+        self._added: list[int] = []     # pending's keys in the order added (mark/rollback)
 
     def begin(self, txn) -> None:
         """Bring the loaded runs in step with the store."""
@@ -149,13 +150,20 @@ class Index:
         return out
 
     def add(self, key: int, pos: int) -> None:
-        self.pending.setdefault(key, pos)
+        if key not in self.pending:
+            self.pending[key] = pos
+            self._added.append(key)
 
-    def mark(self):
-        return dict(self.pending)
+    def mark(self) -> int:
+        """A point to roll back to: how many anchors are pending (a copy of them, taken
+        before every file of a batch, grew with the batch: 0.3 s of storing 5,000 chats).
+        Marks are taken within one transaction, before it saves."""
+        return len(self._added)
 
-    def rollback(self, m) -> None:
-        self.pending = m
+    def rollback(self, m: int) -> None:
+        for key in self._added[m:]:
+            del self.pending[key]
+        del self._added[m:]
 
     def save(self, txn) -> None:
         if not self.pending:
@@ -168,7 +176,7 @@ class Index:
         txn.put(_KEY.pack(run_id), frame, db=self.db)
         k2, p2 = decode_run(frame, run_id)
         self.runs[run_id] = (frames.header(frame, frames.ANCHORS, run_id).hash, k2, p2)
-        self.pending = {}
+        self.pending, self._added = {}, []
         if len(self.runs) > limits.ANCHOR_RUNS_MAX:
             # tiered: merge the small runs into one, leave the largest (what compaction
             # merged) alone, so a small ingest never rewrites the whole index

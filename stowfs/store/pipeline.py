@@ -5,8 +5,9 @@ import os
 from collections import deque
 from typing import Optional
 
+from .. import limits
 from ..errors import StowError
-from .ingest import prepare_many
+from .ingest import Prepared, prepare_many
 
 
 class _Failed(BaseException):
@@ -16,11 +17,12 @@ class _Failed(BaseException):
 
 
 def _row(item) -> tuple:
+    """(name, path, mtime_ns, mode) for prepare_many, and the file's size."""
     name, path, mtime = item[0], item[1], item[2]
     mode = item[3] if len(item) > 3 else None
     st = os.stat(path)
     mtime_ns = st.st_mtime_ns if mtime is None else int(round(float(mtime) * 1e9))
-    return name, str(path), mtime_ns, (st.st_mode & 0o7777) if mode is None else (mode & 0o7777)
+    return (name, str(path), mtime_ns, (st.st_mode & 0o7777) if mode is None else (mode & 0o7777)), st.st_size
 
 
 def _exit_with(parent: int) -> None:
@@ -50,33 +52,40 @@ def _pool(workers: int):
                                initializer=_exit_with, initargs=(os.getpid(),))
 
 
-def prepared_stream(items: list, workers: Optional[int]):
-    """Yield (name, path, Prepared or StowError) for each item, in order."""
-    rows = []
-    for item in items:
-        try:
-            rows.append(_row(item))
-        except OSError as e:
-            rows.append(_Failed(item[0], str(item[1]), StowError(f"cannot read {item[1]}: {e.strerror}")))
-    if workers is None:
-        workers = (os.cpu_count() or 1) if len(rows) >= 32 else 0
+def _groups(rows: list, sizes: list) -> list:
+    """Rows cut into the tasks handed to the workers: at most PREPARE_GROUP_FILES files
+    or about PREPARE_GROUP_BYTES each. Small, because the store takes a task's files
+    only once the whole task is prepared, and the workers should finish together (at
+    64 files or 8 MiB the 82 sessions made five tasks of 6-28 files, 1-4 s each); large
+    enough that a task's round trip costs little."""
     groups, cur, size = [], [], 0
-    for r in rows:
+    for r, n in zip(rows, sizes):
         cur.append(r)
-        if not isinstance(r, BaseException):
-            try:
-                size += os.path.getsize(r[1])
-            except OSError:
-                pass
-        if len(cur) >= 64 or size >= 8 << 20:
-            groups.append(cur)
+        size += n
+        if len(cur) >= limits.PREPARE_GROUP_FILES or size >= limits.PREPARE_GROUP_BYTES:
+            groups.append((cur, size))
             cur, size = [], 0
     if cur:
-        groups.append(cur)
+        groups.append((cur, size))
+    return groups
 
-    def run(group):
-        ok = [r for r in group if not isinstance(r, BaseException)]
-        return iter(prepare_many(ok))
+
+def prepared_stream(items: list, workers: Optional[int]):
+    """Yield (name, path, Prepared or StowError) for each item, in order."""
+    rows, sizes = [], []
+    for item in items:
+        try:
+            row, size = _row(item)
+        except OSError as e:
+            row, size = _Failed(item[0], str(item[1]), StowError(f"cannot read {item[1]}: {e.strerror}")), 0
+        rows.append(row)
+        sizes.append(size)
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(rows) >= 32 else 0
+    groups = _groups(rows, sizes)
+
+    def ok(group):
+        return [r for r in group if not isinstance(r, BaseException)]
 
     def emit(group, results):
         for r in group:
@@ -87,22 +96,88 @@ def prepared_stream(items: list, workers: Optional[int]):
                 yield r[0], r[1], p
 
     if workers <= 0 or len(groups) <= 1:
-        for g in groups:
-            yield from emit(g, run(g))
+        for g, _ in groups:
+            yield from emit(g, iter(prepare_many(ok(g))))
         return
     with _pool(workers) as ex:
-        pending = deque()
-        it = iter(groups)
-        for g in it:
-            pending.append((g, ex.submit(prepare_many, [r for r in g if not isinstance(r, BaseException)])))
-            if len(pending) >= 2 * workers:
-                break
+        # the workers run ahead of the stores (by bytes: a batch commit, which does not
+        # take rows, must not leave them idle), in order of the rows
+        pending, ahead = deque(), 0
+        for g, size in groups:
+            while pending and ahead + size > limits.PREPARE_AHEAD_BYTES:
+                g0, size0, fut = pending.popleft()
+                ahead -= size0
+                yield from emit(g0, iter(fut.result()))
+            pending.append((g, size, ex.submit(prepare_many, ok(g))))
+            ahead += size
         while pending:
-            g, fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, ex.submit(prepare_many, [r for r in nxt if not isinstance(r, BaseException)])))
-            yield from emit(g, iter(fut.result()))
+            g0, _, fut = pending.popleft()
+            yield from emit(g0, iter(fut.result()))
+
+
+class Batches:
+    """The prepared stream of `put_many` cut into the batches it commits: a batch ends at
+    `files` files or `nbytes` input bytes, before a file too large to share a
+    transaction (limits.ALONE_BYTES: stored alone), or at the end of the stream. Rows are
+    pulled while the batch's transaction stores them, so storing overlaps preparing."""
+
+    def __init__(self, stream, files: int, nbytes: int):
+        self._stream, self._files, self._nbytes = stream, files, nbytes
+        self._rows: list = []       # the current batch, as far as it was pulled
+        self._bytes = 0
+        self._closed = False        # the current batch is complete
+        self._alone = None          # a large file pulled, to store after the batch
+        self.ended = False          # the stream is exhausted
+
+    def _pull(self):
+        try:
+            return next(self._stream)
+        except StopIteration:
+            self.ended = True
+            return None
+
+    @staticmethod
+    def _large(row) -> bool:
+        return isinstance(row[2], Prepared) and row[2].size > limits.ALONE_BYTES
+
+    def _add(self, row) -> None:
+        self._rows.append(row)
+        self._bytes += row[2].size if isinstance(row[2], Prepared) else 0
+        if len(self._rows) >= self._files or self._bytes >= self._nbytes:
+            self._closed = True
+
+    def next_alone(self):
+        """Pull the next batch's first row before its transaction begins (the store is not
+        held while the workers start); a file to store alone is returned instead."""
+        if self._alone is not None:
+            row, self._alone = self._alone, None
+            return row
+        if self._rows or self.ended:
+            return None
+        row = self._pull()
+        if row is not None:
+            if self._large(row):
+                return row
+            self._add(row)
+        return None
+
+    def rows(self):
+        """The current batch's rows: those pulled already (a transaction that runs again
+        replays them), then the rest as the workers deliver them."""
+        yield from list(self._rows)
+        while not self._closed:
+            row = self._pull()
+            if row is None:
+                return
+            if self._large(row):
+                self._alone, self._closed = row, True
+                return
+            self._add(row)
+            yield row
+
+    def committed(self) -> None:
+        """The current batch is stored: the next one starts."""
+        self._rows, self._bytes, self._closed = [], 0, False
 
 
 class ChildPreparer:

@@ -204,6 +204,9 @@ def decode_group(frame, gid: int) -> dict[int, Record]:
         raise Corrupt(f"record group {gid} is damaged: {e}") from None
 
 
+_ABSENT = object()      # in Groups' undo log: the record was not there
+
+
 class Groups(ThreadDirty):
     """Read and write record groups. Decoded groups are cached by content hash; a write
     transaction changes groups in `dirty` and writes each once, at `flush`."""
@@ -227,22 +230,37 @@ class Groups(ThreadDirty):
         return self.load(txn, group_of(file_id)).get(file_id)
 
     def set(self, txn, r: Record) -> None:
-        gid = group_of(r.file_id)
-        if gid not in self.dirty:
-            self.dirty[gid] = dict(self.load(txn, gid))
-        self.dirty[gid][r.file_id] = r
+        recs = self._changing(txn, group_of(r.file_id))
+        self.undo.append((group_of(r.file_id), r.file_id, recs.get(r.file_id, _ABSENT)))
+        recs[r.file_id] = r
 
     def drop(self, txn, file_id: int) -> Optional[Record]:
-        gid = group_of(file_id)
-        if gid not in self.dirty:
-            self.dirty[gid] = dict(self.load(txn, gid))
-        return self.dirty[gid].pop(file_id, None)
+        recs = self._changing(txn, group_of(file_id))
+        self.undo.append((group_of(file_id), file_id, recs.get(file_id, _ABSENT)))
+        return recs.pop(file_id, None)
 
-    def mark(self):
-        return {g: dict(d) for g, d in self.dirty.items()}
+    def _changing(self, txn, gid: int) -> dict[int, Record]:
+        d = self.dirty
+        if gid not in d:
+            d[gid] = dict(self.load(txn, gid))
+            self.undo.append((gid, None, _ABSENT))
+        return d[gid]
 
-    def rollback(self, m) -> None:
-        self.dirty = m
+    def mark(self) -> int:
+        """A point to roll back to (a copy of the changed groups, taken before every file
+        of a batch, grew with the batch: 0.1-0.2 s of storing 5,000 chats)."""
+        return len(self.undo)
+
+    def rollback(self, m: int) -> None:
+        d, undo = self.dirty, self.undo
+        while len(undo) > m:
+            gid, fid, prev = undo.pop()
+            if fid is None:
+                del d[gid]
+            elif prev is _ABSENT:
+                d[gid].pop(fid, None)
+            else:
+                d[gid][fid] = prev
 
     def flush(self, txn, level: int) -> None:
         for gid, recs in self.dirty.items():

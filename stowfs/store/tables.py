@@ -36,7 +36,8 @@ class FrameCache:
 
 class ThreadDirty:
     """`dirty`: the changes of the write transaction running in this thread (readers in
-    other threads never see them)."""
+    other threads never see them); `undo`: a log of them for a table that takes back
+    the last ones (a file that failed in a batch), emptied whenever dirty is replaced."""
 
     def __init__(self):
         self._tl = threading.local()
@@ -51,3 +52,11 @@ class ThreadDirty:
     @dirty.setter
     def dirty(self, value: dict) -> None:
         self._tl.d = value
+        self._tl.undo = []
+
+    @property
+    def undo(self) -> list:
+        u: Optional[list] = getattr(self._tl, "undo", None)
+        if u is None:
+            u = self._tl.undo = []
+        return u
