@@ -636,6 +636,14 @@ def test_a_lean_writer_holds_only_what_it_has_not_saved(tmp_path):
         for name, data in files.items():
             assert s.get(name) == data
         assert verify(s)["ok"]
+        with s.env.begin() as txn:      # the binary search finds what a scan finds
+            for bid in range(end_block + 1):
+                frs = blocks.fragments(txn, s._blocks, bid)
+                assert blocks.last_fragment_key(txn, s._blocks, bid) == frs[-1][0].key
+                for off in list(range(0, 1 << 20, 997)) + [f.first for f, _ in frs] + [f.end - 1 for f, _ in frs]:
+                    want = [f.key for f, _ in frs if f.first <= off < f.end]
+                    got = blocks.find_fragment(txn, s._blocks, bid, off)
+                    assert ([got[0].key] if got else []) == want, (bid, off)
     compact(tmp_path / "s")
     with Store(tmp_path / "s") as s:
         with s.env.begin() as txn:

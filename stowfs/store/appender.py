@@ -69,13 +69,16 @@ class Appender:
         self.ranges: list[list[int]] = []
         self.raw = bytearray()
         self.frags: list[int] = []
-        reader = blocks.StreamReader(self.db, self.B, blocks.DecodedCache(0))
-        for frag, frame in blocks.fragments(txn, self.db, self.open_id):
-            if not self.lean:
+        if self.lean:       # only the last fragment's number matters (the next one's)
+            last = blocks.last_fragment_key(txn, self.db, self.open_id)
+            self.frags = [] if last is None else [last]
+        else:
+            reader = blocks.StreamReader(self.db, self.B, blocks.DecodedCache(0))
+            for frag, frame in blocks.fragments(txn, self.db, self.open_id):
                 for start, length in frag.ranges:
                     self._add_range(start, length)
                 self.raw += reader.whole(frag, frame)
-            self.frags.append(frag.key)
+                self.frags.append(frag.key)
         self.epoch = (self.end, self.ep)
 
     def mark(self):

@@ -131,6 +131,56 @@ def fragments(txn, db, block_id: int) -> list[tuple[Fragment, memoryview]]:
     return out
 
 
+def _frag_at(cur, block_id: int, no: int) -> Optional[tuple[Fragment, memoryview]]:
+    """The first fragment of block_id numbered no or more, with its frame (None: none)."""
+    if not cur.set_range(key_bytes(frag_key(block_id, no))):
+        return None
+    try:
+        key = _KEY.unpack(cur.key())[0]
+    except struct.error:
+        raise Corrupt("a block key is damaged") from None
+    if key >> 16 != block_id:
+        return None
+    frame = cur.value()
+    return parse_fragment(frame, key), frame
+
+
+def find_fragment(txn, db, block_id: int, off: int) -> Optional[tuple[Fragment, memoryview]]:
+    """The fragment of block_id whose span holds block offset off (None: none does).
+
+    A block's fragments hold ascending, disjoint ranges in key order (bytes are appended
+    in stream order, and merges and drops keep positions), so past the first fragment (a
+    compacted block has only that one) a binary search over fragment numbers finds it
+    with ~16 parses instead of one per fragment: the open block of a mount that takes
+    inbox files has thousands (a read parsing them all took 40 ms at 3,000)."""
+    cur = txn.cursor(db=db)
+    got = _frag_at(cur, block_id, 0)
+    if got is None or off < got[0].end:
+        return got if got is not None and got[0].first <= off else None
+    lo, hi = (got[0].key & 0xFFFF) + 1, 1 << 16
+    while lo < hi:
+        mid = (lo + hi) // 2
+        g = _frag_at(cur, block_id, mid)
+        if g is None or g[0].first > off:
+            hi = mid
+        else:
+            got, lo = g, (g[0].key & 0xFFFF) + 1
+    return got if got[0].first <= off < got[0].end else None
+
+
+def last_fragment_key(txn, db, block_id: int) -> Optional[int]:
+    """The key of block_id's last fragment (None: it has none)."""
+    cur = txn.cursor(db=db)
+    ok = cur.prev() if cur.set_range(key_bytes(frag_key(block_id + 1, 0))) else cur.last()
+    if not ok:
+        return None
+    try:
+        key = _KEY.unpack(cur.key())[0]
+    except struct.error:
+        raise Corrupt("a block key is damaged") from None
+    return key if key >> 16 == block_id else None
+
+
 class DecodedCache:
     """Decoded (or partly decoded) fragments by (key, content hash), LRU, bounded in
     bytes of decoded content; the one in use is kept even when larger than the bound."""
@@ -208,12 +258,10 @@ class StreamReader:
         return bytes(out)
 
     def _read_block(self, txn, bid: int, off: int, n: int) -> bytes:
-        for frag, frame in fragments(txn, self.db, bid):
-            if not (frag.first <= off < frag.end):
-                continue
-            loc = frag.locate(off)
-            if loc is None:
-                break
+        got = find_fragment(txn, self.db, bid, off)
+        loc = got[0].locate(off) if got is not None else None
+        if loc is not None:
+            frag, frame = got
             p, live = loc
             take = min(n, live)
             dec = self.decoder(frag, frame)
