@@ -677,3 +677,24 @@ def test_small_fragments_are_not_cached_and_cached_ones_count_their_decoder(tmp_
         (dec,) = s.cache._d.values()
         assert dec.hd.raw_len >= limits.CACHED_FRAGMENT_MIN
         assert s.cache._cost(dec) >= len(dec.buf) + limits.DECODED_ENTRY_COST
+
+
+def test_a_stream_that_decoded_everything_lets_its_decoder_go():
+    """Repetitive content decodes to MBs from one step of compressed input. Such a
+    decoder kept its stream and frame, was counted at twice its bytes, and two blocks
+    read by turns evicted each other at every read (cat of a 1 GiB session: 4 s -> minutes)."""
+    from stowfs import limits
+    from stowfs.store import blocks, frames
+
+    raw = b'{"role":"user","content":"the same line again"}\n' * 90_000     # 4.3 MB
+    key = blocks.frag_key(3, 0)
+    frame = blocks.encode_fragment(key, [(0, len(raw))], raw, 3)
+    assert len(frame) < limits.PARTIAL_DECODE_STEP
+    frag = blocks.parse_fragment(frame, key)
+    _, pieces = blocks.decode_extra(frag.hd.extra, frag.hd.raw_len, key)
+    dec = frames.PartialDecoder(frame, frag.hd, pieces, limits.PIECE_HASH_STEP)
+    dec.need(1000)
+    assert dec.done and dec.stream_state() == 0
+    assert blocks.DecodedCache._cost(dec) == len(raw) + limits.DECODED_ENTRY_COST
+    dec.need(len(raw))
+    assert bytes(dec.buf) == raw

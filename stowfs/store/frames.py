@@ -228,6 +228,11 @@ class PartialDecoder:
                     self.buf += self._reader.decompress(chunk)
                 if len(self.buf) > raw_len:
                     raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} decodes to more than it declares")
+            if self._frame is not None and self._pos >= len(self._frame):
+                # all of it decoded (a step of highly repetitive input decodes to MBs):
+                # the stream, its window and the frame are let go; pieces are still
+                # checked as reads reach them, and the whole at the end
+                self._frame = self._reader = None
         except zstd.ZstdError as e:
             raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} does not decode: {e}") from None
         self._check_pieces(end)
