@@ -679,6 +679,34 @@ def test_small_fragments_are_not_cached_and_cached_ones_count_their_decoder(tmp_
         assert s.cache._cost(dec) >= len(dec.buf) + limits.DECODED_ENTRY_COST
 
 
+def test_a_group_encoded_from_kept_forms_is_the_same_frame(tmp_path):
+    """Records keep their facts flattened and extents encoded (a mount rewrites a whole
+    group per inbox file): encoding a decoded group, with those kept forms or without,
+    gives back the stored frame byte for byte, and a replaced record does not reuse its
+    old forms."""
+    from stowfs.store import frames
+
+    recs = [json.dumps(openai_form(r)).encode() for r in sharegpt_records(120)]
+    with Store(tmp_path / "s") as s:
+        for i, r in enumerate(recs):
+            s.put(f"f{i}.json", r)
+        s.put("f3.json", recs[4] + b" ")            # replaced: new record, new facts
+        with s.env.begin() as txn:
+            for k, v in txn.cursor(db=s._groups_db):
+                gid, frame = int.from_bytes(k, "big"), bytes(v)
+                level = frames.header(frame, frames.GROUP, gid).level
+                kept = records.decode_group(frame, gid)
+                assert records.encode_group(gid, kept, level) == frame
+                for r in kept.values():
+                    r._flat = r._enc = None
+                assert records.encode_group(gid, kept, level) == frame
+                r = next(iter(kept.values()))
+                r.flat_facts()
+                changed = r.replace(facts={"x": {"y": 1}})
+                assert changed.flat_facts() == {"x\x00y": 1}
+        assert s.get("f3.json") == recs[4] + b" "
+
+
 def test_a_stream_that_decoded_everything_lets_its_decoder_go():
     """Repetitive content decodes to MBs from one step of compressed input. Such a
     decoder kept its stream and frame, was counted at twice its bytes, and two blocks
