@@ -115,16 +115,20 @@ def parse_fragment(frame, key: int) -> Fragment:
     return Fragment(key, ranges, [r[0] for r in ranges], offsets, hd)
 
 
+def _block_key(k) -> int:
+    try:
+        return _KEY.unpack(k)[0]
+    except struct.error:
+        raise Corrupt("a block key is damaged") from None
+
+
 def fragments(txn, db, block_id: int) -> list[tuple[Fragment, memoryview]]:
     """Every fragment of a block, in key order, with its frame."""
     out = []
     cur = txn.cursor(db=db)
     if cur.set_range(key_bytes(frag_key(block_id, 0))):
         for k, v in cur:
-            try:
-                key = _KEY.unpack(k)[0]
-            except struct.error:
-                raise Corrupt("a block key is damaged") from None
+            key = _block_key(k)
             if key >> 16 != block_id:
                 break
             out.append((parse_fragment(v, key), v))
@@ -135,10 +139,7 @@ def _frag_at(cur, block_id: int, no: int) -> Optional[tuple[Fragment, memoryview
     """The first fragment of block_id numbered no or more, with its frame (None: none)."""
     if not cur.set_range(key_bytes(frag_key(block_id, no))):
         return None
-    try:
-        key = _KEY.unpack(cur.key())[0]
-    except struct.error:
-        raise Corrupt("a block key is damaged") from None
+    key = _block_key(cur.key())
     if key >> 16 != block_id:
         return None
     frame = cur.value()
@@ -174,10 +175,7 @@ def last_fragment_key(txn, db, block_id: int) -> Optional[int]:
     ok = cur.prev() if cur.set_range(key_bytes(frag_key(block_id + 1, 0))) else cur.last()
     if not ok:
         return None
-    try:
-        key = _KEY.unpack(cur.key())[0]
-    except struct.error:
-        raise Corrupt("a block key is damaged") from None
+    key = _block_key(cur.key())
     return key if key >> 16 == block_id else None
 
 
@@ -213,8 +211,6 @@ class DecodedCache:
         """Memory a cached fragment holds: what it decoded, the decoder object itself,
         and while it is not decoded to its end, its compressed frame and the stream
         decoder's window (as large as the payload, at most)."""
-        if d.done:
-            return len(d.buf) + limits.DECODED_ENTRY_COST
         return len(d.buf) + limits.DECODED_ENTRY_COST + len(d._frame or b"") + d.stream_state()
 
     def _trim(self) -> None:
