@@ -352,6 +352,12 @@ def test_a_removed_file_leaves_no_inbox_entry_behind(fs, store):
     store.remove("w/b.json")                      # another process
     fs.refresh()
     assert (inbox_w, "b.json") in fs.notifier.entries
+    # copied in and removed through conversations/ before it settled (a spool file only)
+    write_inbox(fs, "w/c.json", conv("z"), settle=False)
+    walk(fs, "inbox/w/c.json")
+    fs.notifier.entries.clear()
+    fs.unlink(d, "c.json")
+    assert (inbox_w, "c.json") in fs.notifier.entries
 
 
 def test_rename_directory_and_rmdir_nonempty(fs, store):
