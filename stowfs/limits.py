@@ -114,6 +114,14 @@ ANCHOR_SCAN_CHUNK = 1 << 20
 ANCHOR_RUNS_MAX = 4
 MIN_MATCH = 512
 LONG_MATCH = 8 << 10             # a repeat inside the open block is taken from this long
+# A repeat in an earlier block costs a read of that block: a cold read decodes it up to the
+# repeat (tens of ms) and may evict the block being read. A file under FAR_FILE takes one
+# only from FAR_MATCH long; a larger file decodes blocks' worth anyway and takes them from
+# MIN_MATCH. Measured on all 17,671 ShareGPT files (124 MB): 1,108 short repeats (6.6 MB)
+# in earlier blocks made a cold cat of everything take 50 s; without them 13 s, for a
+# compacted store 5% larger.
+FAR_MATCH = 64 << 10
+FAR_FILE = 1 << 20
 
 # Records and names.
 GROUP_BITS = 9                   # 512 records a group

@@ -213,10 +213,10 @@ class Writer:
         """Store data (found: its anchors, if taken already); returns (extents, new
         bytes, deduplicated bytes)."""
         if found is not None:
-            return self._store_parts(txn, [(data, found)])
+            return self._store_parts(txn, [(data, found)], len(data))
         mv = memoryview(data)
         return self._store_parts(txn, (mv[lo:lo + limits.READ_WINDOW]
-                                       for lo in range(0, len(data), limits.READ_WINDOW)))
+                                       for lo in range(0, len(data), limits.READ_WINDOW)), len(data))
 
     def store_file(self, txn, path: str, size: int):
         """Store a file too large to hold, a window at a time."""
@@ -232,9 +232,10 @@ class Writer:
             if n != size:
                 from ..errors import StowError
                 raise StowError(f"{path} changed while it was being stored")
-        return self._store_parts(txn, parts())
+        return self._store_parts(txn, parts(), size)
 
-    def _store_parts(self, txn, parts):
+    def _store_parts(self, txn, parts, size: int):
+        far = limits.MIN_MATCH if size >= limits.FAR_FILE else limits.FAR_MATCH
         extents: list[list[int]] = []
         new = dup = 0
 
@@ -250,14 +251,16 @@ class Writer:
             found = None
             if isinstance(part, tuple):
                 part, found = part
-            n_new, n_dup = self._store_part(txn, part, emit, found)
+            n_new, n_dup = self._store_part(txn, part, emit, found, far)
             new += n_new
             dup += n_dup
             if self.own_txn:
                 self.app.flush_full(txn)
         return [tuple(e) for e in extents], new, dup
 
-    def _store_part(self, txn, data, emit, found=None) -> tuple[int, int]:
+    def _store_part(self, txn, data, emit, found=None, far=limits.MIN_MATCH) -> tuple[int, int]:
+        """Store one part of a file; a repeat in an earlier block is taken from `far`
+        bytes long (see limits.FAR_MATCH)."""
         positions, keys = anchors.find(data) if found is None else found
         hits = self.index.lookup(keys)
         pending = self.index.pending
@@ -282,10 +285,11 @@ class Writer:
                 if m is not None and (best is None or m[1] + m[2] > best[1] + best[2]):
                     best = m
             # A source inside the open block is within zstd's window already: taking
-            # it saves little and costs an extent, unless the repeat is long.
-            if best is not None and best[1] + best[2] >= limits.MIN_MATCH and (
-                    best[0] - best[1] < self.app.open_id * self.app.B
-                    or best[1] + best[2] >= limits.LONG_MATCH):
+            # it saves little and costs an extent, unless the repeat is long. One in an
+            # earlier block costs a read of that block.
+            if best is not None and best[1] + best[2] >= (
+                    limits.LONG_MATCH if best[0] - best[1] >= self.app.open_id * self.app.B
+                    else far):
                 s, back, fwd = best
                 if i - back > lit:
                     emit(self.app.append(data[lit:i - back]), i - back - lit)
