@@ -22,6 +22,27 @@ def unpack(data: bytes):
     )
 
 
+def unpack_list(data: bytes, keep_packed=frozenset()) -> list:
+    """A packed list, with the items at positions in keep_packed left as their packed
+    bytes (unpack() them when needed)."""
+    u = msgpack.Unpacker(
+        raw=False, strict_map_key=False, use_list=True, max_buffer_size=max(len(data), 1),
+        max_bin_len=_MAX, max_str_len=_MAX, max_array_len=_MAX, max_map_len=_MAX,
+    )
+    u.feed(data)
+    out = []
+    for i in range(u.read_array_header()):
+        if i in keep_packed:
+            start = u.tell()
+            u.skip()
+            out.append(bytes(data[start:u.tell()]))
+        else:
+            out.append(u.unpack())
+    if u.tell() != len(data):
+        raise ValueError("trailing bytes after the list")
+    return out
+
+
 def put_uvarint(out: bytearray, n: int) -> None:
     if n < 0:
         raise ValueError("uvarint must be >= 0")

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import sys
+import threading
+from collections import OrderedDict
 from typing import Optional
 
 from .. import limits
 from ..errors import Corrupt
-from ..packing import get_uvarint, pack, put_uvarint, unpack
+from ..packing import get_uvarint, pack, put_uvarint, unpack, unpack_list
 from . import frames
 from .tables import FrameCache, ThreadDirty
 
@@ -74,10 +77,15 @@ class Record:
     so it keeps the forms encode_group needs: its facts flattened and its extents
     encoded (after a given position). A mount stores inbox files one transaction each,
     and each rewrites the file's whole group: flattening every record's facts again
-    was two thirds of storing a file (12 ms a file in a group of 500)."""
+    was two thirds of storing a file (12 ms a file in a group of 500).
+
+    A decoded record does not hold its facts: it points at its group's facts column
+    (`_src`), and `facts` is made from there when asked for. Decoded groups are cached
+    (up to 64 of 512 records), and the nested dicts of every record's facts were most of
+    a reading daemon's memory: 150 MiB after a cat of a 17,671-file store."""
     __slots__ = ("file_id", "name", "size", "mtime_ns", "mode", "format", "application", "model",
-                 "models", "day", "error", "messages", "conversations", "facts", "checksum",
-                 "_ext", "_flat", "_enc")
+                 "models", "day", "error", "messages", "conversations", "_facts", "checksum",
+                 "_ext", "_flat", "_enc", "_src")
     FIELDS = ("file_id", "name", "size", "mtime_ns", "mode", "format", "application", "model",
               "models", "day", "error", "messages", "conversations", "facts", "checksum")
     STORED = FIELDS[:1] + FIELDS[2:]        # the name lives in the name table only
@@ -87,32 +95,53 @@ class Record:
         self.file_id, self.name, self.size, self.mtime_ns, self.mode = file_id, name, size, mtime_ns, mode
         self.format, self.application, self.model, self.models = format, application, model, models
         self.day, self.error, self.messages, self.conversations = day, error, messages, conversations
-        self.facts, self.checksum = facts, checksum
+        self._facts, self.checksum = facts, checksum
         self._ext = extents if extents is not None else []
         self._flat: Optional[dict] = None                # flat_facts()
         self._enc: Optional[tuple[int, bytes]] = None    # (prev, encode_extents(extents, prev))
+        self._src: Optional[tuple] = None                # (facts column, position): decoded
 
     @property
     def extents(self) -> list:
         return self._ext
 
+    @property
+    def facts(self) -> dict:
+        if self._src is not None:
+            col, i = self._src
+            return _unflatten(self._flat if self._flat is not None else col.row(i))
+        return self._facts
+
     def replace(self, **kw) -> "Record":
-        d = {f: getattr(self, f) for f in self.FIELDS}
-        d.update(kw)
-        d.setdefault("extents", self._ext)
-        return Record(**d)
+        r = Record.__new__(Record)
+        for f in Record.__slots__:
+            setattr(r, f, getattr(self, f))
+        if "facts" in kw:
+            r._facts, r._flat, r._src = kw.pop("facts"), None, None
+        if "extents" in kw:
+            r._ext, r._enc = kw.pop("extents"), None
+        for f, v in kw.items():
+            if f not in self.FIELDS:
+                raise TypeError(f"Record has no field {f!r}")
+            setattr(r, f, v)
+        return r
 
     def to_list(self) -> list:
-        return [getattr(self, f) for f in self.STORED] + [None]   # extents: encode_group
+        """The stored fields in column order (facts and extents: see encode_group)."""
+        return [None if f == "facts" else getattr(self, f) for f in self.STORED] + [None]
 
     def named(self, name: str) -> "Record":
         return self.replace(name=name)
 
     def flat_facts(self) -> dict:
         if self._flat is None:
-            fl: dict = {}
-            _flatten(self.facts or {}, "", fl)
-            self._flat = fl
+            if self._src is not None:
+                col, i = self._src
+                self._flat = col.row(i)
+            else:
+                fl: dict = {}
+                _flatten(self._facts or {}, "", fl)
+                self._flat = fl
         return self._flat
 
     def encoded_extents(self, prev: int) -> bytes:
@@ -158,16 +187,45 @@ def _facts_columns(flats: list) -> list:
             [[i for i, fl in enumerate(flats) if p not in fl] for p in missing]]
 
 
-def _facts_rows(col: list, n: int) -> list:
-    """[(facts, flattened facts)] of each record, from the facts column."""
-    paths, values, absent = col
-    flats = [dict() for _ in range(n)]
-    for p, vals, gone in zip(paths, values, absent):
-        gone = set(gone)
-        for i, v in enumerate(vals):
-            if i not in gone:
-                flats[i][p] = v
-    return [(_unflatten(fl), fl) for fl in flats]
+class FactsColumn:
+    """A decoded group's facts column, kept packed (~25 bytes a record) and unpacked
+    when a record's facts are asked for: unpacked, it is ~20 ints a record, which were
+    most of what the cached groups held. The last two unpacked stay unpacked."""
+    __slots__ = ("packed", "n", "gid", "_col")
+    _recent: "OrderedDict[int, FactsColumn]" = OrderedDict()
+    _lock = threading.Lock()
+    KEEP = 2
+
+    def __init__(self, packed: bytes, n: int, gid: int):
+        self.packed, self.n, self.gid, self._col = packed, n, gid, None
+
+    def column(self) -> tuple:
+        """(paths, values per path, absent positions per path)."""
+        col = self._col
+        if col is None:
+            try:
+                paths, values, absent = unpack(self.packed)
+                if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)
+                        and isinstance(values, list) and isinstance(absent, list)
+                        and len(values) == len(absent) == len(paths)
+                        and all(isinstance(v, list) and len(v) == self.n for v in values)):
+                    raise ValueError("bad shape")
+                col = (paths, values, [frozenset(a) for a in absent])
+            except Exception as e:
+                raise Corrupt(f"record group {self.gid} is damaged: its facts: {e}") from None
+            self._col = col
+            with self._lock:
+                recent = FactsColumn._recent
+                recent[id(self)] = self
+                recent.move_to_end(id(self))
+                while len(recent) > self.KEEP:
+                    recent.popitem(last=False)[1]._col = None
+        return col
+
+    def row(self, i: int) -> dict:
+        """Record i's flattened facts."""
+        paths, values, absent = self.column()
+        return {p: vals[i] for p, vals, gone in zip(paths, values, absent) if i not in gone}
 
 
 def encode_group(gid: int, recs: dict[int, Record], level: int) -> bytes:
@@ -192,10 +250,15 @@ def encode_group(gid: int, recs: dict[int, Record], level: int) -> bytes:
 def decode_group(frame, gid: int) -> dict[int, Record]:
     _, raw = frames.decode(frame, frames.GROUP, gid)
     try:
-        cols = unpack(raw)
-        if not isinstance(cols, list) or len(cols) != 15:
+        cols = unpack_list(raw, keep_packed={12})
+        if len(cols) != 15:
             raise ValueError("bad columns")
-        cols[12] = _facts_rows(cols[12], len(cols[0]))
+        n = len(cols[0])
+        fcol = FactsColumn(cols[12], n, gid)
+        cols[12] = [None] * n
+        for c in (4, 5, 6, 8):      # format, application, model, day: a few values, shared
+            if isinstance(cols[c], list):
+                cols[c] = [sys.intern(v) if type(v) is str else v for v in cols[c]]
         if len({len(c) for c in cols}) != 1:
             raise ValueError("columns differ in length")
         ids, acc = [], 0
@@ -204,13 +267,10 @@ def decode_group(frame, gid: int) -> dict[int, Record]:
             ids.append(acc)
         cols[0] = ids
         out, prev = {}, 0
-        for v in zip(*cols):
-            v = list(v)
+        for i, v in enumerate(zip(*cols)):
             ext = decode_extents(v[14], prev)
-            facts, flat = v[12]
-            v[12] = facts
             r = Record(v[0], None, *v[1:14], extents=ext)
-            r._flat, r._enc = flat, (prev, bytes(v[14]))
+            r._src, r._enc = (fcol, i), (prev, bytes(v[14]))
             if ext:
                 prev = ext[-1][0] + ext[-1][1]
             if group_of(r.file_id) != gid:
