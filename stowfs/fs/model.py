@@ -264,7 +264,7 @@ class Filesystem:
         if view == "text":
             return info.text_size
         from ..views import VIEWS
-        stored = (info.view_sizes or {}).get(view)
+        stored = info.view_size(view)
         if stored is not None and stored[0] == VIEWS[view].version:
             return stored[1]
         key = ("size", info.file_id, view)
@@ -904,6 +904,13 @@ class Filesystem:
             for view in views:
                 self.notifier.entry(dir_ino(view, parent), name)
             path = parent
+
+    def drop_mapped(self) -> None:
+        """Give back the store's pages mapped by reads (Store.drop_mapped), so that the
+        daemon's RSS is its own memory and not the store it read."""
+        drop = getattr(self.store, "drop_mapped", None)
+        if drop is not None:
+            drop()
 
     def refresh(self) -> bool:
         """If the store changed (this or another process), invalidate what the kernel
