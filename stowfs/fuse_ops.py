@@ -264,10 +264,12 @@ async def settle_inbox(fs: Filesystem) -> None:
 
 async def watch_store(fs: Filesystem, interval: float = 1.0) -> None:
     """Notice changes made to the store by other processes (e.g. `stowfs ingest` while
-    mounted) and invalidate what the kernel caches of them."""
+    mounted) and invalidate what the kernel caches of them; and give back the store's
+    pages that reads mapped."""
     while True:
         await trio.sleep(interval)
         try:
             await _blocking(fs.refresh)
+            await _blocking(fs.drop_mapped)
         except Exception:
             log.exception("refreshing after a store change failed")

@@ -208,6 +208,11 @@ class Store:
         self._env.close()
         self.env = None
 
+    def drop_mapped(self) -> None:
+        """Give back the store file's pages this process has mapped (lmdbenv.Env.drop_mapped):
+        a long-running reader calls it now and then."""
+        self._env.drop_mapped()
+
     def prepare_in_child(self, idle: float = 20.0) -> None:
         """put_file() from now on parses and takes facts in a child process that exits
         after `idle` seconds without work (a long-running process stays small)."""

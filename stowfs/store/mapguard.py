@@ -55,7 +55,7 @@ def _mapping(dev: int, ino: int) -> tuple[int, int] | None:
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 REACH = (1 << 32) + (1 << 20)     # how far past the file a damaged key/value size can reach
 _PROT_READ, _MAP_SHARED, _MAP_PRIVATE, _MAP_FIXED = 1, 0x01, 0x02, 0x10
-_MAP_ANONYMOUS, _MAP_NORESERVE, _MADV_RANDOM = 0x20, 0x4000, 1
+_MAP_ANONYMOUS, _MAP_NORESERVE, _MADV_RANDOM, _MADV_DONTNEED = 0x20, 0x4000, 1, 4
 _SA_SIGINFO = 4
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -159,6 +159,18 @@ class Span:
         else:
             self.lo, self.map_hi = m
             self.hi = self.lo + st.st_size
+
+    def drop_resident(self) -> None:
+        """Take this process's resident pages of the file out of its page tables
+        (MADV_DONTNEED). The map is shared and read-only, so nothing is lost: the pages
+        stay in the page cache and a later touch maps them again (a minor fault). The
+        caller makes sure the map does not move meanwhile (lmdbenv.Env.drop_mapped)."""
+        self.refresh()
+        with self._lock:
+            if self._zeroed or self.hi <= self.lo:
+                return
+            end = min(self.map_hi, self.hi + (-self.hi) % _PAGE)
+            _libc.madvise(self.lo, end - self.lo, _MADV_DONTNEED)
 
     def zero_past(self, addr: int) -> bool:
         """In the SIGBUS handler: a fault in this map? Map zero pages from the faulting
