@@ -235,7 +235,7 @@ class Writer:
         return self._store_parts(txn, parts(), size)
 
     def _store_parts(self, txn, parts, size: int):
-        far = limits.MIN_MATCH if size >= limits.FAR_FILE else limits.FAR_MATCH
+        far = limits.MIN_MATCH if size >= limits.FAR_FILE else None
         extents: list[list[int]] = []
         new = dup = 0
 
@@ -260,7 +260,7 @@ class Writer:
 
     def _store_part(self, txn, data, emit, found=None, far=limits.MIN_MATCH) -> tuple[int, int]:
         """Store one part of a file; a repeat in an earlier block is taken from `far`
-        bytes long (see limits.FAR_MATCH)."""
+        bytes long, or not at all if far is None (see limits.FAR_FILE)."""
         positions, keys = anchors.find(data) if found is None else found
         hits = self.index.lookup(keys)
         pending = self.index.pending
@@ -287,9 +287,10 @@ class Writer:
             # A source inside the open block is within zstd's window already: taking
             # it saves little and costs an extent, unless the repeat is long. One in an
             # earlier block costs a read of that block.
-            if best is not None and best[1] + best[2] >= (
-                    limits.LONG_MATCH if best[0] - best[1] >= self.app.open_id * self.app.B
-                    else far):
+            if best is not None and (
+                    best[1] + best[2] >= limits.LONG_MATCH
+                    if best[0] - best[1] >= self.app.open_id * self.app.B
+                    else far is not None and best[1] + best[2] >= far):
                 s, back, fwd = best
                 if i - back > lit:
                     emit(self.app.append(data[lit:i - back]), i - back - lit)
