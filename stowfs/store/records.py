@@ -81,8 +81,8 @@ class Record:
 
     A decoded record does not hold its facts: it points at its group's facts column
     (`_src`), and `facts` is made from there when asked for. Decoded groups are cached
-    (up to 64 of 512 records), and the nested dicts of every record's facts were most of
-    a reading daemon's memory: 150 MiB after a cat of a 17,671-file store."""
+    (limits.GROUP_CACHE), and the nested dicts of every record's facts were most of a
+    reading daemon's memory: 150 MiB after a cat of a 17,671-file store."""
     __slots__ = ("file_id", "name", "size", "mtime_ns", "mode", "format", "application", "model",
                  "models", "day", "error", "messages", "conversations", "_facts", "checksum",
                  "_ext", "_flat", "_enc", "_src")
