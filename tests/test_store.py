@@ -780,7 +780,9 @@ def test_decoded_records_keep_their_facts_packed(tmp_path):
             gid, frame = int.from_bytes(k, "big"), bytes(v)
         group = records.decode_group(frame, gid)
         col = next(iter(group.values()))._src[0]
-        assert isinstance(col, records.FactsColumn) and col._col is None
+        # what the decoded group holds of the facts: the packed column, no dict per record
+        assert isinstance(col, records.FactsColumn) and isinstance(col.packed, bytes)
+        assert all(r._src[0] is col and r._facts is None and r._flat is None for r in group.values())
         names = s._env.read(lambda txn: s._id_names(txn))
         for fid, r in group.items():
             assert r.facts == want[names[fid]]

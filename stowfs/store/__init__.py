@@ -98,12 +98,13 @@ def check_name(name: str) -> str:
 
 
 def _info(r: Record) -> FileInfo:
-    tv = (r.facts.get("views") or {}).get("text")
+    facts = r.facts             # made from the group's packed column: once
+    tv = (facts.get("views") or {}).get("text")
     return FileInfo(name=r.name, file_id=r.file_id, size=r.size, text_size=tv[1] if tv else 0,
                     format=r.format, application=r.application, model=r.model,
                     models=tuple(r.models or ()), day=r.day, mtime=r.mtime_ns / 1e9,
                     error=r.error, checksum=r.checksum.hex(), messages=r.messages,
-                    conversations=r.conversations, facts=r.facts, mtime_ns=r.mtime_ns, mode=r.mode)
+                    conversations=r.conversations, facts=facts, mtime_ns=r.mtime_ns, mode=r.mode)
 
 
 def _stored(r) -> int:

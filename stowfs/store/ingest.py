@@ -272,6 +272,7 @@ class Writer:
             i = int(positions[j])
             if i < covered:
                 continue
+            open_start = self.app.open_id * self.app.B     # moves on as blocks fill
             k = int(keys[j])
             cands = []
             if hits[j] >= 0:
@@ -279,6 +280,8 @@ class Writer:
             p = pending.get(k)
             if p is not None and p not in cands:
                 cands.append(p)
+            if far is None:     # comparing would read an earlier block only to refuse it
+                cands = [c for c in cands if c >= open_start]
             best = None
             for s in cands:
                 m = self._match(txn, data, i, s, lit)
@@ -287,10 +290,10 @@ class Writer:
             # A source inside the open block is within zstd's window already: taking
             # it saves little and costs an extent, unless the repeat is long. One in an
             # earlier block costs a read of that block.
-            if best is not None and (
-                    best[1] + best[2] >= limits.LONG_MATCH
-                    if best[0] - best[1] >= self.app.open_id * self.app.B
-                    else far is not None and best[1] + best[2] >= far):
+            need = None
+            if best is not None:
+                need = limits.LONG_MATCH if best[0] - best[1] >= open_start else far
+            if need is not None and best[1] + best[2] >= need:
                 s, back, fwd = best
                 if i - back > lit:
                     emit(self.app.append(data[lit:i - back]), i - back - lit)

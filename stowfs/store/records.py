@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import struct
 import sys
-import threading
-from collections import OrderedDict
 from typing import Optional
 
 from .. import limits
@@ -191,36 +189,27 @@ class FactsColumn:
     """A decoded group's facts column, kept packed (~25 bytes a record) and unpacked
     when a record's facts are asked for: unpacked, it is ~20 ints a record, which were
     most of what the cached groups held. The last two unpacked stay unpacked."""
-    __slots__ = ("packed", "n", "gid", "_col")
-    _recent: "OrderedDict[int, FactsColumn]" = OrderedDict()
-    _lock = threading.Lock()
-    KEEP = 2
+    __slots__ = ("packed", "n", "gid")
+    _unpacked = FrameCache(2)       # by the packed bytes: they name the content
 
     def __init__(self, packed: bytes, n: int, gid: int):
-        self.packed, self.n, self.gid, self._col = packed, n, gid, None
+        self.packed, self.n, self.gid = packed, n, gid
 
     def column(self) -> tuple:
         """(paths, values per path, absent positions per path)."""
-        col = self._col
-        if col is None:
-            try:
-                paths, values, absent = unpack(self.packed)
-                if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)
-                        and isinstance(values, list) and isinstance(absent, list)
-                        and len(values) == len(absent) == len(paths)
-                        and all(isinstance(v, list) and len(v) == self.n for v in values)):
-                    raise ValueError("bad shape")
-                col = (paths, values, [frozenset(a) for a in absent])
-            except Exception as e:
-                raise Corrupt(f"record group {self.gid} is damaged: its facts: {e}") from None
-            self._col = col
-            with self._lock:
-                recent = FactsColumn._recent
-                recent[id(self)] = self
-                recent.move_to_end(id(self))
-                while len(recent) > self.KEEP:
-                    recent.popitem(last=False)[1]._col = None
-        return col
+        return self._unpacked.get(self.packed, self._unpack)
+
+    def _unpack(self) -> tuple:
+        try:
+            paths, values, absent = unpack(self.packed)
+            if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)
+                    and isinstance(values, list) and isinstance(absent, list)
+                    and len(values) == len(absent) == len(paths)
+                    and all(isinstance(v, list) and len(v) == self.n for v in values)):
+                raise ValueError("bad shape")
+            return paths, values, [frozenset(a) for a in absent]
+        except Exception as e:
+            raise Corrupt(f"record group {self.gid} is damaged: its facts: {e}") from None
 
     def row(self, i: int) -> dict:
         """Record i's flattened facts."""
