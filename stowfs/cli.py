@@ -199,9 +199,9 @@ def _after_ingest(store, results, args) -> dict:
     return out
 
 
-def _info_dict(i) -> dict:
+def _info_dict(i, staged=None) -> dict:
     from .tokens import fact_of
-    t = fact_of(i)
+    t = fact_of(i) or (staged or {}).get(i.file_id)
     return {"name": i.name, "size": i.size, "text_size": i.text_size, "format": i.format,
             "application": i.application, "model": i.model, "day": i.day,
             "messages": i.messages, "conversations": i.conversations,
@@ -212,15 +212,19 @@ def _info_dict(i) -> dict:
 def cmd_ls(args) -> int:
     with _open(args, readonly=True) as store:
         infos = [i for i in store.iter_files(args.prefix or "") if not args.errors or i.error]
+        staged = {}
+        if args.json or args.long:      # counts a `stowfs tokens` took before compaction did
+            from .tokens import staged as staged_counts, uncounted
+            staged = staged_counts(store, [i for i in infos if uncounted(i)])
     if args.json:
-        print(json.dumps([_info_dict(i) for i in infos], indent=2))
+        print(json.dumps([_info_dict(i, staged) for i in infos], indent=2))
         return EXIT_OK
     for i in infos:
         if args.errors:
             print(f"{i.name}\t{i.error}")
         elif args.long:
             from .tokens import fact_of
-            t = fact_of(i)
+            t = fact_of(i) or staged.get(i.file_id)
             toks = f"{t['views']['original']:>10} {t['views'].get('compact', 0):>8}" if t else f"{'-':>10} {'-':>8}"
             print(f"{i.size:>12} {toks} {i.format:<20} {(i.model or '-'):<28} {i.name}")
         else:
@@ -313,6 +317,9 @@ def cmd_stats(args) -> int:
         views = ", ".join(f"{v} {n:,}" + (f" ({_change(t['reduction_percent'][v])})" if v in t["reduction_percent"] else "")
                           for v, n in t["views"].items())
         print(f"tokens           {views}  [{', '.join(f'{e}: {n} files' for e, n in t['encodings'].items())}]")
+    if t.get("pending"):
+        print(f"                 {t['pending']} files not counted yet (`stowfs compact` counts them, "
+              "and a mount does when idle; `stowfs tokens` counts them now)")
     return EXIT_OK
 
 

@@ -82,6 +82,7 @@ def compute(store, prefix: str = "", by: Optional[str] = "model", prices: Option
             lazy: bool = False) -> dict:
     """Tokens and cost per group (model, app, day or file) from the files' usage facts
     (lazy: take them now for files stored before the usage fact existed)."""
+    from .facts import PENDING
     from .tokens import fact_of, lazy_facts
     table = prices or load_prices()
     groups: dict[str, dict] = {}
@@ -89,7 +90,8 @@ def compute(store, prefix: str = "", by: Optional[str] = "model", prices: Option
     files = 0
     for info in store.iter_files(prefix):
         f = getattr(info, "facts", None) or {}
-        if lazy and info.error is None and fact_of(info) is None:
+        # usage is taken at ingest: only files stored before it existed lack it
+        if lazy and info.error is None and PENDING not in f and fact_of(info) is None:
             f = lazy_facts(store, info)
         usage = f.get("usage")
         if not isinstance(usage, dict) or not usage:

@@ -1,10 +1,21 @@
-"""Small per-file facts computed once at ingest, stored in the file's record.
+"""Small per-file facts, stored in the file's record.
 
 A provider owns one key. It gets the parse and the original bytes and returns something
 msgpack can hold (ints, strings, lists, dicts) and that is small: a few numbers, not the
-content. The store keeps `compute()`'s result in the file's record, and
-`FileInfo.facts` gives it back without any decode, so `stat`, `ls -l`, `stats`,
-`tokens`, `cost` and `query` answer from records alone.
+content. The store keeps the result in the file's record, and `FileInfo.facts` gives it
+back without any decode, so `stat`, `ls -l`, `stats`, `tokens`, `cost` and `query`
+answer from records alone.
+
+Two kinds of provider:
+- taken at ingest (`compute`): what the mount needs the moment a file is stored, such as
+  the size of each view (`views`) and the usage a log reports (`usage`);
+- taken later (`later=True`, `compute_later`): costly ones that nothing needs at once,
+  such as exact token counts (`tokens`: two tokenizers to load and every view to count,
+  a third of what preparing a file costs). Ingest stores the record with
+  facts[PENDING] = 1 instead, and compaction (`stowfs compact`, or the mount when it is
+  idle) takes them and puts them in the record (stowfs.store.latefacts). A reader that
+  needs them before that takes them itself and may keep them in the aux database
+  STAGED (by file id), which compaction then folds into the record.
 
 Providers must be total (any Parsed, opaque ones included) and deterministic (the
 same bytes give the same facts). A provider's key is forever; when what it computes
@@ -19,27 +30,56 @@ from .conversation import Parsed
 
 Provider = Callable[[Parsed, bytes], Any]
 PROVIDERS: dict[str, Provider] = {}
+LATER: dict[str, Provider] = {}
+PENDING = "pending"         # the record's later facts are not taken yet
+STAGED = "token-facts"      # aux database: file id -> later facts a reader took early
 
 
-def provider(key: str) -> Callable[[Provider], Provider]:
-    """Register fn as the provider of facts[key]."""
+def provider(key: str, later: bool = False) -> Callable[[Provider], Provider]:
+    """Register fn as the provider of facts[key] (later: taken after ingest)."""
     def register(fn: Provider) -> Provider:
-        if key in PROVIDERS:
+        if key in PROVIDERS or key in LATER or key == PENDING:
             raise ValueError(f"fact {key!r} has a provider already")
-        PROVIDERS[key] = fn
+        (LATER if later else PROVIDERS)[key] = fn
         return fn
     return register
 
 
-def compute(parsed: Parsed, data: bytes) -> dict:
-    """Every provider's fact for one file; a None answer is left out."""
-    _load()
+def _run(providers: dict, parsed: Parsed, data: bytes) -> dict:
     out = {}
-    for key, fn in PROVIDERS.items():
+    for key, fn in providers.items():
         value = fn(parsed, data)
         if value is not None:
             out[key] = value
     return out
+
+
+def compute(parsed: Parsed, data: bytes) -> dict:
+    """The facts taken at ingest, and the mark that the later ones are still to take
+    (a None answer is left out)."""
+    _load()
+    out = _run(PROVIDERS, parsed, data)
+    if LATER:
+        out[PENDING] = 1
+    return out
+
+
+def compute_later(parsed: Parsed, data: bytes) -> dict:
+    """The facts taken after ingest (a None answer is left out)."""
+    _load()
+    return _run(LATER, parsed, data)
+
+
+def compute_all(parsed: Parsed, data: bytes) -> dict:
+    """Every fact, none left for later."""
+    _load()
+    return {**_run(PROVIDERS, parsed, data), **_run(LATER, parsed, data)}
+
+
+def later_keys() -> frozenset:
+    """The keys of the facts taken after ingest."""
+    _load()
+    return frozenset(LATER)
 
 
 def _load() -> None:

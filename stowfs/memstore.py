@@ -181,6 +181,10 @@ class MemoryStore:
         r = self.reader(name, view)
         return r.read(0, r.size)
 
+    def aux_read(self, name: str, fn):
+        """No derived data is kept here: like a store whose aux database does not exist."""
+        return None
+
     def iter_files(self, prefix: str = "") -> Iterator[FileInfo]:
         with self._lock:
             infos = [e[0] for n, e in self._files.items() if n.startswith(prefix)]

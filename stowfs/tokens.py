@@ -126,7 +126,7 @@ def measure(parsed: Parsed, data: bytes, enc: Optional[str] = None) -> Optional[
     return {"v": VERSION, "enc": enc, "views": counts, "stats": stats}
 
 
-@facts.provider("tokens")
+@facts.provider("tokens", later=True)   # taken by compaction, not at ingest (facts.py)
 def _fact(parsed: Parsed, data: bytes) -> Optional[dict]:
     return measure(parsed, data)
 
@@ -151,17 +151,45 @@ def group_key(info, by: Optional[str]) -> str:
     raise ValueError(f"unknown grouping {by!r}")
 
 
-AUX = "token-facts"     # file_id -> {"tokens": ..., "usage": ...} taken after ingest
+AUX = facts.STAGED      # file_id -> {"tokens": ..., "usage": ...} taken before the record had them
+
+
+def uncounted(info) -> bool:
+    """info is a conversation whose record holds no counts: stored before counts existed,
+    or stored since and not compacted yet (facts.PENDING)."""
+    if fact_of(info) is not None:
+        return False
+    f = getattr(info, "facts", None) or {}
+    return info.error is None or (facts.PENDING in f and info.conversations > 0)
+
+
+def staged(store, infos) -> dict[int, dict]:
+    """{file id: "tokens" fact} kept by lazy_facts for these files (no counting)."""
+    from .packing import unpack
+    ids = [int(i.file_id) for i in infos]
+    if not ids:
+        return {}
+
+    def work(txn, db):
+        out = {}
+        for fid in ids:
+            raw = txn.get(fid.to_bytes(8, "big"), db=db)
+            t = unpack(bytes(raw)).get("tokens") if raw is not None else None
+            if isinstance(t, dict) and t.get("v") == VERSION:
+                out[fid] = t
+        return out
+    return store.aux_read(AUX, work) or {}
 
 
 def lazy_facts(store, info) -> dict:
-    """info's "tokens" and "usage" facts; for a file stored before they existed (or under
-    an older VERSION), taken now from its bytes and kept in the store's aux database
-    `token-facts` (by file_id, which is never reused; rebuildable), when the store is
+    """info's "tokens" and "usage" facts; for a file whose record lacks them (stored before
+    they existed, under an older VERSION, or not compacted since it was stored), taken
+    now from its bytes and kept in the store's aux database facts.STAGED (by file_id,
+    which is never reused; compaction folds them into the record), when the store is
     writable. Only `stowfs tokens` and `stowfs cost` call this: stats and the mount
     report what the records hold."""
     f = dict(getattr(info, "facts", None) or {})
-    if info.error is not None or (fact_of(info) is not None and "views" in f):
+    if not uncounted(info) and (info.error is not None or "views" in f):
         return f
     from .packing import pack, unpack
     key = int(info.file_id).to_bytes(8, "big")
@@ -196,12 +224,15 @@ def aggregate(store, prefix: str = "", by: Optional[str] = None, enc: Optional[s
     (enc: count again in that encoding instead, which decodes every file; lazy: count
     files stored before token counts existed, see lazy_facts)."""
     groups: dict[str, dict] = {}
-    files = skipped = 0
+    files = skipped = pending = 0
     for info in store.iter_files(prefix):
-        if lazy and info.error is None and fact_of(info) is None:
+        if lazy and uncounted(info):
             t = lazy_facts(store, info).get("tokens")
         else:
             t = fact_of(info)
+            if t is None and uncounted(info):       # what `stowfs tokens` took, if it did
+                t = staged(store, [info]).get(info.file_id)
+                pending += t is None and facts.PENDING in (getattr(info, "facts", None) or {})
         if enc is not None and info.error is None and (t is None or t.get("enc") != enc):
             t = recount(store, info, enc)
         if not t:
@@ -225,15 +256,16 @@ def aggregate(store, prefix: str = "", by: Optional[str] = None, enc: Optional[s
         orig = g["tokens"].get("original", 0)
         g["reduction_percent"] = {v: round(100 * (1 - n / orig), 1) if orig else 0.0
                                   for v, n in g["tokens"].items() if v != "original"}
-    return {"files": files, "not_counted": skipped, "by": by or "all", "groups": groups}
+    # pending: files whose counts compaction (or `stowfs tokens`) has still to take
+    return {"files": files, "not_counted": skipped, "pending": pending, "by": by or "all", "groups": groups}
 
 
 def totals(store) -> dict:
     """Tokens per view over the whole store, for stats.json / `stowfs stats`."""
     agg = aggregate(store)
     g = agg["groups"].get("all", {"tokens": {}, "encodings": {}, "reduction_percent": {}})
-    return {"files": agg["files"], "encodings": g["encodings"], "views": g["tokens"],
-            "reduction_percent": g["reduction_percent"]}
+    return {"files": agg["files"], "pending": agg["pending"], "encodings": g["encodings"],
+            "views": g["tokens"], "reduction_percent": g["reduction_percent"]}
 
 
 def add_to_stats(store, s: dict) -> dict:

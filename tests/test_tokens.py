@@ -65,6 +65,10 @@ def reference(enc: str):
     return _REF[enc]
 
 
+def enc_of(path: Path) -> str:
+    return "o200k_base" if path == CODEX else "cl100k_base"    # gpt-5.5 vs Claude
+
+
 def ref_count(data: bytes, enc: str) -> int:
     return len(reference(enc).encode_ordinary(data.decode("utf-8", "replace")))
 
@@ -100,8 +104,12 @@ def store(tmp_path):
 
 
 def put(store, path: Path, name: str | None = None, data: bytes | None = None):
+    """Store a file and compact the store, which takes its token counts (ingest leaves
+    them for later: facts.LATER)."""
+    from stowfs.store import compaction
     name = name or path.name
     store.put(name, data if data is not None else path.read_bytes())
+    compaction.compact(store)
     return store.info(name)
 
 
@@ -506,8 +514,15 @@ def test_mounted_views_with_real_cat(mount, tmp_path):
     cost = (mount / "reports" / "cost.txt").read_text()
     assert "claude-opus-4-6" in cost and "unknown models" in cost
     assert json.loads((mount / "reports" / "cost.json").read_text())["files"] == 3
-    stats = json.loads((mount / "stats.json").read_text())
-    assert stats["tokens"]["files"] == 3
+    # counted by the mount once it is idle (ingest leaves token counts for later)
+    deadline = time.monotonic() + 120
+    while True:
+        stats = json.loads((mount / "stats.json").read_text())
+        if stats["tokens"]["files"] == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert stats["tokens"]["files"] == 3 and stats["tokens"]["pending"] == 0
+    assert stats["tokens"]["views"]["original"] == sum(ref_count(p.read_bytes(), enc_of(p)) for p in (HEAVY, CODEX, BIG))
 
 
 def _render(p: Path, view: str) -> bytes:
@@ -518,8 +533,8 @@ def _render(p: Path, view: str) -> bytes:
 def test_files_stored_before_token_counts_are_counted_lazily_and_kept(store, monkeypatch):
     from stowfs import cost, facts, tokens
     facts._load()
-    for key in ("tokens", "usage"):
-        monkeypatch.delitem(facts.PROVIDERS, key)
+    monkeypatch.delitem(facts.LATER, "tokens")
+    monkeypatch.delitem(facts.PROVIDERS, "usage")
     put(store, HEAVY)
     put(store, CODEX)
     monkeypatch.undo()
@@ -535,6 +550,69 @@ def test_files_stored_before_token_counts_are_counted_lazily_and_kept(store, mon
     monkeypatch.setattr(store, "get", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
     assert tokens.aggregate(store, lazy=True) == r
     assert cost.compute(store, lazy=True) == c
+
+
+def test_token_counts_are_taken_after_ingest_by_compaction(tmp_path):
+    """Ingest leaves the counts for later; `stowfs tokens` counts (and keeps) them on
+    demand, `stats` and `ls` show them then, and compaction folds them into the records:
+    the same numbers all along, equal to the reference tokenizer's."""
+    import shutil
+    from stowfs.store import Store
+    src = tmp_path / "src"
+    src.mkdir()
+    files = (HEAVY, SHORT, CODEX)
+    for p in files:
+        shutil.copy(p, src / p.name)
+    st = tmp_path / "store"
+    cli("ingest", st, src, "-q")
+    with Store(st, readonly=True) as s:
+        infos = {i.name: i for i in s.iter_files()}
+    assert all("pending" in i.facts and "tokens" not in i.facts for i in infos.values())
+    s0 = json.loads(cli("stats", st, "--json").stdout)["tokens"]
+    assert (s0["files"], s0["pending"]) == (0, 3)
+    assert "3 files not counted yet" in cli("stats", st).stdout.decode()
+    assert all(i["tokens"] is None for i in json.loads(cli("ls", st, "--json").stdout))
+    want = {f"src/{p.name}": ref_count(p.read_bytes(), enc_of(p)) for p in files}
+    r = json.loads(cli("tokens", st, "--by", "file", "--json").stdout)
+    assert {k: g["tokens"]["original"] for k, g in r["groups"].items()} == want
+    # kept: ls and stats show what `tokens` took
+    assert {i["name"]: i["tokens"]["original"] for i in json.loads(cli("ls", st, "--json").stdout)} == want
+    s1 = json.loads(cli("stats", st, "--json").stdout)["tokens"]
+    assert (s1["files"], s1["pending"], s1["views"]["original"]) == (3, 0, sum(want.values()))
+    cli("compact", st)
+    with Store(st, readonly=True) as s:
+        assert all("pending" not in i.facts and i.facts["tokens"]["views"]["original"] == want[i.name]
+                   for i in s.iter_files())
+        assert s.aux_read("token-facts", lambda txn, db: txn.stat(db)["entries"]) == 0
+    assert json.loads(cli("tokens", st, "--by", "file", "--json").stdout) == r
+    # and taken by compaction itself when nothing counted them before
+    st2 = tmp_path / "store2"
+    cli("ingest", st2, src, "-q")
+    cli("compact", st2)
+    assert json.loads(cli("tokens", st2, "--by", "file", "--json").stdout) == r
+
+
+def test_a_file_replaced_while_its_counts_are_taken_is_left_for_the_next_pass(store):
+    from stowfs.store import latefacts
+    store.put("a.jsonl", HEAVY.read_bytes())
+    real = latefacts._take
+
+    def take_then_replace(st, todo):
+        got = real(st, todo)
+        store.put("a.jsonl", SHORT.read_bytes())      # replaced before the group is written
+        return got
+    latefacts._take = take_then_replace
+    try:
+        gid = latefacts.pending_groups(store)[0]
+        latefacts.fill_group(store, gid, 3)
+    finally:
+        latefacts._take = real
+    info = store.info("a.jsonl")
+    assert "pending" in info.facts and "tokens" not in info.facts     # not HEAVY's counts
+    got = latefacts.fill_group(store, gid, 3)
+    assert got["facts_taken"] == 1
+    assert store.info("a.jsonl").facts["tokens"]["views"]["original"] == ref_count(SHORT.read_bytes(), "cl100k_base")
+    assert latefacts.pending_groups(store) == []
 
 
 def test_budget_folder_in_the_model(store, tmp_path):
@@ -587,7 +665,7 @@ def test_views_and_facts_are_total_on_hostile_lines(depth):
     data = "".join(lines).encode()
     parsed = parse(data, SHORT.name)
     assert parsed.is_conversation
-    f = facts.compute(parsed, data)
+    f = facts.compute_all(parsed, data)
     for view in ("compact", "lean"):
         out = views.render(view, data, SHORT.name, parsed)
         for line in out.splitlines():

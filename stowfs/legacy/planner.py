@@ -138,7 +138,7 @@ def plan_bytes(name: str, data: bytes, mtime: float, signatures=True) -> Plan:
     opl, tpl, pieces, sha, _ = split_views(data, None, parsed, rec)
     from .. import facts
     meta = describe(parsed)
-    meta["x"] = facts.compute(parsed, data)
+    meta["x"] = facts.compute_all(parsed, data)
     return Plan(name, len(data), mtime, sha, meta, opl, tpl, pieces,
                 rec.segments, rec.occ, rec.occ_bytes, rec.repeat_bytes, rec.sigs)
 

@@ -6,6 +6,7 @@ Each step is one write transaction and leaves a store that reads the same bytes:
   positions never move, so no record changes);
 - merge a block's fragments into one frame, and raise frames written at a low level to
   the compaction level (same decoded bytes, same content hash);
+- take the facts ingest left for later (token counts: latefacts.py) into the records;
 - rewrite record groups and name pages at the compaction level;
 - merge the anchor runs, without anchors in dropped bytes.
 Finally, when no other process has the store open, a compacting copy gives the LMDB
@@ -17,7 +18,7 @@ from bisect import bisect_right
 from typing import Iterator, Optional
 
 from .. import limits
-from . import blocks, frames, records
+from . import blocks, frames, latefacts, records
 from .lmdbenv import meta_get, meta_put
 
 
@@ -192,6 +193,10 @@ def steps(store, level: int = limits.LEVEL_COMPACT) -> Iterator[dict]:
             got["block"] = bid
             got["commits"] = 1
             dropped += got["dropped"]
+            yield got
+    for gid in latefacts.pending_groups(store):
+        got = latefacts.fill_group(store, gid, level)
+        if got is not None:
             yield got
     n = rewrite_metadata(store, level)
     if n:
