@@ -135,6 +135,18 @@ def test_token_ids_come_back_as_the_same_ids(store):
         assert store.get(name) == text.encode()
 
 
+def test_a_batch_refuses_a_file_under_a_file_and_over_a_directory(store, tmp_path):
+    """In one write transaction (a put_many batch), the parents checked for the first
+    names are remembered; a file and a directory of the same name are still refused,
+    whichever comes first."""
+    src = tmp_path / "f.json"
+    src.write_bytes(b'{"messages": [{"role": "user", "content": "hi"}]}')
+    names = ["d/e/one", "d/e/two", "d/e", "d", "x", "x/y", "d/e/three"]
+    got = dict(store.put_many([(n, src, None) for n in names], workers=0))
+    assert [n for n in names if isinstance(got[n], Exists)] == ["d/e", "d", "x/y"]
+    assert sorted(i.name for i in store.iter_files()) == ["d/e/one", "d/e/three", "d/e/two", "x"]
+
+
 def test_replace_remove_rename_and_gc(store):
     store.put("a/x.json", b'{"model": "m", "messages": [{"role": "user", "content": "' + b"hello " * 20 + b'"}]}')
     with pytest.raises(Exists):

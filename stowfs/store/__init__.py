@@ -170,6 +170,7 @@ class Store:
         self._writer: Optional[Writer] = None
         self._wlock = threading.RLock()
         self._changed = False                 # the current write transaction changed something
+        self._not_files: set = set()          # _check_place: parents known not to be files
         self._derived = (None, None)          # (generation, {key: {value: [ids]}})
 
     # ----------------------------------------------------------------- plumbing
@@ -261,6 +262,7 @@ class Store:
             def work(txn):
                 self._groups.dirty = {}
                 self._names.dirty = {}
+                self._not_files = set()
                 try:
                     if not stream:
                         out = fn(txn)
@@ -346,10 +348,16 @@ class Store:
         if below is not None and below.startswith(name + "/"):
             raise Exists(f"{name} is a directory")
         parts = name.split("/")
+        seen = self._not_files      # parents checked in this write transaction
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
+            if parent in seen:
+                continue
             if self._names.lookup(txn, parent) is not None:
                 raise Exists(f"{parent} is a file, so {name} cannot be stored")
+            # stays true in this transaction: a file of this name would be a directory
+            # with names below it, refused above
+            seen.add(parent)
 
     def _counters(self, txn) -> dict:
         c = _counters0()
