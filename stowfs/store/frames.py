@@ -244,6 +244,7 @@ class PartialDecoder:
             self._frame = self._reader = None
 
     def _decode_rest(self) -> None:
+        self._reader = None             # the stream's window goes before the whole is made
         raw = payload(self._frame, self.hd)
         if len(raw) != self.hd.raw_len:
             raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} decodes to {len(raw)} bytes, "
