@@ -18,6 +18,7 @@ import threading
 import pyfuse3
 import trio
 
+from . import limits
 from .errors import StowError, disk_full
 from .fs import Attr, Filesystem, Notifier
 from .fs.names import fits
@@ -271,5 +272,6 @@ async def watch_store(fs: Filesystem, interval: float = 1.0) -> None:
         try:
             await _blocking(fs.refresh)
             await _blocking(fs.drop_mapped)
+            fs.release_idle(limits.IDLE_RELEASE_SECONDS)
         except Exception:
             log.exception("refreshing after a store change failed")

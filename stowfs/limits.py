@@ -137,5 +137,6 @@ NAME_KEY_BYTES = 480             # LMDB keys are at most 511 bytes
 RECLAIM_SLACK = 0.2             # free pages share of the LMDB file at which they are given back
 ALONE_BYTES = 64 << 20          # ingest stores a larger file in a transaction of its own
 IDLE_COMPACT_SECONDS = 5.0       # the mount compacts once nothing was written for this long
+IDLE_RELEASE_SECONDS = 10.0      # the mount lets its decoded caches go once nothing was read for this long
 SWAP_WAIT_SECONDS = 120          # opening a store waits this long for a compacting copy to finish
 MAX_READERS = 126                # LMDB reader slots (lock.mdb: 8 KiB); threads and processes reading at once

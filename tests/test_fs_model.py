@@ -839,3 +839,30 @@ def test_flat_names_roundtrip(path):
     assert "/" not in name
     assert name not in (".", "..")
     assert unflat(name) == path
+
+
+def test_an_idle_mount_lets_its_decoded_data_go(tmp_path):
+    """Once nothing was read for a while, the decoded blocks and the whole-file cache are
+    let go (the daemon's memory at rest is its own); reads decode again afterwards."""
+    from stowfs.store import Store
+    st = Store(tmp_path / "st")
+    parts = conv(*["m%05d " % i * 20 for i in range(2000)])     # > 64 KiB: its block is cached
+    small = conv("x")
+    st.put("p.json", parts)
+    st.put("s.json", small)
+    fs = Filesystem(st, tmp_path / "spool", cache_bytes=4 << 20)
+    try:
+        assert 64 << 10 < len(parts) < fs.whole_limit
+        assert fs.release_idle(0) is False                  # nothing read yet
+        assert cat(fs, "conversations/p.json") == parts
+        assert fs.cache.size == len(parts) and len(st.cache._d) == 1
+        assert fs.release_idle(60) is False                 # read just now
+        assert fs.cache.size == len(parts) and len(st.cache._d) == 1
+        assert fs.release_idle(0) is True
+        assert fs.cache.size == 0 and len(st.cache._d) == 0
+        assert fs.release_idle(0) is False                  # once per idle spell
+        assert cat(fs, "conversations/p.json") == parts
+        assert cat(fs, "conversations/s.json") == small
+        assert len(st.cache._d) == 1
+    finally:
+        st.close()

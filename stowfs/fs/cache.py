@@ -33,6 +33,11 @@ class ByteLRU:
                 _, dropped = self._items.popitem(last=False)
                 self._size -= len(dropped)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
     @property
     def size(self) -> int:
         return self._size

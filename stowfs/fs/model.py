@@ -96,6 +96,7 @@ class Filesystem:
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.cache = ByteLRU(cache_bytes)
+        self._last_read: Optional[float] = None      # monotonic time of the last read (release_idle)
         self.whole_limit = min(WHOLE_LIMIT, max(cache_bytes // 4, 1 << 20))
         self.mount_time = time.time_ns()
         self._lock = threading.RLock()
@@ -642,6 +643,7 @@ class Filesystem:
     def read_cached(self, fh: int, offset: int, size: int) -> Optional[bytes]:
         """The bytes if they can be served without I/O, else None (then call read())."""
         h = self._handle(fh)
+        self._last_read = time.monotonic()
         if h.data is not None:
             return h.data[offset:offset + size]
         if h.key is not None:
@@ -652,6 +654,7 @@ class Filesystem:
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         h = self._handle(fh)
+        self._last_read = time.monotonic()
         if h.data is not None:
             return h.data[offset:offset + size]
         if h.fd >= 0:
@@ -904,6 +907,19 @@ class Filesystem:
             for view in views:
                 self.notifier.entry(dir_ino(view, parent), name)
             path = parent
+
+    def release_idle(self, idle: float) -> bool:
+        """When nothing was read for `idle` seconds, let the decoded data go (the store's
+        decoded blocks, the view and whole-file cache): an idle daemon holds its own
+        memory only, not the last blocks it read. Returns whether it did."""
+        if self._last_read is None or time.monotonic() - self._last_read < idle:
+            return False
+        self._last_read = None
+        release = getattr(self.store, "release_caches", None)
+        if release is not None:
+            release()
+        self.cache.clear()
+        return True
 
     def drop_mapped(self) -> None:
         """Give back the store's pages mapped by reads (Store.drop_mapped), so that the

@@ -215,6 +215,15 @@ class Store:
         a long-running reader calls it now and then."""
         self._env.drop_mapped()
 
+    def release_caches(self) -> None:
+        """Let go of the decoded blocks this process keeps (two 16 MiB blocks and more
+        after a long read) and of its decoded record groups and name pages (~0.5 MB a
+        group): a long-running reader calls it when it has been idle. The next read
+        decodes again."""
+        self.cache.clear()
+        self._groups.release()
+        self._names.release()
+
     def prepare_in_child(self, idle: float = 20.0) -> None:
         """put_file() from now on parses and takes facts in a child process that exits
         after `idle` seconds without work (a long-running process stays small)."""

@@ -73,6 +73,10 @@ class Names(ThreadDirty):
         self.db = db
         self._cache = FrameCache(limits.NAME_PAGE_CACHE)
 
+    def release(self) -> None:
+        """Drop the decoded pages kept."""
+        self._cache.clear()
+
     def _load(self, k: bytes, frame) -> list:
         hd = frames.header(frame, frames.NAMES, frame_key(k))
         return self._cache.get(hd.hash, lambda: decode_page(k, frame))

@@ -284,6 +284,11 @@ class Groups(ThreadDirty):
         self.db = db
         self._cache = FrameCache(cache_entries)
 
+    def release(self) -> None:
+        """Drop the decoded groups kept (and the facts columns unpacked)."""
+        self._cache.clear()
+        FactsColumn._unpacked.clear()
+
     def load(self, txn, gid: int) -> dict[int, Record]:
         d = self.dirty.get(gid)
         if d is not None:

@@ -26,6 +26,10 @@ class FrameCache:
         self.put(h, got)
         return got
 
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
     def put(self, h: bytes, value: Any) -> None:
         with self._lock:
             self._d[h] = value
