@@ -673,3 +673,22 @@ def test_views_and_facts_are_total_on_hostile_lines(depth):
         assert f["tokens"]["views"][view] == ref_count(out, f["tokens"]["enc"])
     assert f["tokens"]["stats"]["lean"]["ansi_stripped"] >= 2
     assert f["tokens"]["stats"]["compact"]["tool_marks"] >= 1
+
+
+def test_a_provider_that_fails_does_not_stop_compaction(store, monkeypatch, caplog):
+    from stowfs import facts
+    from stowfs.store import compaction
+    facts._load()
+    store.put(HEAVY.name, HEAVY.read_bytes())
+    store.put(SHORT.name, SHORT.read_bytes())
+
+    def broken(parsed, data):
+        if data == SHORT.read_bytes():
+            raise ValueError("provider bug")
+        return real(parsed, data)
+    real = facts.LATER["tokens"]
+    monkeypatch.setitem(facts.LATER, "tokens", broken)
+    compaction.compact(store)
+    assert "short.jsonl: its later facts could not be taken" in caplog.text
+    assert "pending" not in store.info(SHORT.name).facts and "tokens" not in store.info(SHORT.name).facts
+    assert store.info(HEAVY.name).facts["tokens"]["views"]["original"] == ref_count(HEAVY.read_bytes(), "cl100k_base")

@@ -14,11 +14,14 @@ only ever read for a record that lacks the facts.
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from .. import facts
 from ..errors import Corrupt
 from ..packing import unpack
+
+log = logging.getLogger("stowfs.latefacts")
 
 
 def pending_groups(store) -> list[int]:
@@ -59,7 +62,11 @@ def _take(store, todo: list) -> dict[int, tuple[bytes, dict]]:
             data = store.read_extents(extents, 0, size)
             if checksum(data) != ck:
                 raise Corrupt(f"{name}: its bytes do not match its checksum")
-            got = facts.compute_later(parse(data, name), data)
+            try:
+                got = facts.compute_later(parse(data, name), data)
+            except Exception:       # a provider's bug must not stop compaction for good
+                log.exception("%s: its later facts could not be taken; stored without them", name)
+                got = {}
         out[fid] = (ck, got)
     return out
 
