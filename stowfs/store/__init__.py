@@ -148,9 +148,8 @@ class Store:
         try:
             self._env.open_databases(DATABASES, None if readonly else
                                      lambda txn: self._create(txn, block_size))
-            db = self._env.db
-            self._meta, self._blocks, self._groups_db = db[b"meta"], db[b"blocks"], db[b"groups"]
-            self._names_db, self._anchors_db = db[b"names"], db[b"anchors"]
+            self._tables = self._env.tables
+            self._meta, self._blocks = self._tables["meta"], self._tables["blocks"]
             self._init_format()
         except BaseException:
             self._env.close()
@@ -165,8 +164,8 @@ class Store:
         # 424 MB decoded, 1.9 s; with room for two blocks: 32 MB, 0.6 s)
         self.cache = blocks.DecodedCache(max(cache_bytes, limits.MIN_DECODED_BLOCKS * (self.block_size + (self.block_size >> 2))))
         self._reader = blocks.StreamReader(self._blocks, self.block_size, self.cache)
-        self._groups = Groups(self._groups_db)
-        self._names = Names(self._names_db)
+        self._groups = Groups(self._tables["groups"])
+        self._names = Names(self._tables["names"])
         self._writer: Optional[Writer] = None
         self._wlock = threading.RLock()
         self._changed = False                 # the current write transaction changed something
@@ -175,9 +174,9 @@ class Store:
     # ----------------------------------------------------------------- plumbing
     def _create(self, txn, block_size: Optional[int]) -> None:
         """A new store's meta, in the transaction that creates its databases."""
-        meta = self._env.db[b"meta"]
-        if txn.get(b"format", db=meta) is None:
-            txn.put(b"format", u64(FORMAT_VERSION), db=meta)
+        meta = self._env.tables["meta"]
+        if meta.get(txn, b"format") is None:
+            meta.put(txn, b"format", u64(FORMAT_VERSION))
             meta_put(txn, meta, b"config", {"block_size": block_size or limits.BLOCK_SIZE,
                                            "created": int(time.time())})
             meta_put(txn, meta, b"counters", _counters0())
@@ -185,7 +184,7 @@ class Store:
 
     def _init_format(self) -> None:
         def check(txn):
-            v = txn.get(b"format", db=self._meta)
+            v = self._meta.get(txn, b"format")
             if v is None:
                 raise NotFound(f"no store at {self.path}")
             n = from_u64(v)
@@ -246,7 +245,7 @@ class Store:
     def writer(self) -> Writer:
         if self._writer is None:
             app = Appender(self._blocks, self._meta, self.block_size, self.level, lean=self._lean)
-            self._writer = Writer(app, Index(self._anchors_db), self._reader)
+            self._writer = Writer(app, Index(self._tables["anchors"]), self._reader)
         return self._writer
 
     def _write(self, fn, *, stream: bool = False, seal=False, alone: bool = False):
@@ -568,13 +567,12 @@ class Store:
 
     def _reopen_handles(self) -> None:
         self.env = self._env.env
-        db = self._env.db
-        self._meta, self._blocks, self._groups_db = db[b"meta"], db[b"blocks"], db[b"groups"]
-        self._names_db, self._anchors_db = db[b"names"], db[b"anchors"]
+        self._tables = self._env.tables
+        self._meta, self._blocks = self._tables["meta"], self._tables["blocks"]
         self.cache.clear()
         self._reader = blocks.StreamReader(self._blocks, self.block_size, self.cache)
-        self._groups = Groups(self._groups_db)
-        self._names = Names(self._names_db)
+        self._groups = Groups(self._tables["groups"])
+        self._names = Names(self._tables["names"])
         self._writer = None
 
     def seal(self) -> None:
@@ -801,7 +799,7 @@ class Store:
         def work(txn):
             n = frames_bytes = raw = low = 0
             from . import frames as fr
-            for k, v in txn.cursor(db=self._blocks):
+            for k, v in self._blocks.cursor(txn):
                 hd = fr.header(v, fr.BLOCK, int.from_bytes(k, "big"))
                 n += 1
                 frames_bytes += len(v)

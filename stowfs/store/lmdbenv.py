@@ -1,7 +1,8 @@
 """The store's LMDB environment: opening it (private permissions, map size), short read
-and write transactions (the map grows when full), and the `meta` database.
+and write transactions (the map grows when full), and the `meta` table.
 
-Only this module calls lmdb.open. Nothing here knows what the other databases hold.
+Only this module calls lmdb.open. Nothing here knows what the other tables hold; where
+they live (which database, which key prefix) is keyspace.py's.
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ import lmdb
 from .. import limits
 from ..errors import Busy, Corrupt, NotFound, ReadOnly, StoreFull, StowError
 from ..packing import pack, unpack
-from . import mapguard
+from . import keyspace, mapguard
 
-DATABASES = (b"meta", b"blocks", b"groups", b"names", b"anchors")
+DATABASES = keyspace.FORMAT3_DBS
+MAX_DBS = 32            # the store's databases, a format-3 store's while it is converted, aux:<name>
 _U64 = struct.Struct(">Q")
 
 
@@ -60,7 +62,8 @@ def disk_full(e: BaseException) -> bool:
 
 
 class Env:
-    """One LMDB environment with its named databases (self.db[name])."""
+    """One LMDB environment with its named databases (self.db[name]) and the store's
+    tables in them (self.tables[name], keyspace.Table)."""
 
     def __init__(self, path: Path, readonly: bool, create: bool):
         self.path = Path(path)
@@ -80,7 +83,7 @@ class Env:
             if not readonly:
                 private_dir(envdir)
             try:
-                self.env = lmdb.open(str(envdir), map_size=self._map_size(), max_dbs=len(DATABASES) + 16,
+                self.env = lmdb.open(str(envdir), map_size=self._map_size(), max_dbs=MAX_DBS,
                                      readonly=readonly, readahead=False, meminit=False,
                                      max_readers=limits.MAX_READERS, lock=True, mode=0o600, subdir=True)
             except lmdb.Error as e:
@@ -100,6 +103,7 @@ class Env:
         self._active = 0
         self._growing = False
         self.db: dict[bytes, object] = {}
+        self.tables: dict[str, keyspace.Table] = {}
 
     def open_databases(self, names, init=None) -> None:
         """Open the named databases; when writable, create them and run init(txn) in the
@@ -122,8 +126,10 @@ class Env:
                 with self.env.begin(write=True) as txn:
                     for n in names:
                         self.db[n] = self.env.open_db(n, txn=txn, create=True)
+                    self.tables = keyspace.tables(self.db)
                     if init is not None:
                         init(txn)
+            self.tables = keyspace.tables(self.db)
         except lmdb.NotFoundError:
             raise NotFound(f"no store at {self.path} (database missing)") from None
         except lmdb.Error as e:
@@ -238,7 +244,7 @@ class Env:
                     result = fn(txn)
                     self._faulted(faults)
                     if changed is None or changed():
-                        bump(txn, self.db[b"meta"])
+                        bump(txn, self.tables["meta"])
                 return result
             except lmdb.BadDbiError:
                 # another process created the databases while this one opened them:
@@ -342,7 +348,7 @@ class Env:
             self.env.close()
             os.replace(tmp / "data.mdb", envdir / "data.mdb")
             shutil.rmtree(tmp)
-            self.env = lmdb.open(str(envdir), map_size=self._map_size(), max_dbs=len(DATABASES) + 16,
+            self.env = lmdb.open(str(envdir), map_size=self._map_size(), max_dbs=MAX_DBS,
                                  readonly=False, readahead=False, meminit=False, max_readers=limits.MAX_READERS,
                                  lock=True, mode=0o600, subdir=True)
             self.db = {}
@@ -379,9 +385,10 @@ def _meta_sum(key: bytes, body: bytes) -> bytes:
     return hashlib.blake2b(key + b"\0" + body, digest_size=8).digest()
 
 
-def meta_get(txn, db, key: bytes, default=None):
-    """A meta value: msgpack followed by BLAKE2b-64 of (key, NUL, msgpack), checked."""
-    v = txn.get(key, db=db)
+def meta_get(txn, meta, key: bytes, default=None):
+    """A meta value (meta: the meta Table): msgpack followed by BLAKE2b-64 of (key, NUL,
+    msgpack), checked."""
+    v = meta.get(txn, key)
     if v is None:
         return default
     v = bytes(v)
@@ -394,12 +401,12 @@ def meta_get(txn, db, key: bytes, default=None):
         raise Corrupt(f"store metadata {key.decode()!r} is damaged") from None
 
 
-def meta_put(txn, db, key: bytes, value) -> None:
+def meta_put(txn, meta, key: bytes, value) -> None:
     body = pack(value)
-    txn.put(key, body + _meta_sum(key, body), db=db)
+    meta.put(txn, key, body + _meta_sum(key, body))
 
 
-def bump(txn, db) -> int:
-    g = meta_get(txn, db, b"generation", 0) + 1
-    meta_put(txn, db, b"generation", g)
+def bump(txn, meta) -> int:
+    g = meta_get(txn, meta, b"generation", 0) + 1
+    meta_put(txn, meta, b"generation", g)
     return g
