@@ -18,15 +18,15 @@ from typing import Iterator, Optional
 from .. import limits
 from ..conversation import PARTIAL
 from ..errors import Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
-from . import blocks, records
+from . import blocks, keyspace, records
 from .anchors import Index
 from .appender import Appender
 from .ingest import Prepared, Writer, prepare, prepare_large, prepare_many, prepare_path
-from .lmdbenv import DATABASES, Env, from_u64, meta_get, meta_put, u64
+from .lmdbenv import Env, from_u64, meta_get, meta_put, u64
 from .names import Names
 from .records import Groups, Record
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 DEFAULT_MODE = 0o644
 
 
@@ -140,14 +140,15 @@ class Store:
         limits.BLOCK_SIZE). level: zstd level of blocks written by ingest."""
         self.path = Path(path)
         self.readonly = readonly
+        from .upgrade import open_tables, upgrade_if_needed
         if not readonly:
-            from .upgrade import upgrade_if_needed
             upgrade_if_needed(self.path)
         self._env = Env(self.path, readonly, create)
-        self.env = self._env.env
         try:
-            self._env.open_databases(DATABASES, None if readonly else
-                                     lambda txn: self._create(txn, block_size))
+            # the format the tables are in: 4, or 3 until an open can convert it (upgrade.py)
+            self.stored_format = open_tables(self._env, None if readonly else
+                                             lambda txn: self._create(txn, block_size))
+            self.env = self._env.env
             self._tables = self._env.tables
             self._meta, self._blocks = self._tables["meta"], self._tables["blocks"]
             self._init_format()
@@ -190,8 +191,8 @@ class Store:
             n = from_u64(v)
             if n > FORMAT_VERSION:
                 raise StowError(f"store format {n} is newer than this stowfs ({FORMAT_VERSION})")
-            if n < FORMAT_VERSION:
-                raise StowError(f"store format {n} needs an upgrade: open it writable once")
+            if n != self.stored_format:
+                raise Corrupt(f"store says format {n}, its tables are format {self.stored_format}'s")
             cfg = meta_get(txn, self._meta, b"config")
             if not isinstance(cfg, dict) or not isinstance(cfg.get("block_size"), int) \
                     or not 1 << 16 <= cfg["block_size"] <= limits.MAX_FRAME_RAW:
@@ -786,14 +787,18 @@ class Store:
 
     # ----------------------------------------------------------------- stats
     def table_bytes(self) -> dict:
-        """Bytes of LMDB pages each database uses (what `du` sees, by table)."""
+        """Bytes of LMDB pages each table uses (what `du` sees, by table; tables that
+        share a database share its leaf and branch pages: keyspace.pages), then each
+        derived `aux:<name>` database this process has opened."""
         def work(txn):
-            out = {}
+            psize = txn.stat(self._meta.db)["psize"]
+            out = {name: int(round(n * psize)) for name, n in keyspace.pages(txn, self._tables).items()}
             for name, db in self._env.db.items():
-                s = txn.stat(db)
-                out[name.decode()] = (s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]) * s["psize"]
+                if name.startswith(b"aux:"):
+                    s = txn.stat(db)
+                    out[name.decode()] = (s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]) * s["psize"]
             return out
-        return self._read(work)
+        return self._env.read(work, buffers=True)      # values measured, not copied
 
     def block_stats(self) -> dict:
         def work(txn):

@@ -170,7 +170,51 @@ class Cursor:
 
 def tables(dbs: dict) -> dict[str, Table]:
     """The store's tables over its open databases: format 4's one database when it is
-    open, else format 3's database per table."""
+    open, else format 3's database per table (those of them that are open)."""
     if STORE_DB in dbs:
         return {name: Table(name, dbs[STORE_DB], bytes([tag])) for name, tag in TAGS.items()}
-    return {name: Table(name, dbs[name.encode()]) for name in TAGS}
+    return {name: Table(name, dbs[name.encode()]) for name in TAGS if name.encode() in dbs}
+
+
+# LMDB's page layout (0.9): a page header of 16 bytes, 8 bytes of node header before a
+# key; a value that would make its node larger than NODEMAX goes to overflow pages of its
+# own and leaves an 8-byte page number on the leaf; each node costs a 2-byte slot too.
+_PAGEHDR, _NODEHDR = 16, 8
+
+
+def _entry_pages(klen: int, vlen: int, psize: int) -> tuple[int, int]:
+    """(bytes on its leaf page, overflow pages) of one entry."""
+    nodemax = (((psize - _PAGEHDR) // 2) & -2) - 2
+    node, over = _NODEHDR + klen + vlen, 0
+    if node > nodemax:
+        over = (_PAGEHDR - 1 + vlen) // psize + 1
+        node -= vlen - 8
+    return node + (node & 1) + 2, over
+
+
+def pages(txn, tables: dict[str, Table]) -> dict[str, float]:
+    """The pages each table takes (what `du` sees, by table). A table with a database of
+    its own: that database's pages. Tables sharing one: each its values' overflow pages
+    and, of the leaf and branch pages, a share in proportion to the bytes its entries
+    take on leaves. The shares add up to the database's pages."""
+    out: dict[str, float] = {}
+    shared: dict[int, list[Table]] = {}
+    for name, t in tables.items():
+        if t.prefix:
+            shared.setdefault(id(t.db), []).append(t)
+        else:
+            s = txn.stat(t.db)
+            out[name] = s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]
+    for ts in shared.values():
+        s = txn.stat(ts[0].db)
+        leaf: dict[str, int] = {}
+        for t in ts:
+            on_leaf = over = 0
+            for k, v in t.cursor(txn):
+                a, b = _entry_pages(len(t.prefix) + len(k), len(v), s["psize"])
+                on_leaf, over = on_leaf + a, over + b
+            leaf[t.name], out[t.name] = on_leaf, over
+        tree, total = s["branch_pages"] + s["leaf_pages"], sum(leaf.values())
+        for t in ts:
+            out[t.name] += tree * leaf[t.name] / total if total else 0.0
+    return out

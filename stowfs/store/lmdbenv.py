@@ -21,8 +21,7 @@ from ..errors import Busy, Corrupt, NotFound, ReadOnly, StoreFull, StowError
 from ..packing import pack, unpack
 from . import keyspace, mapguard
 
-DATABASES = keyspace.FORMAT3_DBS
-MAX_DBS = 32            # the store's databases, a format-3 store's while it is converted, aux:<name>
+MAX_DBS = 32            # the store's database, a format-3 store's five while converted, aux:<name>
 _U64 = struct.Struct(">Q")
 
 
@@ -135,6 +134,12 @@ class Env:
         except lmdb.Error as e:
             raise StowError(f"store at {self.path} is not readable: {e}") from None
 
+    def database_names(self) -> set[bytes]:
+        """The names of the environment's named databases (the keys of LMDB's main
+        database, which holds nothing else)."""
+        with self.env.begin() as txn:
+            return {bytes(k) for k in txn.cursor().iternext(keys=True, values=False)}
+
     def open_optional(self, name: bytes, create: bool):
         if name not in self.db:
             try:
@@ -166,20 +171,29 @@ class Env:
                     raise Busy(f"store {self.path} {what}") from None
                 time.sleep(0.05)
 
-    def _try_exclusive(self) -> bool:
-        """Convert this process's shared store lock to the exclusive one, if no other
-        process holds the store open. flock converts by dropping the lock first: two
-        processes trying at once could each see the other's lock gone for a moment and
-        one swap the file under the other's map. So attempts take turns on a second lock
-        file, and a failed one takes the shared lock back before the next may try."""
+    def alone(self, fn) -> bool:
+        """fn() holding the exclusive store lock: no other process has the store open
+        meanwhile. False, without running fn, when one has (or the store is read-only).
+
+        This process's shared lock is converted to the exclusive one and back. flock
+        converts by dropping the lock first: two processes trying at once could each see
+        the other's lock gone for a moment and one change the file under the other's map.
+        So attempts take turns on a second lock file, held until the shared lock is back
+        (a failed attempt takes it back before the next may try)."""
+        if self.readonly:
+            return False
         with open(os.open(self.path / "upgrade.lock", os.O_RDWR | os.O_CREAT, 0o600), "rb") as turn:
             fcntl.flock(turn, fcntl.LOCK_EX)
             try:
                 fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
             except BlockingIOError:
                 fcntl.flock(self._lockf, fcntl.LOCK_SH)
                 return False
+            try:
+                fn()
+            finally:
+                fcntl.flock(self._lockf, fcntl.LOCK_SH)
+            return True
 
     def close(self) -> None:
         span = getattr(self, "_span", None)
@@ -331,8 +345,6 @@ class Env:
         """Replace the data file with a compacting copy of it, when no other process has
         the store open (else False). Readers and writers of this process wait, until
         on_swap() (run before they go on) has taken the new database handles."""
-        if self.readonly or not self._try_exclusive():
-            return False
         done = [False]
 
         def swap():
@@ -356,11 +368,7 @@ class Env:
             if on_swap is not None:
                 on_swap()
             done[0] = True
-        try:
-            self._exclusive(swap)
-        finally:
-            fcntl.flock(self._lockf, fcntl.LOCK_SH)
-        return done[0]
+        return self.alone(lambda: self._exclusive(swap)) and done[0]
 
     def _map_size(self) -> int:
         try:
