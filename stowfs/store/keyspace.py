@@ -23,6 +23,8 @@ class Table:
     __slots__ = ("name", "db", "prefix")
 
     def __init__(self, name: str, db, prefix: bytes = b""):
+        if prefix and (len(prefix) != 1 or prefix[0] == 0xFF):
+            raise ValueError("a table prefix is one byte below 0xff")
         self.name, self.db, self.prefix = name, db, prefix
 
     def get(self, txn, key: bytes):
@@ -49,8 +51,13 @@ class Table:
         return sum(1 for _ in self.cursor(txn).iternext(keys=True, values=False))
 
 
+# a Cursor's state: never placed; on an entry; failed at an entry (after next or prev);
+# failed between two entries (after set_key), the LMDB cursor on the later one; past the end
+_FRESH, _AT, _OFF, _BEFORE, _END = range(5)
+
+
 class Cursor:
-    """An LMDB cursor over the keys that start with prefix, given without it.
+    """An LMDB cursor over the keys that start with prefix (one byte), given without it.
 
     It moves as an LMDB cursor of a database holding only those keys: at the table's
     ends it fails where that one would, and an unpositioned cursor moves on from where
@@ -60,94 +67,91 @@ class Cursor:
     a failed set_key gives the first entry after the key here (LMDB: that one, or the
     one after it when the key would sit at the start of a page); prev(), the one before.
     No caller moves from a failed set_key."""
-    __slots__ = ("_c", "_p", "_hi", "_state")
-
-    # never placed; on an entry; failed at an entry; failed just before an entry; past the end
-    _FRESH, _AT, _OFF, _BEFORE, _END = range(5)
+    __slots__ = ("_c", "_p", "_tag", "_hi", "_state")
 
     def __init__(self, cur, prefix: bytes):
-        if len(prefix) != 1 or prefix[0] == 0xFF:
-            raise ValueError("a table prefix is one byte below 0xff")
-        self._c, self._p, self._hi = cur, prefix, bytes([prefix[0] + 1])
-        self._state = self._FRESH
+        self._c, self._p, self._tag = cur, prefix, prefix[0]
+        self._hi = bytes([prefix[0] + 1])
+        self._state = _FRESH
 
-    def _mine(self, ok: bool) -> bool:
-        return ok and self._c.key()[:1] == self._p
+    def _first_entry(self) -> bool:
+        c = self._c
+        return c.set_range(self._p) and c.key()[0] == self._tag
 
-    def _place(self, ok: bool) -> bool:
-        """The state after a seek that found ok (an entry of this table) or not (past
-        the table's end)."""
-        self._state = self._AT if ok else self._END
-        return ok
+    def _last_entry(self) -> bool:
+        c = self._c
+        return (c.prev() if c.set_range(self._hi) else c.last()) and c.key()[0] == self._tag
 
     # ------------------------------------------------------------ positioning
     def first(self) -> bool:
-        if self._mine(self._c.set_range(self._p)):
-            return self._place(True)
-        self._state = self._FRESH                   # an empty table: everything fails
-        return False
+        ok = self._first_entry()
+        self._state = _AT if ok else _FRESH          # an empty table: everything fails
+        return ok
 
     def last(self) -> bool:
-        c = self._c
-        ok = c.prev() if c.set_range(self._hi) else c.last()
-        if self._mine(ok):
-            return self._place(True)
-        self._state = self._FRESH
-        return False
+        ok = self._last_entry()
+        self._state = _AT if ok else _FRESH
+        return ok
 
     def set_range(self, key) -> bool:
-        return self._place(self._mine(self._c.set_range(self._p + key)))
+        c = self._c
+        ok = c.set_range(self._p + key) and c.key()[0] == self._tag
+        self._state = _AT if ok else _END
+        return ok
 
     def set_key(self, key) -> bool:
+        c = self._c
         want = self._p + key
-        if not self._mine(self._c.set_range(want)):
-            return self._place(False)
-        if self._c.key() == want:
-            return self._place(True)
-        self._state = self._BEFORE                  # between the entries around key
-        return False
+        if not (c.set_range(want) and c.key()[0] == self._tag):
+            self._state = _END
+            return False
+        ok = c.key() == want
+        self._state = _AT if ok else _BEFORE
+        return ok
 
     def next(self) -> bool:
         st = self._state
-        if st == self._FRESH:
-            return self.first()
-        if st == self._END:
+        if st == _AT or st == _OFF:
+            c = self._c
+            if c.next() and c.key()[0] == self._tag:
+                self._state = _AT
+                return True
+            self._last_entry()          # it was on the last entry: it stays there, failed
+            self._state = _OFF
             return False
-        if st == self._BEFORE:
-            self._state = self._AT
+        if st == _BEFORE:
+            self._state = _AT
             return True
-        return self._step(self._c.next, self._OFF)
+        if st == _END:
+            return False
+        return self.first()
 
     def prev(self) -> bool:
         st = self._state
-        if st == self._FRESH or st == self._END:
-            return self.last()
-        return self._step(self._c.prev, self._BEFORE if st == self._BEFORE else self._OFF)
-
-    def _step(self, move, failed: int) -> bool:
-        here = bytes(self._c.key())
-        if self._mine(move()):
-            self._state = self._AT
-            return True
-        # off the table: back to the entry it was at, unpositioned (as LMDB stays)
-        self._c.set_key(here)
-        self._state = failed
-        return False
+        if st == _AT or st == _OFF or st == _BEFORE:
+            c = self._c
+            if c.prev() and c.key()[0] == self._tag:
+                self._state = _AT
+                return True
+            self._first_entry()         # it was on (or before) the first entry: it stays
+            self._state = _BEFORE if st == _BEFORE else _OFF
+            return False
+        return self.last()
 
     # ------------------------------------------------------------ reading
     def key(self):
-        return self._c.key()[1:] if self._state == self._AT else b""
+        return self._c.key()[1:] if self._state == _AT else b""
 
     def value(self):
-        return self._c.value() if self._state == self._AT else b""
+        return self._c.value() if self._state == _AT else b""
 
     def item(self):
         return (self.key(), self.value())
 
     def iternext(self, keys: bool = True, values: bool = True):
-        if self._state != self._AT:
+        if self._state != _AT:
             self.first()
-        while self._state == self._AT:
+        while self._state == _AT:
             if keys and values:
                 yield self.item()
             elif keys:
