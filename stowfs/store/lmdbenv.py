@@ -136,9 +136,8 @@ class Env:
 
     def database_names(self) -> set[bytes]:
         """The names of the environment's named databases (the keys of LMDB's main
-        database, which holds nothing else)."""
-        with self.env.begin() as txn:
-            return {bytes(k) for k in txn.cursor().iternext(keys=True, values=False)}
+        database, which holds nothing else); Corrupt when its pages are damaged."""
+        return self.read(lambda txn: {bytes(k) for k in txn.cursor().iternext(keys=True, values=False)})
 
     def open_optional(self, name: bytes, create: bool):
         if name not in self.db:

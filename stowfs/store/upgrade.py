@@ -65,6 +65,8 @@ def stored_format(envdir: Path):
                 v = txn.get(key, db=meta)
         except lmdb.NotFoundError:
             return None
+        except lmdb.Error as e:             # a damaged page of the main database
+            raise Corrupt(f"store structure damaged: {e}") from None
         if span.faults:
             raise Corrupt("store structure damaged: a value reaches past the end of the store file")
         return struct.unpack(">Q", v)[0] if v and len(v) == 8 else None
