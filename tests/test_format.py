@@ -1,7 +1,8 @@
 """stowfs/store/FORMAT.md checked against real stored bytes: a store of real files is
 parsed here with nothing but the document (lmdb, zstandard, msgpack, hashlib), and every
-file is rebuilt from the raw tables. Also: a store written by the previous format (a
-fixture made by stowfs 0.1) is upgraded without loss."""
+file is rebuilt from the raw tables. Also: stores written in earlier formats (fixtures:
+format 3 made by stowfs at 4a38c8d, format 2 by stowfs 0.1) are upgraded without loss,
+and a read-only open reads a format-3 store as it is."""
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,7 @@ import zstandard
 
 from realdata import corpus_dir, corpus_files
 from stowfs.maintenance import compact, verify
-from stowfs.store import Store
+from stowfs.store import Store, compaction
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -51,19 +52,38 @@ def frame(value: bytes, tag: int, key: int):
     return extra, raw, level
 
 
-def parse_store(path: Path) -> dict:
+TAGS = {b"meta": 0x01, b"blocks": 0x02, b"groups": 0x03, b"names": 0x04, b"anchors": 0x05}
+
+
+def read_tables(env, txn, fmt: int) -> dict:
+    """{table: [(key, value)] in key order}: format 4 keeps every table in the named
+    database `store`, each key led by its table's tag byte; format 3 a database each."""
+    names = {k for k, _ in txn.cursor()}            # the main database: database names only
+    if fmt == 3:
+        assert set(TAGS) <= names and b"store" not in names
+        return {t: list(txn.cursor(db=env.open_db(t, txn=txn, create=False))) for t in TAGS}
+    assert b"store" in names and not set(TAGS) & names
+    assert all(n == b"store" or n.startswith(b"aux:") for n in names)
+    out = {t: [] for t in TAGS}
+    by_tag = {tag: t for t, tag in TAGS.items()}
+    for k, v in txn.cursor(db=env.open_db(b"store", txn=txn, create=False)):
+        out[by_tag[k[0]]].append((k[1:], v))
+    return out
+
+
+def parse_store(path: Path, fmt: int = 4) -> dict:
     env = lmdb.open(str(path / "lmdb"), readonly=True, max_dbs=32, lock=False)
     out = {}
     with env.begin() as txn:
-        dbs = {n: env.open_db(n, txn=txn, create=False) for n in (b"meta", b"blocks", b"groups", b"names", b"anchors")}
-        meta = dict(txn.cursor(db=dbs[b"meta"]))
-        assert struct.unpack(">Q", meta[b"format"])[0] == 3
+        dbs = read_tables(env, txn, fmt)
+        meta = dict(dbs[b"meta"])
+        assert struct.unpack(">Q", meta[b"format"])[0] == fmt
         body, check = meta[b"config"][:-8], meta[b"config"][-8:]
         assert hashlib.blake2b(b"config\0" + body, digest_size=8).digest() == check
         config = msgpack.unpackb(body)
         B = config["block_size"]
         stream = {}
-        for k, v in txn.cursor(db=dbs[b"blocks"]):
+        for k, v in dbs[b"blocks"]:
             key = struct.unpack(">Q", k)[0]
             extra, raw, _ = frame(v, 0x20, key)
             n, pos = uvarint(extra, 0)
@@ -79,7 +99,7 @@ def parse_store(path: Path) -> dict:
             assert pieces == b"".join(hashlib.blake2b(raw[i:i + (256 << 10)], digest_size=8).digest()
                                       for i in range(0, len(raw), 256 << 10))
         records = {}
-        for k, v in txn.cursor(db=dbs[b"groups"]):
+        for k, v in dbs[b"groups"]:
             gid = struct.unpack(">Q", k)[0]
             _, raw, _ = frame(v, 0x21, gid)
             cols = msgpack.unpackb(raw, strict_map_key=False)
@@ -115,7 +135,7 @@ def parse_store(path: Path) -> dict:
                     prev = pos + length
                 records[row[0]] = row[:14] + (extents,)
         names = {}
-        for k, v in txn.cursor(db=dbs[b"names"]):
+        for k, v in dbs[b"names"]:
             fk = int.from_bytes(hashlib.blake2b(k, digest_size=8).digest(), "big")
             _, raw, _ = frame(v, 0x22, fk)
             ns, deltas = msgpack.unpackb(raw)
@@ -125,7 +145,7 @@ def parse_store(path: Path) -> dict:
                 acc = d if i == 0 else acc + d
                 names[n] = acc
         anchors = 0
-        for k, v in txn.cursor(db=dbs[b"anchors"]):
+        for k, v in dbs[b"anchors"]:
             _, raw, _ = frame(v, 0x23, struct.unpack(">Q", k)[0])
             assert len(raw) % 9 == 0
             keys = struct.unpack(f"<{len(raw) // 9}I", raw[:4 * (len(raw) // 9)])
@@ -204,3 +224,142 @@ def test_an_upgrade_cut_short_starts_again(tmp_path, monkeypatch):
     monkeypatch.undo()
     with Store(path) as s:
         assert len(list(s.iter_files())) == len(json.loads((FIXTURES / "format2-store.json").read_text()))
+
+
+def _fixture3(tmp_path) -> tuple[Path, dict]:
+    path = tmp_path / "old3"
+    shutil.copytree(FIXTURES / "format3-store", path)
+    return path, json.loads((FIXTURES / "format3-store.json").read_text())
+
+
+def _reads_back(s: Store, files: dict) -> None:
+    infos = {i.name: i for i in s.iter_files()}
+    assert sorted(infos) == sorted(files)
+    for name, e in files.items():
+        data = s.get(name)
+        assert len(data) == e["size"] and hashlib.sha256(data).hexdigest() == e["sha256"], name
+        assert infos[name].format == e["format"] and infos[name].mtime_ns == e["mtime_ns"]
+
+
+def test_a_format_3_store_is_converted_to_format_4_in_place(tmp_path):
+    path, expected = _fixture3(tmp_path)
+    files = expected["files"]
+    assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
+    old = parse_store(path, fmt=3)                       # the fixture is what FORMAT.md says format 3 was
+    with Store(path) as s:
+        assert s.stored_format == 4
+        _reads_back(s, files)
+        assert verify(s)["ok"]
+        assert s.stats()["block_fragments"] == 5          # the open block's fragments, as they were
+    new = parse_store(path)
+    assert new["files"] == old["files"] and new["anchors"] == old["anchors"]
+    env = lmdb.open(str(path / "lmdb"), readonly=True, max_dbs=32, lock=False)
+    with env.begin() as txn:
+        assert {k for k, _ in txn.cursor()} == {b"store", b"aux:search"}   # the search index kept
+    env.close()
+    from stowfs.analytics import search_index
+    with Store(path) as s:                              # the next open finds format 4: nothing to do
+        assert s.stored_format == 4
+        assert search_index.exists(s)                     # the derived index kept its database
+        s.put("corpus/new.json", b'{"messages": []}')
+        assert verify(s)["ok"]
+    assert compact(path)["blocks_after"] >= 3
+    with Store(path, readonly=True) as s:
+        _reads_back(s, {**files, "corpus/new.json": {"size": 16, "sha256": hashlib.sha256(b'{"messages": []}').hexdigest(),
+                                                     "format": s.info("corpus/new.json").format,
+                                                     "mtime_ns": s.info("corpus/new.json").mtime_ns}})
+
+
+def test_a_read_only_open_reads_a_format_3_store_as_it_is(tmp_path):
+    path, expected = _fixture3(tmp_path)
+    data = path / "lmdb" / "data.mdb"
+    with Store(path, readonly=True) as s:
+        assert s.stored_format == 3
+        _reads_back(s, expected["files"])
+        assert [n for n, _ in s.listdir("corpus")] == sorted({n.split("/")[1] for n in expected["files"]})
+        assert s.stats()["files"] == len(expected["files"])
+        assert verify(s)["ok"]                            # (its walk opens the store read-only too)
+    assert hashlib.sha256(data.read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
+
+
+def test_a_format_3_store_another_process_has_open_is_used_as_format_3(tmp_path):
+    """The conversion needs the store alone (another process maps format 3's databases):
+    while a process holds it open (its shared lock), a writable open reads and writes
+    format 3; the first open that finds it alone converts it."""
+    import fcntl
+    path, expected = _fixture3(tmp_path)
+    with open(path / "stowfs.lock", "a+b") as other:
+        fcntl.flock(other, fcntl.LOCK_SH)                 # another process's open store
+        with Store(path) as s:
+            assert s.stored_format == 3
+            s.put("corpus/added.json", b'{"messages": []}')
+            s.remove("corpus/aider-chat-history/examples/pong.md")
+            got = compaction.compact(s)
+            assert got["blocks_rewritten"] >= 1 and not got["free_pages_returned"]   # not alone
+            assert verify(s)["ok"]
+        assert parse_store(path, fmt=3)["files"]["corpus/added.json"] == b'{"messages": []}'
+        fcntl.flock(other, fcntl.LOCK_UN)
+    with Store(path) as s:
+        assert s.stored_format == 4
+        assert s.get("corpus/added.json") == b'{"messages": []}'
+        assert len(list(s.iter_files())) == len(expected["files"])
+        assert verify(s)["ok"]
+
+
+def test_a_conversion_killed_midway_leaves_format_3(tmp_path):
+    """kill -9 inside the conversion's transaction, after the old databases are dropped
+    and before the commit: the store is format 3 as it was, and the next open converts."""
+    import subprocess
+    import sys
+    path, expected = _fixture3(tmp_path)
+    child = (
+        "import os, signal, sys\n"
+        "from stowfs.store import Store, lmdbenv\n"
+        "real = lmdbenv.u64\n"
+        "def u64(n):\n"
+        "    if n == 4:\n"                     # the last step of the transaction: format = 4
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(n)\n"
+        "lmdbenv.u64 = u64\n"
+        "Store(sys.argv[1])\n")
+    p = subprocess.run([sys.executable, "-c", child, str(path)], capture_output=True)
+    assert p.returncode == -9, p.stderr.decode()
+    assert parse_store(path, fmt=3)["files"].keys() == expected["files"].keys()
+    with Store(path) as s:
+        assert s.stored_format == 4
+        _reads_back(s, expected["files"])
+
+
+def _failing_u64(monkeypatch, errors: list):
+    """lmdbenv.u64 raising the next of errors when the conversion writes format = 4 (the
+    last step of its transaction)."""
+    from stowfs.store import lmdbenv
+    real = lmdbenv.u64
+
+    def u64(n):
+        if n == 4 and errors:
+            raise errors.pop(0)
+        return real(n)
+    monkeypatch.setattr(lmdbenv, "u64", u64)
+
+
+def test_a_conversion_that_fills_the_map_grows_it_and_tries_again(tmp_path, monkeypatch):
+    path, expected = _fixture3(tmp_path)
+    _failing_u64(monkeypatch, [lmdb.MapFullError("mdb_put: MDB_MAP_FULL"), lmdb.MapFullError("mdb_put: MDB_MAP_FULL")])
+    with Store(path) as s:
+        assert s.stored_format == 4
+        _reads_back(s, expected["files"])
+        assert verify(s)["ok"]
+
+
+def test_a_conversion_without_disk_space_leaves_format_3_in_use(tmp_path, monkeypatch):
+    path, expected = _fixture3(tmp_path)
+    _failing_u64(monkeypatch, [lmdb.Error("mdb_txn_commit: No space left on device")])
+    with Store(path) as s:
+        assert s.stored_format == 3                       # the old databases' handles again
+        _reads_back(s, expected["files"])
+        s.put("corpus/after.json", b"{}")
+        assert s.get("corpus/after.json") == b"{}"
+    with Store(path) as s:                                # room again: converted
+        assert s.stored_format == 4 and s.get("corpus/after.json") == b"{}"
+        assert verify(s)["ok"]

@@ -199,12 +199,14 @@ def test_readers_work_while_a_writer_holds_the_store_and_a_second_writer_waits(t
 
 def _blocks_value_sizes(data_file) -> list[int]:
     """File offsets of the size fields (mn_lo, mn_hi: 4 bytes before the flags) of the
-    `blocks` leaf nodes whose values live in overflow pages."""
+    `blocks` leaf nodes (keys led by its tag, in the `store` database) whose values live
+    in overflow pages."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from stowfs.store.keyspace import TAGS
     from torturelib.lmdbpages import walk_checked
     lay = walk_checked(str(data_file))
-    return [node.key[0] - 8 for page in lay.databases["blocks"].pages if page.kind == "leaf"
-            for node in page.nodes if node.overflow >= 0]
+    return [node.key[0] - 8 for page in lay.databases["store"].pages if page.kind == "leaf"
+            for node in page.nodes if node.overflow >= 0 and node.raw_key[0] == TAGS["blocks"]]
 
 
 def test_a_value_size_past_the_end_of_the_file_is_damage_not_a_crash(tmp_path, mounter):

@@ -704,7 +704,7 @@ def test_a_group_encoded_from_kept_forms_is_the_same_frame(tmp_path):
             s.put(f"f{i}.json", r)
         s.put("f3.json", recs[4] + b" ")            # replaced: new record, new facts
         with s.env.begin() as txn:
-            for k, v in txn.cursor(db=s._groups_db):
+            for k, v in s._groups.table.cursor(txn):
                 gid, frame = int.from_bytes(k, "big"), bytes(v)
                 level = frames.header(frame, frames.GROUP, gid).level
                 kept = records.decode_group(frame, gid)
@@ -788,7 +788,7 @@ def test_decoded_records_keep_their_facts_packed(tmp_path):
         want = {i.name: i.facts for i in s.iter_files("")}
         assert all(want.values())
         with s.env.begin() as txn:
-            k, v = next(iter(txn.cursor(db=s._groups_db)))
+            k, v = next(iter(s._groups.table.cursor(txn)))
             gid, frame = int.from_bytes(k, "big"), bytes(v)
         group = records.decode_group(frame, gid)
         col = next(iter(group.values()))._src[0]

@@ -18,15 +18,15 @@ from typing import Iterator, Optional
 from .. import limits
 from ..conversation import PARTIAL
 from ..errors import Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
-from . import blocks, records
+from . import blocks, keyspace, records
 from .anchors import Index
 from .appender import Appender
 from .ingest import Prepared, Writer, prepare, prepare_large, prepare_many, prepare_path
-from .lmdbenv import DATABASES, Env, from_u64, meta_get, meta_put, u64
+from .lmdbenv import Env, from_u64, meta_get, meta_put, u64
 from .names import Names
 from .records import Groups, Record
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 DEFAULT_MODE = 0o644
 
 
@@ -140,17 +140,17 @@ class Store:
         limits.BLOCK_SIZE). level: zstd level of blocks written by ingest."""
         self.path = Path(path)
         self.readonly = readonly
+        from .upgrade import open_tables, upgrade_if_needed
         if not readonly:
-            from .upgrade import upgrade_if_needed
             upgrade_if_needed(self.path)
         self._env = Env(self.path, readonly, create)
-        self.env = self._env.env
         try:
-            self._env.open_databases(DATABASES, None if readonly else
-                                     lambda txn: self._create(txn, block_size))
-            db = self._env.db
-            self._meta, self._blocks, self._groups_db = db[b"meta"], db[b"blocks"], db[b"groups"]
-            self._names_db, self._anchors_db = db[b"names"], db[b"anchors"]
+            # the format the tables are in: 4, or 3 until an open can convert it (upgrade.py)
+            self.stored_format = open_tables(self._env, None if readonly else
+                                             lambda txn: self._create(txn, block_size))
+            self.env = self._env.env
+            self._tables = self._env.tables
+            self._meta, self._blocks = self._tables["meta"], self._tables["blocks"]
             self._init_format()
         except BaseException:
             self._env.close()
@@ -165,8 +165,8 @@ class Store:
         # 424 MB decoded, 1.9 s; with room for two blocks: 32 MB, 0.6 s)
         self.cache = blocks.DecodedCache(max(cache_bytes, limits.MIN_DECODED_BLOCKS * (self.block_size + (self.block_size >> 2))))
         self._reader = blocks.StreamReader(self._blocks, self.block_size, self.cache)
-        self._groups = Groups(self._groups_db)
-        self._names = Names(self._names_db)
+        self._groups = Groups(self._tables["groups"])
+        self._names = Names(self._tables["names"])
         self._writer: Optional[Writer] = None
         self._wlock = threading.RLock()
         self._changed = False                 # the current write transaction changed something
@@ -176,9 +176,9 @@ class Store:
     # ----------------------------------------------------------------- plumbing
     def _create(self, txn, block_size: Optional[int]) -> None:
         """A new store's meta, in the transaction that creates its databases."""
-        meta = self._env.db[b"meta"]
-        if txn.get(b"format", db=meta) is None:
-            txn.put(b"format", u64(FORMAT_VERSION), db=meta)
+        meta = self._env.tables["meta"]
+        if meta.get(txn, b"format") is None:
+            meta.put(txn, b"format", u64(FORMAT_VERSION))
             meta_put(txn, meta, b"config", {"block_size": block_size or limits.BLOCK_SIZE,
                                            "created": int(time.time())})
             meta_put(txn, meta, b"counters", _counters0())
@@ -186,14 +186,14 @@ class Store:
 
     def _init_format(self) -> None:
         def check(txn):
-            v = txn.get(b"format", db=self._meta)
+            v = self._meta.get(txn, b"format")
             if v is None:
                 raise NotFound(f"no store at {self.path}")
             n = from_u64(v)
             if n > FORMAT_VERSION:
                 raise StowError(f"store format {n} is newer than this stowfs ({FORMAT_VERSION})")
-            if n < FORMAT_VERSION:
-                raise StowError(f"store format {n} needs an upgrade: open it writable once")
+            if n != self.stored_format:
+                raise Corrupt(f"store says format {n}, its tables are format {self.stored_format}'s")
             cfg = meta_get(txn, self._meta, b"config")
             if not isinstance(cfg, dict) or not isinstance(cfg.get("block_size"), int) \
                     or not 1 << 16 <= cfg["block_size"] <= limits.MAX_FRAME_RAW:
@@ -256,7 +256,7 @@ class Store:
     def writer(self) -> Writer:
         if self._writer is None:
             app = Appender(self._blocks, self._meta, self.block_size, self.level, lean=self._lean)
-            self._writer = Writer(app, Index(self._anchors_db), self._reader)
+            self._writer = Writer(app, Index(self._tables["anchors"]), self._reader)
         return self._writer
 
     def _write(self, fn, *, stream: bool = False, seal=False, alone: bool = False):
@@ -585,13 +585,12 @@ class Store:
 
     def _reopen_handles(self) -> None:
         self.env = self._env.env
-        db = self._env.db
-        self._meta, self._blocks, self._groups_db = db[b"meta"], db[b"blocks"], db[b"groups"]
-        self._names_db, self._anchors_db = db[b"names"], db[b"anchors"]
+        self._tables = self._env.tables
+        self._meta, self._blocks = self._tables["meta"], self._tables["blocks"]
         self.cache.clear()
         self._reader = blocks.StreamReader(self._blocks, self.block_size, self.cache)
-        self._groups = Groups(self._groups_db)
-        self._names = Names(self._names_db)
+        self._groups = Groups(self._tables["groups"])
+        self._names = Names(self._tables["names"])
         self._writer = None
 
     def seal(self) -> None:
@@ -805,20 +804,24 @@ class Store:
 
     # ----------------------------------------------------------------- stats
     def table_bytes(self) -> dict:
-        """Bytes of LMDB pages each database uses (what `du` sees, by table)."""
+        """Bytes of LMDB pages each table uses (what `du` sees, by table; tables that
+        share a database share its leaf and branch pages: keyspace.pages), then each
+        derived `aux:<name>` database this process has opened."""
         def work(txn):
-            out = {}
+            psize = txn.stat(self._meta.db)["psize"]
+            out = {name: int(round(n * psize)) for name, n in keyspace.pages(txn, self._tables).items()}
             for name, db in self._env.db.items():
-                s = txn.stat(db)
-                out[name.decode()] = (s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]) * s["psize"]
+                if name.startswith(b"aux:"):
+                    s = txn.stat(db)
+                    out[name.decode()] = (s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]) * s["psize"]
             return out
-        return self._read(work)
+        return self._env.read(work, buffers=True)      # values measured, not copied
 
     def block_stats(self) -> dict:
         def work(txn):
             n = frames_bytes = raw = low = 0
             from . import frames as fr
-            for k, v in txn.cursor(db=self._blocks):
+            for k, v in self._blocks.cursor(txn):
                 hd = fr.header(v, fr.BLOCK, int.from_bytes(k, "big"))
                 n += 1
                 frames_bytes += len(v)

@@ -13,7 +13,7 @@ Short repeats (< MIN_MATCH) are left to zstd, which sees them inside a block.
 The window hash is a position-weighted sum of a fixed random table, computed for every
 position at once with numpy prefix sums (h_i = sum_{j<W} j * T[b_{i+j}]).
 
-Stored form (database `anchors`): runs, one LMDB value each, key u64be run id,
+Stored form (table `anchors`): runs, one value each, key u64be run id,
 value frame(tag ANCHORS, run id, payload = n x u32 key (sorted) | n x 5-byte position
 (little-endian)). A writer appends one run per transaction with what it stored; runs
 are merged into one when there are more than ANCHOR_RUNS_MAX, and rebuilt without
@@ -116,8 +116,8 @@ class Index:
     """The anchor runs of a store, loaded once and kept in step with it, plus the
     anchors this writer added and has not saved yet."""
 
-    def __init__(self, db):
-        self.db = db
+    def __init__(self, table):
+        self.table = table
         self.runs: dict[int, tuple[bytes, np.ndarray, np.ndarray]] = {}
         self.pending: dict[int, int] = {}
         self._added: list[int] = []     # pending's keys in the order added (mark/rollback)
@@ -125,8 +125,7 @@ class Index:
     def begin(self, txn) -> None:
         """Bring the loaded runs in step with the store."""
         seen = set()
-        cur = txn.cursor(db=self.db)
-        for k, v in cur:
+        for k, v in self.table.cursor(txn):
             run_id = _KEY.unpack(k)[0]
             seen.add(run_id)
             hd = frames.header(v, frames.ANCHORS, run_id)
@@ -168,12 +167,12 @@ class Index:
     def save(self, txn) -> None:
         if not self.pending:
             return
-        cur = txn.cursor(db=self.db)
+        cur = self.table.cursor(txn)
         run_id = _KEY.unpack(cur.key())[0] + 1 if cur.last() else 0
         keys = np.fromiter(self.pending.keys(), np.uint32, len(self.pending))
         pos = np.fromiter(self.pending.values(), np.int64, len(self.pending))
         frame = encode_run(run_id, keys, pos)
-        txn.put(_KEY.pack(run_id), frame, db=self.db)
+        self.table.put(txn, _KEY.pack(run_id), frame)
         k2, p2 = decode_run(frame, run_id)
         self.runs[run_id] = (frames.header(frame, frames.ANCHORS, run_id).hash, k2, p2)
         self.pending, self._added = {}, []
@@ -202,10 +201,10 @@ class Index:
         keys, pos = keys[first], pos[first]
         top = max(self.runs)
         for run_id in ids:
-            txn.delete(_KEY.pack(run_id), db=self.db)
+            self.table.delete(txn, _KEY.pack(run_id))
             del self.runs[run_id]
         run_id = top + 1
         frame = encode_run(run_id, keys, pos)
-        txn.put(_KEY.pack(run_id), frame, db=self.db)
+        self.table.put(txn, _KEY.pack(run_id), frame)
         k2, p2 = decode_run(frame, run_id)
         self.runs[run_id] = (frames.header(frame, frames.ANCHORS, run_id).hash, k2, p2)

@@ -51,8 +51,8 @@ class _Full:
 
 
 class Appender:
-    def __init__(self, blocks_db, meta_db, block_size: int, level: int, lean: bool = False):
-        self.db, self.meta, self.B, self.level = blocks_db, meta_db, block_size, level
+    def __init__(self, blocks_table, meta_table, block_size: int, level: int, lean: bool = False):
+        self.table, self.meta, self.B, self.level = blocks_table, meta_table, block_size, level
         self.lean = lean
         self.epoch = None          # (end, epoch) this cache reflects; None: not loaded
         self.full: list[_Full] = []
@@ -70,11 +70,11 @@ class Appender:
         self.raw = bytearray()
         self.frags: list[int] = []
         if self.lean:       # only the last fragment's number matters (the next one's)
-            last = blocks.last_fragment_key(txn, self.db, self.open_id)
+            last = blocks.last_fragment_key(txn, self.table, self.open_id)
             self.frags = [] if last is None else [last]
         else:
-            reader = blocks.StreamReader(self.db, self.B, blocks.DecodedCache(0))
-            for frag, frame in blocks.fragments(txn, self.db, self.open_id):
+            reader = blocks.StreamReader(self.table, self.B, blocks.DecodedCache(0))
+            for frag, frame in blocks.fragments(txn, self.table, self.open_id):
                 for start, length in frag.ranges:
                     self._add_range(start, length)
                 self.raw += reader.whole(frag, frame)
@@ -107,8 +107,8 @@ class Appender:
                 continue
             frame = f.future.result()
             for k in f.old_frags:
-                txn.delete(blocks.key_bytes(k), db=self.db)
-            txn.put(blocks.key_bytes(blocks.frag_key(f.block_id, 0)), frame, db=self.db)
+                self.table.delete(txn, blocks.key_bytes(k))
+            self.table.put(txn, blocks.key_bytes(blocks.frag_key(f.block_id, 0)), frame)
 
     def forget(self) -> None:
         """Drop the cache (after a failed transaction that cannot be rolled back)."""
@@ -187,8 +187,8 @@ class Appender:
             elif wait or f.future.done():
                 frame = f.future.result()
                 for k in f.old_frags:
-                    txn.delete(blocks.key_bytes(k), db=self.db)
-                txn.put(blocks.key_bytes(blocks.frag_key(f.block_id, 0)), frame, db=self.db)
+                    self.table.delete(txn, blocks.key_bytes(k))
+                self.table.put(txn, blocks.key_bytes(blocks.frag_key(f.block_id, 0)), frame)
             else:
                 # Not ready: its bytes go in as a fragment now (nothing may wait in memory
                 # only), and the whole frame replaces the fragments when it is.
@@ -225,8 +225,8 @@ class Appender:
             raise RuntimeError("too many fragments in one block")   # seal() first
         key = blocks.frag_key(bid, no)
         body = b"".join(parts)
-        txn.put(blocks.key_bytes(key), blocks.encode_fragment(key, new_ranges, body, limits.LEVEL_FRAGMENT),
-                db=self.db)
+        self.table.put(txn, blocks.key_bytes(key),
+                       blocks.encode_fragment(key, new_ranges, body, limits.LEVEL_FRAGMENT))
         frags.append(key)
 
     def seal(self, txn, level: Optional[int] = None) -> bool:
@@ -243,8 +243,8 @@ class Appender:
         key = blocks.frag_key(self.open_id, 0)
         frame = blocks.encode_fragment(key, [tuple(r) for r in self.ranges], self.raw, level)
         for k in self.frags:
-            txn.delete(blocks.key_bytes(k), db=self.db)
-        txn.put(blocks.key_bytes(key), frame, db=self.db)
+            self.table.delete(txn, blocks.key_bytes(k))
+        self.table.put(txn, blocks.key_bytes(key), frame)
         self.frags = [key]
         self.ep += 1
         meta_put(txn, self.meta, b"stream", {"end": self.end, "epoch": self.ep})

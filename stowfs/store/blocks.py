@@ -4,7 +4,7 @@ stream ranges it is made of (its extents); its own new bytes are appended to the
 stream in order, so they compress next to each other and next to the files stored
 before and after it.
 
-Stored form (database `blocks`), one LMDB value per *fragment*:
+Stored form (table `blocks`), one value per *fragment*:
 
     key   = u64be(block_id << 16 | fragment)
     value = frame(tag BLOCK, key, extra = live ranges + piece hashes, payload)
@@ -122,10 +122,10 @@ def _block_key(k) -> int:
         raise Corrupt("a block key is damaged") from None
 
 
-def fragments(txn, db, block_id: int) -> list[tuple[Fragment, memoryview]]:
+def fragments(txn, table, block_id: int) -> list[tuple[Fragment, memoryview]]:
     """Every fragment of a block, in key order, with its frame."""
     out = []
-    cur = txn.cursor(db=db)
+    cur = table.cursor(txn)
     if cur.set_range(key_bytes(frag_key(block_id, 0))):
         for k, v in cur:
             key = _block_key(k)
@@ -146,7 +146,7 @@ def _frag_at(cur, block_id: int, no: int) -> Optional[tuple[Fragment, memoryview
     return parse_fragment(frame, key), frame
 
 
-def find_fragment(txn, db, block_id: int, off: int) -> Optional[tuple[Fragment, memoryview]]:
+def find_fragment(txn, table, block_id: int, off: int) -> Optional[tuple[Fragment, memoryview]]:
     """The fragment of block_id whose span holds block offset off (None: none does).
 
     A block's fragments hold ascending, disjoint ranges in key order (bytes are appended
@@ -154,7 +154,7 @@ def find_fragment(txn, db, block_id: int, off: int) -> Optional[tuple[Fragment, 
     compacted block has only that one) a binary search over fragment numbers finds it
     with ~16 parses instead of one per fragment: the open block of a mount that takes
     inbox files has thousands (a read parsing them all took 40 ms at 3,000)."""
-    cur = txn.cursor(db=db)
+    cur = table.cursor(txn)
     got = _frag_at(cur, block_id, 0)
     if got is None or off < got[0].end:
         return got if got is not None and got[0].first <= off else None
@@ -169,9 +169,9 @@ def find_fragment(txn, db, block_id: int, off: int) -> Optional[tuple[Fragment, 
     return got if got[0].first <= off < got[0].end else None
 
 
-def last_fragment_key(txn, db, block_id: int) -> Optional[int]:
+def last_fragment_key(txn, table, block_id: int) -> Optional[int]:
     """The key of block_id's last fragment (None: it has none)."""
-    cur = txn.cursor(db=db)
+    cur = table.cursor(txn)
     ok = cur.prev() if cur.set_range(key_bytes(frag_key(block_id + 1, 0))) else cur.last()
     if not ok:
         return None
@@ -237,8 +237,8 @@ class DecodedCache:
 class StreamReader:
     """Reads committed stream ranges inside a transaction."""
 
-    def __init__(self, db, block_size: int, cache: DecodedCache):
-        self.db = db
+    def __init__(self, table, block_size: int, cache: DecodedCache):
+        self.table = table
         self.block_size = block_size
         self.cache = cache
 
@@ -254,7 +254,7 @@ class StreamReader:
         return bytes(out)
 
     def _read_block(self, txn, bid: int, off: int, n: int) -> bytes:
-        got = find_fragment(txn, self.db, bid, off)
+        got = find_fragment(txn, self.table, bid, off)
         loc = got[0].locate(off) if got is not None else None
         if loc is not None:
             frag, frame = got

@@ -64,7 +64,7 @@ def _intersect(ranges, live) -> list[tuple[int, int]]:
 def block_ids(store) -> list[int]:
     def work(txn):
         ids = []
-        for k, _ in txn.cursor(db=store._blocks):
+        for k in store._blocks.cursor(txn).iternext(keys=True, values=False):
             bid = int.from_bytes(k, "big") >> 16
             if not ids or ids[-1] != bid:
                 ids.append(bid)
@@ -105,7 +105,7 @@ def compact_block(store, bid: int, live: Optional[list], level: int) -> Optional
             return None
         old_bytes = sum(len(f) for _, f in frs)
         for frag, _ in frs:
-            txn.delete(blocks.key_bytes(frag.key), db=store._blocks)
+            store._blocks.delete(txn, blocks.key_bytes(frag.key))
         new_bytes = 0
         if keep:
             body = _slice(raw, ranges, keep)
@@ -117,7 +117,7 @@ def compact_block(store, bid: int, live: Optional[list], level: int) -> Optional
                     merged.append((s, n))
             key = blocks.frag_key(bid, 0)
             frame = blocks.encode_fragment(key, merged, body, level)
-            txn.put(blocks.key_bytes(key), frame, db=store._blocks)
+            store._blocks.put(txn, blocks.key_bytes(key), frame)
             new_bytes = len(frame)
         st = meta_get(txn, store._meta, b"stream", {"end": 0, "epoch": 0})
         st["epoch"] += 1                 # a writer's cached open block is stale now
@@ -132,7 +132,7 @@ def rewrite_metadata(store, level: int) -> int:
     def groups(txn):
         n = 0
         for gid in list(store._groups.all_ids(txn)):
-            frame = txn.get(records._KEY.pack(gid), db=store._groups_db)
+            frame = store._groups.table.get(txn, records._KEY.pack(gid))
             if frames.header(frame, frames.GROUP, gid).level >= level:
                 continue
             store._groups.put(txn, store._groups.load(txn, gid), gid, level)
@@ -142,9 +142,9 @@ def rewrite_metadata(store, level: int) -> int:
     def names(txn):
         return store._names.rewrite_all(txn, level)
 
-    def low(db, tag, key_of):
+    def low(table, tag, key_of):
         def work(txn):
-            for k, v in txn.cursor(db=db):
+            for k, v in table.cursor(txn):
                 hd = frames.header(v, tag, key_of(bytes(k)))
                 if hd.codec == frames.ZSTD and hd.level < level:
                     return True
@@ -152,9 +152,9 @@ def rewrite_metadata(store, level: int) -> int:
         return store._read(work)
     from .names import frame_key
     n = 0
-    if low(store._groups_db, frames.GROUP, lambda k: records._KEY.unpack(k)[0]):
+    if low(store._groups.table, frames.GROUP, lambda k: records._KEY.unpack(k)[0]):
         n += store._write(groups)
-    if low(store._names_db, frames.NAMES, frame_key):
+    if low(store._names.table, frames.NAMES, frame_key):
         n += store._write(names)
     return n
 
@@ -201,7 +201,7 @@ def steps(store, level: int = limits.LEVEL_COMPACT) -> Iterator[dict]:
     n = rewrite_metadata(store, level)
     if n:
         yield {"metadata_frames": n, "commits": 2}
-    runs = store._read(lambda txn: txn.stat(store._anchors_db)["entries"])
+    runs = store._read(lambda txn: store._tables["anchors"].count(txn))
     if runs > 1 or dropped:
         merge_anchors(store, live)
         yield {"anchors": True, "commits": 1}

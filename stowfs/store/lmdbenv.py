@@ -1,7 +1,8 @@
 """The store's LMDB environment: opening it (private permissions, map size), short read
-and write transactions (the map grows when full), and the `meta` database.
+and write transactions (the map grows when full), and the `meta` table.
 
-Only this module calls lmdb.open. Nothing here knows what the other databases hold.
+Only this module calls lmdb.open. Nothing here knows what the other tables hold; where
+they live (which database, which key prefix) is keyspace.py's.
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ import lmdb
 from .. import limits
 from ..errors import Busy, Corrupt, NotFound, ReadOnly, StoreFull, StowError
 from ..packing import pack, unpack
-from . import mapguard
+from . import keyspace, mapguard
 
-DATABASES = (b"meta", b"blocks", b"groups", b"names", b"anchors")
+MAX_DBS = 32            # the store's database, a format-3 store's five while converted, aux:<name>
 _U64 = struct.Struct(">Q")
 
 
@@ -60,7 +61,8 @@ def disk_full(e: BaseException) -> bool:
 
 
 class Env:
-    """One LMDB environment with its named databases (self.db[name])."""
+    """One LMDB environment with its named databases (self.db[name]) and the store's
+    tables in them (self.tables[name], keyspace.Table)."""
 
     def __init__(self, path: Path, readonly: bool, create: bool):
         self.path = Path(path)
@@ -80,7 +82,7 @@ class Env:
             if not readonly:
                 private_dir(envdir)
             try:
-                self.env = lmdb.open(str(envdir), map_size=self._map_size(), max_dbs=len(DATABASES) + 16,
+                self.env = lmdb.open(str(envdir), map_size=self._map_size(), max_dbs=MAX_DBS,
                                      readonly=readonly, readahead=False, meminit=False,
                                      max_readers=limits.MAX_READERS, lock=True, mode=0o600, subdir=True)
             except lmdb.Error as e:
@@ -100,6 +102,7 @@ class Env:
         self._active = 0
         self._growing = False
         self.db: dict[bytes, object] = {}
+        self.tables: dict[str, keyspace.Table] = {}
 
     def open_databases(self, names, init=None) -> None:
         """Open the named databases; when writable, create them and run init(txn) in the
@@ -122,12 +125,19 @@ class Env:
                 with self.env.begin(write=True) as txn:
                     for n in names:
                         self.db[n] = self.env.open_db(n, txn=txn, create=True)
+                    self.tables = keyspace.tables(self.db)
                     if init is not None:
                         init(txn)
+            self.tables = keyspace.tables(self.db)
         except lmdb.NotFoundError:
             raise NotFound(f"no store at {self.path} (database missing)") from None
         except lmdb.Error as e:
             raise StowError(f"store at {self.path} is not readable: {e}") from None
+
+    def database_names(self) -> set[bytes]:
+        """The names of the environment's named databases (the keys of LMDB's main
+        database, which holds nothing else); Corrupt when its pages are damaged."""
+        return self.read(lambda txn: {bytes(k) for k in txn.cursor().iternext(keys=True, values=False)})
 
     def open_optional(self, name: bytes, create: bool):
         if name not in self.db:
@@ -160,20 +170,29 @@ class Env:
                     raise Busy(f"store {self.path} {what}") from None
                 time.sleep(0.05)
 
-    def _try_exclusive(self) -> bool:
-        """Convert this process's shared store lock to the exclusive one, if no other
-        process holds the store open. flock converts by dropping the lock first: two
-        processes trying at once could each see the other's lock gone for a moment and
-        one swap the file under the other's map. So attempts take turns on a second lock
-        file, and a failed one takes the shared lock back before the next may try."""
+    def alone(self, fn) -> bool:
+        """fn() holding the exclusive store lock: no other process has the store open
+        meanwhile. False, without running fn, when one has (or the store is read-only).
+
+        This process's shared lock is converted to the exclusive one and back. flock
+        converts by dropping the lock first: two processes trying at once could each see
+        the other's lock gone for a moment and one change the file under the other's map.
+        So attempts take turns on a second lock file, held until the shared lock is back
+        (a failed attempt takes it back before the next may try)."""
+        if self.readonly:
+            return False
         with open(os.open(self.path / "upgrade.lock", os.O_RDWR | os.O_CREAT, 0o600), "rb") as turn:
             fcntl.flock(turn, fcntl.LOCK_EX)
             try:
                 fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
             except BlockingIOError:
                 fcntl.flock(self._lockf, fcntl.LOCK_SH)
                 return False
+            try:
+                fn()
+            finally:
+                fcntl.flock(self._lockf, fcntl.LOCK_SH)
+            return True
 
     def close(self) -> None:
         span = getattr(self, "_span", None)
@@ -238,7 +257,7 @@ class Env:
                     result = fn(txn)
                     self._faulted(faults)
                     if changed is None or changed():
-                        bump(txn, self.db[b"meta"])
+                        bump(txn, self.tables["meta"])
                 return result
             except lmdb.BadDbiError:
                 # another process created the databases while this one opened them:
@@ -325,8 +344,6 @@ class Env:
         """Replace the data file with a compacting copy of it, when no other process has
         the store open (else False). Readers and writers of this process wait, until
         on_swap() (run before they go on) has taken the new database handles."""
-        if self.readonly or not self._try_exclusive():
-            return False
         done = [False]
 
         def swap():
@@ -342,7 +359,7 @@ class Env:
             self.env.close()
             os.replace(tmp / "data.mdb", envdir / "data.mdb")
             shutil.rmtree(tmp)
-            self.env = lmdb.open(str(envdir), map_size=self._map_size(), max_dbs=len(DATABASES) + 16,
+            self.env = lmdb.open(str(envdir), map_size=self._map_size(), max_dbs=MAX_DBS,
                                  readonly=False, readahead=False, meminit=False, max_readers=limits.MAX_READERS,
                                  lock=True, mode=0o600, subdir=True)
             self.db = {}
@@ -350,11 +367,7 @@ class Env:
             if on_swap is not None:
                 on_swap()
             done[0] = True
-        try:
-            self._exclusive(swap)
-        finally:
-            fcntl.flock(self._lockf, fcntl.LOCK_SH)
-        return done[0]
+        return self.alone(lambda: self._exclusive(swap)) and done[0]
 
     def _map_size(self) -> int:
         try:
@@ -379,9 +392,10 @@ def _meta_sum(key: bytes, body: bytes) -> bytes:
     return hashlib.blake2b(key + b"\0" + body, digest_size=8).digest()
 
 
-def meta_get(txn, db, key: bytes, default=None):
-    """A meta value: msgpack followed by BLAKE2b-64 of (key, NUL, msgpack), checked."""
-    v = txn.get(key, db=db)
+def meta_get(txn, meta, key: bytes, default=None):
+    """A meta value (meta: the meta Table): msgpack followed by BLAKE2b-64 of (key, NUL,
+    msgpack), checked."""
+    v = meta.get(txn, key)
     if v is None:
         return default
     v = bytes(v)
@@ -394,12 +408,12 @@ def meta_get(txn, db, key: bytes, default=None):
         raise Corrupt(f"store metadata {key.decode()!r} is damaged") from None
 
 
-def meta_put(txn, db, key: bytes, value) -> None:
+def meta_put(txn, meta, key: bytes, value) -> None:
     body = pack(value)
-    txn.put(key, body + _meta_sum(key, body), db=db)
+    meta.put(txn, key, body + _meta_sum(key, body))
 
 
-def bump(txn, db) -> int:
-    g = meta_get(txn, db, b"generation", 0) + 1
-    meta_put(txn, db, b"generation", g)
+def bump(txn, meta) -> int:
+    g = meta_get(txn, meta, b"generation", 0) + 1
+    meta_put(txn, meta, b"generation", g)
     return g

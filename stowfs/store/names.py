@@ -2,7 +2,7 @@
 compressed page (as squashfs packs its directory table), so a name costs a few bytes
 instead of an LMDB entry of its own.
 
-Stored form (database `names`): key = the UTF-8 of the page's first name, cut to
+Stored form (table `names`): key = the UTF-8 of the page's first name, cut to
 NAME_KEY_BYTES (LMDB's key limit is 511 bytes; names may be longer), value =
 frame(tag NAMES, key = BLAKE2b-64 of the LMDB key, payload = msgpack [[names sorted],
 [file ids, as deltas]]). The frame's key binds a page to the LMDB key it is
@@ -68,9 +68,9 @@ class Names(ThreadDirty):
     """The name table. A write transaction changes pages in `dirty` (key -> entries;
     None: deleted) and writes each once, at `flush`."""
 
-    def __init__(self, db):
+    def __init__(self, table):
         super().__init__()
-        self.db = db
+        self.table = table
         self._cache = FrameCache(limits.NAME_PAGE_CACHE)
 
     def release(self) -> None:
@@ -85,7 +85,7 @@ class Names(ThreadDirty):
         d = self.dirty
         if k in d:
             return d[k]
-        return self._load(k, txn.get(k, db=self.db))
+        return self._load(k, self.table.get(txn, k))
 
     def _keys_from(self, txn, k: Optional[bytes]):
         """Page keys in order, starting at the last live one <= k (all, for None)."""
@@ -101,7 +101,7 @@ class Names(ThreadDirty):
                 floor = below[-1]
 
         def lmdb_keys():
-            c2 = txn.cursor(db=self.db)
+            c2 = self.table.cursor(txn)
             if not (c2.set_range(floor) if floor is not None else c2.first()):
                 return
             for kk in c2.iternext(keys=True, values=False):
@@ -124,7 +124,7 @@ class Names(ThreadDirty):
         NAME_KEY_BYTES, so a greater key means a greater first name): one page is read."""
         k = page_key(name)
         if not self.dirty:          # a reader: one cursor, one page (two for a long name)
-            cur = txn.cursor(db=self.db)
+            cur = self.table.cursor(txn)
             if cur.set_range(k):
                 if bytes(cur.key()) == k:
                     entries = self._load(k, cur.value())
@@ -177,7 +177,7 @@ class Names(ThreadDirty):
 
     def _stored_floor(self, txn, k: bytes) -> Optional[bytes]:
         """The greatest stored page key <= k not deleted in this transaction."""
-        cur = txn.cursor(db=self.db)
+        cur = self.table.cursor(txn)
         ok = cur.set_range(k)
         if ok and bytes(cur.key()) != k:
             ok = cur.prev()
@@ -189,7 +189,7 @@ class Names(ThreadDirty):
 
     def _key_after(self, txn, k: bytes) -> Optional[bytes]:
         """The least live page key above k (pages written in this transaction too)."""
-        cur = txn.cursor(db=self.db)
+        cur = self.table.cursor(txn)
         ok = cur.set_range(k)
         if ok and bytes(cur.key()) == k:
             ok = cur.next()
@@ -203,7 +203,7 @@ class Names(ThreadDirty):
 
     def _key_before(self, txn, k: bytes) -> Optional[bytes]:
         """The greatest live page key below k (pages written in this transaction too)."""
-        cur = txn.cursor(db=self.db)
+        cur = self.table.cursor(txn)
         ok = cur.prev() if cur.set_range(k) else cur.last()
         while ok and self.dirty.get(bytes(cur.key()), True) is None:   # deleted here
             ok = cur.prev()
@@ -301,11 +301,11 @@ class Names(ThreadDirty):
     def flush(self, txn, level: int) -> None:
         for k, entries in self.dirty.items():
             if entries is None:
-                txn.delete(k, db=self.db)
+                self.table.delete(txn, k)
         for k, entries in self.dirty.items():
             if entries is not None:
                 frame = encode_page(k, entries, level)
-                txn.put(k, frame, db=self.db)
+                self.table.put(txn, k, frame)
                 self._cache.put(frames.header(frame, frames.NAMES, frame_key(k)).hash, entries)
         self.dirty = {}
 
@@ -317,11 +317,10 @@ class Names(ThreadDirty):
             if hd.codec != frames.ZSTD or hd.level >= level:
                 continue
             entries = self._load(k, v)
-            txn.put(k, encode_page(k, entries, level), db=self.db)
+            self.table.put(txn, k, encode_page(k, entries, level))
             n += 1
         return n
 
     def pages(self, txn) -> Iterator[tuple[bytes, bytes]]:
-        cur = txn.cursor(db=self.db)
-        for k, v in cur:
+        for k, v in self.table.cursor(txn):
             yield bytes(k), bytes(v)

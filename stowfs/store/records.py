@@ -2,7 +2,7 @@
 inode table): everything `stat`, `ls -l` and a read need, with no content hash per
 piece: the content is addressed by stream position.
 
-Stored form (database `groups`): key u64be group id (= file id >> GROUP_BITS), value
+Stored form (table `groups`): key u64be group id (= file id >> GROUP_BITS), value
 frame(tag GROUP, group id, payload = msgpack list of records). A record is a msgpack
 list:
 
@@ -279,9 +279,9 @@ class Groups(ThreadDirty):
     """Read and write record groups. Decoded groups are cached by content hash; a write
     transaction changes groups in `dirty` and writes each once, at `flush`."""
 
-    def __init__(self, db, cache_entries: int = limits.GROUP_CACHE):
+    def __init__(self, table, cache_entries: int = limits.GROUP_CACHE):
         super().__init__()
-        self.db = db
+        self.table = table
         self._cache = FrameCache(cache_entries)
 
     def release(self) -> None:
@@ -293,7 +293,7 @@ class Groups(ThreadDirty):
         d = self.dirty.get(gid)
         if d is not None:
             return d
-        frame = txn.get(_KEY.pack(gid), db=self.db)
+        frame = self.table.get(txn, _KEY.pack(gid))
         if frame is None:
             return {}
         hd = frames.header(frame, frames.GROUP, gid)
@@ -344,13 +344,12 @@ class Groups(ThreadDirty):
         key = _KEY.pack(gid)
         if recs:
             frame = encode_group(gid, recs, level)
-            txn.put(key, frame, db=self.db)
+            self.table.put(txn, key, frame)
             # the next read of this group needs no decode
             self._cache.put(frames.header(frame, frames.GROUP, gid).hash, dict(recs))
         else:
-            txn.delete(key, db=self.db)
+            self.table.delete(txn, key)
 
     def all_ids(self, txn):
-        cur = txn.cursor(db=self.db)
-        for k, _ in cur:
+        for k in self.table.cursor(txn).iternext(keys=True, values=False):
             yield _KEY.unpack(k)[0]

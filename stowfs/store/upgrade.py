@@ -1,6 +1,17 @@
-"""Format 1/2 -> 3: a store written by the segment store of stowfs 0.1 is read with
-`stowfs.legacy` and every file copied, with its name, mtime and bytes, into a new
-environment beside it; the new one then takes the old one's place.
+"""Opening an older store.
+
+Format 3 -> 4 (`open_tables`): the five named databases of format 3 become key ranges of
+one (keyspace.py). In place, in one LMDB write transaction: every entry is copied under
+its table's tag byte into `store`, the five are dropped, `format` becomes 4. Frames are
+not touched (a frame's key never included the tag). Atomic: a crash leaves format 3 or 4.
+Then a compacting copy gives the old databases' pages back to the disk.
+Only done while no other process has the store open (its map and database handles are
+format 3's); until then, and in a read-only open, the store is read and written as
+format 3, table for table the same entries.
+
+Format 1/2 -> 4 (`upgrade_if_needed`): a store written by the segment store of stowfs 0.1
+is read with `stowfs.legacy` and every file copied, with its name, mtime and bytes, into
+a new environment beside it; the new one then takes the old one's place.
 
 Crash-safe by renames: the new environment is built in `lmdb.upgrading/`; once every file
 is in it (and read back against the old one's SHA-256), `lmdb` becomes `lmdb.format2`,
@@ -14,12 +25,14 @@ import hashlib
 import shutil
 import struct
 import sys
+import time
 from pathlib import Path
 
 import lmdb
 
-from ..errors import Corrupt
-from . import lmdbenv, mapguard
+from .. import limits
+from ..errors import Corrupt, NotFound, StoreFull, StowError
+from . import keyspace, lmdbenv, mapguard
 
 OLD = "lmdb.format2"
 NEW = "lmdb.upgrading"
@@ -41,11 +54,19 @@ def stored_format(envdir: Path):
     span.guard()
     try:
         try:
-            meta = env.open_db(b"meta", create=False)
             with env.begin() as txn:
-                v = txn.get(b"format", db=meta)
+                names = {bytes(k) for k in txn.cursor().iternext(keys=True, values=False)}
+            if keyspace.STORE_DB in names:
+                db, key = keyspace.STORE_DB, bytes([keyspace.TAGS["meta"]]) + b"format"
+            else:
+                db, key = b"meta", b"format"
+            meta = env.open_db(db, create=False)
+            with env.begin() as txn:
+                v = txn.get(key, db=meta)
         except lmdb.NotFoundError:
             return None
+        except lmdb.Error as e:             # a damaged page of the main database
+            raise Corrupt(f"store structure damaged: {e}") from None
         if span.faults:
             raise Corrupt("store structure damaged: a value reaches past the end of the store file")
         return struct.unpack(">Q", v)[0] if v and len(v) == 8 else None
@@ -66,7 +87,8 @@ def upgrade_if_needed(path: Path) -> bool:
     fmt = stored_format(envdir) if envdir.exists() else None
     if fmt is None or fmt >= 3:
         return False
-    print(f"stowfs: upgrading the store at {path} from format {fmt} to 3 ...", file=sys.stderr)
+    from . import FORMAT_VERSION
+    print(f"stowfs: upgrading the store at {path} from format {fmt} to {FORMAT_VERSION} ...", file=sys.stderr)
     _copy(path, new)
     envdir.rename(old)
     new.rename(envdir)
@@ -98,3 +120,71 @@ def _copy(path: Path, new: Path) -> None:
         old.close()
     (tmp / "lmdb").rename(new)
     shutil.rmtree(tmp)
+
+
+def open_tables(env, init=None) -> int:
+    """Open the store's databases in env (env.db, env.tables); init(txn) writes a new
+    store's meta (when writable). Returns the stored format the tables are in: 4, or 3
+    for a format-3 store not converted now (read-only, or another process has it open)."""
+    names = _names(env)
+    if keyspace.STORE_DB in names or b"meta" not in names:
+        env.open_databases((keyspace.STORE_DB,), init)
+        return 4
+    env.open_databases((b"meta",))
+    v = env.read(lambda txn: env.tables["meta"].get(txn, b"format"))
+    fmt = lmdbenv.from_u64(v) if v is not None and len(v) == 8 else None
+    if fmt is None:
+        raise Corrupt(f"store at {env.path}: its format is missing or damaged")
+    if fmt < 3:
+        raise StowError(f"store format {fmt} needs an upgrade: open it writable once")
+    env.open_databases(keyspace.FORMAT3_DBS)
+    if fmt == 3 and not env.readonly:
+        try:
+            if env.alone(lambda: _to_format_4(env)):
+                # the old databases' pages are free now: give them back to the disk
+                if env.free_share() >= limits.RECLAIM_SLACK:
+                    env.compact_copy()
+                return 4
+        except StoreFull as e:
+            print(f"stowfs: {env.path} stays in format 3 for now: {e}", file=sys.stderr)
+    return 3
+
+
+def _names(env) -> set:
+    """The named databases; a read-only open waits a moment for a store another
+    process is creating (its directory exists one transaction before its databases)."""
+    deadline = time.monotonic() + 3.0
+    while True:
+        names = env.database_names()
+        if keyspace.STORE_DB in names or b"meta" in names or not env.readonly:
+            return names
+        if time.monotonic() > deadline:
+            raise NotFound(f"no store at {env.path} (database missing)")
+        time.sleep(0.05)
+
+
+def _to_format_4(env) -> None:
+    """Format 3 -> 4 in one write transaction (see the module's doc), while no other
+    process has the store open."""
+    made = []
+
+    def work(txn):
+        # handles of this try: dropping a database closes its handle even when the
+        # transaction is then given up (a full map: Env.write tries again)
+        store = env.env.open_db(keyspace.STORE_DB, txn=txn, create=True)
+        for name, tag in sorted(keyspace.TAGS.items(), key=lambda t: t[1]):
+            db, prefix = env.env.open_db(name.encode(), txn=txn, create=False), bytes([tag])
+            with txn.cursor(db=db) as src, txn.cursor(db=store) as dst:
+                dst.putmulti(((prefix + k, v) for k, v in src), append=True)   # in key order
+            txn.drop(db, delete=True)
+        txn.put(bytes([keyspace.TAGS["meta"]]) + b"format", lmdbenv.u64(4), db=store)
+        made[:] = [store]
+    for n in keyspace.FORMAT3_DBS:
+        env.db.pop(n)
+    try:
+        env.write(work, changed=lambda: False)
+    except BaseException:
+        env.open_databases(keyspace.FORMAT3_DBS)    # still format 3: its handles again
+        raise
+    env.db[keyspace.STORE_DB] = made[0]
+    env.tables = keyspace.tables(env.db)

@@ -26,14 +26,14 @@ def walk(path: str) -> dict:
     store = Store(path, readonly=True, cache_bytes=64 << 20)
     broken: list[str] = []
 
-    def scan(db, what: str) -> list:
+    def scan(table, what: str) -> list:
         """A table's entries, as many as its B-tree gives: a damaged page stops the walk
         of that table (noted), not the whole verify, so the files it affects are still
         found by the checks that follow and named."""
         out: list = []
 
         def work(txn):
-            for k, v in txn.cursor(db=db):
+            for k, v in table.cursor(txn):
                 out.append((bytes(k), bytes(v)))
         try:
             store._read(work)
@@ -64,7 +64,7 @@ def walk(path: str) -> dict:
         # records
         recs: dict[int, records.Record] = {}
 
-        for k, v in scan(store._groups_db, "record"):
+        for k, v in scan(store._tables["groups"], "record"):
             gid = int.from_bytes(k, "big") if len(k) == 8 else -1
             try:
                 recs.update(records.decode_group(v, gid))
@@ -74,7 +74,7 @@ def walk(path: str) -> dict:
         names: dict[str, int] = {}
 
         from .names import decode_page
-        for k, v in scan(store._names_db, "name"):
+        for k, v in scan(store._tables["names"], "name"):
             try:
                 for n, fid in decode_page(k, v):
                     if n in names:
@@ -101,7 +101,7 @@ def walk(path: str) -> dict:
                 problems.append(f"record {fid} is not reachable by any name (its name page is damaged?)")
         # anchors (derived, but must decode)
 
-        for k, v in scan(store._anchors_db, "anchor"):
+        for k, v in scan(store._tables["anchors"], "anchor"):
             try:
                 decode_run(v, int.from_bytes(k, "big"))
             except Corrupt as e:

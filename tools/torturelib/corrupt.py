@@ -9,7 +9,10 @@ file with `stowfs cat`, lists with `stowfs ls` and runs `stowfs verify`:
             report it: verify exits 0, or its output does not name the file.
 Targeted trials pick a database in turn, a page of it (leaf, branch or overflow), and
 flip a byte of one entry's key, of its value, anywhere in the page, or zero the page.
-"Metadata" is every database but the one holding most of the file's pages (the content).
+A database that holds several tables as key ranges (stowfs's `store`, each key led by its
+table's byte) is aimed at table by table: its leaf and overflow pages by the leading
+byte of their keys, its branch pages as the database itself.
+"Metadata" is every target but the one holding most of the file's pages (the content).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from .common import Tally, check_files, list_names, stowfs
-from .lmdbpages import walk_checked
+from .lmdbpages import by_lead_byte, walk_checked
 
 
 def _data_file(store: Path) -> Path:
@@ -52,6 +55,13 @@ class Target:
         self.size = len(self.lay.data)
         self.psize = self.lay.psize
         dbs = {n: d for n, d in self.lay.databases.items() if d.pages}
+        if "store" in dbs:                  # stowfs's tables, one key range each
+            whole = dbs.pop("store")
+            dbs.update({p.name: p for p in by_lead_byte(whole).values()})
+            branches = [p for p in whole.pages if p.kind == "branch"]
+            if branches:
+                dbs["store"] = type(whole)("store", whole.flags, whole.entries, branches)
+        self.targets = dbs
         self.content = max(dbs, key=lambda n: dbs[n].data_bytes())
         self.dbs = sorted(dbs)
 
@@ -67,7 +77,7 @@ class Target:
         return 1 << self.rng.randrange(8) if self.rng.random() < 0.7 else self.rng.randrange(1, 256)
 
     def targeted(self, db: str) -> tuple[str, list[tuple[int, bytes]]]:
-        d = self.lay.databases[db]
+        d = self.targets[db]
         page = self.rng.choice(d.pages)
         base = page.pgno * self.psize
         mode = self.rng.choice(["key", "value", "page", "zero"] if page.nodes else ["page", "zero"])

@@ -6,7 +6,9 @@ main database flagged F_SUBDATA is a named database (its key is the name, its va
 MDB_db with its own root). Walking each tree yields its branch, leaf and overflow pages
 and, on leaves, the file offsets of every node's key and value. Nothing here knows which
 databases stowfs keeps, so it keeps working when the store's tables change; the walk is
-checked against the lmdb module's own listing of the keys (walk_checked).
+checked against the lmdb module's own listing of the keys (walk_checked). A database
+that holds several tables as key ranges (one leading byte each) can be split into them
+(by_lead_byte).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Page:
     kind: str                     # "branch", "leaf", "overflow"
     npages: int = 1
     nodes: list[Node] = field(default_factory=list)
+    owner: bytes = b""            # an overflow page's: the key of the node whose value it holds
 
 
 @dataclass
@@ -137,7 +140,7 @@ class Layout:
                         node.overflow = ov
                         node.value = (voff, 8)
                         npages, = struct.unpack_from("<I", self.data, ov * self.psize + 12)
-                        out.pages.append(Page(ov, "overflow", npages))
+                        out.pages.append(Page(ov, "overflow", npages, owner=node.raw_key))
                         # an overflow value: its bytes start after the page header
                         node.big = (ov * self.psize + PAGEHDRSZ, dsize)
                     page.nodes.append(node)
@@ -150,6 +153,25 @@ class Layout:
 
     def leaf_keys(self, name: str) -> list[bytes]:
         return sorted(n.raw_key for p in self.databases[name].pages if p.kind == "leaf" for n in p.nodes)
+
+
+def by_lead_byte(db: Database) -> dict[int, Database]:
+    """The pages of a database that keeps several tables as key ranges (each key led by
+    its table's byte), by that byte: a leaf page goes with every table it holds entries
+    of (with those entries only), an overflow page with the key it belongs to. Branch
+    pages belong to all of them: they stay out."""
+    out: dict[int, Database] = {}
+
+    def part(b: int) -> Database:
+        return out.setdefault(b, Database(f"{db.name}[{b:#04x}]", db.flags, 0))
+    for p in db.pages:
+        if p.kind == "overflow" and p.owner:
+            part(p.owner[0]).pages.append(p)
+        elif p.kind == "leaf":
+            for b in sorted({n.raw_key[0] for n in p.nodes if n.raw_key}):
+                part(b).pages.append(Page(p.pgno, p.kind, p.npages,
+                                          [n for n in p.nodes if n.raw_key[:1] == bytes([b])]))
+    return out
 
 
 def walk_checked(path: str) -> Layout:
