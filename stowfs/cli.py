@@ -214,8 +214,8 @@ def cmd_ls(args) -> int:
         infos = [i for i in store.iter_files(args.prefix or "") if not args.errors or i.error]
         staged = {}
         if args.json or args.long:      # counts a `stowfs tokens` took before compaction did
-            from .tokens import staged as staged_counts, uncounted
-            staged = staged_counts(store, [i for i in infos if uncounted(i)])
+            from .tokens import staged as staged_counts
+            staged = staged_counts(store)
     if args.json:
         print(json.dumps([_info_dict(i, staged) for i in infos], indent=2))
         return EXIT_OK

@@ -11,11 +11,12 @@ Two kinds of provider:
   the size of each view (`views`) and the usage a log reports (`usage`);
 - taken later (`later=True`, `compute_later`): costly ones that nothing needs at once,
   such as exact token counts (`tokens`: two tokenizers to load and every view to count,
-  a third of what preparing a file costs). Ingest stores the record with
+  about half of what preparing a file cost). Ingest stores the record with
   facts[PENDING] = 1 instead, and compaction (`stowfs compact`, or the mount when it is
   idle) takes them and puts them in the record (stowfs.store.latefacts). A reader that
   needs them before that takes them itself and may keep them in the aux database
-  STAGED (by file id), which compaction then folds into the record.
+  STAGED (`stage`, by file id, which is never reused), which compaction then folds into
+  the record and clears (`unstage`).
 
 Providers must be total (any Parsed, opaque ones included) and deterministic (the
 same bytes give the same facts). A provider's key is forever; when what it computes
@@ -27,6 +28,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .conversation import Parsed
+from .packing import pack, unpack
 
 Provider = Callable[[Parsed, bytes], Any]
 PROVIDERS: dict[str, Provider] = {}
@@ -80,6 +82,39 @@ def later_keys() -> frozenset:
     """The keys of the facts taken after ingest."""
     _load()
     return frozenset(LATER)
+
+
+def _staged_key(file_id: int) -> bytes:
+    return int(file_id).to_bytes(8, "big")
+
+
+def staged(store) -> dict[int, dict]:
+    """{file id: facts} a reader took early and kept (`stage`), every one of them: only
+    files not compacted since they were counted have one."""
+    got = store.aux_read(STAGED, lambda txn, db: {int.from_bytes(k, "big"): unpack(bytes(v))
+                                                  for k, v in txn.cursor(db=db)})
+    return got or {}
+
+
+def staged_one(store, file_id: int):
+    """The facts kept for one file (None: none)."""
+    raw = store.aux_read(STAGED, lambda txn, db: txn.get(_staged_key(file_id), db=db))
+    return None if raw is None else unpack(bytes(raw))
+
+
+def stage(store, file_id: int, got: dict) -> None:
+    """Keep facts a reader took early (a writable store only; else nothing is kept)."""
+    if not getattr(store, "readonly", True):
+        store.aux_write(STAGED, lambda txn, db: txn.put(_staged_key(file_id), pack(got), db=db))
+
+
+def unstage(store, file_ids) -> None:
+    """Drop what was kept for these files (their records hold it now). Writes only when
+    there is something to drop: the aux database is not made for nothing."""
+    have = staged(store)
+    gone = [f for f in file_ids if f in have]
+    if gone:
+        store.aux_write(STAGED, lambda txn, db: [txn.delete(_staged_key(f), db=db) for f in gone])
 
 
 def _load() -> None:

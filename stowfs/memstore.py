@@ -185,6 +185,12 @@ class MemoryStore:
         """No derived data is kept here: like a store whose aux database does not exist."""
         return None
 
+    def release_caches(self) -> None:
+        """Nothing decoded is kept apart from the files themselves."""
+
+    def drop_mapped(self) -> None:
+        """Nothing is mapped."""
+
     def iter_files(self, prefix: str = "") -> Iterator[FileInfo]:
         with self._lock:
             infos = [e[0] for n, e in self._files.items() if n.startswith(prefix)]

@@ -151,9 +151,6 @@ def group_key(info, by: Optional[str]) -> str:
     raise ValueError(f"unknown grouping {by!r}")
 
 
-AUX = facts.STAGED      # file_id -> {"tokens": ..., "usage": ...} taken before the record had them
-
-
 def uncounted(info) -> bool:
     """info is a conversation whose record holds no counts: stored before counts existed,
     or stored since and not compacted yet (facts.PENDING)."""
@@ -163,22 +160,14 @@ def uncounted(info) -> bool:
     return info.error is None or (facts.PENDING in f and info.conversations > 0)
 
 
-def staged(store, infos) -> dict[int, dict]:
-    """{file id: "tokens" fact} kept by lazy_facts for these files (no counting)."""
-    from .packing import unpack
-    ids = [int(i.file_id) for i in infos]
-    if not ids:
-        return {}
+def _current(saved) -> Optional[dict]:
+    t = (saved or {}).get("tokens")
+    return t if isinstance(t, dict) and t.get("v") == VERSION else None
 
-    def work(txn, db):
-        out = {}
-        for fid in ids:
-            raw = txn.get(fid.to_bytes(8, "big"), db=db)
-            t = unpack(bytes(raw)).get("tokens") if raw is not None else None
-            if isinstance(t, dict) and t.get("v") == VERSION:
-                out[fid] = t
-        return out
-    return store.aux_read(AUX, work) or {}
+
+def staged(store) -> dict[int, dict]:
+    """{file id: "tokens" fact} that lazy_facts took and kept (no counting here)."""
+    return {fid: t for fid, saved in facts.staged(store).items() if (t := _current(saved)) is not None}
 
 
 def lazy_facts(store, info) -> dict:
@@ -191,22 +180,17 @@ def lazy_facts(store, info) -> dict:
     f = dict(getattr(info, "facts", None) or {})
     if not uncounted(info) and (info.error is not None or "views" in f):
         return f
-    from .packing import pack, unpack
-    key = int(info.file_id).to_bytes(8, "big")
-    raw = store.aux_read(AUX, lambda txn, db: txn.get(key, db=db))
-    if raw is not None:
-        saved = unpack(bytes(raw))
-        if isinstance(saved.get("tokens"), dict) and saved["tokens"].get("v") == VERSION:
-            f.update(saved)
-            return f
+    saved = facts.staged_one(store, info.file_id)
+    if _current(saved) is not None:
+        f.update(saved)
+        return f
     from . import usage
     from .formats import parse
     data = store.get(info.name)
     parsed = parse(data, info.name)
     saved = {"tokens": measure(parsed, data), "usage": usage.extract(data, parsed.format)}
     saved = {k: v for k, v in saved.items() if v is not None}
-    if not getattr(store, "readonly", True):
-        store.aux_write(AUX, lambda txn, db: txn.put(key, pack(saved), db=db))
+    facts.stage(store, info.file_id, saved)
     f.update(saved)
     return f
 
@@ -225,13 +209,14 @@ def aggregate(store, prefix: str = "", by: Optional[str] = None, enc: Optional[s
     files stored before token counts existed, see lazy_facts)."""
     groups: dict[str, dict] = {}
     files = skipped = pending = 0
+    early = {} if lazy else staged(store)       # what `stowfs tokens` took, if it did
     for info in store.iter_files(prefix):
         if lazy and uncounted(info):
             t = lazy_facts(store, info).get("tokens")
         else:
             t = fact_of(info)
-            if t is None and uncounted(info):       # what `stowfs tokens` took, if it did
-                t = staged(store, [info]).get(info.file_id)
+            if t is None and uncounted(info):
+                t = early.get(info.file_id)
                 pending += t is None and facts.PENDING in (getattr(info, "facts", None) or {})
         if enc is not None and info.error is None and (t is None or t.get("enc") != enc):
             t = recount(store, info, enc)

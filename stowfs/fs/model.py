@@ -915,18 +915,14 @@ class Filesystem:
         if self._last_read is None or time.monotonic() - self._last_read < idle:
             return False
         self._last_read = None
-        release = getattr(self.store, "release_caches", None)
-        if release is not None:
-            release()
+        self.store.release_caches()
         self.cache.clear()
         return True
 
     def drop_mapped(self) -> None:
         """Give back the store's pages mapped by reads (Store.drop_mapped), so that the
         daemon's RSS is its own memory and not the store it read."""
-        drop = getattr(self.store, "drop_mapped", None)
-        if drop is not None:
-            drop()
+        self.store.drop_mapped()
 
     def refresh(self) -> bool:
         """If the store changed (this or another process), invalidate what the kernel

@@ -19,7 +19,6 @@ from typing import Optional
 
 from .. import facts
 from ..errors import Corrupt
-from ..packing import unpack
 
 log = logging.getLogger("stowfs.latefacts")
 
@@ -34,30 +33,17 @@ def pending_groups(store) -> list[int]:
     return out
 
 
-def _staged(store, fids: list[int]) -> dict[int, dict]:
-    """What readers took early for these files (only entries that hold every later fact)."""
-    keys = facts.later_keys()
-
-    def work(txn, db):
-        out = {}
-        for fid in fids:
-            raw = txn.get(fid.to_bytes(8, "big"), db=db)
-            if raw is not None:
-                got = {k: v for k, v in unpack(bytes(raw)).items() if k in keys}
-                if set(got) == keys:
-                    out[fid] = got
-        return out
-    return store.aux_read(facts.STAGED, work) or {}
-
-
 def _take(store, todo: list) -> dict[int, tuple[bytes, dict]]:
     """{file id: (checksum, later facts)} of the pending files in todo."""
     from ..formats import parse
     from .records import checksum
-    staged = _staged(store, [t[0] for t in todo])
+    keys = facts.later_keys()
+    staged = facts.staged(store)
     out = {}
     for fid, ck, name, extents, size in todo:
-        got = staged.get(fid)
+        early = staged.get(fid) or {}
+        # what a reader took early, when it holds every later fact
+        got = {k: early[k] for k in keys} if keys <= set(early) else None
         if got is None:
             data = store.read_extents(extents, 0, size)
             if checksum(data) != ck:
@@ -106,11 +92,7 @@ def fill_group(store, gid: int, level: int) -> Optional[dict]:
             store._groups.put(txn, recs, gid, level)
         return n
     n = store._write(work)
-    commits = 1
-    if store.aux_read(facts.STAGED, lambda txn, db: any(txn.get(f.to_bytes(8, "big"), db=db) is not None
-                                                          for f in taken)):
-        # folded into the records now: the staged copies are dropped
-        store.aux_write(facts.STAGED, lambda txn, db: [txn.delete(f.to_bytes(8, "big"), db=db) for f in taken])
-        commits += 1
-    return {"group": gid, "facts_taken": n, "commits": commits}
+    g0 = store.generation
+    facts.unstage(store, taken)         # folded into the records now
+    return {"group": gid, "facts_taken": n, "commits": 1 + (store.generation != g0)}
 
