@@ -71,9 +71,21 @@ def read_tables(env, txn, fmt: int) -> dict:
     return out
 
 
-def parse_store(path: Path, fmt: int = 4) -> dict:
+def undelta(d, r):
+    """FORMAT.md, format 5: a number stored against another."""
+    if type(d) is int and type(r) is int:
+        return d + r
+    if type(d) is list and type(r) is list and len(d) == len(r):
+        return [undelta(a, b) for a, b in zip(d, r)]
+    if type(d) is list and d and type(d[-1]) is int and type(r) is int:
+        return d[:-1] + [d[-1] + r]
+    return d
+
+
+def parse_store(path: Path, fmt: int = 5) -> dict:
     env = lmdb.open(str(path / "lmdb"), readonly=True, max_dbs=32, lock=False)
     out = {}
+    refs_seen, planes_seen = [], []
     with env.begin() as txn:
         dbs = read_tables(env, txn, fmt)
         meta = dict(dbs[b"meta"])
@@ -104,7 +116,14 @@ def parse_store(path: Path, fmt: int = 4) -> dict:
             _, raw, _ = frame(v, 0x21, gid)
             cols = msgpack.unpackb(raw, strict_map_key=False)
             assert len(cols) == 15
-            paths, values, absent = cols[12]
+            paths, values, absent = cols[12][:3]
+            refs = cols[12][3] if len(cols[12]) == 4 else [None] * len(paths)
+            assert fmt >= 5 or len(cols[12]) == 3
+            for i, j in enumerate(refs):           # format 5: stored against another column
+                if j is not None:
+                    assert -1 <= j < i
+                    values[i] = [undelta(d, r) for d, r in zip(values[i], cols[1] if j == -1 else values[j])]
+                    refs_seen.append(paths[i])
             facts = [{} for _ in cols[0]]
             for path, vals, gone in zip(paths, values, absent):
                 for i, v in enumerate(vals):
@@ -146,10 +165,18 @@ def parse_store(path: Path, fmt: int = 4) -> dict:
                 names[n] = acc
         anchors = 0
         for k, v in dbs[b"anchors"]:
-            _, raw, _ = frame(v, 0x23, struct.unpack(">Q", k)[0])
+            extra, raw, _ = frame(v, 0x23, struct.unpack(">Q", k)[0])
             assert len(raw) % 9 == 0
-            keys = struct.unpack(f"<{len(raw) // 9}I", raw[:4 * (len(raw) // 9)])
-            assert list(keys) == sorted(keys)
+            n = len(raw) // 9
+            if extra == b"\x01":                   # format 5: key deltas in byte planes
+                assert fmt >= 5
+                deltas = [sum(raw[b * n + i] << (8 * b) for b in range(4)) for i in range(n)]
+                keys = [sum(deltas[:i + 1]) for i in range(n)]
+                planes_seen.append(n)
+            else:
+                assert extra == b""
+                keys = list(struct.unpack(f"<{n}I", raw[:4 * n]))
+            assert keys == sorted(keys) and all(k < 1 << 32 for k in keys)
             anchors += len(keys)
     env.close()
 
@@ -174,7 +201,7 @@ def parse_store(path: Path, fmt: int = 4) -> dict:
         assert len(data) == row[1]
         assert hashlib.blake2b(data, digest_size=4).digest() == row[13]
         files[name] = data
-    out.update(files=files, anchors=anchors, config=config)
+    out.update(files=files, anchors=anchors, config=config, refs=refs_seen, planes=planes_seen)
     return out
 
 
@@ -189,6 +216,71 @@ def test_the_format_document_reads_a_real_store(tmp_path):
     assert got["files"] == {str(p.relative_to(root)): p.read_bytes() for p in files}
     assert got["anchors"] > 0
     compact(path)                                          # one frame a block, level 19
+    after = parse_store(path)
+    assert after["files"] == got["files"]
+    # compaction wrote format 5's layouts: facts stored against others, anchors in planes
+    assert "views\x00lean" in after["refs"] and after["planes"] and not got["refs"]
+
+
+def _fixture4(tmp_path) -> tuple[Path, dict]:
+    path = tmp_path / "old4"
+    shutil.copytree(FIXTURES / "format4-store", path)
+    return path, json.loads((FIXTURES / "format4-store.json").read_text())
+
+
+def test_a_format_4_store_becomes_format_5_and_reads_the_same(tmp_path):
+    path, expected = _fixture4(tmp_path)
+    assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
+    old = parse_store(path, fmt=4)                       # the fixture is what FORMAT.md says format 4 is
+    assert old["files"].keys() == expected["files"].keys() and not old["refs"] and not old["planes"]
+    with Store(path, readonly=True) as s:                 # read-only: read as it is
+        assert s.stored_format == 4
+        _reads_back(s, expected["files"])
+    assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
+    with Store(path) as s:
+        assert s.stored_format == 5
+        _reads_back(s, expected["files"])
+        before = {i.name: s.info(i.name) for i in s.iter_files()}
+        assert verify(s)["ok"]
+    assert parse_store(path)["files"] == old["files"]   # only the number changed
+    compact(path)
+    new = parse_store(path)
+    assert new["files"] == old["files"] and new["planes"]
+    with Store(path, readonly=True) as s:
+        _reads_back(s, expected["files"])
+        for name, info in before.items():                 # the facts read back the same
+            now, was = s.info(name).facts, info.facts
+            if was.get("pending"):                        # (compaction counted its tokens)
+                now, was = {k: v for k, v in now.items() if k != "tokens"}, \
+                    {k: v for k, v in was.items() if k != "pending"}
+            assert now == was, name
+        assert verify(s)["ok"]
+
+
+def test_a_format_4_store_another_process_has_open_stays_format_4(tmp_path):
+    """Format 5's layouts are unknown to the code that wrote format 4: while another
+    process has the store open, a writable open reads and writes format 4 (no facts
+    stored against others, no anchor planes), and the first open alone converts it."""
+    import fcntl
+    path, expected = _fixture4(tmp_path)
+    root = corpus_dir()
+    extra = [p for p in corpus_files() if p.stat().st_size < 1 << 20][:12]
+    with open(path / "stowfs.lock", "a+b") as other:
+        fcntl.flock(other, fcntl.LOCK_SH)
+        with Store(path) as s:
+            assert s.stored_format == 4
+            for p in extra:
+                s.put_file("more/" + str(p.relative_to(root)), p)
+            compaction.compact(s)
+            assert verify(s)["ok"]
+        got = parse_store(path, fmt=4)
+        assert not got["refs"] and not got["planes"]
+        assert got["files"]["more/" + str(extra[0].relative_to(root))] == extra[0].read_bytes()
+        fcntl.flock(other, fcntl.LOCK_UN)
+    with Store(path) as s:
+        assert s.stored_format == 5
+        assert len(list(s.iter_files())) == len(expected["files"]) + len(extra)
+    compact(path)
     assert parse_store(path)["files"] == got["files"]
 
 
@@ -247,7 +339,7 @@ def test_a_format_3_store_is_converted_to_format_4_in_place(tmp_path):
     assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
     old = parse_store(path, fmt=3)                       # the fixture is what FORMAT.md says format 3 was
     with Store(path) as s:
-        assert s.stored_format == 4
+        assert s.stored_format == 5                     # 3 -> 4 -> 5
         _reads_back(s, files)
         assert verify(s)["ok"]
         assert s.stats()["block_fragments"] == 5          # the open block's fragments, as they were
@@ -258,8 +350,8 @@ def test_a_format_3_store_is_converted_to_format_4_in_place(tmp_path):
         assert {k for k, _ in txn.cursor()} == {b"store", b"aux:search"}   # the search index kept
     env.close()
     from stowfs.analytics import search_index
-    with Store(path) as s:                              # the next open finds format 4: nothing to do
-        assert s.stored_format == 4
+    with Store(path) as s:                              # the next open finds format 5: nothing to do
+        assert s.stored_format == 5
         assert search_index.exists(s)                     # the derived index kept its database
         s.put("corpus/new.json", b'{"messages": []}')
         assert verify(s)["ok"]
@@ -300,7 +392,7 @@ def test_a_format_3_store_another_process_has_open_is_used_as_format_3(tmp_path)
         assert parse_store(path, fmt=3)["files"]["corpus/added.json"] == b'{"messages": []}'
         fcntl.flock(other, fcntl.LOCK_UN)
     with Store(path) as s:
-        assert s.stored_format == 4
+        assert s.stored_format == 5
         assert s.get("corpus/added.json") == b'{"messages": []}'
         assert len(list(s.iter_files())) == len(expected["files"])
         assert verify(s)["ok"]
@@ -326,7 +418,7 @@ def test_a_conversion_killed_midway_leaves_format_3(tmp_path):
     assert p.returncode == -9, p.stderr.decode()
     assert parse_store(path, fmt=3)["files"].keys() == expected["files"].keys()
     with Store(path) as s:
-        assert s.stored_format == 4
+        assert s.stored_format == 5
         _reads_back(s, expected["files"])
 
 
@@ -347,7 +439,7 @@ def test_a_conversion_that_fills_the_map_grows_it_and_tries_again(tmp_path, monk
     path, expected = _fixture3(tmp_path)
     _failing_u64(monkeypatch, [lmdb.MapFullError("mdb_put: MDB_MAP_FULL"), lmdb.MapFullError("mdb_put: MDB_MAP_FULL")])
     with Store(path) as s:
-        assert s.stored_format == 4
+        assert s.stored_format == 5
         _reads_back(s, expected["files"])
         assert verify(s)["ok"]
 
@@ -361,5 +453,5 @@ def test_a_conversion_without_disk_space_leaves_format_3_in_use(tmp_path, monkey
         s.put("corpus/after.json", b"{}")
         assert s.get("corpus/after.json") == b"{}"
     with Store(path) as s:                                # room again: converted
-        assert s.stored_format == 4 and s.get("corpus/after.json") == b"{}"
+        assert s.stored_format == 5 and s.get("corpus/after.json") == b"{}"
         assert verify(s)["ok"]

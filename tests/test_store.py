@@ -827,3 +827,77 @@ def test_the_mount_gives_back_the_store_pages_its_reads_mapped(tmp_path):
         assert mapped_kib(data_file) < before / 4
         for i, r in enumerate(recs):
             assert s.get(f"f{i}.json") == r
+
+
+def _facts_strategy():
+    from hypothesis import strategies as st
+    ints = st.one_of(st.integers(-5, 5000), st.integers(-(1 << 63), (1 << 64) - 1))
+    leaf = st.one_of(ints, st.booleans(), st.none(), st.floats(allow_nan=False), st.text(max_size=3))
+    value = st.one_of(leaf, st.lists(st.one_of(ints, st.none(), st.booleans()), max_size=4),
+                      st.lists(st.lists(ints, max_size=3), max_size=3))
+    return st.dictionaries(st.sampled_from(["a", "b", "c", "views", "tokens"]),
+                           st.one_of(value, st.dictionaries(st.sampled_from(["x", "y", "lean"]), value, max_size=3)),
+                           max_size=5)
+
+
+def test_facts_stored_against_each_other_read_back_exactly():
+    """Format 5 stores a numeric fact as its difference from the file size or from
+    another fact; any mix of values (huge, negative, bools, lists of other lengths,
+    absent) must read back as it was."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from stowfs.store import frames
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, (1 << 64) - 1), _facts_strategy()), min_size=1, max_size=40))
+    def check(rows):
+        recs = {}
+        for i, (size, facts) in enumerate(rows):
+            recs[1024 + i] = records.Record(1024 + i, None, size, 0, 0o644, "text", None, None, [], None,
+                                            None, 0, 0, facts, b"\0\0\0\0", [(0, 0)])
+        frame = records.encode_group(2, recs, 19, refs=True)
+        got = records.decode_group(frame, 2)
+        for fid, r in recs.items():
+            assert got[fid].size == r.size and got[fid].facts == r.facts
+        frames.decode(frame, frames.GROUP, 2)
+    check()
+
+
+def test_a_fact_stored_against_any_other_value_reads_back_exactly():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    ints = st.one_of(st.integers(-5, 5000), st.integers(-(1 << 62), 1 << 62))
+    leaf = st.one_of(ints, st.booleans(), st.none(), st.floats(allow_nan=False), st.text(max_size=2))
+    value = st.recursive(leaf, lambda inner: st.lists(inner, max_size=4), max_leaves=8)
+
+    @settings(max_examples=400, deadline=None)
+    @given(value, value)
+    def check(v, r):
+        d = records._delta(v, r)
+        assert records._undelta(d, r) == v and type(records._undelta(d, r)) is type(v)
+    check()
+
+
+def test_facts_like_the_real_ones_are_stored_against_each_other():
+    """The views' sizes are stored against the file size, the lean view's token count
+    against another count: a smaller group that reads back the same."""
+    import msgpack
+    from stowfs.packing import unpack_list
+    from stowfs.store import frames
+    recs = {}
+    for i, r in enumerate(sharegpt_records(300)):
+        data = json.dumps(openai_form(r), indent=2).encode()
+        toks = len(data) // 4
+        facts = {"views": {"lean": [1, len(data)], "text": [2, len(data) - 40 - i % 7]},
+                 "tokens": {"views": {"original": toks, "lean": toks, "text": toks - 9}}, "stored": len(data)}
+        recs[512 + i] = records.Record(512 + i, None, len(data), 0, 0o644, "openai", None, None, [], None,
+                                       None, 1, 1, facts, b"\0\0\0\0", [(i * 10, len(data))])
+    plain = records.encode_group(1, recs, 19)
+    packed = records.encode_group(1, recs, 19, refs=True)
+    assert len(packed) < 0.8 * len(plain)
+    cols = unpack_list(frames.decode(packed, frames.GROUP, 1)[1])
+    paths, _, _, refs = msgpack.unpackb(msgpack.packb(cols[12]))
+    by = dict(zip(paths, refs))
+    assert by["views\x00lean"] == -1 and by["stored"] == -1 and by["tokens\x00views\x00original"] is not None
+    got = records.decode_group(packed, 1)
+    assert all(got[k].facts == r.facts for k, r in recs.items())

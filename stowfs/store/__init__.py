@@ -26,7 +26,7 @@ from .lmdbenv import Env, from_u64, meta_get, meta_put, u64
 from .names import Names
 from .records import Groups, Record
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 DEFAULT_MODE = 0o644
 
 
@@ -165,7 +165,7 @@ class Store:
         # 424 MB decoded, 1.9 s; with room for two blocks: 32 MB, 0.6 s)
         self.cache = blocks.DecodedCache(max(cache_bytes, limits.MIN_DECODED_BLOCKS * (self.block_size + (self.block_size >> 2))))
         self._reader = blocks.StreamReader(self._blocks, self.block_size, self.cache)
-        self._groups = Groups(self._tables["groups"])
+        self._groups = Groups(self._tables["groups"], refs=self.stored_format >= 5)
         self._names = Names(self._tables["names"])
         self._writer: Optional[Writer] = None
         self._wlock = threading.RLock()
@@ -256,7 +256,7 @@ class Store:
     def writer(self) -> Writer:
         if self._writer is None:
             app = Appender(self._blocks, self._meta, self.block_size, self.level, lean=self._lean)
-            self._writer = Writer(app, Index(self._tables["anchors"]), self._reader)
+            self._writer = Writer(app, Index(self._tables["anchors"], planes=self.stored_format >= 5), self._reader)
         return self._writer
 
     def _write(self, fn, *, stream: bool = False, seal=False, alone: bool = False):
@@ -589,7 +589,7 @@ class Store:
         self._meta, self._blocks = self._tables["meta"], self._tables["blocks"]
         self.cache.clear()
         self._reader = blocks.StreamReader(self._blocks, self.block_size, self.cache)
-        self._groups = Groups(self._tables["groups"])
+        self._groups = Groups(self._tables["groups"], refs=self.stored_format >= 5)
         self._names = Names(self._tables["names"])
         self._writer = None
 

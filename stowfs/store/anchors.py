@@ -93,20 +93,41 @@ def find(data, bits: int = limits.ANCHOR_BITS) -> tuple[np.ndarray, np.ndarray]:
     return pos[keep], keys[keep]
 
 
-def encode_run(run_id: int, keys: np.ndarray, positions: np.ndarray) -> bytes:
+PLANES = b"\x01"      # the frame's extra for the format-5 layout (see below)
+
+
+def encode_run(run_id: int, keys: np.ndarray, positions: np.ndarray, planes: bool = False) -> bytes:
+    """A run's frame. Format 4 layout (extra empty, stored raw): n x u32le key (sorted)
+    then n x 5-byte little-endian position, in key order. planes (format 5, extra
+    PLANES, zstd): the same numbers with each key as its difference from the key
+    before, cut into byte planes (every number's byte 0, then every byte 1, ...): the
+    high bytes of sorted keys and of positions repeat, and compress (api-log's index:
+    9,918 B raw, 6,673 B so)."""
     order = np.argsort(keys, kind="stable")
     k = keys[order].astype("<u4")
     p = positions[order].astype("<u8").view(np.uint8).reshape(-1, 8)[:, :5]
-    return frames.encode(frames.ANCHORS, run_id, k.tobytes() + p.tobytes(), 0)
+    if not planes:
+        return frames.encode(frames.ANCHORS, run_id, k.tobytes() + p.tobytes(), 0)
+    d = np.diff(k.astype(np.int64), prepend=0).astype("<u4")
+    raw = d.view(np.uint8).reshape(-1, 4).T.tobytes() + p.T.tobytes()
+    return frames.encode(frames.ANCHORS, run_id, raw, limits.LEVEL_COMPACT, PLANES)
 
 
 def decode_run(frame, run_id: int) -> tuple[np.ndarray, np.ndarray]:
-    _, raw = frames.decode(frame, frames.ANCHORS, run_id)
-    if len(raw) % 9:
+    hd, raw = frames.decode(frame, frames.ANCHORS, run_id)
+    if len(raw) % 9 or hd.extra not in (b"", PLANES):
         raise Corrupt(f"anchor run {run_id} is damaged (length)")
     n = len(raw) // 9
-    keys = np.frombuffer(raw, dtype="<u4", count=n).astype(np.uint32)
-    p5 = np.frombuffer(raw, dtype=np.uint8, offset=4 * n).reshape(n, 5)
+    if hd.extra == PLANES:
+        b = np.frombuffer(raw, dtype=np.uint8)
+        d = b[:4 * n].reshape(4, n).T.copy().view("<u4").reshape(n)
+        keys = np.cumsum(d, dtype=np.uint64).astype(np.uint32)
+        p5 = b[4 * n:].reshape(5, n).T
+    else:
+        keys = np.frombuffer(raw, dtype="<u4", count=n).astype(np.uint32)
+        p5 = np.frombuffer(raw, dtype=np.uint8, offset=4 * n).reshape(n, 5)
+    if n and np.any(keys[1:] < keys[:-1]):
+        raise Corrupt(f"anchor run {run_id} is damaged (order)")
     p8 = np.zeros((n, 8), np.uint8)
     p8[:, :5] = p5
     return keys, p8.view("<u8").reshape(n).astype(np.int64)
@@ -116,8 +137,9 @@ class Index:
     """The anchor runs of a store, loaded once and kept in step with it, plus the
     anchors this writer added and has not saved yet."""
 
-    def __init__(self, table):
-        self.table = table
+    def __init__(self, table, planes: bool = False):
+        """planes: write runs in the format-5 layout (encode_run)."""
+        self.table, self.planes = table, planes
         self.runs: dict[int, tuple[bytes, np.ndarray, np.ndarray]] = {}
         self.pending: dict[int, int] = {}
         self._added: list[int] = []     # pending's keys in the order added (mark/rollback)
@@ -171,7 +193,7 @@ class Index:
         run_id = _KEY.unpack(cur.key())[0] + 1 if cur.last() else 0
         keys = np.fromiter(self.pending.keys(), np.uint32, len(self.pending))
         pos = np.fromiter(self.pending.values(), np.int64, len(self.pending))
-        frame = encode_run(run_id, keys, pos)
+        frame = encode_run(run_id, keys, pos, self.planes)
         self.table.put(txn, _KEY.pack(run_id), frame)
         k2, p2 = decode_run(frame, run_id)
         self.runs[run_id] = (frames.header(frame, frames.ANCHORS, run_id).hash, k2, p2)
@@ -204,7 +226,7 @@ class Index:
             self.table.delete(txn, _KEY.pack(run_id))
             del self.runs[run_id]
         run_id = top + 1
-        frame = encode_run(run_id, keys, pos)
+        frame = encode_run(run_id, keys, pos, self.planes)
         self.table.put(txn, _KEY.pack(run_id), frame)
         k2, p2 = decode_run(frame, run_id)
         self.runs[run_id] = (frames.header(frame, frames.ANCHORS, run_id).hash, k2, p2)

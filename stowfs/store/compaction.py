@@ -140,7 +140,8 @@ def rewrite_metadata(store, level: int) -> int:
         return n
 
     def names(txn):
-        return store._names.rewrite_all(txn, level)
+        # a value in overflow pages takes whole pages, after a 16-byte page header
+        return store._names.rewrite_all(txn, level, fit=store.env.stat()["psize"] - 16)
 
     def low(table, tag, key_of):
         def work(txn):

@@ -309,17 +309,62 @@ class Names(ThreadDirty):
                 self._cache.put(frames.header(frame, frames.NAMES, frame_key(k)).hash, entries)
         self.dirty = {}
 
-    def rewrite_all(self, txn, level: int) -> int:
-        """Re-encode every page at level (the compactor); returns pages written."""
-        n = 0
-        for k, v in list(self.pages(txn)):
-            hd = frames.header(v, frames.NAMES, frame_key(k))
-            if hd.codec != frames.ZSTD or hd.level >= level:
-                continue
-            entries = self._load(k, v)
-            self.table.put(txn, k, encode_page(k, entries, level))
+    def rewrite_all(self, txn, level: int, fit: int = 0) -> int:
+        """Re-encode every page at level (the compactor); returns pages written. With
+        fit (the bytes a value may take in one LMDB overflow page), the names are cut
+        into pages anew, as many as fit there (at most NAME_PAGE_ENTRIES): a page is
+        stored in whole pages of the file, and the pages splits leave (api-log: five
+        of 2.5-3.7 KB, a 4 KiB page each) make the table a third larger than its names."""
+        stored = list(self.pages(txn))
+        if not fit:
+            n = 0
+            for k, v in stored:
+                hd = frames.header(v, frames.NAMES, frame_key(k))
+                if hd.codec != frames.ZSTD or hd.level >= level:
+                    continue
+                self.table.put(txn, k, encode_page(k, self._load(k, v), level))
+                n += 1
+            return n
+        entries = [e for k, v in stored for e in self._load(k, v)]
+        for k, _ in stored:
+            self.table.delete(txn, k)
+        n = start = 0
+        while start < len(entries):
+            m, frame = self._fitting(entries, start, level, fit)
+            k = page_key(entries[start][0])
+            self.table.put(txn, k, frame)
+            self._cache.put(frames.header(frame, frames.NAMES, frame_key(k)).hash, entries[start:start + m])
+            start += m
             n += 1
         return n
+
+    @staticmethod
+    def _fitting(entries: list, start: int, level: int, fit: int) -> tuple[int, bytes]:
+        """(m, frame): the most entries from start, up to NAME_PAGE_ENTRIES, whose page is
+        at most fit bytes (at least one), cut where the next page's key differs."""
+        k = page_key(entries[start][0])
+
+        def cut_ok(m):
+            return start + m >= len(entries) or \
+                page_key(entries[start + m][0]) != page_key(entries[start + m - 1][0])
+
+        def page(m):
+            while not cut_ok(m):
+                m += 1
+            return m, encode_page(k, entries[start:start + m], level)
+
+        lo, hi = 1, min(limits.NAME_PAGE_ENTRIES, len(entries) - start)
+        best = page(lo)
+        if len(best[1]) > fit:
+            return best
+        while lo < hi:                  # the largest count that fits
+            mid = (lo + hi + 1) // 2
+            got = page(mid)
+            if len(got[1]) <= fit:
+                lo, best = mid, got
+            else:
+                hi = mid - 1
+        return best
 
     def pages(self, txn) -> Iterator[tuple[bytes, bytes]]:
         for k, v in self.table.cursor(txn):

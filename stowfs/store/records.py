@@ -175,38 +175,137 @@ def _unflatten(flat: dict) -> dict:
     return out
 
 
-def _facts_columns(flats: list) -> list:
+def _facts_columns(flats: list, sizes: list, refs: bool) -> list:
     """The facts column, from each record's flattened facts, as [paths, [column per
     path], [absent per path]]: each fact of every record next to the same fact of the
-    others (sizes next to sizes) compresses far better than maps."""
+    others (sizes next to sizes) compresses far better than maps. With refs (format 5,
+    written by compaction), a fourth item names for each path the column its numbers
+    are stored against (see _choose_ref)."""
     paths = sorted({p for fl in flats for p in fl})
-    missing = [p for p in paths]                  # a record without a path: None, and listed
-    return [paths, [[fl.get(p) for fl in flats] for p in paths],
-            [[i for i, fl in enumerate(flats) if p not in fl] for p in missing]]
+    values = [[fl.get(p) for fl in flats] for p in paths]
+    cols = [paths, values, [[i for i, fl in enumerate(flats) if p not in fl] for p in paths]]
+    if refs:
+        chosen, stored = [], []
+        for i in range(len(paths)):
+            j = _choose_ref(values, i, sizes)
+            chosen.append(j)
+            base = sizes if j == SIZE_REF else values[j] if j is not None else None
+            stored.append(values[i] if base is None else [_delta(v, r) for v, r in zip(values[i], base)])
+        if any(j is not None for j in chosen):
+            cols[1] = stored
+            cols.append(chosen)
+    return cols
+
+
+# Format 5: a numeric fact is often another plus a little (a view's size is the file's
+# size, less what the view drops; the lean view's token count equals the original's). A
+# column can be stored as its difference from the file sizes (SIZE_REF) or from a column
+# before it (its index), number for number: _delta/_undelta, exact for any values (a pair
+# that is not two ints, or two lists of one length, or a list ending in an int and an
+# int, is stored as it is, and reads back as it is).
+SIZE_REF = -1
+_REF_SAMPLE = 64            # records a reference is chosen on
+_INT64 = 1 << 63
+
+
+def _delta(v, r):
+    tv, tr = type(v), type(r)
+    if tv is int and tr is int:
+        return v - r
+    if tv is list and tr is list and len(v) == len(r):
+        return [_delta(a, b) for a, b in zip(v, r)]
+    if tv is list and v and type(v[-1]) is int and tr is int:
+        return v[:-1] + [v[-1] - r]
+    return v
+
+
+def _undelta(d, r):
+    td, tr = type(d), type(r)
+    if td is int and tr is int:
+        return d + r
+    if td is list and tr is list and len(d) == len(r):
+        return [_undelta(a, b) for a, b in zip(d, r)]
+    if td is list and d and type(d[-1]) is int and tr is int:
+        return d[:-1] + [d[-1] + r]
+    return d
+
+
+def _cost(x) -> int:
+    """About the bits x takes in msgpack: what a reference must make smaller."""
+    t = type(x)
+    if t is int:
+        return (x if x >= 0 else ~x).bit_length() + 2
+    if t is list:
+        return 1 + sum(_cost(y) for y in x)
+    return 8
+
+
+def _fits(x) -> bool:
+    t = type(x)
+    if t is int:
+        return -_INT64 <= x < _INT64
+    if t is list:
+        return all(_fits(y) for y in x)
+    return True
+
+
+def _choose_ref(values: list, i: int, sizes: list):
+    """The reference column i is stored against (SIZE_REF, or an index below i), chosen
+    on the first records: the one that makes its numbers cheapest by a tenth at least,
+    or None. Only one whose differences all fit msgpack's integers for every record."""
+    col = values[i]
+    sample = col[:_REF_SAMPLE]
+    best, best_cost = None, 0.9 * sum(_cost(v) for v in sample)
+    if not any(type(v) in (int, list) for v in sample):
+        return None
+    for j in [SIZE_REF] + list(range(i)):
+        base = sizes if j == SIZE_REF else values[j]
+        c = sum(_cost(_delta(v, r)) for v, r in zip(sample, base))
+        if c < best_cost:
+            best, best_cost = j, c
+    if best is not None:
+        base = sizes if best == SIZE_REF else values[best]
+        if not all(_fits(_delta(v, r)) for v, r in zip(col, base)):
+            return None
+    return best
 
 
 class FactsColumn:
     """A decoded group's facts column, kept packed (~25 bytes a record) and unpacked
     when a record's facts are asked for: unpacked, it is ~20 ints a record, which were
     most of what the cached groups held. The last two unpacked stay unpacked."""
-    __slots__ = ("packed", "n", "gid")
-    _unpacked = FrameCache(2)       # by the packed bytes: they name the content
+    __slots__ = ("packed", "n", "gid", "sizes", "key")
+    # by the group frame's hash: it names the content (the packed column alone does not:
+    # numbers stored against the file sizes read back differently in another group)
+    _unpacked = FrameCache(2)
 
-    def __init__(self, packed: bytes, n: int, gid: int):
-        self.packed, self.n, self.gid = packed, n, gid
+    def __init__(self, packed: bytes, n: int, gid: int, sizes: list, key: bytes):
+        self.packed, self.n, self.gid, self.sizes, self.key = packed, n, gid, sizes, key
 
     def column(self) -> tuple:
         """(paths, values per path, absent positions per path)."""
-        return self._unpacked.get(self.packed, self._unpack)
+        return self._unpacked.get(self.key, self._unpack)
 
     def _unpack(self) -> tuple:
         try:
-            paths, values, absent = unpack(self.packed)
+            cols = unpack(self.packed)
+            if not isinstance(cols, list) or len(cols) not in (3, 4):
+                raise ValueError("bad shape")
+            paths, values, absent = cols[:3]
+            refs = cols[3] if len(cols) == 4 else [None] * len(paths) if isinstance(paths, list) else None
             if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)
                     and isinstance(values, list) and isinstance(absent, list)
-                    and len(values) == len(absent) == len(paths)
+                    and isinstance(refs, list)
+                    and len(values) == len(absent) == len(paths) == len(refs)
                     and all(isinstance(v, list) and len(v) == self.n for v in values)):
                 raise ValueError("bad shape")
+            for i, j in enumerate(refs):
+                if j is None:
+                    continue
+                if type(j) is not int or not SIZE_REF <= j < i:
+                    raise ValueError(f"bad reference {j!r}")
+                base = self.sizes if j == SIZE_REF else values[j]
+                values[i] = [_undelta(d, r) for d, r in zip(values[i], base)]
             return paths, values, [frozenset(a) for a in absent]
         except Exception as e:
             raise Corrupt(f"record group {self.gid} is damaged: its facts: {e}") from None
@@ -217,15 +316,16 @@ class FactsColumn:
         return {p: vals[i] for p, vals, gone in zip(paths, values, absent) if i not in gone}
 
 
-def encode_group(gid: int, recs: dict[int, Record], level: int) -> bytes:
+def encode_group(gid: int, recs: dict[int, Record], level: int, refs: bool = False) -> bytes:
     """Columns, not rows: each field of every record together (names next to names,
-    sizes next to sizes) compresses far better. File ids are stored as deltas."""
+    sizes next to sizes) compresses far better. File ids are stored as deltas. refs:
+    numeric facts may be stored against another column (format 5; _facts_columns)."""
     order = [recs[k] for k in sorted(recs)]
     rows = [r.to_list() for r in order]
     cols = [list(c) for c in zip(*rows)] if rows else [[] for _ in range(15)]
     ids = cols[0]
     cols[0] = [ids[0]] + [b - a for a, b in zip(ids, ids[1:])] if ids else []
-    cols[12] = _facts_columns([r.flat_facts() for r in order])
+    cols[12] = _facts_columns([r.flat_facts() for r in order], cols[1], refs)
     ext, prev = [], 0
     for r in order:
         ext.append(r.encoded_extents(prev))
@@ -237,13 +337,13 @@ def encode_group(gid: int, recs: dict[int, Record], level: int) -> bytes:
 
 
 def decode_group(frame, gid: int) -> dict[int, Record]:
-    _, raw = frames.decode(frame, frames.GROUP, gid)
+    hd, raw = frames.decode(frame, frames.GROUP, gid)
     try:
         cols = unpack_list(raw, keep_packed={12})
         if len(cols) != 15:
             raise ValueError("bad columns")
         n = len(cols[0])
-        fcol = FactsColumn(cols[12], n, gid)
+        fcol = FactsColumn(cols[12], n, gid, cols[1], hd.hash)
         cols[12] = [None] * n
         for c in (4, 5, 6, 8):      # format, application, model, day: a few values, shared
             if isinstance(cols[c], list):
@@ -279,9 +379,11 @@ class Groups(ThreadDirty):
     """Read and write record groups. Decoded groups are cached by content hash; a write
     transaction changes groups in `dirty` and writes each once, at `flush`."""
 
-    def __init__(self, table, cache_entries: int = limits.GROUP_CACHE):
+    def __init__(self, table, cache_entries: int = limits.GROUP_CACHE, refs: bool = False):
+        """refs: groups written at the compaction level store facts against each other
+        (format 5)."""
         super().__init__()
-        self.table = table
+        self.table, self.refs = table, refs
         self._cache = FrameCache(cache_entries)
 
     def release(self) -> None:
@@ -343,7 +445,7 @@ class Groups(ThreadDirty):
     def put(self, txn, recs: dict[int, Record], gid: int, level: int) -> None:
         key = _KEY.pack(gid)
         if recs:
-            frame = encode_group(gid, recs, level)
+            frame = encode_group(gid, recs, level, self.refs and level >= limits.LEVEL_COMPACT)
             self.table.put(txn, key, frame)
             # the next read of this group needs no decode
             self._cache.put(frames.header(frame, frames.GROUP, gid).hash, dict(recs))

@@ -1,5 +1,8 @@
 """Opening an older store.
 
+Format 4 -> 5 (`open_tables`): the format number only (see _to_format_5), while no other
+process has the store open; until then the store is read and written as format 4.
+
 Format 3 -> 4 (`open_tables`): the five named databases of format 3 become key ranges of
 one (keyspace.py). In place, in one LMDB write transaction: every entry is copied under
 its table's tag byte into `store`, the five are dropped, `format` becomes 4. Frames are
@@ -124,17 +127,15 @@ def _copy(path: Path, new: Path) -> None:
 
 def open_tables(env, init=None) -> int:
     """Open the store's databases in env (env.db, env.tables); init(txn) writes a new
-    store's meta (when writable). Returns the stored format the tables are in: 4, or 3
-    for a format-3 store not converted now (read-only, or another process has it open)."""
+    store's meta (when writable). Returns the stored format the store is in: 5; or 4 or
+    3 for an older store not converted now (read-only, or another process has it open)."""
     names = _names(env)
     if keyspace.STORE_DB in names or b"meta" not in names:
         env.open_databases((keyspace.STORE_DB,), init)
-        return 4
+        fmt = _format(env)
+        return _newest(env) if fmt == 4 else fmt
     env.open_databases((b"meta",))
-    v = env.read(lambda txn: env.tables["meta"].get(txn, b"format"))
-    fmt = lmdbenv.from_u64(v) if v is not None and len(v) == 8 else None
-    if fmt is None:
-        raise Corrupt(f"store at {env.path}: its format is missing or damaged")
+    fmt = _format(env)
     if fmt < 3:
         raise StowError(f"store format {fmt} needs an upgrade: open it writable once")
     env.open_databases(keyspace.FORMAT3_DBS)
@@ -144,10 +145,39 @@ def open_tables(env, init=None) -> int:
                 # the old databases' pages are free now: give them back to the disk
                 if env.free_share() >= limits.RECLAIM_SLACK:
                     env.compact_copy()
-                return 4
+                return _newest(env)
         except StoreFull as e:
             print(f"stowfs: {env.path} stays in format 3 for now: {e}", file=sys.stderr)
     return 3
+
+
+def _newest(env) -> int:
+    """A format-4 store made format 5 if this process has it alone (else it stays 4);
+    returns the format it is in."""
+    try:
+        if env.alone(lambda: _to_format_5(env)):
+            return 5
+    except StoreFull as e:
+        print(f"stowfs: {env.path} stays in format 4 for now: {e}", file=sys.stderr)
+    return 4
+
+
+def _format(env) -> int:
+    v = env.read(lambda txn: env.tables["meta"].get(txn, b"format"))
+    fmt = lmdbenv.from_u64(v) if v is not None and len(v) == 8 else None
+    if fmt is None:
+        raise Corrupt(f"store at {env.path}: its format is missing or damaged")
+    return fmt
+
+
+def _to_format_5(env) -> None:
+    """Format 4 -> 5: only the number. Format 5 reads every format-4 value as it is; what
+    it adds are layouts a format-4 reader does not know (facts stored against each
+    other, anchor runs in byte planes), written from now on, so no process of the older
+    code may have the store open (the caller holds it alone)."""
+    def work(txn):
+        env.tables["meta"].put(txn, b"format", lmdbenv.u64(5))
+    env.write(work)
 
 
 def _names(env) -> set:
