@@ -130,9 +130,9 @@ GROUP_BITS = 9                   # 512 records a group
 # facts left packed) and ~3 ms to decode again; a page of 512 names ~70 KB. Bounded so
 # that a daemon reading a large store does not hold every record (64 groups kept all of
 # a 17,671-file store: 13 MiB).
-GROUP_CACHE = 16
+GROUP_CACHE = 4
 NAME_PAGE_ENTRIES = 512
-NAME_PAGE_CACHE = 32
+NAME_PAGE_CACHE = 8
 NAME_KEY_BYTES = 480             # LMDB keys are at most 511 bytes
 RECLAIM_SLACK = 0.2             # free pages share of the LMDB file at which they are given back
 ALONE_BYTES = 64 << 20          # ingest stores a larger file in a transaction of its own

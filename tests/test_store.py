@@ -901,3 +901,29 @@ def test_facts_like_the_real_ones_are_stored_against_each_other():
     assert by["views\x00lean"] == -1 and by["stored"] == -1 and by["tokens\x00views\x00original"] is not None
     got = records.decode_group(packed, 1)
     assert all(got[k].facts == r.facts for k, r in recs.items())
+
+
+def test_the_decoded_block_cache_holds_one_block_until_reads_go_back(tmp_path):
+    """Reading front to back keeps one decoded block; reads that go back to a block it
+    dropped (files whose repeats are in an earlier block) make it keep two."""
+    recs = [json.dumps(openai_form(r), indent=2).encode() for r in sharegpt_records(400)]
+    with Store(tmp_path / "s", block_size=1 << 20) as s:
+        for i, r in enumerate(recs):
+            s.put(f"f{i:04d}.json", r)
+    compact(tmp_path / "s")
+    with Store(tmp_path / "s", readonly=True) as s:
+        c = s.cache
+        assert c.cap == c.floor < c.limit
+        names = [i.name for i in s.iter_files()]
+        for name in names:
+            assert s.get(name) == recs[int(name[1:5])]
+            assert len(c._d) <= 1
+        first, last = names[0], names[-1]
+        for _ in range(3):                              # back and forth: first and last block
+            s.get(first)
+            s.get(last)
+        assert c.cap == c.limit
+        s.get(first)
+        assert len(c._d) == 2
+        s.release_caches()
+        assert c.cap == c.floor and not c._d

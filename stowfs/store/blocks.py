@@ -181,13 +181,27 @@ def last_fragment_key(txn, table, block_id: int) -> Optional[int]:
 
 class DecodedCache:
     """Decoded (or partly decoded) fragments by (key, content hash), LRU, bounded in
-    bytes of decoded content; the one in use is kept even when larger than the bound."""
+    bytes of decoded content; the one in use is kept even when larger than the bound.
 
-    def __init__(self, limit: int):
+    The bound starts at `floor` (one block) and rises to `limit` (two blocks at least)
+    once reads go back to blocks it dropped: files whose repeats were stored once in an
+    earlier block read from two blocks by turns, and one block held would decode both
+    again and again; reads front to back (cat, grep -r of chat files) need only the
+    block they are in, and the second block was a third of the daemon's memory (all
+    ShareGPT files: 37.5 of ~100 MiB)."""
+
+    REDECODES = 2           # blocks decoded again soon after they were dropped: then `limit`
+    _RECENT = 8             # dropped keys remembered
+
+    def __init__(self, limit: int, floor: Optional[int] = None):
         self.limit = limit
+        self.floor = limit if floor is None else min(floor, limit)
+        self.cap = self.floor
         self._d: OrderedDict = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
+        self._dropped: OrderedDict = OrderedDict()
+        self._redecodes = 0
 
     def get(self, k):
         with self._lock:
@@ -200,11 +214,37 @@ class DecodedCache:
         with self._lock:
             if k not in self._d:
                 self._d[k] = dec
+                if self._dropped.pop(k, None) is not None and self.cap < self.limit:
+                    self._redecodes += 1
+                    if self._redecodes >= self.REDECODES:
+                        self.cap = self.limit
             self._trim()
 
     def grew(self) -> None:
         with self._lock:
             self._trim()
+
+    def reserve(self, k, dec: frames.PartialDecoder, end: int) -> None:
+        """Make room for dec to decode up to end, before it does: the others are trimmed
+        to the limit less what dec will hold then. Trimmed only after the growth, a read
+        that starts a block held the full cache and the new block at once (a cold cat of
+        all ShareGPT files: 40 MiB of cached blocks plus 16-20 MiB for the next, at each
+        block)."""
+        with self._lock:
+            if self._d.get(k) is not dec:
+                return
+            self._d.move_to_end(k)
+            self._trim(reserve=self._cost(dec) + self._growth(dec, end))
+
+    @staticmethod
+    def _growth(d: frames.PartialDecoder, end: int) -> int:
+        """What need(end) adds to d's cost, at most (see PartialDecoder.need)."""
+        raw_len = d.hd.raw_len
+        if d.done or end <= len(d.buf):
+            return 0
+        if d.hd.codec == frames.ZSTD and end > raw_len // 4:
+            return raw_len                      # decoded whole into a new buffer
+        return 2 * (min(end + limits.PARTIAL_DECODE_STEP, raw_len) - len(d.buf))   # bytes and window
 
     @staticmethod
     def _cost(d: frames.PartialDecoder) -> int:
@@ -213,34 +253,48 @@ class DecodedCache:
         decoder's window (as large as the payload, at most)."""
         return len(d.buf) + limits.DECODED_ENTRY_COST + len(d._frame or b"") + d.stream_state()
 
-    def _trim(self) -> None:
-        """Drop least recently used fragments until within the limit: decoded ones first
-        (dropping one partly decoded loses its progress: a reader going on through it
-        would start again from its beginning), never the one used last."""
+    def _trim(self, reserve: int = 0) -> None:
+        """Drop least recently used fragments until within the limit (less reserve, the
+        growth the last one is about to make): decoded ones first (dropping one partly
+        decoded loses its progress: a reader going on through it would start again from
+        its beginning), never the one used last."""
         size = sum(self._cost(d) for d in self._d.values())
+        last = next(reversed(self._d), None)
+        if last is not None and reserve:
+            size += reserve - self._cost(self._d[last])
         for done_first in (True, False):
             for k in list(self._d)[:-1]:
-                if size <= self.limit:
+                if size <= self.cap:
                     break
                 d = self._d[k]
                 if d.done or not done_first:
                     del self._d[k]
                     size -= self._cost(d)
+                    self._dropped[k] = True
+                    while len(self._dropped) > self._RECENT:
+                        self._dropped.popitem(last=False)
         self._size = size
 
     def clear(self) -> None:
+        """Drop everything; the bound starts again from the floor (the next reads may
+        not go back and forth between blocks)."""
         with self._lock:
             self._d.clear()
             self._size = 0
+            self._dropped.clear()
+            self._redecodes, self.cap = 0, self.floor
 
 
 class StreamReader:
     """Reads committed stream ranges inside a transaction."""
 
-    def __init__(self, table, block_size: int, cache: DecodedCache):
+    def __init__(self, table, block_size: int, cache: DecodedCache, copied=None):
+        """copied(): called inside the transaction once a large frame was copied out of
+        the map (Store: give its pages back at once, not at the next drop_mapped)."""
         self.table = table
         self.block_size = block_size
         self.cache = cache
+        self.copied = copied
 
     def read(self, txn, pos: int, n: int) -> bytes:
         out = bytearray()
@@ -261,6 +315,7 @@ class StreamReader:
             p, live = loc
             take = min(n, live)
             dec = self.decoder(frag, frame)
+            self.cache.reserve((frag.key, frag.hd.hash), dec, p + take)
             with dec.lock:
                 dec.need(p + take)
                 out = bytes(dec.buf[p:p + take])
@@ -272,6 +327,7 @@ class StreamReader:
     def whole(self, frag: Fragment, frame) -> bytes:
         """A fragment's whole payload, decoded and checked (through the cache)."""
         dec = self.decoder(frag, frame)
+        self.cache.reserve((frag.key, frag.hd.hash), dec, frag.hd.raw_len)
         with dec.lock:
             dec.need(frag.hd.raw_len)
             out = bytes(dec.buf)
@@ -290,4 +346,6 @@ class StreamReader:
             dec = frames.PartialDecoder(bytes(frame), frag.hd, pieces, limits.PIECE_HASH_STEP)
             if not small:
                 self.cache.put(ck, dec)
+                if self.copied is not None:
+                    self.copied()
         return dec

@@ -302,6 +302,12 @@ class Env:
         finally:
             self._leave()
 
+    def drop_mapped_here(self) -> None:
+        """drop_mapped, from inside a transaction of this process (which already keeps the
+        map from moving; entering again could wait on a growth that waits on us)."""
+        if self.env is not None:
+            self._span.drop_resident()
+
     def _faulted(self, before: int) -> None:
         if self._span.faults != before:
             raise Corrupt("store structure damaged: a value reaches past the end of the store "
