@@ -1,4 +1,4 @@
-"""The store's tables as key ranges of one LMDB database (format 4): each table's entries
+"""The store's tables as key ranges of one LMDB database (formats 4 and 5): each table's entries
 are stored under its tag byte followed by the table's own key, so a small store pays for
 one B-tree instead of five (a compacted store's named database costs at least one nearly
 empty leaf page; its values are mostly in overflow pages).
@@ -173,7 +173,7 @@ class Cursor:
 
 
 def tables(dbs: dict) -> dict[str, Table]:
-    """The store's tables over its open databases: format 4's one database when it is
+    """The store's tables over its open databases: formats 4 and 5's one database when it is
     open, else format 3's database per table (those of them that are open)."""
     if STORE_DB in dbs:
         return {name: Table(name, dbs[STORE_DB], bytes([tag])) for name, tag in TAGS.items()}
