@@ -124,8 +124,14 @@ class Mount:
         """inbox/ files written but not ingested yet (spool files other than leftovers)."""
         from stowfs.fs.inbox import is_leftover
         spool = self.store / "spool"
-        return [str(p.relative_to(spool)) for p in spool.rglob("*")
-                if p.is_file() and not is_leftover(str(p.relative_to(spool)))]
+        out = []
+        # os.walk, not rglob: the daemon removes emptied spool directories meanwhile
+        for dirpath, _dirs, files in os.walk(spool):
+            for f in files:
+                rel = os.path.relpath(os.path.join(dirpath, f), spool)
+                if not is_leftover(rel):
+                    out.append(rel)
+        return out
 
     def settled(self, timeout: float = 60) -> None:
         """Wait until what was written to inbox/ is ingested: a file is stored once it has

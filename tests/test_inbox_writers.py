@@ -146,6 +146,46 @@ def test_rsync_real_names_and_an_unchanged_second_run_transfers_nothing(m):
     assert {i.file_id for i, _ in stored(m).values()} == {i.file_id for i, _ in got.values()}
 
 
+def test_a_stored_tree_keeps_its_directories_without_spool_directories(m):
+    """Once a copied tree is stored, its spool directories go into a record (each was a
+    4 KiB directory entry in the store for good): inbox/ shows them as before, with the
+    mode rsync gave them, also after a remount, and they behave as directories (an empty
+    one stays, rmdir, mv, writing into one again)."""
+    need("rsync")
+    run("rsync", "-a", f"{CORPUS}/", m / "inbox" / "dst/")
+    (m / "inbox" / "dst" / "empty").mkdir(mode=0o750)
+    (m / "inbox" / "dst" / "empty" / "deeper").mkdir()
+    settle(m)
+    spool = m.store / "spool"
+    assert wait_for(lambda: sorted(str(p.relative_to(spool)) for p in spool.rglob("*"))
+                    == ["dst", "dst/empty", "dst/empty/deeper"])      # made, never written into
+    src_dirs = {str(p.relative_to(CORPUS)): p for p in CORPUS.rglob("*") if p.is_dir()}
+    for round_ in ("mounted", "remounted"):
+        for rel, p in src_dirs.items():
+            st = (m / "inbox" / "dst" / rel).stat()
+            assert stat.S_ISDIR(st.st_mode), rel
+            assert stat.S_IMODE(st.st_mode) == stat.S_IMODE(p.stat().st_mode), (round_, rel)
+        assert stat.S_IMODE((m / "inbox" / "dst" / "empty").stat().st_mode) == 0o750
+        assert [p.name for p in (m / "inbox" / "dst" / "empty").iterdir()] == ["deeper"]
+        if round_ == "mounted":
+            m.umount()
+            m.start("--settle", SETTLE)
+    assert set(stored(m)) == {f"dst/{rel}" for rel in tree(CORPUS)}
+    with pytest.raises(OSError):
+        (m / "inbox" / "dst" / "empty").rmdir()             # not empty
+    (m / "inbox" / "dst" / "empty" / "deeper").rmdir()
+    run("mv", m / "inbox" / "dst" / "empty", m / "inbox" / "dst" / "moved")
+    assert (m / "inbox" / "dst" / "moved").is_dir() and not (m / "inbox" / "dst" / "empty").exists()
+    (m / "inbox" / "dst" / "moved" / "new.json").write_bytes(SESSION.read_bytes())
+    assert stat.S_IMODE((m / "inbox" / "dst" / "moved").stat().st_mode) == 0o750
+    settle(m)
+    assert stored(m)["dst/moved/new.json"][1] == SESSION.read_bytes()
+    (m / "inbox" / "dst" / "moved" / "new.json").unlink()
+    (m / "inbox" / "dst" / "moved").rmdir()
+    assert not (m / "inbox" / "dst" / "moved").exists()
+    assert "moved" not in {p.name for p in (m / "inbox" / "dst").iterdir()}
+
+
 def test_rsync_inplace_and_a_changed_file(m, tmp_path):
     need("rsync")
     src = tmp_path / "src"

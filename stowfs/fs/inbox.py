@@ -21,6 +21,13 @@ swap files, lock files, temp files of rsync, git and Python) is never stored: th
 only while a writer works. An ingest that fails is logged, listed in errors/, and its
 spool file stays (tried again once it changes).
 
+Directories: a spool directory holds what is being written under it. Once it is empty
+(its files stored), `prune()` moves it into a record, STORE/spool.dirs ({path: [mode,
+mtime_ns]}, JSON), and removes it: a directory entry costs 4 KiB on disk for good, more
+than a compressed session (a copied ~/.claude/projects has one or two directories a
+session). A recorded directory is a directory of inbox/ with its mode and mtime, as the
+spool directory was; writing under it makes its spool directory again, with its mode.
+
 Crash safety: acknowledged write() bytes are in the spool file (the page cache of the
 store's filesystem), so they survive kill -9 of the daemon; recover() at the next mount
 finds every spool file and lets it settle and be ingested. fsync() also fsyncs the spool
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import json
 import logging
 import os
 import re
@@ -118,7 +126,69 @@ class Inbox:
         self._pending: dict[str, Pending] = {}
         self._dirs: dict[str, int] = {}     # directory -> spool files (not leftovers) under it
         self.failures: dict[str, str] = {}        # path -> why its ingest failed (errors/)
+        self._rec_file = self.root.with_name(self.root.name + ".dirs")
+        self._rec: dict[str, list] = self._load_record()    # directory -> [mode, mtime_ns]
+        self._stored: list[str] = []        # spool files removed once stored, for prune()
         self.epoch = 0      # bumped whenever what conversations/ or errors/ show of the spool changes
+
+    # ------------------------------------------------------------------ recorded directories
+    def _load_record(self) -> dict:
+        try:
+            rec = json.loads(self._rec_file.read_text(encoding="utf-8", errors="surrogateescape"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            log.error("%s cannot be read (%s): the empty directories of inbox/ it kept are not shown",
+                      self._rec_file, e)
+            return {}
+        if not isinstance(rec, dict):
+            return {}
+        return {k: v for k, v in rec.items() if isinstance(k, str) and isinstance(v, list) and len(v) == 2}
+
+    def _save_record(self) -> None:
+        """Write the record (the caller holds the lock): a new file, synced, renamed over."""
+        tmp = self._rec_file.with_name(self._rec_file.name + ".tmp")
+        data = json.dumps(self._rec, ensure_ascii=True, separators=(",", ":")).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._rec_file)
+
+    def _recorded_under(self, rel: str) -> list[str]:
+        return [d for d in self._rec if d == rel or d.startswith(rel + "/")]
+
+    def prune(self) -> int:
+        """Move the spool directories above the spool files removed since (stored) that
+        are empty now into the record (deepest first), so they cost no directory entry on
+        disk; returns how many. Under the lock, as every place that makes a spool
+        directory and something in it is. (Only their parents: a walk of the whole spool
+        under the lock would hold up every request while thousands of files wait.)"""
+        with self._lock:
+            stored, self._stored = self._stored, []
+            empty: dict[str, None] = {}
+            for rel in stored:
+                d = split(rel)[0]
+                while d and d not in empty:
+                    try:
+                        if os.listdir(self._spool(d)) and not all(
+                                join(d, n) in empty for n in os.listdir(self._spool(d))):
+                            break
+                    except (FileNotFoundError, NotADirectoryError):
+                        break
+                    empty[d] = None
+                    d = split(d)[0]
+            if not empty:
+                return 0
+            for d in empty:
+                st = os.lstat(self._spool(d))
+                self._rec[d] = [stat.S_IMODE(st.st_mode), st.st_mtime_ns]
+            self._save_record()
+            for d in sorted(empty, key=lambda x: -x.count("/")):     # deepest first
+                os.rmdir(self._spool(d))
+            return len(empty)
 
     def _spool(self, rel: str) -> str:
         return os.path.join(self.root, rel) if rel else str(self.root)
@@ -144,7 +214,7 @@ class Inbox:
             return DIR
         if self._info(rel) is not None:
             return FILE
-        return DIR if self.store.is_dir(rel) else None
+        return DIR if self.store.is_dir(rel) or rel in self._rec else None
 
     def _node_of(self, rel: str, kind: str) -> Node:
         with self._lock:
@@ -187,6 +257,11 @@ class Inbox:
                     names.setdefault(name, DIR if info is None else FILE)
             except (NotFound, InvalidName):
                 pass
+            with self._lock:
+                for r in self._rec:
+                    parent, name = split(r)
+                    if parent == d.path:
+                        names.setdefault(name, DIR)
         return [(name, self._node_of(join(d.path, name), kind)) for name, kind in names.items()]
 
     def known_dir(self, rel: str) -> Optional[int]:
@@ -227,6 +302,10 @@ class Inbox:
             if info is not None:
                 return Attr(node.ino, stat.S_IFREG | info.mode, info.size, info.mtime_ns,
                             entry_timeout=INBOX_TIMEOUT, attr_timeout=INBOX_TIMEOUT)
+        elif node.path in self._rec:
+            mode, mtime_ns = self._rec[node.path]
+            return Attr(node.ino, stat.S_IFDIR | mode, 0, mtime_ns,
+                        entry_timeout=INBOX_TIMEOUT, attr_timeout=INBOX_TIMEOUT)
         elif not node.path or self.store.is_dir(node.path):
             st = os.lstat(self.root)
             return Attr(node.ino, stat.S_IFDIR | 0o755, 0, st.st_mtime_ns,
@@ -393,9 +472,23 @@ class Inbox:
             self.on_conv(path)
 
     def _make_parents(self, rel: str) -> None:
+        """The spool directories above rel (the caller holds the lock); a recorded one
+        comes back with its mode and leaves the record."""
         d = split(rel)[0]
         if d:
-            os.makedirs(self._spool(d), exist_ok=True)
+            self._make_dir(d)
+
+    def _make_dir(self, d: str) -> None:
+        if os.path.isdir(self._spool(d)):
+            return
+        parent = split(d)[0]
+        if parent:
+            self._make_dir(parent)
+        os.mkdir(self._spool(d))
+        rec = self._rec.pop(d, None)
+        if rec is not None:
+            os.chmod(self._spool(d), rec[0])
+            self._save_record()
 
     def _copy_up(self, rel: str, truncate: bool) -> Pending:
         """Make spool file rel from the stored file rel (its bytes unless truncate, its
@@ -447,9 +540,9 @@ class Inbox:
         rel = join(d.path, name)
         if self.store.is_dir(rel):
             raise fs_error(errno.EISDIR)
-        self._make_parents(rel)
         oflags = os.O_RDWR | os.O_CREAT | (flags & (os.O_EXCL | os.O_TRUNC | os.O_APPEND))
         with self._lock:
+            self._make_parents(rel)
             fd = self._open_spool(rel, oflags, 0o600)
             os.fchmod(fd, stat.S_IMODE(mode))
             node = self._node_of(rel, FILE)
@@ -462,11 +555,12 @@ class Inbox:
     def mkdir(self, d: Node, name: str, mode: int) -> Node:
         self._check_name(name)
         rel = join(d.path, name)
-        if self._kind(rel) is not None:
-            raise fs_error(errno.EEXIST)
-        self._make_parents(rel)
-        os.mkdir(self._spool(rel))
-        os.chmod(self._spool(rel), stat.S_IMODE(mode))
+        with self._lock:
+            if self._kind(rel) is not None:
+                raise fs_error(errno.EEXIST)
+            self._make_parents(rel)
+            os.mkdir(self._spool(rel))
+            os.chmod(self._spool(rel), stat.S_IMODE(mode))
         return self._node_of(rel, DIR)
 
     def open_blocks(self, node: Node, flags: int) -> bool:
@@ -531,10 +625,17 @@ class Inbox:
         if node.kind == DIR:
             if size is not None:
                 raise fs_error(errno.EISDIR)
-            if not os.path.isdir(self._spool(rel)):       # a directory of the store
-                os.makedirs(self._spool(rel), exist_ok=True)
-            target = self._spool(rel)
-            self._apply(target, size, mode, atime_ns, mtime_ns)
+            with self._lock:
+                rec = self._rec.get(rel)
+                if rec is not None and not os.path.isdir(self._spool(rel)):
+                    if mode is not None:
+                        rec[0] = stat.S_IMODE(mode)
+                    if mtime_ns is not None:
+                        rec[1] = mtime_ns
+                    self._save_record()
+                    return self.attr(node)
+                self._make_dir(rel)            # a directory of the store: its attributes kept
+                self._apply(self._spool(rel), size, mode, atime_ns, mtime_ns)
             return self.attr(node)
         for _ in range(3):
             with self._lock:     # the spool file cannot be ingested and removed meanwhile
@@ -589,8 +690,13 @@ class Inbox:
             raise fs_error(errno.ENOTDIR)
         if self.store.is_dir(rel):
             raise fs_error(errno.ENOTEMPTY)
-        os.rmdir(self._spool(rel))
         with self._lock:
+            if any(r != rel for r in self._recorded_under(rel)):
+                raise fs_error(errno.ENOTEMPTY)
+            if os.path.isdir(self._spool(rel)):
+                os.rmdir(self._spool(rel))
+            if self._rec.pop(rel, None) is not None:
+                self._save_record()
             if self._by_path.get(rel) is node:
                 del self._by_path[rel]
 
@@ -619,8 +725,17 @@ class Inbox:
                     raise fs_error(errno.ENOTDIR)
                 if kind == FILE and dkind == DIR:
                     raise fs_error(errno.EISDIR)
-                if dkind == DIR and self.store.is_dir(dst):
+                if dkind == DIR and (self.store.is_dir(dst) or any(r != dst for r in self._recorded_under(dst))
+                                     or (os.path.isdir(self._spool(dst)) and os.listdir(self._spool(dst)))):
                     raise fs_error(errno.ENOTEMPTY)
+            if dkind == DIR and dst in self._rec:
+                del self._rec[dst]              # replaced (empty)
+                self._save_record()
+            moved_rec = self._recorded_under(src)     # a recorded directory and those under it
+            if moved_rec:
+                for r in moved_rec:
+                    self._rec[dst + r[len(src):]] = self._rec.pop(r)
+                self._save_record()
             sspool, dspool = self._spool(src), self._spool(dst)
             if os.path.lexists(sspool):
                 self._make_parents(dst)
@@ -749,6 +864,7 @@ class Inbox:
                 if p.version == version and p.writers <= 0:
                     os.unlink(self._spool(path))
                     self._drop(path)
+                    self._stored.append(path)
                 else:
                     p.stored_version = version     # stored; changed since: stays pending
             elif new is not None:

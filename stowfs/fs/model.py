@@ -708,6 +708,7 @@ class Filesystem:
             if result is not None:
                 n += 1
                 self._ingested(result)
+        self.inbox.prune()      # the spool directories stored files emptied: into the record
         return n
 
     def _ingested(self, result) -> None:
