@@ -149,8 +149,8 @@ def test_rsync_real_names_and_an_unchanged_second_run_transfers_nothing(m):
 def test_a_stored_tree_keeps_its_directories_without_spool_directories(m):
     """Once a copied tree is stored, its spool directories go into a record (each was a
     4 KiB directory entry in the store for good): inbox/ shows them as before, with the
-    mode rsync gave them, also after a remount, and they behave as directories (an empty
-    one stays, rmdir, mv, writing into one again)."""
+    mode and mtime rsync gave them, also after a remount, and they behave as directories
+    (an empty one stays, rmdir, mv, writing into one again)."""
     need("rsync")
     run("rsync", "-a", f"{CORPUS}/", m / "inbox" / "dst/")
     (m / "inbox" / "dst" / "empty").mkdir(mode=0o750)
@@ -164,7 +164,8 @@ def test_a_stored_tree_keeps_its_directories_without_spool_directories(m):
         for rel, p in src_dirs.items():
             st = (m / "inbox" / "dst" / rel).stat()
             assert stat.S_ISDIR(st.st_mode), rel
-            assert stat.S_IMODE(st.st_mode) == stat.S_IMODE(p.stat().st_mode), (round_, rel)
+            assert (st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == \
+                (p.stat().st_mtime_ns, stat.S_IMODE(p.stat().st_mode)), (round_, rel)
         assert stat.S_IMODE((m / "inbox" / "dst" / "empty").stat().st_mode) == 0o750
         assert [p.name for p in (m / "inbox" / "dst" / "empty").iterdir()] == ["deeper"]
         if round_ == "mounted":

@@ -190,6 +190,15 @@ class Inbox:
                 os.rmdir(self._spool(d))
             return len(empty)
 
+    def _unlink_stored(self, rel: str) -> None:
+        """Remove spool file rel, now stored (the caller holds the lock), leaving its
+        directory's mtime as it was: in inbox/ the file is still there (rsync -a set the
+        directory's time after its files; a second run would set it again)."""
+        d = os.path.dirname(self._spool(rel))
+        st = os.lstat(d)
+        os.unlink(self._spool(rel))
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
     def _spool(self, rel: str) -> str:
         return os.path.join(self.root, rel) if rel else str(self.root)
 
@@ -862,7 +871,7 @@ class Inbox:
                 if self.failures.pop(path, None) is not None:
                     self.epoch += 1
                 if p.version == version and p.writers <= 0:
-                    os.unlink(self._spool(path))
+                    self._unlink_stored(path)
                     self._drop(path)
                     self._stored.append(path)
                 else:
