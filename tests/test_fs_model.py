@@ -866,3 +866,22 @@ def test_an_idle_mount_lets_its_decoded_data_go(tmp_path):
         assert len(st.cache._d) == 1
     finally:
         st.close()
+
+
+def test_the_directory_record_keeps_children_and_writes_structure_at_once(tmp_path):
+    from stowfs.fs.dirrecord import DirRecord
+    path = tmp_path / "spool.dirs"
+    r = DirRecord(path)
+    r.add({"a": [0o755, 1], "a/b": [0o700, 2], "a/b/c": [0o750, 3], "x": [0o755, 4]})
+    assert sorted(r.children("")) == ["a", "x"] and r.children("a") == ["b"]
+    assert DirRecord(path).get("a/b/c") == [0o750, 3]            # written at once
+    r.move("a/b", "y")
+    assert sorted(r.under("y")) == ["y", "y/c"] and not r.has_below("a") and "a/b" not in r
+    assert sorted(DirRecord(path).children("")) == ["a", "x", "y"]
+    r.set_attrs("x", 0o700, 9)
+    assert DirRecord(path).get("x") == [0o755, 4]                # an attribute: at the next save
+    r.save()
+    assert DirRecord(path).get("x") == [0o700, 9]
+    assert r.pop("y/c") == [0o750, 3] and not r.has_below("y")
+    path.write_text("{not json")
+    assert DirRecord(path).children("") == []                   # damaged: logged, empty

@@ -22,8 +22,8 @@ only while a writer works. An ingest that fails is logged, listed in errors/, an
 spool file stays (tried again once it changes).
 
 Directories: a spool directory holds what is being written under it. Once it is empty
-(its files stored), `prune()` moves it into a record, STORE/spool.dirs ({path: [mode,
-mtime_ns]}, JSON), and removes it: a directory entry costs 4 KiB on disk for good, more
+(its files stored), `prune()` moves it into a record (dirrecord.py, STORE/spool.dirs),
+and removes it: a directory entry costs 4 KiB on disk for good, more
 than a compressed session (a copied ~/.claude/projects has one or two directories a
 session). A recorded directory is a directory of inbox/ with its mode and mtime, as the
 spool directory was; writing under it makes its spool directory again, with its mode.
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import json
 import logging
 import os
 import re
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import InvalidName, NotFound, StowError
+from .dirrecord import DirRecord
 from .names import TOP, InboxInodes, join, split
 from .node import DIR, FILE, INBOX_TIMEOUT, Attr, Handle, Node, accmode_writes, fs_error
 
@@ -126,40 +126,12 @@ class Inbox:
         self._pending: dict[str, Pending] = {}
         self._dirs: dict[str, int] = {}     # directory -> spool files (not leftovers) under it
         self.failures: dict[str, str] = {}        # path -> why its ingest failed (errors/)
-        self._rec_file = self.root.with_name(self.root.name + ".dirs")
-        self._rec: dict[str, list] = self._load_record()    # directory -> [mode, mtime_ns]
+        # directories without a spool directory (prune): path -> [mode, mtime_ns]
+        self._rec = DirRecord(self.root.with_name(self.root.name + ".dirs"))
         self._stored: list[str] = []        # spool files removed once stored, for prune()
         self.epoch = 0      # bumped whenever what conversations/ or errors/ show of the spool changes
 
     # ------------------------------------------------------------------ recorded directories
-    def _load_record(self) -> dict:
-        try:
-            rec = json.loads(self._rec_file.read_text(encoding="utf-8", errors="surrogateescape"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as e:
-            log.error("%s cannot be read (%s): the empty directories of inbox/ it kept are not shown",
-                      self._rec_file, e)
-            return {}
-        if not isinstance(rec, dict):
-            return {}
-        return {k: v for k, v in rec.items() if isinstance(k, str) and isinstance(v, list) and len(v) == 2}
-
-    def _save_record(self) -> None:
-        """Write the record (the caller holds the lock): a new file, synced, renamed over."""
-        tmp = self._rec_file.with_name(self._rec_file.name + ".tmp")
-        data = json.dumps(self._rec, ensure_ascii=True, separators=(",", ":")).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self._rec_file)
-
-    def _recorded_under(self, rel: str) -> list[str]:
-        return [d for d in self._rec if d == rel or d.startswith(rel + "/")]
-
     def prune(self) -> int:
         """Move the spool directories above the spool files removed since (stored) that
         are empty now into the record (deepest first), so they cost no directory entry on
@@ -168,6 +140,7 @@ class Inbox:
         under the lock would hold up every request while thousands of files wait.)"""
         with self._lock:
             stored, self._stored = self._stored, []
+            self._rec.save()                    # modes and mtimes set since
             empty: dict[str, None] = {}
             for rel in stored:
                 d = split(rel)[0]
@@ -182,10 +155,11 @@ class Inbox:
                     d = split(d)[0]
             if not empty:
                 return 0
+            attrs = {}
             for d in empty:
                 st = os.lstat(self._spool(d))
-                self._rec[d] = [stat.S_IMODE(st.st_mode), st.st_mtime_ns]
-            self._save_record()
+                attrs[d] = [stat.S_IMODE(st.st_mode), st.st_mtime_ns]
+            self._rec.add(attrs)
             for d in sorted(empty, key=lambda x: -x.count("/")):     # deepest first
                 os.rmdir(self._spool(d))
             return len(empty)
@@ -267,10 +241,8 @@ class Inbox:
             except (NotFound, InvalidName):
                 pass
             with self._lock:
-                for r in self._rec:
-                    parent, name = split(r)
-                    if parent == d.path:
-                        names.setdefault(name, DIR)
+                for name in self._rec.children(d.path):
+                    names.setdefault(name, DIR)
         return [(name, self._node_of(join(d.path, name), kind)) for name, kind in names.items()]
 
     def known_dir(self, rel: str) -> Optional[int]:
@@ -312,7 +284,7 @@ class Inbox:
                 return Attr(node.ino, stat.S_IFREG | info.mode, info.size, info.mtime_ns,
                             entry_timeout=INBOX_TIMEOUT, attr_timeout=INBOX_TIMEOUT)
         elif node.path in self._rec:
-            mode, mtime_ns = self._rec[node.path]
+            mode, mtime_ns = self._rec.get(node.path)
             return Attr(node.ino, stat.S_IFDIR | mode, 0, mtime_ns,
                         entry_timeout=INBOX_TIMEOUT, attr_timeout=INBOX_TIMEOUT)
         elif not node.path or self.store.is_dir(node.path):
@@ -494,10 +466,9 @@ class Inbox:
         if parent:
             self._make_dir(parent)
         os.mkdir(self._spool(d))
-        rec = self._rec.pop(d, None)
+        rec = self._rec.pop(d)
         if rec is not None:
             os.chmod(self._spool(d), rec[0])
-            self._save_record()
 
     def _copy_up(self, rel: str, truncate: bool) -> Pending:
         """Make spool file rel from the stored file rel (its bytes unless truncate, its
@@ -635,13 +606,8 @@ class Inbox:
             if size is not None:
                 raise fs_error(errno.EISDIR)
             with self._lock:
-                rec = self._rec.get(rel)
-                if rec is not None and not os.path.isdir(self._spool(rel)):
-                    if mode is not None:
-                        rec[0] = stat.S_IMODE(mode)
-                    if mtime_ns is not None:
-                        rec[1] = mtime_ns
-                    self._save_record()
+                if rel in self._rec and not os.path.isdir(self._spool(rel)):
+                    self._rec.set_attrs(rel, None if mode is None else stat.S_IMODE(mode), mtime_ns)
                     return self.attr(node)
                 self._make_dir(rel)            # a directory of the store: its attributes kept
                 self._apply(self._spool(rel), size, mode, atime_ns, mtime_ns)
@@ -700,12 +666,11 @@ class Inbox:
         if self.store.is_dir(rel):
             raise fs_error(errno.ENOTEMPTY)
         with self._lock:
-            if any(r != rel for r in self._recorded_under(rel)):
+            if self._rec.has_below(rel):
                 raise fs_error(errno.ENOTEMPTY)
             if os.path.isdir(self._spool(rel)):
                 os.rmdir(self._spool(rel))
-            if self._rec.pop(rel, None) is not None:
-                self._save_record()
+            self._rec.pop(rel)
             if self._by_path.get(rel) is node:
                 del self._by_path[rel]
 
@@ -734,17 +699,12 @@ class Inbox:
                     raise fs_error(errno.ENOTDIR)
                 if kind == FILE and dkind == DIR:
                     raise fs_error(errno.EISDIR)
-                if dkind == DIR and (self.store.is_dir(dst) or any(r != dst for r in self._recorded_under(dst))
+                if dkind == DIR and (self.store.is_dir(dst) or self._rec.has_below(dst)
                                      or (os.path.isdir(self._spool(dst)) and os.listdir(self._spool(dst)))):
                     raise fs_error(errno.ENOTEMPTY)
-            if dkind == DIR and dst in self._rec:
-                del self._rec[dst]              # replaced (empty)
-                self._save_record()
-            moved_rec = self._recorded_under(src)     # a recorded directory and those under it
-            if moved_rec:
-                for r in moved_rec:
-                    self._rec[dst + r[len(src):]] = self._rec.pop(r)
-                self._save_record()
+            if dkind == DIR:
+                self._rec.pop(dst)              # replaced (empty)
+            self._rec.move(src, dst)            # a recorded directory and those under it
             sspool, dspool = self._spool(src), self._spool(dst)
             if os.path.lexists(sspool):
                 self._make_parents(dst)
