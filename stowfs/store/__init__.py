@@ -159,16 +159,14 @@ class Store:
         self.level = limits.LEVEL_INGEST if level is None else level
         self._preparer = None
         self._lean = False                    # defer_block_merges()
-        # at least two whole blocks and their frames: a file whose repeats were stored
-        # once in an earlier block reads from two blocks at a time, and a cache that holds
-        # only one decodes them from their starts by turns (cold cat of chats with 32 MiB:
-        # 424 MB decoded, 1.9 s; with room for two blocks: 32 MB, 0.6 s)
+        # room for two whole blocks and their frames once reads need it: a file whose
+        # repeats were stored once in an earlier block reads from two blocks at a time, and
+        # a cache that holds only one decodes them from their starts by turns (cold cat of
+        # chats with 32 MiB: 424 MB decoded, 1.9 s; two blocks: 32 MB, 0.6 s); until then
+        # one (DecodedCache's floor)
         one = self.block_size + (self.block_size >> 2)
         self.cache = blocks.DecodedCache(max(cache_bytes, limits.MIN_DECODED_BLOCKS * one), floor=one)
-        self._reader = blocks.StreamReader(self._blocks, self.block_size, self.cache, self._env.drop_mapped_here)
-        self._groups = Groups(self._tables["groups"], refs=self.stored_format >= 5)
-        self._names = Names(self._tables["names"])
-        self._writer: Optional[Writer] = None
+        self._bind_tables()
         self._wlock = threading.RLock()
         self._changed = False                 # the current write transaction changed something
         self._not_files: set = set()          # _check_place: parents known not to be files
@@ -589,10 +587,15 @@ class Store:
         self._tables = self._env.tables
         self._meta, self._blocks = self._tables["meta"], self._tables["blocks"]
         self.cache.clear()
+        self._bind_tables()
+
+    def _bind_tables(self) -> None:
+        """The readers and writers over the tables (again after a compacting copy swapped
+        the file: the handles are new)."""
         self._reader = blocks.StreamReader(self._blocks, self.block_size, self.cache, self._env.drop_mapped_here)
         self._groups = Groups(self._tables["groups"], refs=self.stored_format >= 5)
         self._names = Names(self._tables["names"])
-        self._writer = None
+        self._writer: Optional[Writer] = None
 
     def seal(self) -> None:
         """Rewrite the open block's fragments as one frame at the ingest level (end of

@@ -25,12 +25,10 @@ log = logging.getLogger("stowfs.latefacts")
 
 def pending_groups(store) -> list[int]:
     """Ids of the record groups that hold a record with its later facts still to take."""
-    out = []
-    for gid in store._read(lambda txn: list(store._groups.all_ids(txn))):
-        recs = store._read(lambda txn, gid=gid: store._groups.load(txn, gid))
-        if any(facts.PENDING in r.facts for r in recs.values()):
-            out.append(gid)
-    return out
+    def work(txn):
+        return [gid for gid in store._groups.all_ids(txn)
+                if any(facts.PENDING in r.facts for r in store._groups.load(txn, gid).values())]
+    return store._read(work)
 
 
 def _take(store, todo: list) -> dict[int, tuple[bytes, dict]]:

@@ -309,22 +309,13 @@ class Names(ThreadDirty):
                 self._cache.put(frames.header(frame, frames.NAMES, frame_key(k)).hash, entries)
         self.dirty = {}
 
-    def rewrite_all(self, txn, level: int, fit: int = 0) -> int:
-        """Re-encode every page at level (the compactor); returns pages written. With
-        fit (the bytes a value may take in one LMDB overflow page), the names are cut
-        into pages anew, as many as fit there (at most NAME_PAGE_ENTRIES): a page is
-        stored in whole pages of the file, and the pages splits leave (api-log: five
-        of 2.5-3.7 KB, a 4 KiB page each) make the table a third larger than its names."""
+    def rewrite_all(self, txn, level: int, fit: int) -> int:
+        """The names cut into pages anew at level (the compactor), as many a page as fit
+        in `fit` bytes (what a value may take in one LMDB overflow page; at most
+        NAME_PAGE_ENTRIES): a page is stored in whole pages of the file, and the pages
+        splits leave (api-log: five of 2.5-3.7 KB, a 4 KiB page each) made the table a
+        third larger than its names. Returns pages written."""
         stored = list(self.pages(txn))
-        if not fit:
-            n = 0
-            for k, v in stored:
-                hd = frames.header(v, frames.NAMES, frame_key(k))
-                if hd.codec != frames.ZSTD or hd.level >= level:
-                    continue
-                self.table.put(txn, k, encode_page(k, self._load(k, v), level))
-                n += 1
-            return n
         entries = [e for k, v in stored for e in self._load(k, v)]
         for k, _ in stored:
             self.table.delete(txn, k)
