@@ -230,11 +230,14 @@ class DecodedCache:
         that starts a block held the full cache and the new block at once (a cold cat of
         all ShareGPT files: 40 MiB of cached blocks plus 16-20 MiB for the next, at each
         block)."""
+        growth = self._growth(dec, end)
+        if not growth:                  # a read within what is decoded (most): grew() trims
+            return
         with self._lock:
             if self._d.get(k) is not dec:
                 return
             self._d.move_to_end(k)
-            self._trim(reserve=self._cost(dec) + self._growth(dec, end))
+            self._trim(reserve=self._cost(dec) + growth)
 
     @staticmethod
     def _growth(d: frames.PartialDecoder, end: int) -> int:
