@@ -59,7 +59,7 @@ def _run(providers: dict, parsed: Parsed, data: bytes) -> dict:
 def compute(parsed: Parsed, data: bytes) -> dict:
     """The facts taken at ingest, and the mark that the later ones are still to take
     (a None answer is left out)."""
-    _load()
+    preload()
     out = _run(PROVIDERS, parsed, data)
     if LATER:
         out[PENDING] = 1
@@ -68,19 +68,19 @@ def compute(parsed: Parsed, data: bytes) -> dict:
 
 def compute_later(parsed: Parsed, data: bytes) -> dict:
     """The facts taken after ingest (a None answer is left out)."""
-    _load()
+    preload()
     return _run(LATER, parsed, data)
 
 
 def compute_all(parsed: Parsed, data: bytes) -> dict:
     """Every fact, none left for later."""
-    _load()
+    preload()
     return {**_run(PROVIDERS, parsed, data), **_run(LATER, parsed, data)}
 
 
 def later_keys() -> frozenset:
     """The keys of the facts taken after ingest."""
-    _load()
+    preload()
     return frozenset(LATER)
 
 
@@ -117,7 +117,7 @@ def unstage(store, file_ids) -> None:
         store.aux_write(STAGED, lambda txn, db: [txn.delete(_staged_key(f), db=db) for f in gone])
 
 
-def _load() -> None:
+def preload() -> None:
     """Import the modules that register providers (once)."""
     from . import views  # noqa: F401  (registers "views")
     from . import tokens, usage  # noqa: F401  (register "tokens", "usage")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _alive
+from conftest import _alive, _descendants
+from realdata import corpus_files
 from realdata import corpus_dir
 from stowfs.store import Store
 
@@ -136,6 +137,43 @@ def test_kill_9_during_ingest_leaves_a_clean_store(tmp_path):
     assert run("cat", store, "claude-session-01.jsonl").stdout == small.read_bytes()
     run("ingest", store, big, "-q")
     assert run("ls", store).stdout.decode().split() == ["big.jsonl", "claude-session-01.jsonl"]
+
+
+def test_kill_9_of_a_many_file_ingest_takes_its_workers_with_it(tmp_path):
+    """A many-file ingest forks its preparing workers (no forkserver in between); killed
+    with kill -9, its workers go with it, and the store is clean and takes the files."""
+    root = corpus_dir()
+    src = tmp_path / "src"
+    files = [p for p in corpus_files() if p.stat().st_size < (1 << 20)]
+    for copy in range(30):              # real files under many names: long enough to kill
+        for p in files:
+            dst = src / f"c{copy}" / p.relative_to(root)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(p.read_bytes())
+    store = tmp_path / "store"
+    proc = subprocess.Popen([*CLI, "ingest", str(store), str(src), "-q"])
+    kids, deadline = [], time.monotonic() + 60
+    while len(kids) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+        kids = _descendants(proc.pid)
+    assert proc.poll() is None, "ingest finished before its workers were seen; give it more files"
+    for k in kids:
+        with open(f"/proc/{k}/cmdline", "rb") as f:
+            assert b"forkserver" not in f.read(), "the CLI's workers should be forked from it"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = [k for k in kids if _alive(k)]
+    for k in left:
+        os.kill(k, signal.SIGKILL)
+    assert not left, f"workers of the killed ingest still running: {left}"
+    assert run("verify", store).returncode == 0
+    run("ingest", store, src, "-q")
+    for p in files[:20]:
+        rel = f"src/c7/{p.relative_to(root)}"
+        assert run("cat", store, rel).stdout == p.read_bytes()
 
 
 def test_corrupted_frame_is_found_and_never_read_as_wrong_bytes(tmp_path):

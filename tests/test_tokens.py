@@ -532,7 +532,7 @@ def _render(p: Path, view: str) -> bytes:
 
 def test_files_stored_before_token_counts_are_counted_lazily_and_kept(store, monkeypatch):
     from stowfs import cost, facts, tokens
-    facts._load()
+    facts.preload()
     monkeypatch.delitem(facts.LATER, "tokens")
     monkeypatch.delitem(facts.PROVIDERS, "usage")
     put(store, HEAVY)
@@ -678,7 +678,7 @@ def test_views_and_facts_are_total_on_hostile_lines(depth):
 def test_a_provider_that_fails_does_not_stop_compaction(store, monkeypatch, caplog):
     from stowfs import facts
     from stowfs.store import compaction
-    facts._load()
+    facts.preload()
     store.put(HEAVY.name, HEAVY.read_bytes())
     store.put(SHORT.name, SHORT.read_bytes())
 

@@ -41,6 +41,11 @@ class _Numpy:
 
 np = _Numpy()
 
+
+def preload() -> None:
+    """Import numpy now (a process about to fork workers that will find anchors)."""
+    np.zeros
+
 W = limits.ANCHOR_WINDOW
 _KEY = struct.Struct(">Q")
 _MUL = _T = None

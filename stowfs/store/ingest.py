@@ -52,6 +52,15 @@ def unparsed(size: int) -> Parsed:
                   f"({size} bytes): stored and deduplicated, not parsed as a conversation")
 
 
+def preload() -> None:
+    """Import what prepare() uses (parsers, views, token counts, numpy): before workers
+    are forked, so that none of them imports it again."""
+    from .. import facts
+    from ..formats import parse  # noqa: F401
+    facts.preload()
+    anchors.preload()
+
+
 def prepare(name: str, data: bytes, mtime_ns: int, mode: int) -> Prepared:
     from .. import facts
     from ..formats import parse
