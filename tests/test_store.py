@@ -927,3 +927,28 @@ def test_the_decoded_block_cache_holds_one_block_until_reads_go_back(tmp_path):
         assert len(c._d) == 2
         s.release_caches()
         assert c.cap == c.floor and not c._d
+
+
+def test_anchors_are_the_documented_window_hash():
+    """anchors.find (numpy prefix sums over every position) gives what the module's
+    definition says, computed here one window at a time on real bytes: the index of a
+    store written before must keep matching what new ingests find."""
+    import hashlib
+    from stowfs import limits
+    from stowfs.store import anchors
+    M = 1 << 64
+    table = [int.from_bytes(hashlib.blake2b(bytes([i]), digest_size=8, person=b"stowfs-anchor").digest(),
+                            "little") for i in range(256)]
+    W, bits = limits.ANCHOR_WINDOW, limits.ANCHOR_BITS
+    for p in [p for p in corpus_files() if p.stat().st_size > 4096][:6]:
+        data = p.read_bytes()[:24000]
+        cand = []                       # (position, key) of every window whose top bits are zero
+        for i in range(len(data) - W + 1):
+            h = sum(j * table[data[i + j]] for j in range(W)) * 0x9E3779B97F4A7C15 % M
+            if h >> (64 - bits) == 0:
+                cand.append((i, (h >> 16) & 0xFFFFFFFF))
+        # one per gap: a candidate closer than ANCHOR_MIN_GAP to the one before is dropped
+        want = [c for k, c in enumerate(cand) if k == 0 or c[0] - cand[k - 1][0] >= limits.ANCHOR_MIN_GAP]
+        pos, keys = anchors.find(data)
+        assert list(zip(pos.tolist(), keys.tolist())) == want
+        assert len(pos) > 0
