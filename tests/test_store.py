@@ -952,3 +952,30 @@ def test_anchors_are_the_documented_window_hash():
         pos, keys = anchors.find(data)
         assert list(zip(pos.tolist(), keys.tolist())) == want
         assert len(pos) > 0
+
+
+def test_a_block_decoded_whole_is_checked_in_one_pass_and_damage_still_fails_only_its_reads():
+    """Once a read needs more than a quarter of a block, the block is decoded whole and
+    checked against the frame hash in one pass (not piece by piece as well). A frame
+    whose hash does not match falls back to the pieces: reads of sound pieces succeed,
+    the read that reaches the end fails."""
+    import dataclasses
+    from stowfs import limits
+    from stowfs.errors import Corrupt
+    from stowfs.store import blocks, frames
+
+    raw = b"".join(json.dumps(openai_form(r)).encode() for r in sharegpt_records(400))[:3 * limits.PIECE_HASH_STEP + 999]
+    key = blocks.frag_key(5, 0)
+    frame = blocks.encode_fragment(key, [(0, len(raw))], raw, 3)
+    frag = blocks.parse_fragment(frame, key)
+    _, pieces = blocks.decode_extra(frag.hd.extra, frag.hd.raw_len, key)
+    dec = frames.PartialDecoder(frame, frag.hd, pieces, limits.PIECE_HASH_STEP)
+    dec.need(len(raw) // 2)
+    assert dec.checked == len(raw) and bytes(dec.buf) == raw
+
+    wrong = dataclasses.replace(frag.hd, hash=bytes(16))
+    dec = frames.PartialDecoder(frame, wrong, pieces, limits.PIECE_HASH_STEP)
+    dec.need(len(raw) // 2)                        # decoded whole: the pieces it needs check
+    assert dec.checked < len(raw) and bytes(dec.buf[:len(raw) // 2]) == raw[:len(raw) // 2]
+    with pytest.raises(Corrupt):
+        dec.need(len(raw))

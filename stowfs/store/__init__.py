@@ -689,7 +689,7 @@ class Store:
     def read_extents(self, extents, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) of a file made of these extents."""
         def work(txn):
-            out = bytearray()
+            parts = []
             pos, want = 0, size
             for spos, n in extents:
                 if want <= 0:
@@ -699,10 +699,10 @@ class Store:
                     continue
                 a = max(offset + size - want - pos, 0)
                 take = min(n - a, want)
-                out += self._reader.read(txn, spos + a, take)
+                parts.append(self._reader.read(txn, spos + a, take))
                 want -= take
                 pos += n
-            return bytes(out)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
         return self._env.read(work, buffers=True)
 
     def iter_files(self, prefix: str = "") -> Iterator[FileInfo]:

@@ -300,15 +300,19 @@ class StreamReader:
         self.copied = copied
 
     def read(self, txn, pos: int, n: int) -> bytes:
-        out = bytearray()
+        out = None
         while n > 0:
             bid, off = divmod(pos, self.block_size)
             take = min(n, self.block_size - off)
             got = self._read_block(txn, bid, off, take)
+            if out is None:
+                if len(got) == n:           # most reads: one fragment, no second copy
+                    return got
+                out = bytearray()
             out += got
             pos += len(got)
             n -= len(got)
-        return bytes(out)
+        return bytes(out) if out is not None else b""
 
     def _read_block(self, txn, bid: int, off: int, n: int) -> bytes:
         got = find_fragment(txn, self.table, bid, off)
@@ -321,7 +325,7 @@ class StreamReader:
             self.cache.reserve((frag.key, frag.hd.hash), dec, p + take)
             with dec.lock:
                 dec.need(p + take)
-                out = bytes(dec.buf[p:p + take])
+                out = bytes(memoryview(dec.buf)[p:p + take])    # one copy, bytes or bytearray
             self.cache.grew()
             return out
         raise Corrupt(f"stream position {bid * self.block_size + off} is not stored "
