@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import threading
+from typing import Optional
 
 import pyfuse3
 import trio
@@ -80,6 +81,8 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.fs = fs
         self.requests = collections.Counter()   # handled requests by kind (diagnostics, tests)
+        self.placed = 0                         # files placed in the page cache ahead (place_ahead)
+        self._ahead: Optional[trio.Event] = None
 
     def _getattr(self, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -180,6 +183,8 @@ class Operations(pyfuse3.Operations):
             fh, keep_cache, direct_io = await _blocking(self.fs.open, inode, flags)
         else:
             fh, keep_cache, direct_io = self.fs.open(inode, flags)
+        if self._ahead is not None and self.fs.readahead.pending():
+            self._ahead.set()
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct_io)
 
     @_handler
@@ -212,6 +217,34 @@ class Operations(pyfuse3.Operations):
     @_handler
     async def release(self, fh):
         self.fs.release(fh)
+
+    async def place_ahead(self) -> None:
+        """Place the files a reader is about to open in the kernel's page cache
+        (Filesystem.push_next, fs/readahead.py), between requests: on the event loop,
+        which is what makes it safe (see push_next), a checkpoint after each file so
+        that requests wait for at most one. A kernel without notify_store ends it."""
+        while True:
+            self._ahead = trio.Event()
+            await self._ahead.wait()
+            while True:
+                try:
+                    got = self.fs.push_next()
+                except Exception:
+                    log.exception("readahead failed")
+                    got = None
+                if got is None:
+                    break
+                ino, data = got
+                try:
+                    pyfuse3.notify_store(ino, 0, data)
+                    self.placed += 1
+                except OSError as e:
+                    if e.errno == errno.ENOSYS:
+                        log.info("the kernel cannot take data ahead (notify_store): no readahead")
+                        self._ahead = None
+                        return
+                    # ENOENT: the kernel let the inode go meanwhile
+                await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------------ changes
     @_handler

@@ -10,7 +10,8 @@ returns once the mount is usable, and any error (busy store, failed mount) reach
 user as one line with exit code 2. The daemon ingests inbox/ files once they have settled
 (--settle seconds without a writer or a change), and at unmount whatever no writer holds.
 SIGINT/SIGTERM/SIGHUP unmount cleanly; SIGUSR1 logs how
-many requests of each kind the daemon has handled (so does the unmount). The daemon
+many requests of each kind the daemon has handled, and how many files it placed in the
+page cache ahead of readers ("placed-ahead"; so does the unmount). The daemon
 logs to STORE/mount.log (or --log FILE; stderr with -f).
 
 umount runs `fusermount3 -u` (falling back to umount(8)) and waits for the daemon to
@@ -470,7 +471,9 @@ def _close(st, lock) -> None:
 
 
 def _log_requests(ops) -> None:
-    log.info("requests handled: %s", ", ".join(f"{k} {n}" for k, n in sorted(ops.requests.items())) or "none")
+    # placed-ahead: not a request, the files handed to the kernel before it asked
+    items = sorted(ops.requests.items()) + [("placed-ahead", ops.placed)]
+    log.info("requests handled: %s", ", ".join(f"{k} {n}" for k, n in items))
 
 
 async def _main(ops, report, tasks) -> None:
@@ -492,6 +495,7 @@ async def _main(ops, report, tasks) -> None:
         nursery.start_soon(stop_on_signal)
         for task in tasks:
             nursery.start_soon(task, ops.fs)
+        nursery.start_soon(ops.place_ahead)
         report(None)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

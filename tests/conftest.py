@@ -141,6 +141,17 @@ class Mount:
             time.sleep(0.05)
         assert not self.waiting(), f"not ingested after {timeout} s: {self.waiting()[:10]}"
 
+    def requests(self) -> dict[str, int]:
+        """The daemon's counts of requests handled by kind, and of files it placed in the
+        page cache ahead of readers ("placed-ahead"): asked for with SIGUSR1."""
+        before = self.log_text().count("requests handled:")
+        os.kill(self.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while self.log_text().count("requests handled:") <= before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        line = self.log_text().split("requests handled: ")[-1].splitlines()[0]
+        return {k: int(n) for k, n in (item.rsplit(" ", 1) for item in line.split(", "))}
+
     def mounted(self) -> bool:
         return str(self.path) in _mounts_under(MOUNT_BASE)
 

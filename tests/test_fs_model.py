@@ -885,3 +885,79 @@ def test_the_directory_record_keeps_children_and_writes_structure_at_once(tmp_pa
     assert r.pop("y/c") == [0o750, 3] and not r.has_below("y")
     path.write_text("{not json")
     assert DirRecord(path).children("") == []                   # damaged: logged, empty
+
+
+# ---------------------------------------------------------------------- read-ahead
+def test_readahead_queues_what_follows_once_two_files_are_opened_in_order():
+    from stowfs.fs.readahead import Readahead
+    ra = Readahead(files=3)
+    ra.listed(7, [10, 11, 12, 13, 14, 15, 16])
+    assert not ra.opened(7, 10) and ra.take() is None        # one open is not an order
+    assert ra.opened(7, 11)
+    assert [ra.take(), ra.take(), ra.take(), ra.take()] == [12, 13, 14, None]
+    assert ra.opened(7, 12) and [ra.take(), ra.take()] == [15, None]   # one more, not again
+    assert not ra.opened(7, 10)                               # a jump starts over
+    assert not ra.opened(8, 11)                               # a directory never listed
+    ra.opened(7, 11)
+    assert [ra.take(), ra.take(), ra.take()] == [12, 13, 14]   # queued again: Filesystem decides
+    ra.listed(7, [10, 11, 12, 13, 14, 15, 16])                # the same listing keeps its place
+    assert ra.opened(7, 12) and [ra.take(), ra.take()] == [15, None]
+    ra.listed(7, [10, 12, 13])                                # a new one starts over
+    assert not ra.opened(7, 12)
+
+
+def test_readahead_keeps_listings_within_its_bound():
+    from stowfs.fs.readahead import Readahead
+    ra = Readahead(files=2, kept_entries=10)
+    ra.listed(1, [1, 2, 3, 4, 5, 6])
+    ra.listed(2, [7, 8, 9, 10, 11, 12])                        # 12 entries: the first goes
+    assert not ra.opened(1, 1) and not ra.opened(1, 2)
+    ra.opened(2, 7)
+    assert ra.opened(2, 8) and [ra.take(), ra.take()] == [9, 10]
+
+
+def test_files_read_in_listed_order_are_placed_ahead_once_and_never_after_an_open(fs, store):
+    """What push_next hands the adapter: the next files of the listing a reader goes
+    through, with their bytes; never one that was opened (the kernel may be reading
+    it), never one twice, never one the kernel does not know, never a large one."""
+    data = {f"d/f{i:02d}.json": conv(f"message {i}" * (i + 1)) for i in range(30)}
+    data["d/f25.json"] = b"x" * (300 << 10)                      # over SMALL_FILE
+    for name, d in data.items():
+        store.put(name, d)
+    names = sorted(listdir(fs, "conversations/d"))
+    assert fs.push_next() is None
+    inos = {}
+    for n in names[:2]:
+        inos[n] = walk(fs, f"conversations/d/{n}")[0]
+        fh, keep_cache, _ = fs.open(inos[n], os.O_RDONLY)
+        assert keep_cache
+        fs.release(fh)
+    placed = {}
+    while (got := fs.push_next()) is not None:
+        placed[got[0]] = got[1]
+    want = {walk(fs, f"conversations/d/{n}")[0]: data[f"d/{n}"] for n in names[2:18]}
+    assert placed == want                                       # the next 16, bytes and all
+    # a file opened before its turn is not placed; placed ones are not placed again
+    late = walk(fs, f"conversations/d/{names[19]}")[0]
+    fs.release(fs.open(walk(fs, f"conversations/d/{names[2]}")[0], os.O_RDONLY)[0])
+    fs.release(fs.open(late, os.O_RDONLY)[0])                    # a jump
+    fs.release(fs.open(walk(fs, f"conversations/d/{names[20]}")[0], os.O_RDONLY)[0])
+    rest = []
+    while (got := fs.push_next()) is not None:
+        rest.append(got[0])
+    assert late not in rest and not set(rest) & set(placed)
+    big = walk(fs, "conversations/d/f25.json")[0]
+    assert big not in rest and big not in placed
+    # the open of names[2] moved the window on by one (names[18]); the jump to names[19]
+    # and the next open start a new order after it
+    assert rest == [walk(fs, f"conversations/d/{n}")[0] for n in [names[18]] + names[21:37] if n != "f25.json"]
+    # forgotten by the kernel: not placed
+    store.put("e/a.json", conv("a"))
+    store.put("e/b.json", conv("b"))
+    store.put("e/c.json", conv("c"))
+    listdir(fs, "conversations/e")
+    c = walk(fs, "conversations/e/c.json")[0]
+    fs.forget(c, 10)
+    for n in ("a.json", "b.json"):
+        fs.release(fs.open(walk(fs, f"conversations/e/{n}")[0], os.O_RDONLY)[0])
+    assert fs.push_next() is None

@@ -422,20 +422,12 @@ def test_writes_to_read_only_parts_answer_erofs(m):
 
 
 # ---------------------------------------------------------------------- FLUSH
-def request_counts(m) -> dict[str, int]:
-    before = m.log_text().count("requests handled:")
-    os.kill(m.pid, signal.SIGUSR1)
-    assert wait_for(lambda: m.log_text().count("requests handled:") > before, 10)
-    line = m.log_text().split("requests handled: ")[-1].splitlines()[0]
-    return {k: int(n) for k, n in (item.rsplit(" ", 1) for item in line.split(", "))}
-
-
 def test_flush_is_answered_once_and_never_sent_again(m):
     run("cp", "-r", CORPUS / "claude-code-spotter", m / "inbox" / "cc")
     settle(m)
     names = sorted(tree(CORPUS / "claude-code-spotter"))
     for _ in range(2):
         run("cat", *[m / "conversations" / "cc" / n for n in names])
-    counts = request_counts(m)
+    counts = m.requests()
     assert counts.get("flush", 0) == 1, counts        # ENOSYS once: the kernel stops asking
     assert counts["open"] >= 2 * len(names) and counts["release"] >= 2 * len(names)

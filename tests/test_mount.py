@@ -99,6 +99,47 @@ def test_cp_corpus_then_cmp_and_grep(mount):
             assert (mount / "conversations" / info.name).read_bytes() == s.get(info.name)
 
 
+def test_a_reader_going_through_a_directory_finds_the_files_placed_ahead(mounter, tmp_path):
+    """Reading a directory's files in listed order (find | xargs cat, grep -r), the
+    files after the first two are in the page cache before they are opened: far fewer
+    READs than files, the same bytes. Readers in other orders at the same time (one
+    opens files the daemon is placing) never hang and read the same bytes."""
+    import random
+    files = sharegpt_files(tmp_path / "sg", 400)
+    m = mounter()
+    subprocess.run([*m.cmd, "ingest", str(m.store), str(tmp_path / "sg"), "-q"], check=True, timeout=300)
+    m.start()
+    d = m / "conversations" / "sg"
+    order = [d / n for n in os.listdir(d)]             # the order find and grep -r take
+    assert sorted(p.name for p in order) == [p.name for p in files]
+    out = subprocess.run(f"find {d} -type f -print0 | xargs -0 cat", shell=True, capture_output=True,
+                         timeout=120, check=True).stdout
+    assert out == b"".join((tmp_path / "sg" / p.name).read_bytes() for p in order)
+    counts = m.requests()
+    assert counts["open"] >= len(files)
+    assert counts.get("read", 0) < len(files) // 4, counts
+    assert counts["placed-ahead"] > len(files) // 2, counts
+    # other orders at once, on a fresh mount (nothing in the page cache)
+    m.umount()
+    m.start()
+    want = {p.name: p.read_bytes() for p in files}
+    shuffled = list(want)
+    random.Random(7).shuffle(shuffled)
+    readers = [subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for cmd in (
+        f"find {d} -type f -print0 | xargs -0 cat",
+        f"ls {d} | sort -r | sed 's|^|{d}/|' | xargs cat",
+        f"grep -r -c -F conversations {d}",
+        f"cd {d} && cat {' '.join(shuffled)}",
+    )]
+    outs = [r.communicate(timeout=120) for r in readers]
+    assert all(r.returncode == 0 for r in readers), [o[1] for o in outs]
+    assert outs[0][0] == b"".join(want[p.name] for p in order)
+    assert outs[1][0] == b"".join(want[n] for n in sorted(want, reverse=True))
+    assert outs[3][0] == b"".join(want[n] for n in shuffled)
+    for p in order:
+        assert p.read_bytes() == want[p.name]
+
+
 def test_large_files_read_in_ranges(mounter):
     m = mounter()
     m.start("--cache-mb", "4")       # whole-file decode limit ~1 MiB: ranges are decoded

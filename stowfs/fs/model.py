@@ -45,7 +45,7 @@ import time
 from typing import Callable, Iterator, Optional
 
 from ..store import stats_json
-from ..errors import Corrupt, InvalidName, NotFound
+from ..errors import Corrupt, InvalidName, NotFound, StowError
 from ..analytics import search_index as _search_index   # search/ (imported here, not in a handler)
 from .cache import ByteLRU
 from .inbox import DEFAULT_QUIET, Inbox
@@ -53,6 +53,7 @@ from .names import (BUDGET, BUDGET_LISTED, BY_KEYS, FILE_CODES, FOLDER_SUFFIX, R
                     STATS_INO, STORE_FOLDERS, TOP, budget_of, budget_view, dir_ino, file_ino,
                     fits, flat, join, link_target, search_query, split, unflat)
 from .node import DIR, FILE, LINK, Attr, DirHandle, FileMeta, Handle, Node, accmode_writes, fs_error
+from .readahead import Readahead
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class Filesystem:
         self._memos: dict[str, tuple[int, object]] = {}
         self._stale_sizes: dict[tuple, int] = {}
         self._seen_generation = store.generation
+        self.readahead = Readahead()
 
     # ================================================================== inode table
     def _node(self, ino: int) -> Node:
@@ -504,6 +506,7 @@ class Filesystem:
             gen, memo = (self.store.generation, self.inbox.epoch), dh.node.listing
             if memo is not None and memo[0] == gen:
                 dh.entries = memo[1]
+                self._listed(dh)
                 return self._entries(dh, start_id)
             seen, entries = set(), []
             for name, node in self._list(dh.node):
@@ -517,7 +520,12 @@ class Filesystem:
                 # grep -r and find open each directory anew: a small listing is kept
                 # until the store changes (the inbox changes without it)
                 dh.node.listing = (gen, entries)
+            self._listed(dh)
         return self._entries(dh, start_id)
+
+    def _listed(self, dh: DirHandle) -> None:
+        if dh.node.view == "conversations":      # the order a reader may follow (readahead.py)
+            self.readahead.listed(dh.node.ino, [n.ino for _, n in dh.entries if n.kind == FILE])
 
     def _entries(self, dh: DirHandle, first: int):
         for i in range(first, len(dh.entries)):
@@ -585,7 +593,41 @@ class Filesystem:
                 # kernel look the name up again and open what it names now.
                 raise fs_error(errno.ESTALE)
             node.checked = gen
+        if node.view == "conversations":
+            # marked before the reply: once the kernel may read a file, it is never placed
+            # ahead (see push_next)
+            node.opened = True
+            self.readahead.opened(dir_ino(node.view, split(node.path)[0]), node.ino)
         return self._open_stored(node, node.view), True, False
+
+    def push_next(self) -> Optional[tuple[int, bytes]]:
+        """(inode, bytes) of the next stored file to place in the kernel's page cache
+        ahead of a reader (readahead.py), or None when none is due.
+
+        Only a file the kernel knows (listed or looked up), has never opened and had
+        not placed before, up to SMALL_FILE bytes. Never opened is what makes placing
+        safe: the kernel locks a page while a READ of it is in flight, and placing into
+        it waits for that READ, which the event loop would never answer if it were the
+        one placing. There is no READ without an open, and stored files are opened on
+        the event loop, so the adapter must call this and place the bytes on the event
+        loop, with no await in between. A file that does not decode is skipped (its READ
+        reports the damage)."""
+        while True:
+            ino = self.readahead.take()
+            if ino is None:
+                return None
+            node = self._nodes.get(ino)
+            if node is None or node.view != "conversations" or node.kind != FILE or node.opened \
+                    or node.placed or node.nlookup <= 0 or node.info is None \
+                    or node.info.size > SMALL_FILE or self.inbox.spooled(node.path):
+                continue
+            node.placed = True
+            meta = node.info
+            h = Handle(node, key=(meta.file_id, "original"), size=meta.size, info=meta)
+            try:
+                return ino, self._decode_whole(h, keep=False)
+            except (OSError, StowError) as e:
+                log.debug("readahead of %s skipped: %s", node.path, e)
 
     def _open_stored(self, node: Node, folder: str) -> int:
         """A handle on view folder of the stored file node.path (node.info, or as stored

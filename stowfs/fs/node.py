@@ -85,6 +85,8 @@ class Node:
     listed: int = -1                # directories: entries at the last listing
     listing: Any = None             # small directories: (store generation, entries)
     unlinked: bool = False          # inbox: removed or renamed over by the user
+    opened: bool = False            # stored files: opened at least once (never placed ahead)
+    placed: bool = False            # stored files: placed in the kernel's page cache ahead
 
 
 @dataclass
