@@ -951,6 +951,14 @@ def test_files_read_in_listed_order_are_placed_ahead_once_and_never_after_an_ope
     # the open of names[2] moved the window on by one (names[18]); the jump to names[19]
     # and the next open start a new order after it
     assert rest == [walk(fs, f"conversations/d/{n}")[0] for n in [names[18]] + names[21:37] if n != "f25.json"]
+    # text/ (a view rendered from the original) the same way
+    listdir(fs, "text/d")
+    for n in names[:2]:
+        fs.release(fs.open(walk(fs, f"text/d/{n}.txt")[0], os.O_RDONLY)[0])
+    got = fs.push_next()
+    assert got == (walk(fs, f"text/d/{names[2]}.txt")[0], cat(fs, f"text/d/{names[2]}.txt"))
+    while fs.push_next() is not None:
+        pass
     # forgotten by the kernel: not placed
     store.put("e/a.json", conv("a"))
     store.put("e/b.json", conv("b"))

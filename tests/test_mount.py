@@ -119,6 +119,13 @@ def test_a_reader_going_through_a_directory_finds_the_files_placed_ahead(mounter
     assert counts["open"] >= len(files)
     assert counts.get("read", 0) < len(files) // 4, counts
     assert counts["placed-ahead"] > len(files) // 2, counts
+    # grep -r over text/ (rendered from the original) the same way
+    t = m / "text" / "sg"
+    hits = subprocess.run(["grep", "-r", "-l", "-F", "the", str(t)], capture_output=True, timeout=120).stdout
+    assert hits.split(b"\n")[0].startswith(str(t).encode())
+    after = m.requests()
+    assert after.get("read", 0) - counts.get("read", 0) < len(files) // 4, after
+    assert after["placed-ahead"] - counts["placed-ahead"] > len(files) // 2, after
     # other orders at once, on a fresh mount (nothing in the page cache)
     m.umount()
     m.start()

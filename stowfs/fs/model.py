@@ -524,7 +524,7 @@ class Filesystem:
         return self._entries(dh, start_id)
 
     def _listed(self, dh: DirHandle) -> None:
-        if dh.node.view == "conversations":      # the order a reader may follow (readahead.py)
+        if dh.node.view in STORE_VIEWS:           # the order a reader may follow (readahead.py)
             self.readahead.listed(dh.node.ino, [n.ino for _, n in dh.entries if n.kind == FILE])
 
     def _entries(self, dh: DirHandle, first: int):
@@ -593,7 +593,7 @@ class Filesystem:
                 # kernel look the name up again and open what it names now.
                 raise fs_error(errno.ESTALE)
             node.checked = gen
-        if node.view == "conversations":
+        if node.view in STORE_VIEWS:
             # marked before the reply: once the kernel may read a file, it is never placed
             # ahead (see push_next)
             node.opened = True
@@ -601,8 +601,9 @@ class Filesystem:
         return self._open_stored(node, node.view), True, False
 
     def push_next(self) -> Optional[tuple[int, bytes]]:
-        """(inode, bytes) of the next stored file to place in the kernel's page cache
-        ahead of a reader (readahead.py), or None when none is due.
+        """(inode, bytes) of the next stored file (any view of conversations/, text/,
+        ...) to place in the kernel's page cache ahead of a reader (readahead.py), or
+        None when none is due.
 
         Only a file the kernel knows (listed or looked up), has never opened and had
         not placed before, up to SMALL_FILE bytes. Never opened is what makes placing
@@ -617,14 +618,17 @@ class Filesystem:
             if ino is None:
                 return None
             node = self._nodes.get(ino)
-            if node is None or node.view != "conversations" or node.kind != FILE or node.opened \
+            if node is None or node.view not in STORE_VIEWS or node.kind != FILE or node.opened \
                     or node.placed or node.nlookup <= 0 or node.info is None \
-                    or node.info.size > SMALL_FILE or self.inbox.spooled(node.path):
+                    or self.inbox.spooled(node.path):
                 continue
             node.placed = True
             meta = node.info
-            h = Handle(node, key=(meta.file_id, "original"), size=meta.size, info=meta)
             try:
+                size = self._view_size(meta, node.view)
+                if size > SMALL_FILE:
+                    continue
+                h = Handle(node, key=(meta.file_id, STORE_VIEWS[node.view]), size=size, info=meta)
                 return ino, self._decode_whole(h, keep=False)
             except (OSError, StowError) as e:
                 log.debug("readahead of %s skipped: %s", node.path, e)

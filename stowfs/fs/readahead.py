@@ -3,7 +3,8 @@
 A reader that goes through a directory in its listed order (`grep -r`, `find | xargs
 cat`, `cp -r`, `tar`) costs the daemon a READ round trip per file: cat of the 5,000 chat
 files made 5,000 READs, about a third of the time of a cold cat. Once two files of a
-listing are opened one after the other, the files that follow it are decoded and placed
+listing (conversations/, text/ or another view's folder) are opened one after the
+other, the files that follow it are decoded (or rendered) and placed
 in the kernel's page cache (the adapter's notify_store), up to FILES ahead of the last
 one opened; the reader's open then finds the bytes there (stored files are opened with
 keep_cache) and no READ is sent.
