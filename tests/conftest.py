@@ -79,6 +79,18 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def outliving(pids: list[int], timeout: float) -> list[int]:
+    """Those of pids still running after up to timeout seconds (then killed, so that no
+    test leaves a process behind)."""
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = [p for p in pids if _alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    return left
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -168,11 +180,7 @@ class Mount:
         while _alive(self.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
         subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
-        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = [k for k in kids if _alive(k)]
-        for k in left:
-            os.kill(k, signal.SIGKILL)
+        left = outliving(kids, deadline - time.monotonic())
         assert not left, f"processes of the killed daemon still running: {left}"
 
     def log_text(self) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _alive, _descendants
+from conftest import _alive, _descendants, outliving
 from realdata import corpus_files
 from realdata import corpus_dir
 from stowfs.store import Store
@@ -162,12 +162,7 @@ def test_kill_9_of_a_many_file_ingest_takes_its_workers_with_it(tmp_path):
             assert b"forkserver" not in f.read(), "the CLI's workers should be forked from it"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 10
-    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    left = [k for k in kids if _alive(k)]
-    for k in left:
-        os.kill(k, signal.SIGKILL)
+    left = outliving(kids, 10)
     assert not left, f"workers of the killed ingest still running: {left}"
     assert run("verify", store).returncode == 0
     run("ingest", store, src, "-q")
