@@ -171,10 +171,12 @@ class MemoryStore:
                     return info
         raise NotFound(f"no file with id {file_id}")
 
-    def reader(self, name: str, view: str = "original") -> MemoryViewReader:
+    def reader(self, name: str, view: str = "original", file_id: Optional[int] = None) -> MemoryViewReader:
         if view not in VIEWS:
             raise InvalidName(f"unknown view {view!r}")
-        _, data, text = self._entry(name)
+        info, data, text = self._entry(name)
+        if file_id is not None and info.file_id != file_id:
+            raise NotFound(f"{name}: this version (file {file_id}) is no longer stored")
         return MemoryViewReader(data if view == "original" else text)
 
     def get(self, name: str, view: str = "original") -> bytes:

@@ -262,7 +262,7 @@ def test_only_files_read_in_parts_are_kept_decoded(fs, store, monkeypatch):
     store.put("p.json", parts)
     decoded = []
     real = store.reader
-    monkeypatch.setattr(store, "reader", lambda path, view: decoded.append(path) or real(path, view))
+    monkeypatch.setattr(store, "reader", lambda path, view, **kw: decoded.append(path) or real(path, view, **kw))
     assert cat(fs, "conversations/s.json") == small
     # one read took it whole, the kernel's page cache keeps it (keep_cache): not ours too;
     # and the read at its end decodes nothing

@@ -998,3 +998,25 @@ def test_a_compaction_pass_over_a_compacted_store_writes_nothing(tmp_path):
         s.put("new.json", files[0].read_bytes() + b"\n")       # something to do again
         assert list(compaction.steps(s)) and s.generation > gen
         assert s.get("new.json") == files[0].read_bytes() + b"\n"
+
+
+def test_a_reader_of_one_version_is_found_by_its_file_id(tmp_path):
+    """Store.reader(name, view, file_id=): that version's bytes without the name lookup
+    (the mount's open files); NotFound once that version was replaced or removed."""
+    files = [p for p in corpus_files() if p.suffix in (".json", ".jsonl")][:2]
+    a, b = files[0].read_bytes(), files[1].read_bytes()
+    with Store(tmp_path / "s") as s:
+        s.put("f.json", a)
+        fid = s.info("f.json").file_id
+        r = s.reader("f.json", file_id=fid)
+        assert r.read(0, r.size) == a
+        t = s.reader("f.json", "text", file_id=fid)
+        assert t.read(0, t.size) == s.get("f.json", "text")
+        s.put("f.json", b)
+        with pytest.raises(NotFound):
+            s.reader("f.json", file_id=fid)
+        new = s.info("f.json").file_id
+        assert s.reader("f.json", file_id=new).read(0, len(b)) == b
+        s.remove("f.json")
+        with pytest.raises(NotFound):
+            s.reader("f.json", file_id=new)

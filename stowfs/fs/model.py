@@ -652,14 +652,12 @@ class Filesystem:
     def _reader(self, h: Handle):
         with h.lock:
             if h.reader is None:
-                node = h.node
-                reader = self.store.reader(node.path, h.key[1])
-                # the reader must be of the version open() checked
-                fid = getattr(reader, "file_id", None)
-                if fid is None:
-                    again = self._info(node.path)
-                    fid = again.file_id if again is not None else None
-                if fid != h.info.file_id or reader.size != h.size:
+                # of the version open() checked, by its record (no name lookup)
+                try:
+                    reader = self.store.reader(h.node.path, h.key[1], file_id=h.info.file_id)
+                except NotFound:
+                    raise fs_error(errno.ESTALE) from None
+                if reader.size != h.size:
                     raise fs_error(errno.ESTALE)
                 h.reader = reader
             return h.reader

@@ -667,11 +667,27 @@ class Store:
             return r
         return _info(self._read(work))
 
-    def reader(self, name: str, view: str = "original"):
+    def reader(self, name: str, view: str = "original", file_id: Optional[int] = None):
+        """A reader of a view of name; with file_id, of that version of it, found by its
+        record without the name lookup (the mount's open files: NotFound once that
+        version is gone, whatever name now holds)."""
         name = check_name(name)
+        if file_id is None:
+            rec = self._read(lambda txn: self._record(txn, name))
+        else:
+            def work(txn):
+                r = self._groups.get(txn, file_id)
+                if r is None or r.file_id != file_id:
+                    raise NotFound(f"{name}: this version (file {file_id}) is no longer stored")
+                return r
+            rec = self._read(work)
+        r = FileReader(self, rec)
         if view == "original":
-            return FileReader(self, self._read(lambda txn: self._record(txn, name)))
-        return BytesReader(self.get(name, view))
+            return r
+        from .. import views
+        if view not in views.VIEWS:
+            raise InvalidName(f"unknown view {view!r} (views: original, {', '.join(views.VIEWS)})")
+        return BytesReader(views.render(view, r.read(0, r.size), name))
 
     def get(self, name: str, view: str = "original") -> bytes:
         if view == "original":
