@@ -199,6 +199,32 @@ def test_corrupted_frame_is_found_and_never_read_as_wrong_bytes(tmp_path):
         assert ok.stdout == (root / "agent-history-redacted" / "codex-session-01.jsonl").read_bytes()
 
 
+def test_a_damaged_table_key_still_lets_verify_name_every_file(tmp_path):
+    """One flipped bit in the tag byte of the record group's key (a compacted store of
+    real files has one group): its table's cursor, which finds the table by a binary
+    search, then saw no names at all, and verify failed without naming a file. It walks
+    the whole database in leaf order now, and names every file whose record is gone."""
+    root = corpus_dir()
+    files = [p for p in corpus_files() if p.stat().st_size < (256 << 10)][:12]
+    store = tmp_path / "store"
+    run("ingest", store, *files, "--prefix", "c")
+    run("compact", store)
+    names = run("ls", store).stdout.decode().split()
+    assert len(names) >= 8
+    data_file = store / "lmdb" / "data.mdb"
+    raw = bytearray(data_file.read_bytes())
+    key = b"\x09\x00" + b"\x03" + bytes(8)         # leaf node: key size 9, tag 0x03, group 0
+    at = raw.find(key)
+    assert at >= 0 and raw.find(key, at + 1) < 0
+    raw[at + 2] ^= 0x04                               # tag 0x03 -> 0x07: a table that does not exist
+    data_file.write_bytes(bytes(raw))
+    p = run("verify", store, "--json", check=False)
+    assert p.returncode == 1 and b"Traceback" not in p.stderr
+    report = json.loads(p.stdout)
+    assert sorted(report["damaged_files"]) == sorted(names)
+    assert any("no table" in x for x in report["problems"])
+
+
 HOLD_WRITER = """
 import sys, time, lmdb
 env = lmdb.open(sys.argv[1], max_dbs=12)

@@ -25,6 +25,7 @@ def walk(path: str) -> dict:
     damaged: set[str] = set()
     store = Store(path, readonly=True, cache_bytes=64 << 20)
     broken: list[str] = []
+    known = {t.prefix for t in store._tables.values()}
 
     def scan(table, what: str) -> list:
         """A table's entries, as many as its B-tree gives: a damaged page stops the walk
@@ -33,8 +34,23 @@ def walk(path: str) -> dict:
         out: list = []
 
         def work(txn):
-            for k, v in table.cursor(txn):
-                out.append((bytes(k), bytes(v)))
+            if not table.prefix:                    # format 3: a database of its own
+                for k, v in table.cursor(txn):
+                    out.append((bytes(k), bytes(v)))
+                return
+            # Formats 4 and 5: every entry of the one database, in leaf order, sorted out
+            # here by its tag byte. A table's own cursor finds its first key by a binary
+            # search, which one damaged key (its tag byte flipped) can send past the
+            # whole table: its files then went unnamed.
+            cur = txn.cursor(db=table.db)
+            if not cur.first():
+                return
+            for k in cur.iternext(keys=True, values=False):
+                if k[:1] == table.prefix:
+                    out.append((bytes(k[1:]), bytes(cur.value())))
+                elif what == "blocks" and k[:1] not in known:
+                    problems.append(f"store structure damaged: an entry under no table "
+                                    f"(key {bytes(k[:9]).hex()}...): a damaged key")
         try:
             store._read(work)
         except Exception as e:      # lmdb.Error on a damaged page, Corrupt, ...
