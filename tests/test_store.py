@@ -1020,3 +1020,13 @@ def test_a_reader_of_one_version_is_found_by_its_file_id(tmp_path):
         s.remove("f.json")
         with pytest.raises(NotFound):
             s.reader("f.json", file_id=new)
+
+
+def test_a_frame_a_cursor_listed_but_a_lookup_did_not_find_is_damage():
+    """A damaged key can make a table's cursor list a key that a lookup then does not
+    find: that is Corrupt (a clear error), not a TypeError from the header parse
+    (`stowfs ls` crashed on such a store in the full torture tier)."""
+    from stowfs.errors import Corrupt
+    from stowfs.store import frames
+    with pytest.raises(Corrupt, match="listed but not found"):
+        frames.header(None, frames.NAMES, 7)

@@ -111,6 +111,8 @@ class Header:
 def header(frame, tag: int, key: int) -> Header:
     """Parse and check a frame's header: it must be a `tag` frame for `key`."""
     try:
+        if frame is None:       # a key a cursor listed, which a lookup then did not find
+            raise ValueError("listed but not found (the table's structure is damaged)")
         if len(frame) < 11 or frame[0] != tag:
             raise ValueError(f"tag 0x{frame[0] if frame else 0:02x}, expected 0x{tag:02x}")
         got = _KEY.unpack_from(frame, 1)[0]
