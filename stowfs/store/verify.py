@@ -108,6 +108,19 @@ def walk(path: str) -> dict:
                 damaged.add(n)
             else:
                 by_id[fid] = r.named(n)
+        # every name looked up the way a read looks it up (binary searches through the
+        # B-tree): the walk above goes leaf by leaf, and a damaged branch page can show it
+        # every entry while a lookup lands on another page
+        for n, fid in sorted(names.items()):
+            try:
+                got = store._read(lambda txn, n=n: store._record(txn, n).file_id)
+            except Exception as e:
+                problems.append(f"{n}: cannot be found by its name: {type(e).__name__}: {e}")
+                damaged.add(n)
+                continue
+            if got != fid:
+                problems.append(f"{n}: its name leads to record {got}; the name table holds {fid}")
+                damaged.add(n)
         for fid, ns in ids_named.items():
             if len(ns) > 1:
                 problems.append(f"record {fid} is named {len(ns)} times: {', '.join(ns[:4])}")
