@@ -672,6 +672,10 @@ class Store:
         record without the name lookup (the mount's open files: NotFound once that
         version is gone, whatever name now holds)."""
         name = check_name(name)
+        if view != "original":
+            from .. import views
+            if view not in views.VIEWS:
+                raise InvalidName(f"unknown view {view!r} (views: original, {', '.join(views.VIEWS)})")
         if file_id is None:
             rec = self._read(lambda txn: self._record(txn, name))
         else:
@@ -684,19 +688,11 @@ class Store:
         r = FileReader(self, rec)
         if view == "original":
             return r
-        from .. import views
-        if view not in views.VIEWS:
-            raise InvalidName(f"unknown view {view!r} (views: original, {', '.join(views.VIEWS)})")
         return BytesReader(views.render(view, r.read(0, r.size), name))
 
     def get(self, name: str, view: str = "original") -> bytes:
-        if view == "original":
-            r = self.reader(name)
-            return r.read(0, r.size)
-        from .. import views
-        if view not in views.VIEWS:
-            raise InvalidName(f"unknown view {view!r} (views: original, {', '.join(views.VIEWS)})")
-        return views.render(view, self.get(name), check_name(name))
+        r = self.reader(name, view)
+        return r.read(0, r.size)
 
     def view_size(self, info: FileInfo, view: str) -> int:
         got = info.view_size(view)
