@@ -198,15 +198,17 @@ class MemoryStore:
             infos = [e[0] for n, e in self._files.items() if n.startswith(prefix)]
         return iter(sorted(infos, key=lambda i: i.name))
 
-    def listdir(self, dirpath: str = "") -> list[tuple[str, Optional[FileInfo]]]:
+    def listdir(self, dirpath: str = "", reuse=None) -> list:
+        """As Store.listdir (reuse included)."""
         d = dirpath.strip("/")
         prefix = d + "/" if d else ""
-        out: dict[str, Optional[FileInfo]] = {}
+        out: dict = {}
         for info in self.iter_files(prefix):
             rest = info.name[len(prefix):]
             child, slash, _ = rest.partition("/")
-            out[child] = None if slash else info
-        return sorted(out.items())
+            held = reuse(info.name, info.file_id) if reuse is not None and not slash else None
+            out[child] = None if slash else info if held is None else held
+        return sorted(out.items(), key=lambda e: e[0])
 
     def _is_dir(self, path: str) -> bool:
         p = path.strip("/")

@@ -290,7 +290,7 @@ def test_a_small_listing_is_kept_until_the_store_changes(fs, store, monkeypatch)
     store.put("d/a.json", conv("x"))
     listed = []
     real = store.listdir
-    monkeypatch.setattr(store, "listdir", lambda path: listed.append(path) or real(path))
+    monkeypatch.setattr(store, "listdir", lambda path, **kw: listed.append(path) or real(path, **kw))
     for _ in range(3):
         assert list(listdir(fs, "conversations/d")) == ["a.json"]
     assert listed == ["d"]
@@ -969,3 +969,53 @@ def test_files_read_in_listed_order_are_placed_ahead_once_and_never_after_an_ope
     for n in ("a.json", "b.json"):
         fs.release(fs.open(walk(fs, f"conversations/e/{n}")[0], os.O_RDONLY)[0])
     assert fs.push_next() is None
+
+
+def test_a_warm_listing_reads_no_record_and_a_change_is_listed_anew(tmp_path, monkeypatch):
+    """`find` and `grep -r` list every directory again on each run (the kernel keeps no
+    listing): a file the kernel holds, unchanged since, is listed from the node the mount
+    holds, without its record group (decoding those was a quarter of a warm `find | xargs
+    cat`). Once the store changes, every file is looked up again, and a replaced file
+    is listed with its new size and mtime."""
+    from stowfs.store import Store, records
+    st = Store(tmp_path / "st")
+    for i in range(80):                     # above KEPT_LISTING: no memo of the listing
+        st.put(f"d/f{i:02d}.json", conv(f"message {i}"), mtime=1_000_000 + i)
+    fs = Filesystem(st, tmp_path / "spool", cache_bytes=1 << 20)
+    decoded = []
+    real = records.decode_group
+    monkeypatch.setattr(records, "decode_group", lambda *a: decoded.append(a[1]) or real(*a))
+    try:
+        first = listdir(fs, "conversations/d")
+        st._groups._cache.clear()           # what a busy mount's bounded cache comes to
+        decoded.clear()
+        again = listdir(fs, "conversations/d")
+        assert again == first
+        assert decoded == []
+        new = conv("a longer message than before")
+        st.put("d/f07.json", new, mtime=2_000_000)
+        changed = listdir(fs, "conversations/d")
+        assert decoded                      # the store moved: records are read again
+        assert changed["f07.json"].size == len(new) != first["f07.json"].size
+        assert changed["f07.json"].mtime_ns == 2_000_000 * 10**9
+        assert {k: v for k, v in changed.items() if k != "f07.json"} == \
+            {k: v for k, v in first.items() if k != "f07.json"}
+        assert cat(fs, "conversations/d/f07.json") == new
+    finally:
+        st.close()
+
+
+def test_warm_files_read_again_in_order_queue_nothing_to_place(fs, store):
+    """A reader going through files it read before: they were opened (or placed), so the
+    read-ahead queues none of them and the placing task is never woken for nothing."""
+    for i in range(30):
+        store.put(f"d/f{i:02d}.json", conv(f"message {i}"))
+    names = sorted(listdir(fs, "conversations/d"))
+    for n in names:
+        fs.release(fs.open(walk(fs, f"conversations/d/{n}")[0], os.O_RDONLY)[0])
+        while fs.push_next() is not None:
+            pass
+    listdir(fs, "conversations/d")
+    for n in names:
+        fs.release(fs.open(walk(fs, f"conversations/d/{n}")[0], os.O_RDONLY)[0])
+        assert not fs.readahead.pending()

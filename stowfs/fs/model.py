@@ -116,7 +116,7 @@ class Filesystem:
         self._memos: dict[str, tuple[int, object]] = {}
         self._stale_sizes: dict[tuple, int] = {}
         self._seen_generation = store.generation
-        self.readahead = Readahead()
+        self.readahead = Readahead(wanted=self._placeable)
 
     # ================================================================== inode table
     def _node(self, ino: int) -> Node:
@@ -452,13 +452,25 @@ class Filesystem:
             suffix = FOLDER_SUFFIX.get(v, ".txt")
             spooled = self.inbox.pending_entries(d.path) if v == "conversations" else {}
             gen = self.store.generation
-            for name, info in self.store.listdir(d.path):
+            nodes = self._nodes
+
+            def held(name: str, fid: int) -> Optional[Node]:
+                # the node of this very version, current as of this generation (a record
+                # changes only with the generation): its record need not be read again
+                node = nodes.get(file_ino(fid, v))
+                if node is not None and node.checked == gen and node.info is not None \
+                        and node.info.name == name:
+                    return node
+                return None
+            for name, item in self.store.listdir(d.path, reuse=held):
                 if name in spooled:
                     continue
-                if info is None:
+                if item is None:
                     out.append((name, self._dir_node(v, join(d.path, name))))
+                elif isinstance(item, Node):
+                    out.append((name + suffix, item))
                 else:
-                    out.append((name + suffix, self._file_node(v, info, gen)))
+                    out.append((name + suffix, self._file_node(v, item, gen)))
             for name, alias in spooled.items():
                 out.append((name, alias if alias is not None else self._dir_node(v, join(d.path, name))))
         elif v == BUDGET:
@@ -599,6 +611,11 @@ class Filesystem:
             node.opened = True
             self.readahead.opened(dir_ino(node.view, split(node.path)[0]), node.ino)
         return self._open_stored(node, node.view), True, False
+
+    def _placeable(self, ino: int) -> bool:
+        """Whether push_next may still place ino (its cheap tests; push_next has them all)."""
+        node = self._nodes.get(ino)
+        return node is not None and not node.opened and not node.placed
 
     def push_next(self) -> Optional[tuple[int, bytes]]:
         """(inode, bytes) of the next stored file (any view of conversations/, text/,

@@ -21,6 +21,7 @@ unflat() rejects names flat() would never produce.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -98,6 +99,7 @@ def file_ino(file_id: int, view: str) -> int:
     return FILE_BASE + file_id * 8 + FILE_CODES[view]
 
 
+@functools.lru_cache(maxsize=4096)     # every open of a stored file asks for its directory's
 def dir_ino(view: str, path: str) -> int:
     """Inode of directory `path` ('' = the view's top directory) of a store view."""
     if not path and view in TOP:

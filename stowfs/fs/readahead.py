@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from array import array
 from collections import OrderedDict, deque
-from typing import Optional
+from typing import Callable, Optional
 
 FILES = 16                # files placed ahead of the last one opened
 KEPT_ENTRIES = 1 << 16    # listing entries kept (8 bytes each), oldest listings dropped first
@@ -36,8 +36,13 @@ class _Listing:
 
 
 class Readahead:
-    def __init__(self, files: int = FILES, kept_entries: int = KEPT_ENTRIES):
+    def __init__(self, files: int = FILES, kept_entries: int = KEPT_ENTRIES,
+                 wanted: Optional[Callable[[int], bool]] = None):
+        """wanted(ino): whether an inode may still be placed; one that may not is never
+        queued (a reader going through warm files again would otherwise queue one at
+        every open, and wake the placing task for nothing)."""
         self.files = files
+        self.wanted = wanted
         self.kept_entries = kept_entries
         self._dirs: OrderedDict[int, _Listing] = OrderedDict()
         self._kept = 0
@@ -85,9 +90,10 @@ class Readahead:
             lo, hi = max(lst.queued_to, i + 1), min(len(lst.inos), i + 1 + self.files)
             if lo >= hi:
                 return False
-            self._queue.extend(lst.inos[lo:hi])
             lst.queued_to = hi
-            return True
+            due = lst.inos[lo:hi] if self.wanted is None else [n for n in lst.inos[lo:hi] if self.wanted(n)]
+            self._queue.extend(due)
+            return bool(due)
 
     def take(self) -> Optional[int]:
         """The next inode to place, or None."""

@@ -743,7 +743,12 @@ class Store:
                 return
             start, first = rows[-1].name, False
 
-    def listdir(self, dirpath: str = "") -> list[tuple[str, Optional[FileInfo]]]:
+    def listdir(self, dirpath: str = "", reuse=None) -> list[tuple[str, Optional[FileInfo]]]:
+        """(name, FileInfo) of each file directly in dirpath, (name, None) of each
+        directory, in name order. reuse(full name, file id), when given, may return what
+        the caller already holds of that file as current: it stands in the place of the
+        FileInfo, and the file's record is not read (a warm `find` lists every directory
+        again: the mount then decodes no record group)."""
         prefix = (dirpath.strip("/") + "/") if dirpath.strip("/") else ""
 
         def work(txn):
@@ -758,6 +763,10 @@ class Store:
                     if child != last_dir:
                         out.append((child, None))
                         last_dir = child
+                    continue
+                held = reuse(name, fid) if reuse is not None else None
+                if held is not None:
+                    out.append((rest, held))
                     continue
                 r = self._groups.get(txn, fid)
                 if r is None:
