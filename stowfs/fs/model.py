@@ -605,9 +605,11 @@ class Filesystem:
                 # kernel look the name up again and open what it names now.
                 raise fs_error(errno.ESTALE)
             node.checked = gen
-        if node.view in STORE_VIEWS:
+        if node.view in STORE_VIEWS and not node.opened:
             # marked before the reply: once the kernel may read a file, it is never placed
-            # ahead (see push_next)
+            # ahead (see push_next). Opened again (a warm reader): nothing follows it that
+            # the first open did not queue, and the order is picked up again at the next
+            # file opened for the first time.
             node.opened = True
             self.readahead.opened(dir_ino(node.view, split(node.path)[0]), node.ino)
         return self._open_stored(node, node.view), True, False

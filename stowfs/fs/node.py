@@ -100,7 +100,7 @@ class Attr:
     attr_timeout: float = LONG
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Handle:
     """An open file."""
     node: Node
