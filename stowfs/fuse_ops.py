@@ -220,31 +220,35 @@ class Operations(pyfuse3.Operations):
 
     async def place_ahead(self) -> None:
         """Place the files a reader is about to open in the kernel's page cache
-        (Filesystem.push_next, fs/readahead.py), between requests: on the event loop,
-        which is what makes it safe (see push_next), a checkpoint after each file so
-        that requests wait for at most one. A kernel without notify_store ends it."""
+        (Filesystem.push_batch, fs/readahead.py), between requests: on the event loop,
+        which is what makes it safe (see push_batch): a file opened while its batch was
+        decoded is not placed, and nothing awaits between that check and the placing. A
+        checkpoint after each file, so that requests wait for at most one placing (and
+        one batch's decoding). A kernel without notify_store ends it."""
         while True:
             self._ahead = trio.Event()
             await self._ahead.wait()
             while True:
                 try:
-                    got = self.fs.push_next()
+                    batch = self.fs.push_batch()
                 except Exception:
                     log.exception("readahead failed")
-                    got = None
-                if got is None:
+                    batch = []
+                if not batch:
                     break
-                ino, data = got
-                try:
-                    pyfuse3.notify_store(ino, 0, data)
-                    self.placed += 1
-                except OSError as e:
-                    if e.errno == errno.ENOSYS:
-                        log.info("the kernel cannot take data ahead (notify_store): no readahead")
-                        self._ahead = None
-                        return
-                    # ENOENT: the kernel let the inode go meanwhile
-                await trio.lowlevel.checkpoint()
+                for ino, data in batch:
+                    if not self.fs.unopened(ino):
+                        continue
+                    try:
+                        pyfuse3.notify_store(ino, 0, data)
+                        self.placed += 1
+                    except OSError as e:
+                        if e.errno == errno.ENOSYS:
+                            log.info("the kernel cannot take data ahead (notify_store): no readahead")
+                            self._ahead = None
+                            return
+                        # ENOENT: the kernel let the inode go meanwhile
+                    await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------------ changes
     @_handler

@@ -1019,3 +1019,21 @@ def test_warm_files_read_again_in_order_queue_nothing_to_place(fs, store):
     for n in names:
         fs.release(fs.open(walk(fs, f"conversations/d/{n}")[0], os.O_RDONLY)[0])
         assert not fs.readahead.pending()
+
+
+def test_a_file_opened_while_its_batch_was_decoded_is_not_placed(fs, store):
+    """push_batch decodes several files ahead; one the kernel opens before the adapter
+    places it must not be placed (unopened() says so right before the placing)."""
+    data = {f"d/f{i:02d}.json": conv(f"message {i}") for i in range(12)}
+    for name, d in data.items():
+        store.put(name, d)
+    names = sorted(listdir(fs, "conversations/d"))
+    for n in names[:2]:
+        fs.release(fs.open(walk(fs, f"conversations/d/{n}")[0], os.O_RDONLY)[0])
+    batch = fs.push_batch(4)
+    want = [walk(fs, f"conversations/d/{n}")[0] for n in names[2:6]]
+    assert [ino for ino, _ in batch] == want
+    assert [d for _, d in batch] == [data[f"d/{n}"] for n in names[2:6]]
+    assert all(fs.unopened(ino) for ino in want)
+    fs.release(fs.open(want[1], os.O_RDONLY)[0])           # the reader got there first
+    assert [fs.unopened(ino) for ino in want] == [True, False, True, True]

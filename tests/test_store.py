@@ -1030,3 +1030,28 @@ def test_a_frame_a_cursor_listed_but_a_lookup_did_not_find_is_damage():
     from stowfs.store import frames
     with pytest.raises(Corrupt, match="listed but not found"):
         frames.header(None, frames.NAMES, 7)
+
+
+def test_many_files_read_in_one_transaction_are_each_their_own_version(tmp_path):
+    """Store.read_files (the mount's read-ahead): the bytes of each (name, file id), as
+    reader(file_id=) gives them, from a live store (many fragments) and a compacted
+    one; a version that is gone is that item's NotFound, and the others still read."""
+    from stowfs.store import compaction
+    files = [p for p in corpus_files() if p.stat().st_size < 256 << 10][:40]
+    with Store(tmp_path / "s") as s:
+        for p in files:
+            s.put(f"c/{p.name}", p.read_bytes())
+        ids = [(f"c/{p.name}", s.info(f"c/{p.name}").file_id) for p in files]
+        gone, replaced = ids[3], ids[7]
+        s.remove(gone[0])
+        s.put(replaced[0], b'{"replaced": true}\n')
+        for _ in range(2):
+            got = s.read_files(ids + [ids[0]])
+            assert len(got) == len(ids) + 1
+            for (name, fid), data in zip(ids + [ids[0]], got):
+                if (name, fid) in (gone, replaced):
+                    assert isinstance(data, NotFound)
+                else:
+                    assert data == s.get(name)
+            compaction.compact(s)
+        assert s.read_files([]) == []

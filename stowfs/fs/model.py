@@ -64,6 +64,8 @@ SMALL_DIR = 128             # entries of a directory the adapter lists inline, s
 KEPT_LISTING = 64           # entries of a directory whose listing is kept per store generation
 WHOLE_LIMIT = 16 << 20
 STORE_VIEWS = STORE_FOLDERS        # folder -> view, every view of the registry (names.py)
+_VIEW_CODES = tuple(FILE_CODES[v] - FILE_CODES["conversations"] for v in FILE_CODES)
+PLACE_BATCH = 8                     # files read ahead are decoded this many at a time
 READER_VIEWS = ("original", "text")  # decoded range by range; the others are rendered whole
 BUDGET_ENTRY_TIMEOUT = 1.0          # budget/ names are not invalidated when a file changes
 INBOX_VIEWS = ("inbox", "spool", "inbox-error", "stats", "report")   # nodes with no stored record
@@ -308,8 +310,9 @@ class Filesystem:
     def _meta(self, info) -> FileMeta:
         """The FileMeta of a stored file's record: the one its known nodes (any view)
         already share when they stand for the same version under the same name."""
-        for view in FILE_CODES:
-            node = self._nodes.get(file_ino(info.file_id, view))
+        get, base = self._nodes.get, file_ino(info.file_id, "conversations")
+        for code in _VIEW_CODES:            # file_ino(file_id, view) of every view
+            node = get(base + code)
             if node is not None and node.info is not None and node.info.name == info.name:
                 return node.info
         return FileMeta(info)
@@ -620,22 +623,34 @@ class Filesystem:
         return node is not None and not node.opened and not node.placed
 
     def push_next(self) -> Optional[tuple[int, bytes]]:
-        """(inode, bytes) of the next stored file (any view of conversations/, text/,
-        ...) to place in the kernel's page cache ahead of a reader (readahead.py), or
-        None when none is due.
+        """The next one file of push_batch, or None when none is due."""
+        while True:
+            got = self.push_batch(1)
+            if got:
+                return got[0]
+            if not self.readahead.pending():
+                return None
+
+    def push_batch(self, limit: int = PLACE_BATCH) -> list[tuple[int, bytes]]:
+        """(inode, bytes) of the next stored files (any view of conversations/, text/,
+        ...) to place in the kernel's page cache ahead of a reader (readahead.py), up to
+        limit of them; [] when none is due. The originals among them are decoded in one
+        store transaction (Store.read_files).
 
         Only a file the kernel knows (listed or looked up), has never opened and had
         not placed before, up to SMALL_FILE bytes. Never opened is what makes placing
         safe: the kernel locks a page while a READ of it is in flight, and placing into
         it waits for that READ, which the event loop would never answer if it were the
         one placing. There is no READ without an open, and stored files are opened on
-        the event loop, so the adapter must call this and place the bytes on the event
-        loop, with no await in between. A file that does not decode is skipped (its READ
+        the event loop, so the adapter must place each file on the event loop, right
+        after unopened(ino) said yes, with no await in between (a file may be opened
+        while the batch is decoded). A file that does not decode is skipped (its READ
         reports the damage)."""
-        while True:
+        picked: list[tuple[int, Node, Handle]] = []
+        while len(picked) < limit:
             ino = self.readahead.take()
             if ino is None:
-                return None
+                break
             node = self._nodes.get(ino)
             if node is None or node.view not in STORE_VIEWS or node.kind != FILE or node.opened \
                     or node.placed or node.nlookup <= 0 or node.info is None \
@@ -645,12 +660,40 @@ class Filesystem:
             meta = node.info
             try:
                 size = self._view_size(meta, node.view)
-                if size > SMALL_FILE:
-                    continue
-                h = Handle(node, key=(meta.file_id, STORE_VIEWS[node.view]), size=size, info=meta)
-                return ino, self._decode_whole(h, keep=False)
             except (OSError, StowError) as e:
                 log.debug("readahead of %s skipped: %s", node.path, e)
+                continue
+            if size <= SMALL_FILE:
+                picked.append((ino, node, Handle(node, key=(meta.file_id, STORE_VIEWS[node.view]),
+                                                 size=size, info=meta)))
+        if not picked:
+            return []
+        stored = [(node.path, h.info.file_id) for _, node, h in picked
+                  if h.key[1] == "original" and self.cache.get(h.key) is None]
+        try:
+            decoded = dict(zip((fid for _, fid in stored), self.store.read_files(stored))) if stored else {}
+        except StowError as e:          # e.g. a damaged table: each file alone, below
+            log.debug("readahead batch: %s", e)
+            decoded = {}
+        out = []
+        for ino, node, h in picked:
+            try:
+                data = decoded.get(h.info.file_id) if h.key[1] == "original" else None
+                if isinstance(data, Exception):
+                    raise data
+                if data is None:
+                    data = self._decode_whole(h, keep=False)
+                elif len(data) != h.size:
+                    raise fs_error(errno.ESTALE)
+                out.append((ino, data))
+            except (OSError, StowError) as e:
+                log.debug("readahead of %s skipped: %s", node.path, e)
+        return out
+
+    def unopened(self, ino: int) -> bool:
+        """Whether ino was never opened (push_batch: then it may be placed now)."""
+        node = self._nodes.get(ino)
+        return node is not None and not node.opened
 
     def _open_stored(self, node: Node, folder: str) -> int:
         """A handle on view folder of the stored file node.path (node.info, or as stored

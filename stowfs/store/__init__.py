@@ -24,7 +24,7 @@ from .appender import Appender
 from .ingest import Prepared, Writer, prepare, prepare_large, prepare_many, prepare_path
 from .lmdbenv import Env, from_u64, meta_get, meta_put, u64
 from .names import Names
-from .records import Groups, Record
+from .records import Groups, Record, group_of
 
 FORMAT_VERSION = 5
 DEFAULT_MODE = 0o644
@@ -97,10 +97,11 @@ def check_name(name: str) -> str:
     return name
 
 
-def _info(r: Record) -> FileInfo:
+def _info(r: Record, name: Optional[str] = None) -> FileInfo:
+    """The FileInfo of r, named name (else r.name)."""
     facts = r.facts             # made from the group's packed column: once
     tv = (facts.get("views") or {}).get("text")
-    return FileInfo(name=r.name, file_id=r.file_id, size=r.size, text_size=tv[1] if tv else 0,
+    return FileInfo(name=r.name if name is None else name, file_id=r.file_id, size=r.size, text_size=tv[1] if tv else 0,
                     format=r.format, application=r.application, model=r.model,
                     models=tuple(r.models or ()), day=r.day, mtime=r.mtime_ns / 1e9,
                     error=r.error, checksum=r.checksum.hex(), messages=r.messages,
@@ -690,6 +691,31 @@ class Store:
             return r
         return BytesReader(views.render(view, r.read(0, r.size), name))
 
+    def read_files(self, files: list[tuple[str, int]]) -> list:
+        """The whole bytes of each (name, file id): that version, as Store.reader(name,
+        file_id=) reads it, all in one transaction (a fragment is found once for the
+        files it holds). Each item is the bytes, or the StowError that file met (NotFound
+        once that version is gone); one file's failure is not the others'."""
+        def work(txn):
+            out, found, groups = [], {}, {}
+            for name, fid in files:
+                try:
+                    gid = group_of(fid)
+                    recs = groups.get(gid)
+                    if recs is None:
+                        recs = groups[gid] = self._groups.load(txn, gid)
+                    r = recs.get(fid)
+                    if r is None or r.file_id != fid:
+                        raise NotFound(f"{name}: this version (file {fid}) is no longer stored")
+                    data = b"".join(self._reader.read(txn, pos, n, found) for pos, n in r.extents)
+                    if len(data) != r.size:
+                        raise Corrupt(f"{name}: decoded {len(data)} bytes, expected {r.size}")
+                    out.append(data)
+                except StowError as e:
+                    out.append(e)
+            return out
+        return self._env.read(work, buffers=True)
+
     def get(self, name: str, view: str = "original") -> bytes:
         r = self.reader(name, view)
         return r.read(0, r.size)
@@ -733,7 +759,7 @@ class Store:
                     r = self._groups.get(txn, fid)
                     if r is None:
                         raise Corrupt(f"{name}: the name table and the records disagree")
-                    out.append(_info(r.named(name)))
+                    out.append(_info(r, name))
                     if len(out) >= 256:
                         break
                 return out
@@ -771,7 +797,7 @@ class Store:
                 r = self._groups.get(txn, fid)
                 if r is None:
                     raise Corrupt(f"{name}: the name table and the records disagree")
-                out.append((rest, _info(r.named(name))))
+                out.append((rest, _info(r, name)))
             return out
         return self._read(work)
 

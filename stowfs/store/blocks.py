@@ -299,12 +299,15 @@ class StreamReader:
         self.cache = cache
         self.copied = copied
 
-    def read(self, txn, pos: int, n: int) -> bytes:
+    def read(self, txn, pos: int, n: int, found: Optional[dict] = None) -> bytes:
+        """found: {block id: (fragment, frame)} of this transaction, kept across calls
+        (many files read in one transaction: their fragment is looked up and parsed
+        once, not once a file)."""
         out = None
         while n > 0:
             bid, off = divmod(pos, self.block_size)
             take = min(n, self.block_size - off)
-            got = self._read_block(txn, bid, off, take)
+            got = self._read_block(txn, bid, off, take, found)
             if out is None:
                 if len(got) == n:           # most reads: one fragment, no second copy
                     return got
@@ -314,9 +317,14 @@ class StreamReader:
             n -= len(got)
         return bytes(out) if out is not None else b""
 
-    def _read_block(self, txn, bid: int, off: int, n: int) -> bytes:
-        got = find_fragment(txn, self.table, bid, off)
+    def _read_block(self, txn, bid: int, off: int, n: int, found: Optional[dict] = None) -> bytes:
+        got = found.get(bid) if found is not None else None
         loc = got[0].locate(off) if got is not None else None
+        if loc is None:
+            got = find_fragment(txn, self.table, bid, off)
+            loc = got[0].locate(off) if got is not None else None
+            if loc is not None and found is not None:
+                found[bid] = got
         if loc is not None:
             frag, frame = got
             p, live = loc

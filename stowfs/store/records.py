@@ -107,7 +107,7 @@ class Record:
     def facts(self) -> dict:
         if self._src is not None:
             col, i = self._src
-            return _unflatten(self._flat if self._flat is not None else col.row(i))
+            return _unflatten(self._flat) if self._flat is not None else col.nested(i)
         return self._facts
 
     def replace(self, **kw) -> "Record":
@@ -283,7 +283,7 @@ class FactsColumn:
         self.packed, self.n, self.gid, self.sizes, self.key = packed, n, gid, sizes, key
 
     def column(self) -> tuple:
-        """(paths, values per path, absent positions per path)."""
+        """(paths, values per path, absent positions per path, each path's keys)."""
         return self._unpacked.get(self.key, self._unpack)
 
     def _unpack(self) -> tuple:
@@ -306,14 +306,29 @@ class FactsColumn:
                     raise ValueError(f"bad reference {j!r}")
                 base = self.sizes if j == SIZE_REF else values[j]
                 values[i] = [_undelta(d, r) for d, r in zip(values[i], base)]
-            return paths, values, [frozenset(a) for a in absent]
+            return paths, values, [frozenset(a) for a in absent], [tuple(p.split(_SEP)) for p in paths]
         except Exception as e:
             raise Corrupt(f"record group {self.gid} is damaged: its facts: {e}") from None
 
     def row(self, i: int) -> dict:
         """Record i's flattened facts."""
-        paths, values, absent = self.column()
+        paths, values, absent, _ = self.column()
         return {p: vals[i] for p, vals, gone in zip(paths, values, absent) if i not in gone}
+
+    def nested(self, i: int) -> dict:
+        """Record i's facts, as _unflatten(row(i)) makes them, from the paths split once
+        per group (a listing makes every record's: splitting each path again was a third
+        of listing a directory the mount had not listed before)."""
+        _, values, absent, keys = self.column()
+        out: dict = {}
+        for ks, vals, gone in zip(keys, values, absent):
+            if i in gone:
+                continue
+            d = out
+            for k in ks[:-1]:
+                d = d.setdefault(k, {})
+            d[ks[-1]] = vals[i]
+        return out
 
 
 def encode_group(gid: int, recs: dict[int, Record], level: int, refs: bool = False) -> bytes:
