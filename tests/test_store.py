@@ -1055,3 +1055,47 @@ def test_many_files_read_in_one_transaction_are_each_their_own_version(tmp_path)
                     assert data == s.get(name)
             compaction.compact(s)
         assert s.read_files([]) == []
+
+
+def test_blocks_read_in_order_are_decoded_whole_ahead_and_only_if_they_check(tmp_path):
+    """read_files (the mount's read-ahead) hands the blocks it touched to a background
+    thread that decodes them whole; the whole is taken only when it matches the frame
+    hash and holds what was handed out already. Reads give the same bytes either way."""
+    import dataclasses
+    from stowfs import limits
+    from stowfs.store import blocks, compaction, frames
+
+    records = sharegpt_records(300)
+    with Store(tmp_path / "s") as s:
+        for i, r in enumerate(records):
+            s.put(f"c/{i:04d}.json", json.dumps(openai_form(r)).encode())
+        compaction.compact(s)
+        ids = [(f"c/{i:04d}.json", s.info(f"c/{i:04d}.json").file_id) for i in range(len(records))]
+        assert s.read_files(ids[:1])[0] == s.get(ids[0][0])
+        blocks._ahead_pool().submit(lambda: None).result()        # the decode ahead is done
+        decs = list(s.cache._d.values())
+        assert len(decs) == 1 and decs[0].hd.raw_len > 4 * limits.PIECE_HASH_STEP
+        assert decs[0].done and decs[0].checked == decs[0].hd.raw_len
+        assert [d for d in s.read_files(ids)] == [s.get(n) for n, _ in ids]
+
+    raw = b"".join(json.dumps(openai_form(r)).encode() for r in sharegpt_records(900))[:5 * limits.PIECE_HASH_STEP + 999]
+    assert len(raw) == 5 * limits.PIECE_HASH_STEP + 999      # a first piece is under a quarter
+    key = blocks.frag_key(5, 0)
+    frame = blocks.encode_fragment(key, [(0, len(raw))], raw, 3)
+    frag = blocks.parse_fragment(frame, key)
+    _, pieces = blocks.decode_extra(frag.hd.extra, frag.hd.raw_len, key)
+    dec = frames.PartialDecoder(frame, frag.hd, pieces, limits.PIECE_HASH_STEP)
+    dec.need(100)
+    assert not dec.done
+    assert not dec.adopt(b"x" + raw[1:])                     # not what was handed out
+    assert not dec.adopt(raw[:-1])                           # not the whole
+    assert dec.adopt(raw) and dec.done and bytes(dec.buf) == raw
+    assert not dec.adopt(raw)                                # whole already
+    # a frame whose whole does not match its hash is never taken whole
+    cache = blocks.DecodedCache(64 << 20)
+    wrong = dataclasses.replace(frag.hd, hash=bytes(16))
+    dec = frames.PartialDecoder(frame, wrong, pieces, limits.PIECE_HASH_STEP)
+    dec.need(100)
+    cache.put("k", dec)
+    blocks._decode_whole(cache, "k", dec, dec.frame_left())
+    assert not dec.done and dec.checked < len(raw)

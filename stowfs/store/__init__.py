@@ -713,6 +713,7 @@ class Store:
                     out.append(data)
                 except StowError as e:
                     out.append(e)
+            self._reader.decode_ahead(found)
             return out
         return self._env.read(work, buffers=True)
 

@@ -22,6 +22,7 @@ piece checked against its own hash before it is handed out.
 """
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 from bisect import bisect_right
@@ -33,6 +34,8 @@ from .. import limits
 from ..errors import Corrupt
 from ..packing import get_uvarint, put_uvarint
 from . import frames
+
+log = logging.getLogger(__name__)
 
 _KEY = struct.Struct(">Q")
 
@@ -349,6 +352,26 @@ class StreamReader:
         self.cache.grew()
         return out
 
+    def decode_ahead(self, found: dict) -> None:
+        """Decode the rest of each cached fragment in found (read_files' {block id:
+        (fragment, frame)}) in a background thread: for a reader going through the
+        stream in order (the mount's read-ahead), which would otherwise decode each
+        block whole on its own thread when it reaches a quarter of it. zstd and BLAKE2
+        run without the GIL, beside the thread that answers requests. The whole is
+        checked against the frame hash before it is taken; a frame that does not match
+        is left to the reads (its pieces say which part is damaged)."""
+        for frag, _ in found.values():
+            ck = (frag.key, frag.hd.hash)
+            dec = self.cache.get(ck)
+            frame = dec.frame_left() if dec is not None else None
+            if frame is None:
+                continue
+            with _AHEAD_LOCK:
+                if ck in _AHEAD_PENDING:
+                    continue
+                _AHEAD_PENDING.add(ck)
+            _ahead_pool().submit(_decode_whole, self.cache, ck, dec, frame)
+
     def decoder(self, frag: Fragment, frame) -> frames.PartialDecoder:
         """The cached decoder of a fragment (a new one, not cached, for a small fragment:
         see limits.CACHED_FRAGMENT_MIN): use it only holding its lock (readers in several
@@ -364,3 +387,37 @@ class StreamReader:
                 if self.copied is not None:
                     self.copied()
         return dec
+
+
+_AHEAD_LOCK = threading.Lock()
+_AHEAD_PENDING: set = set()
+_AHEAD_POOL = None
+
+
+def _ahead_pool():
+    global _AHEAD_POOL
+    with _AHEAD_LOCK:
+        if _AHEAD_POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+            _AHEAD_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stowfs-decode-ahead")
+        return _AHEAD_POOL
+
+
+def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder, frame) -> None:
+    """StreamReader.decode_ahead's work, in its thread."""
+    try:
+        if cache.get(ck) is not dec:
+            return                       # dropped meanwhile: the next read starts anew
+        hd = dec.hd
+        cache.reserve(ck, dec, hd.raw_len)
+        raw = frames.payload(frame, hd)
+        if len(raw) != hd.raw_len or frames.content_hash(hd.tag, hd.key, hd.extra, raw) != hd.hash:
+            return
+        with dec.lock:
+            dec.adopt(raw)
+        cache.grew()
+    except Exception as e:   # the reads of this block meet whatever this met, and say so
+        log.debug("decoding %s ahead: %s", ck, e)
+    finally:
+        with _AHEAD_LOCK:
+            _AHEAD_PENDING.discard(ck)

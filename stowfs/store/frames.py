@@ -245,6 +245,21 @@ class PartialDecoder:
             self._whole = True
             self._frame = self._reader = None
 
+    def frame_left(self):
+        """The compressed frame while some of it is not decoded yet (else None)."""
+        return self._frame if self.hd.codec == ZSTD and not self._whole else None
+
+    def adopt(self, raw) -> bool:
+        """Take raw: the whole payload, decoded elsewhere (not holding the lock) and
+        found equal to the frame hash (decode_ahead). Refused (False) when it is whole
+        already, or raw does not hold what was handed out. Call holding the lock."""
+        if self._whole or len(raw) != self.hd.raw_len \
+                or not raw.startswith(memoryview(self.buf)[:self.checked]):
+            return False
+        self.buf, self.checked, self._whole = raw, self.hd.raw_len, True
+        self._frame = self._reader = None
+        return True
+
     def _decode_rest(self) -> None:
         self._reader = None             # the stream's window goes before the whole is made
         raw = payload(self._frame, self.hd)
