@@ -1091,6 +1091,29 @@ def test_blocks_read_in_order_are_decoded_whole_ahead_and_only_if_they_check(tmp
     assert not dec.adopt(raw[:-1])                           # not the whole
     assert dec.adopt(raw) and dec.done and bytes(dec.buf) == raw
     assert not dec.adopt(raw)                                # whole already
+    # a read that would decode the whole while the background thread does waits for its
+    # result instead (one whole copy in memory, not two), the lock let go meanwhile
+    import threading
+    dec = frames.PartialDecoder(frame, frag.hd, pieces, limits.PIECE_HASH_STEP)
+    dec.need(100)
+    dec.ahead = ev = threading.Event()
+    dec._decode_rest = lambda: pytest.fail("decoded the whole twice")
+    got = []
+
+    def reader():
+        with dec.lock:
+            dec.need(len(raw))
+            got.append(bytes(dec.buf))
+    t = threading.Thread(target=reader)
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and not got                          # waiting, not decoding
+    with dec.lock:                                           # what _decode_whole does
+        assert dec.adopt(raw)
+        dec.ahead = None
+    ev.set()
+    t.join(10)
+    assert got == [raw]
     # a frame whose whole does not match its hash is never taken whole
     cache = blocks.DecodedCache(64 << 20)
     wrong = dataclasses.replace(frag.hd, hash=bytes(16))

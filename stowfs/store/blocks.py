@@ -405,9 +405,14 @@ def _ahead_pool():
 
 def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder, frame) -> None:
     """StreamReader.decode_ahead's work, in its thread."""
+    ahead = None
     try:
         if cache.get(ck) is not dec:
             return                       # dropped meanwhile: the next read starts anew
+        with dec.lock:
+            if dec.frame_left() is None or dec.ahead is not None:
+                return                   # decoded whole meanwhile
+            dec.ahead = ahead = threading.Event()   # a read that would decode the whole waits
         hd = dec.hd
         cache.reserve(ck, dec, hd.raw_len)
         raw = frames.payload(frame, hd)
@@ -419,5 +424,9 @@ def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder, frame) ->
     except Exception as e:   # the reads of this block meet whatever this met, and say so
         log.debug("decoding %s ahead: %s", ck, e)
     finally:
+        if ahead is not None:
+            with dec.lock:
+                dec.ahead = None
+            ahead.set()
         with _AHEAD_LOCK:
             _AHEAD_PENDING.discard(ck)

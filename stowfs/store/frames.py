@@ -187,6 +187,7 @@ class PartialDecoder:
         self._pos = hd.body
         self._whole = False              # the whole payload checked against the frame hash
         self._reader = None              # the stream decoder, made when first needed
+        self.ahead = None                # an Event while another thread decodes the whole (adopt)
 
     def stream_state(self) -> int:
         """Memory the stream decoder holds: its window, which zstd sizes to the payload
@@ -208,7 +209,8 @@ class PartialDecoder:
         Streaming keeps the decoder's window (as large as the block) beside the bytes
         decoded so far: up to twice the block in memory. So once a read needs more than
         a quarter of the payload, the rest is decoded in one call into one buffer, and
-        the stream and the frame are let go."""
+        the stream and the frame are let go (or, when another thread is decoding the
+        whole already, its result is waited for). Call holding the lock."""
         raw_len, step = self.hd.raw_len, self._step
         end = min(end, raw_len)
         if self.checked >= end:
@@ -216,7 +218,20 @@ class PartialDecoder:
         want = min(-(-end // step) * step, raw_len)     # whole pieces: each is checked whole
         try:
             if self.hd.codec == ZSTD and self._frame is not None and want > raw_len // 4:
-                self._decode_rest()
+                ahead = self.ahead
+                if ahead is not None:
+                    # another thread is decoding the whole (blocks.decode_ahead): wait for
+                    # it rather than hold a second whole copy. The caller holds the lock,
+                    # which that thread takes to hand its result over.
+                    self.lock.release()
+                    try:
+                        ahead.wait()
+                    finally:
+                        self.lock.acquire()
+                    if self.checked >= end:
+                        return
+                if self._frame is not None:
+                    self._decode_rest()
             while len(self.buf) < want and self._frame is not None and self._pos < len(self._frame):
                 if self.hd.codec != ZSTD:
                     self.buf += memoryview(self._frame)[self._pos:]
