@@ -610,7 +610,7 @@ class Filesystem:
             node.checked = gen
         if node.view in STORE_VIEWS and not node.opened:
             # marked before the reply: once the kernel may read a file, it is never placed
-            # ahead (see push_next). Opened again (a warm reader): nothing follows it that
+            # ahead (see push_batch). Opened again (a warm reader): nothing follows it that
             # the first open did not queue, and the order is picked up again at the next
             # file opened for the first time.
             node.opened = True
@@ -618,7 +618,7 @@ class Filesystem:
         return self._open_stored(node, node.view), True, False
 
     def _placeable(self, ino: int) -> bool:
-        """Whether push_next may still place ino (its cheap tests; push_next has them all)."""
+        """Whether push_batch may still place ino (its cheap tests; push_batch has them all)."""
         node = self._nodes.get(ino)
         return node is not None and not node.opened and not node.placed
 

@@ -10,7 +10,7 @@ one opened; the reader's open then finds the bytes there (stored files are opene
 keep_cache) and no READ is sent.
 
 This class only keeps the order: the inodes of each listing the kernel took, where the
-reader is in it, and the queue of inodes to place. Filesystem.push_next decides whether
+reader is in it, and the queue of inodes to place. Filesystem.push_batch decides whether
 an inode still qualifies (known to the kernel, never opened, small) and decodes it.
 Thread-safe (listings are taken in worker threads).
 """
