@@ -327,3 +327,75 @@ def test_verify_names_a_file_that_its_name_no_longer_reaches(tmp_path, monkeypat
     monkeypatch.setattr(Store, "_record", lookup)
     report = verify_mod.walk(str(store))
     assert not report["ok"] and report["damaged_files"] == [victim]
+
+
+_READ_ALL = """
+import json, sys
+from stowfs.store import Store
+out = {}
+with Store(sys.argv[1], readonly=True) as s:
+    for name in json.loads(sys.argv[2]):
+        try:
+            out[name] = ["bytes", s.get(name).hex()]
+        except Exception as e:
+            out[name] = ["error", type(e).__name__]
+print(json.dumps(out))
+"""
+
+
+def test_a_damaged_branch_page_never_gives_wrong_bytes_and_verify_names_what_it_cost(tmp_path):
+    """A real damaged branch page (the case the torture run found, tested above through a
+    forced lookup failure): a store large enough for its table to have one, a child
+    pointer sent to a neighbouring leaf. Reads of what that child held fail, none
+    returns other bytes, and verify names exactly the files that do not read. When the
+    lost leaf held the name pages themselves, no name reaches a file any more (`ls` lists
+    nothing, `cat` says no such file): verify cannot name them, and fails on the counts
+    of files the store keeps against the records it finds."""
+    import shutil
+    import struct
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from realdata import openai_form, sharegpt_records
+    from torturelib.lmdbpages import walk_checked
+    src = tmp_path / "src"
+    want = {f"c/{i:04d}.json": json.dumps(openai_form(r)).encode()
+            for i, r in enumerate(sharegpt_records(300))}
+    s = Store(src)
+    s.defer_block_merges()              # a fragment a file, as the mount stores inbox files
+    for name, data in want.items():
+        s.put(name, data)
+    s.close()
+    lay = walk_checked(str(src / "lmdb" / "data.mdb"))
+    branch = [p for p in lay.databases["store"].pages if p.kind == "branch"]
+    assert len(branch) == 1 and len(branch[0].nodes) > 10, "the table needs a branch page"
+    nodes = branch[0].nodes
+    # a child pointer sent to the child before it (fragments early and mid, the last
+    # tables); then the last separator key raised to the anchors' tag: the walk still
+    # sees every entry, but an exact lookup of a record group goes to the child before
+    # and misses (verify said OK there before it looked every name up as a read does)
+    for k, kind in ((1, "child"), (len(nodes) // 2, "child"), (len(nodes) - 1, "child"),
+                    (len(nodes) - 1, "key")):
+        store = tmp_path / f"s{k}{kind}"
+        shutil.copytree(src, store)
+        f = store / "lmdb" / "data.mdb"
+        data = bytearray(f.read_bytes())
+        if kind == "child":
+            at = nodes[k].key[0] - 8                       # the node's mn_lo, mn_hi, mn_flags
+            lo, hi, fl = struct.unpack_from("<HHH", data, nodes[k - 1].key[0] - 8)
+            struct.pack_into("<HHH", data, at, lo, hi, fl)
+        else:
+            assert data[nodes[k].key[0]] < 0x05
+            data[nodes[k].key[0]] = 0x05
+        f.write_bytes(bytes(data))
+        got = json.loads(subprocess.run([sys.executable, "-c", _READ_ALL, str(store), json.dumps(list(want))],
+                                        capture_output=True, check=True, timeout=300).stdout)
+        failed = sorted(n for n, (kind, _) in got.items() if kind == "error")
+        assert all(bytes.fromhex(v) == want[n] for n, (kind, v) in got.items() if kind == "bytes"), k
+        assert failed, f"child {k}: the damage cost nothing; the test damaged the wrong thing"
+        v = run("verify", store, "--json", check=False)
+        assert v.returncode != 0
+        report = json.loads(v.stdout)
+        if kind == "key" or run("ls", store).stdout.split():
+            assert sorted(report["damaged_files"]) == failed, (k, kind)
+        else:                                          # the name pages were under it
+            assert k == len(nodes) - 1 and len(failed) == len(want)
+            assert any(f"counters say {len(want)} files" in p for p in report["problems"])
