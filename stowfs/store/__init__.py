@@ -333,6 +333,21 @@ class Store:
                           "record group is damaged")
         return r.named(name)
 
+    def _version(self, txn, name: str, fid: int, groups: Optional[dict] = None) -> Record:
+        """The record of file fid, a version of name, found without the name lookup;
+        NotFound once that version is gone. groups: record groups already loaded in this
+        transaction (kept across calls: many files read at once)."""
+        gid = group_of(fid)
+        recs = groups.get(gid) if groups is not None else None
+        if recs is None:
+            recs = self._groups.load(txn, gid)
+            if groups is not None:
+                groups[gid] = recs
+        r = recs.get(fid)
+        if r is None or r.file_id != fid:
+            raise NotFound(f"{name}: this version (file {fid}) is no longer stored")
+        return r
+
     def _record_by_id(self, txn, fid: int) -> Optional[Record]:
         r = self._groups.get(txn, fid)
         if r is None:
@@ -680,12 +695,7 @@ class Store:
         if file_id is None:
             rec = self._read(lambda txn: self._record(txn, name))
         else:
-            def work(txn):
-                r = self._groups.get(txn, file_id)
-                if r is None or r.file_id != file_id:
-                    raise NotFound(f"{name}: this version (file {file_id}) is no longer stored")
-                return r
-            rec = self._read(work)
+            rec = self._read(lambda txn: self._version(txn, name, file_id))
         r = FileReader(self, rec)
         if view == "original":
             return r
@@ -700,13 +710,7 @@ class Store:
             out, found, groups = [], {}, {}
             for name, fid in files:
                 try:
-                    gid = group_of(fid)
-                    recs = groups.get(gid)
-                    if recs is None:
-                        recs = groups[gid] = self._groups.load(txn, gid)
-                    r = recs.get(fid)
-                    if r is None or r.file_id != fid:
-                        raise NotFound(f"{name}: this version (file {fid}) is no longer stored")
+                    r = self._version(txn, name, fid, groups)
                     data = b"".join(self._reader.read(txn, pos, n, found) for pos, n in r.extents)
                     if len(data) != r.size:
                         raise Corrupt(f"{name}: decoded {len(data)} bytes, expected {r.size}")
