@@ -1120,5 +1120,6 @@ def test_blocks_read_in_order_are_decoded_whole_ahead_and_only_if_they_check(tmp
     dec = frames.PartialDecoder(frame, wrong, pieces, limits.PIECE_HASH_STEP)
     dec.need(100)
     cache.put("k", dec)
-    blocks._decode_whole(cache, "k", dec, dec.frame_left())
+    dec.ahead = threading.Event()
+    blocks._decode_whole(cache, "k", dec)
     assert not dec.done and dec.checked < len(raw)

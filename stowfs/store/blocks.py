@@ -363,14 +363,22 @@ class StreamReader:
         for frag, _ in found.values():
             ck = (frag.key, frag.hd.hash)
             dec = self.cache.get(ck)
-            frame = dec.frame_left() if dec is not None else None
-            if frame is None:
+            # not when another thread holds the decoder (it may be decoding it): this
+            # runs on the thread that answers requests, and the next batch asks again
+            if dec is None or not dec.lock.acquire(blocking=False):
                 continue
-            with _AHEAD_LOCK:
-                if ck in _AHEAD_PENDING:
-                    continue
-                _AHEAD_PENDING.add(ck)
-            _ahead_pool().submit(_decode_whole, self.cache, ck, dec, frame)
+            try:
+                if dec.frame_left() is None or dec.ahead is not None:
+                    continue            # decoded, or being decoded ahead already
+                dec.ahead = threading.Event()   # from now on a read about to decode the
+            finally:                            # whole waits for this one (need)
+                dec.lock.release()
+            try:
+                _ahead_pool().submit(_decode_whole, self.cache, ck, dec)
+            except RuntimeError:        # the interpreter is shutting down: no thread
+                with dec.lock:
+                    ahead, dec.ahead = dec.ahead, None
+                ahead.set()
 
     def decoder(self, frag: Fragment, frame) -> frames.PartialDecoder:
         """The cached decoder of a fragment (a new one, not cached, for a small fragment:
@@ -389,30 +397,28 @@ class StreamReader:
         return dec
 
 
-_AHEAD_LOCK = threading.Lock()
-_AHEAD_PENDING: set = set()
+_POOL_LOCK = threading.Lock()
 _AHEAD_POOL = None
 
 
 def _ahead_pool():
     global _AHEAD_POOL
-    with _AHEAD_LOCK:
+    with _POOL_LOCK:
         if _AHEAD_POOL is None:
             from concurrent.futures import ThreadPoolExecutor
             _AHEAD_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stowfs-decode-ahead")
         return _AHEAD_POOL
 
 
-def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder, frame) -> None:
-    """StreamReader.decode_ahead's work, in its thread."""
-    ahead = None
+def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder) -> None:
+    """StreamReader.decode_ahead's work, in its thread: decode dec's frame whole, and
+    hand it over if it matches the frame hash. Ends by clearing dec.ahead and waking the
+    reads that waited for it, whatever happened."""
+    ahead = dec.ahead
     try:
-        if cache.get(ck) is not dec:
-            return                       # dropped meanwhile: the next read starts anew
-        with dec.lock:
-            if dec.frame_left() is None or dec.ahead is not None:
-                return                   # decoded whole meanwhile
-            dec.ahead = ahead = threading.Event()   # a read that would decode the whole waits
+        frame = dec.frame_left()        # none decodes it whole while ahead is set
+        if frame is None or cache.get(ck) is not dec:
+            return                      # dropped meanwhile: the next read starts anew
         hd = dec.hd
         cache.reserve(ck, dec, hd.raw_len)
         raw = frames.payload(frame, hd)
@@ -424,9 +430,7 @@ def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder, frame) ->
     except Exception as e:   # the reads of this block meet whatever this met, and say so
         log.debug("decoding %s ahead: %s", ck, e)
     finally:
+        with dec.lock:
+            dec.ahead = None
         if ahead is not None:
-            with dec.lock:
-                dec.ahead = None
             ahead.set()
-        with _AHEAD_LOCK:
-            _AHEAD_PENDING.discard(ck)
