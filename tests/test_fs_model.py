@@ -888,6 +888,16 @@ def test_the_directory_record_keeps_children_and_writes_structure_at_once(tmp_pa
 
 
 # ---------------------------------------------------------------------- read-ahead
+def push_next(fs):
+    """The next one file fs.push_batch places, or None when none is due."""
+    while True:
+        got = fs.push_batch(1)
+        if got:
+            return got[0]
+        if not fs.readahead.pending():
+            return None
+
+
 def test_readahead_queues_what_follows_once_two_files_are_opened_in_order():
     from stowfs.fs.readahead import Readahead
     ra = Readahead(files=3)
@@ -917,7 +927,7 @@ def test_readahead_keeps_listings_within_its_bound():
 
 
 def test_files_read_in_listed_order_are_placed_ahead_once_and_never_after_an_open(fs, store):
-    """What push_next hands the adapter: the next files of the listing a reader goes
+    """What push_batch hands the adapter, one file at a time: the next files of the listing a reader goes
     through, with their bytes; never one that was opened (the kernel may be reading
     it), never one twice, never one the kernel does not know, never a large one."""
     data = {f"d/f{i:02d}.json": conv(f"message {i}" * (i + 1)) for i in range(30)}
@@ -925,7 +935,7 @@ def test_files_read_in_listed_order_are_placed_ahead_once_and_never_after_an_ope
     for name, d in data.items():
         store.put(name, d)
     names = sorted(listdir(fs, "conversations/d"))
-    assert fs.push_next() is None
+    assert push_next(fs) is None
     inos = {}
     for n in names[:2]:
         inos[n] = walk(fs, f"conversations/d/{n}")[0]
@@ -933,7 +943,7 @@ def test_files_read_in_listed_order_are_placed_ahead_once_and_never_after_an_ope
         assert keep_cache
         fs.release(fh)
     placed = {}
-    while (got := fs.push_next()) is not None:
+    while (got := push_next(fs)) is not None:
         placed[got[0]] = got[1]
     want = {walk(fs, f"conversations/d/{n}")[0]: data[f"d/{n}"] for n in names[2:18]}
     assert placed == want                                       # the next 16, bytes and all
@@ -943,7 +953,7 @@ def test_files_read_in_listed_order_are_placed_ahead_once_and_never_after_an_ope
     fs.release(fs.open(late, os.O_RDONLY)[0])                    # a jump
     fs.release(fs.open(walk(fs, f"conversations/d/{names[20]}")[0], os.O_RDONLY)[0])
     rest = []
-    while (got := fs.push_next()) is not None:
+    while (got := push_next(fs)) is not None:
         rest.append(got[0])
     assert late not in rest and not set(rest) & set(placed)
     big = walk(fs, "conversations/d/f25.json")[0]
@@ -955,9 +965,9 @@ def test_files_read_in_listed_order_are_placed_ahead_once_and_never_after_an_ope
     listdir(fs, "text/d")
     for n in names[:2]:
         fs.release(fs.open(walk(fs, f"text/d/{n}.txt")[0], os.O_RDONLY)[0])
-    got = fs.push_next()
+    got = push_next(fs)
     assert got == (walk(fs, f"text/d/{names[2]}.txt")[0], cat(fs, f"text/d/{names[2]}.txt"))
-    while fs.push_next() is not None:
+    while push_next(fs) is not None:
         pass
     # forgotten by the kernel: not placed
     store.put("e/a.json", conv("a"))
@@ -968,7 +978,7 @@ def test_files_read_in_listed_order_are_placed_ahead_once_and_never_after_an_ope
     fs.forget(c, 10)
     for n in ("a.json", "b.json"):
         fs.release(fs.open(walk(fs, f"conversations/e/{n}")[0], os.O_RDONLY)[0])
-    assert fs.push_next() is None
+    assert push_next(fs) is None
 
 
 def test_a_warm_listing_reads_no_record_and_a_change_is_listed_anew(tmp_path, monkeypatch):
@@ -1013,7 +1023,7 @@ def test_warm_files_read_again_in_order_queue_nothing_to_place(fs, store):
     names = sorted(listdir(fs, "conversations/d"))
     for n in names:
         fs.release(fs.open(walk(fs, f"conversations/d/{n}")[0], os.O_RDONLY)[0])
-        while fs.push_next() is not None:
+        while push_next(fs) is not None:
             pass
     listdir(fs, "conversations/d")
     for n in names:

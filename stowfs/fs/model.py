@@ -64,7 +64,6 @@ SMALL_DIR = 128             # entries of a directory the adapter lists inline, s
 KEPT_LISTING = 64           # entries of a directory whose listing is kept per store generation
 WHOLE_LIMIT = 16 << 20
 STORE_VIEWS = STORE_FOLDERS        # folder -> view, every view of the registry (names.py)
-_VIEW_CODES = tuple(FILE_CODES[v] - FILE_CODES["conversations"] for v in FILE_CODES)
 PLACE_BATCH = 8                     # files read ahead are decoded this many at a time
 READER_VIEWS = ("original", "text")  # decoded range by range; the others are rendered whole
 BUDGET_ENTRY_TIMEOUT = 1.0          # budget/ names are not invalidated when a file changes
@@ -310,9 +309,8 @@ class Filesystem:
     def _meta(self, info) -> FileMeta:
         """The FileMeta of a stored file's record: the one its known nodes (any view)
         already share when they stand for the same version under the same name."""
-        get, base = self._nodes.get, file_ino(info.file_id, "conversations")
-        for code in _VIEW_CODES:            # file_ino(file_id, view) of every view
-            node = get(base + code)
+        for view in FILE_CODES:
+            node = self._nodes.get(file_ino(info.file_id, view))
             if node is not None and node.info is not None and node.info.name == info.name:
                 return node.info
         return FileMeta(info)
@@ -621,15 +619,6 @@ class Filesystem:
         """Whether push_batch may still place ino (its cheap tests; push_batch has them all)."""
         node = self._nodes.get(ino)
         return node is not None and not node.opened and not node.placed
-
-    def push_next(self) -> Optional[tuple[int, bytes]]:
-        """The next one file of push_batch, or None when none is due."""
-        while True:
-            got = self.push_batch(1)
-            if got:
-                return got[0]
-            if not self.readahead.pending():
-                return None
 
     def push_batch(self, limit: int = PLACE_BATCH) -> list[tuple[int, bytes]]:
         """(inode, bytes) of the next stored files (any view of conversations/, text/,
