@@ -9,7 +9,7 @@ import os
 import pytest
 
 from realdata import corpus_dir, corpus_files, openai_form, sharegpt_records
-from stowfs.errors import Exists, InvalidName, NotFound
+from stowfs.errors import Corrupt, Exists, InvalidName, NotFound
 from stowfs.maintenance import compact, gc, verify
 from stowfs.store import Store, records
 
@@ -906,7 +906,12 @@ def test_facts_like_the_real_ones_are_stored_against_each_other():
 def test_the_decoded_block_cache_holds_one_block_until_reads_go_back(tmp_path):
     """Reading front to back keeps one decoded block; reads that go back to a block it
     dropped (files whose repeats are in an earlier block) make it keep two."""
-    recs = [json.dumps(openai_form(r), indent=2).encode() for r in sharegpt_records(400)]
+    recs, total = [], 0
+    for r in sharegpt_records(2000):        # two blocks and a few KB in a third
+        if total > (2 << 20) + 20000:
+            break
+        recs.append(json.dumps(openai_form(r), indent=2).encode())
+        total += len(recs[-1])
     with Store(tmp_path / "s", block_size=1 << 20) as s:
         for i, r in enumerate(recs):
             s.put(f"f{i:04d}.json", r)
@@ -915,11 +920,14 @@ def test_the_decoded_block_cache_holds_one_block_until_reads_go_back(tmp_path):
         c = s.cache
         assert c.cap == c.floor < c.limit
         names = [i.name for i in s.iter_files()]
-        for name in names:
-            assert s.get(name) == recs[int(name[1:5])]
-            assert len(c._d) <= 1
-        first, last = names[0], names[-1]
-        for _ in range(3):                              # back and forth: first and last block
+        assert s.block_stats()["fragments"] == 3             # blocks of 1 MiB, one fragment each
+        for _ in range(2):          # the second pass decodes every block again, in order
+            for name in names:
+                assert s.get(name) == recs[int(name[1:5])]
+                assert len(c._d) <= 2                       # a block, and the last (small)
+            assert c.cap == c.floor
+        first, last = names[0], names[len(names) * 3 // 4]
+        for _ in range(3):                              # back and forth: first and second block
             s.get(first)
             s.get(last)
         assert c.cap == c.limit
@@ -1089,31 +1097,81 @@ def test_blocks_read_in_order_are_decoded_whole_ahead_and_only_if_they_check(tmp
     assert not dec.done
     assert not dec.adopt(b"x" + raw[1:])                     # not what was handed out
     assert not dec.adopt(raw[:-1])                           # not the whole
-    assert dec.adopt(raw) and dec.done and bytes(dec.buf) == raw
-    assert not dec.adopt(raw)                                # whole already
-    # a read that would decode the whole while the background thread does waits for its
-    # result instead (one whole copy in memory, not two), the lock let go meanwhile
+    taken = bytes(bytearray(raw))                            # equal to raw, not raw itself
+    assert dec.adopt(taken) and dec.done and dec.buf is taken
+    assert dec.checked == limits.PIECE_HASH_STEP             # pieces checked as reads reach them
+    assert not dec.adopt(raw)                                # nothing left to decode
+    dec.need(3 * limits.PIECE_HASH_STEP)
+    assert dec.checked == 3 * limits.PIECE_HASH_STEP
+    dec.whole_checked(raw)                                   # not the bytes it holds: no effect
+    assert dec.checked == 3 * limits.PIECE_HASH_STEP
+    dec.whole_checked(taken)
+    assert dec.checked == len(raw)
+    # a read past what is checked while the background thread decodes the whole waits
+    # for its result instead, the lock let go meanwhile: one whole copy in memory, not
+    # two (a read of the whole), and no stream window and output beside it (a read of a
+    # few pieces, under a quarter of the payload)
     import threading
-    dec = frames.PartialDecoder(frame, frag.hd, pieces, limits.PIECE_HASH_STEP)
+    big = (raw * 3)[:12 * limits.PIECE_HASH_STEP + 999]
+    key = blocks.frag_key(6, 0)
+    bframe = blocks.encode_fragment(key, [(0, len(big))], big, 3)
+    bfrag = blocks.parse_fragment(bframe, key)
+    _, bpieces = blocks.decode_extra(bfrag.hd.extra, bfrag.hd.raw_len, key)
+    for end in (limits.PIECE_HASH_STEP + 10, len(big)):
+        dec = frames.PartialDecoder(bframe, bfrag.hd, bpieces, limits.PIECE_HASH_STEP)
+        dec.need(100)
+        assert dec.checked == limits.PIECE_HASH_STEP < 2 * limits.PIECE_HASH_STEP <= len(big) // 4
+        decoded = len(dec.buf)
+        dec.ahead = ev = threading.Event()
+        dec._decode_rest = lambda: pytest.fail("decoded the whole twice")
+        got = []
+
+        def reader():
+            with dec.lock:
+                dec.need(end)
+                got.append(bytes(dec.buf[:end]))
+        t = threading.Thread(target=reader)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and not got                      # waiting, not decoding
+        with dec.lock:                                       # what _decode_whole does
+            assert len(dec.buf) == decoded
+            assert dec.adopt(big)
+            dec.ahead = None
+        ev.set()
+        t.join(10)
+        assert got == [big[:end]]
+    # the cache makes room for a whole decode before it, also when the read's end is
+    # under a quarter and only its last piece reaches over
+    done = frames.PartialDecoder(bframe, bfrag.hd, bpieces, limits.PIECE_HASH_STEP)
+    done.need(len(big))
+    dec = frames.PartialDecoder(bframe, bfrag.hd, bpieces, limits.PIECE_HASH_STEP)
+    end = 3 * limits.PIECE_HASH_STEP + 10
+    assert end <= len(big) // 4 and dec.decodes_whole(end) and not dec.decodes_whole(100)
+    C = blocks.DecodedCache
+    assert C._growth(dec, end) == len(big) > 4 * C._growth(dec, 100)
+    # room for the other block and a step of this one, not for a whole decode of it
+    cap = C._cost(done) + C._cost(dec) + C._growth(dec, 100) + (1 << 10)
+    cache = C(2 * cap, floor=cap)
+    cache.put("done", done)
+    cache.put("dec", dec)
+    cache.reserve("dec", dec, 100)
+    assert list(cache._d) == ["done", "dec"]
+    cache.reserve("dec", dec, end)
+    assert list(cache._d) == ["dec"]
+    # a decode ahead that gave nothing (its whole did not check): the read decodes itself
+    dec = frames.PartialDecoder(bframe, bfrag.hd, bpieces, limits.PIECE_HASH_STEP)
     dec.need(100)
     dec.ahead = ev = threading.Event()
-    dec._decode_rest = lambda: pytest.fail("decoded the whole twice")
-    got = []
-
-    def reader():
-        with dec.lock:
-            dec.need(len(raw))
-            got.append(bytes(dec.buf))
-    t = threading.Thread(target=reader)
+    t = threading.Thread(target=lambda: (dec.lock.acquire(), dec.need(2 * limits.PIECE_HASH_STEP), dec.lock.release()))
     t.start()
     t.join(0.3)
-    assert t.is_alive() and not got                          # waiting, not decoding
-    with dec.lock:                                           # what _decode_whole does
-        assert dec.adopt(raw)
+    assert t.is_alive()
+    with dec.lock:
         dec.ahead = None
     ev.set()
     t.join(10)
-    assert got == [raw]
+    assert not t.is_alive() and dec.checked == 2 * limits.PIECE_HASH_STEP and not dec.done
     # a frame whose whole does not match its hash is never taken whole
     cache = blocks.DecodedCache(64 << 20)
     wrong = dataclasses.replace(frag.hd, hash=bytes(16))
@@ -1122,4 +1180,16 @@ def test_blocks_read_in_order_are_decoded_whole_ahead_and_only_if_they_check(tmp
     cache.put("k", dec)
     dec.ahead = threading.Event()
     blocks._decode_whole(cache, "k", dec)
-    assert not dec.done and dec.checked < len(raw)
+    assert dec.done and dec.ahead is None and dec.checked < len(raw)
+    dec.need(5 * limits.PIECE_HASH_STEP)                     # every piece but the last checks
+    with pytest.raises(Corrupt, match="does not match its hash"):
+        dec.need(len(raw))                                   # the whole does not
+    # a damaged piece in a frame decoded ahead fails the read that reaches it
+    bad = bytearray(frame)
+    bad[-40] ^= 0xFF
+    dec = frames.PartialDecoder(bytes(bad), frag.hd, pieces, limits.PIECE_HASH_STEP)
+    cache.put("k2", dec)
+    dec.ahead = threading.Event()
+    blocks._decode_whole(cache, "k2", dec)
+    with pytest.raises(Corrupt):
+        dec.need(len(raw))

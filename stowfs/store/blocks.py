@@ -193,7 +193,8 @@ class DecodedCache:
     block they are in, and the second block was a third of the daemon's memory (all
     ShareGPT files: 37.5 of ~100 MiB)."""
 
-    REDECODES = 2           # blocks decoded again soon after they were dropped: then `limit`
+    REDECODES = 2           # blocks decoded again right after they were dropped: then `limit`
+    TURN_READS = 16         # "right after": within this many reads (get) of the cache
     _RECENT = 8             # dropped keys remembered
 
     def __init__(self, limit: int, floor: Optional[int] = None):
@@ -203,11 +204,13 @@ class DecodedCache:
         self._d: OrderedDict = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
-        self._dropped: OrderedDict = OrderedDict()
+        self._dropped: OrderedDict = OrderedDict()     # key: self._reads when dropped
         self._redecodes = 0
+        self._reads = 0
 
     def get(self, k):
         with self._lock:
+            self._reads += 1
             v = self._d.get(k)
             if v is not None:
                 self._d.move_to_end(k)
@@ -217,7 +220,13 @@ class DecodedCache:
         with self._lock:
             if k not in self._d:
                 self._d[k] = dec
-                if self._dropped.pop(k, None) is not None and self.cap < self.limit:
+                # a block decoded again within a few reads of being dropped: reads by
+                # turns. One dropped a block's worth of reads ago is decoded again by a
+                # reader going through every block once more (a second cat of
+                # everything, once the kernel let its pages go), for which one block
+                # held suffices.
+                at = self._dropped.pop(k, None)
+                if at is not None and self._reads - at <= self.TURN_READS and self.cap < self.limit:
                     self._redecodes += 1
                     if self._redecodes >= self.REDECODES:
                         self.cap = self.limit
@@ -246,10 +255,12 @@ class DecodedCache:
     def _growth(d: frames.PartialDecoder, end: int) -> int:
         """What need(end) adds to d's cost, at most (see PartialDecoder.need)."""
         raw_len = d.hd.raw_len
-        if d.done or end <= len(d.buf):
+        if d.done:
             return 0
-        if d.hd.codec == frames.ZSTD and end > raw_len // 4:
-            return raw_len                      # decoded whole into a new buffer
+        if d.decodes_whole(end):                # also when another read decoded past end
+            return raw_len                      # along the stream: decoded whole anew
+        if end <= len(d.buf):
+            return 0
         return 2 * (min(end + limits.PARTIAL_DECODE_STEP, raw_len) - len(d.buf))   # bytes and window
 
     @staticmethod
@@ -276,7 +287,7 @@ class DecodedCache:
                 if d.done or not done_first:
                     del self._d[k]
                     size -= self._cost(d)
-                    self._dropped[k] = True
+                    self._dropped[k] = self._reads
                     while len(self._dropped) > self._RECENT:
                         self._dropped.popitem(last=False)
         self._size = size
@@ -357,9 +368,10 @@ class StreamReader:
         (fragment, frame)}) in a background thread: for a reader going through the
         stream in order (the mount's read-ahead), which would otherwise decode each
         block whole on its own thread when it reaches a quarter of it. zstd and BLAKE2
-        run without the GIL, beside the thread that answers requests. The whole is
-        checked against the frame hash before it is taken; a frame that does not match
-        is left to the reads (its pieces say which part is damaged)."""
+        run without the GIL, beside the thread that answers requests. Reads of the
+        fragment meanwhile wait for the whole (PartialDecoder.need) and check the pieces
+        they reach until that thread has checked the whole against the frame hash; in a
+        frame that does not match, the pieces say which part is damaged."""
         for frag, _ in found.values():
             ck = (frag.key, frag.hd.hash)
             dec = self.cache.get(ck)
@@ -411,26 +423,34 @@ def _ahead_pool():
 
 
 def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder) -> None:
-    """StreamReader.decode_ahead's work, in its thread: decode dec's frame whole, and
-    hand it over if it matches the frame hash. Ends by clearing dec.ahead and waking the
-    reads that waited for it, whatever happened."""
+    """StreamReader.decode_ahead's work, in its thread: decode dec's frame whole and hand
+    it over (the reads waiting for it go on as soon as it is taken, checking the pieces
+    they reach), then check the whole against the frame hash, which spares the reads
+    their piece checks. Ends by clearing dec.ahead and waking the reads that waited for
+    it, whatever happened."""
     ahead = dec.ahead
     try:
-        frame = dec.frame_left()        # none decodes it whole while ahead is set
+        frame = dec.frame_left()        # none decodes it while ahead is set
         if frame is None or cache.get(ck) is not dec:
             return                      # dropped meanwhile: the next read starts anew
         hd = dec.hd
         cache.reserve(ck, dec, hd.raw_len)
         raw = frames.payload(frame, hd)
-        if len(raw) != hd.raw_len or frames.content_hash(hd.tag, hd.key, hd.extra, raw) != hd.hash:
-            return
         with dec.lock:
-            dec.adopt(raw)
+            taken = dec.adopt(raw)
+            if dec.ahead is ahead:
+                dec.ahead = None
+        if ahead is not None:
+            ahead.set()
         cache.grew()
+        if taken and frames.content_hash(hd.tag, hd.key, hd.extra, raw) == hd.hash:
+            with dec.lock:
+                dec.whole_checked(raw)
     except Exception as e:   # the reads of this block meet whatever this met, and say so
         log.debug("decoding %s ahead: %s", ck, e)
     finally:
         with dec.lock:
-            dec.ahead = None
+            if dec.ahead is ahead:
+                dec.ahead = None
         if ahead is not None:
             ahead.set()

@@ -209,29 +209,31 @@ class PartialDecoder:
         Streaming keeps the decoder's window (as large as the block) beside the bytes
         decoded so far: up to twice the block in memory. So once a read needs more than
         a quarter of the payload, the rest is decoded in one call into one buffer, and
-        the stream and the frame are let go (or, when another thread is decoding the
-        whole already, its result is waited for). Call holding the lock."""
-        raw_len, step = self.hd.raw_len, self._step
+        the stream and the frame are let go.
+
+        While another thread decodes the whole (blocks.decode_ahead), a read past what
+        is checked waits for its result, whatever it needs: decoding on beside it would
+        hold the stream's window and its output next to that thread's whole copy (a cold
+        cat of the sessions corpus peaked 16 MiB higher), for bytes the whole brings a
+        few milliseconds later. Call holding the lock: the waiting lets it go, as that
+        thread takes it to hand its result over."""
+        raw_len = self.hd.raw_len
         end = min(end, raw_len)
         if self.checked >= end:
             return
-        want = min(-(-end // step) * step, raw_len)     # whole pieces: each is checked whole
+        ahead = self.ahead
+        if ahead is not None and self.hd.codec == ZSTD and self._frame is not None:
+            self.lock.release()
+            try:
+                ahead.wait()
+            finally:
+                self.lock.acquire()
+            if self.checked >= end:
+                return
+        want = self._want(end)
         try:
-            if self.hd.codec == ZSTD and self._frame is not None and want > raw_len // 4:
-                ahead = self.ahead
-                if ahead is not None:
-                    # another thread is decoding the whole (blocks.decode_ahead): wait for
-                    # it rather than hold a second whole copy. The caller holds the lock,
-                    # which that thread takes to hand its result over.
-                    self.lock.release()
-                    try:
-                        ahead.wait()
-                    finally:
-                        self.lock.acquire()
-                    if self.checked >= end:
-                        return
-                if self._frame is not None:
-                    self._decode_rest()
+            if self.decodes_whole(end):
+                self._decode_rest()
             while len(self.buf) < want and self._frame is not None and self._pos < len(self._frame):
                 if self.hd.codec != ZSTD:
                     self.buf += memoryview(self._frame)[self._pos:]
@@ -260,20 +262,38 @@ class PartialDecoder:
             self._whole = True
             self._frame = self._reader = None
 
+    def _want(self, end: int) -> int:
+        """What need(end) decodes to: whole pieces, as each is checked whole."""
+        return min(-(-min(end, self.hd.raw_len) // self._step) * self._step, self.hd.raw_len)
+
+    def decodes_whole(self, end: int) -> bool:
+        """Whether need(end) decodes the rest of the payload in one call (into a new
+        buffer as large as the payload) rather than a step further along the stream."""
+        return (self.hd.codec == ZSTD and self._frame is not None and self.checked < end
+                and self._want(end) > self.hd.raw_len // 4)
+
     def frame_left(self):
         """The compressed frame while some of it is not decoded yet (else None)."""
         return self._frame if self.hd.codec == ZSTD and not self._whole else None
 
     def adopt(self, raw) -> bool:
-        """Take raw: the whole payload, decoded elsewhere (not holding the lock) and
-        found equal to the frame hash (decode_ahead). Refused (False) when it is whole
-        already, or raw does not hold what was handed out. Call holding the lock."""
-        if self._whole or len(raw) != self.hd.raw_len \
+        """Take raw, the whole payload decoded elsewhere (blocks.decode_ahead, not
+        holding the lock), in place of the stream. Its pieces are checked as reads reach
+        them, as the stream's are (whole_checked spares that). Refused (False) when
+        nothing is left to decode, or raw is not as long as declared or does not hold
+        what was handed out. Call holding the lock."""
+        if self._frame is None or len(raw) != self.hd.raw_len \
                 or not raw.startswith(memoryview(self.buf)[:self.checked]):
             return False
-        self.buf, self.checked, self._whole = raw, self.hd.raw_len, True
+        self.buf = raw
         self._frame = self._reader = None
         return True
+
+    def whole_checked(self, raw) -> None:
+        """raw, adopted, was found equal to the frame hash: every piece is checked. Call
+        holding the lock."""
+        if self.buf is raw and not self._whole:
+            self.checked, self._whole = self.hd.raw_len, True
 
     def _decode_rest(self) -> None:
         self._reader = None             # the stream's window goes before the whole is made
