@@ -196,7 +196,9 @@ class Operations(pyfuse3.Operations):
                 # cheaper here than the hand-off to a worker thread and back
                 data = self.fs.read(fh, off, size)
             else:
-                data = await _blocking(self.fs.read, fh, off, size)
+                data = self.fs.read_ready(fh, off, size)
+                if data is None:
+                    data = await _blocking(self.fs.read, fh, off, size)
         return data
 
     @_handler

@@ -63,6 +63,8 @@ class MemoryViewReader:
     def read(self, offset: int, size: int) -> bytes:
         return self._data[offset:offset + max(size, 0)] if offset >= 0 else b""
 
+    read_ready = read
+
 
 class MemoryStore:
     """Same API and error behaviour as stowfs.store.Store, held in dicts."""

@@ -255,6 +255,38 @@ def test_large_file_read_by_range(store, tmp_path):
     assert fs.cache.size == 0          # not decoded whole
 
 
+def test_a_large_file_is_read_at_hand_only_where_its_block_is_decoded(tmp_path):
+    """read_ready (what the adapter tries on the event loop before handing a READ to a
+    worker thread) gives read()'s bytes where the store's cache holds them decoded and
+    checked, and None everywhere else, decoding nothing."""
+    from stowfs.store import Store
+    st = Store(tmp_path / "st")
+    data = conv(*["m%05d %s " % (i, "x" * (i % 97)) * 9 for i in range(4000)])
+    st.put("big.json", data)
+    fs = Filesystem(st, tmp_path / "spool", cache_bytes=4 << 20)   # whole_limit 1 MiB
+    try:
+        assert len(data) > 2 * fs.whole_limit
+        ino, _ = walk(fs, "conversations/big.json")
+        fh, _, _ = fs.open(ino, os.O_RDONLY)
+        assert fs.read_ready(fh, 0, 4096) is None               # not read yet: no reader
+        assert fs.read(fh, 0, 4096) == data[:4096]
+        (dec,) = st.cache._d.values()
+        assert 4096 <= dec.checked < len(data) // 2
+        assert fs.read_ready(fh, 0, 4096) == data[:4096]
+        far = len(data) - 5000
+        assert fs.read_ready(fh, far, 4096) is None              # not decoded there
+        assert dec.checked < len(data) // 2                      # and nothing decoded
+        assert fs.read(fh, far, 4096) == data[far:far + 4096]
+        assert fs.read_ready(fh, far, 4096) == data[far:far + 4096]
+        assert fs.read_ready(fh, len(data), 10) == b""
+        st.release_caches()
+        assert fs.read_ready(fh, 0, 4096) is None                # let go: read() decodes
+        assert fs.read(fh, 0, 4096) == data[:4096]
+        fs.release(fh)
+    finally:
+        st.close()
+
+
 def test_only_files_read_in_parts_are_kept_decoded(fs, store, monkeypatch):
     small, parts = conv("x"), conv(*["m%04d " % i * 20 for i in range(100)])
     assert len(small) < 4096 < len(parts) < fs.whole_limit      # cat() reads 4096 at a time

@@ -747,6 +747,21 @@ class Filesystem:
                 return data[offset:offset + size]
         return None
 
+    def read_ready(self, fh: int, offset: int, size: int) -> Optional[bytes]:
+        """read()'s bytes if they are at hand decoded: a large stored file read before
+        (its reader made), whose blocks the store's cache holds decoded and checked.
+        Nothing is decoded and no lock waited for, so the event loop may call it: the
+        hand-off of a READ to a worker thread and back cost more than copying 128 KiB.
+        Else None: call read()."""
+        h = self._handles.get(fh)
+        if h is None or h.reader is None or h.fd >= 0 or not h.lock.acquire(blocking=False):
+            return None
+        try:
+            self._last_read = time.monotonic()
+            return h.reader.read_ready(offset, size)
+        finally:
+            h.lock.release()
+
     def read(self, fh: int, offset: int, size: int) -> bytes:
         h = self._handle(fh)
         self._last_read = time.monotonic()

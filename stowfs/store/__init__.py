@@ -729,8 +729,10 @@ class Store:
         got = info.view_size(view)
         return got if got is not None else len(self.get(info.name, view))
 
-    def read_extents(self, extents, offset: int, size: int) -> bytes:
-        """Bytes [offset, offset+size) of a file made of these extents."""
+    def read_extents(self, extents, offset: int, size: int, ready: bool = False) -> Optional[bytes]:
+        """Bytes [offset, offset+size) of a file made of these extents. ready: only if
+        the decoded-block cache holds them checked (else None; nothing is decoded): a
+        read quick enough for a thread that must not wait."""
         def work(txn):
             parts = []
             pos, want = 0, size
@@ -742,11 +744,14 @@ class Store:
                     continue
                 a = max(offset + size - want - pos, 0)
                 take = min(n - a, want)
-                parts.append(self._reader.read(txn, spos + a, take))
+                parts.append(self._reader.read(txn, spos + a, take, ready=ready))
                 want -= take
                 pos += n
             return parts[0] if len(parts) == 1 else b"".join(parts)
-        return self._env.read(work, buffers=True)
+        try:
+            return self._env.read(work, buffers=True)
+        except blocks.NotReady:
+            return None
 
     def iter_files(self, prefix: str = "") -> Iterator[FileInfo]:
         """Every stored file whose name starts with prefix, sorted by name, a batch at a
@@ -929,6 +934,13 @@ class FileReader:
         size = min(size, self.size - offset)
         return self._s.read_extents(self._extents, offset, size)
 
+    def read_ready(self, offset: int, size: int) -> Optional[bytes]:
+        """read(), if the bytes are decoded already (else None, nothing decoded)."""
+        if offset >= self.size or size <= 0:
+            return b""
+        size = min(size, self.size - offset)
+        return self._s.read_extents(self._extents, offset, size, ready=True)
+
 
 class BytesReader:
     def __init__(self, data: bytes):
@@ -937,3 +949,5 @@ class BytesReader:
 
     def read(self, offset: int, size: int) -> bytes:
         return self._d[offset:offset + size]
+
+    read_ready = read

@@ -302,6 +302,10 @@ class DecodedCache:
             self._redecodes, self.cap = 0, self.floor
 
 
+class NotReady(Exception):
+    """StreamReader.read(ready=True): the bytes are not decoded and checked yet."""
+
+
 class StreamReader:
     """Reads committed stream ranges inside a transaction."""
 
@@ -313,15 +317,16 @@ class StreamReader:
         self.cache = cache
         self.copied = copied
 
-    def read(self, txn, pos: int, n: int, found: Optional[dict] = None) -> bytes:
+    def read(self, txn, pos: int, n: int, found: Optional[dict] = None, ready: bool = False) -> bytes:
         """found: {block id: (fragment, frame)} of this transaction, kept across calls
         (many files read in one transaction: their fragment is looked up and parsed
-        once, not once a file)."""
+        once, not once a file). ready: only from what the cache holds decoded and
+        checked, else NotReady (nothing is decoded, no lock waited for)."""
         out = None
         while n > 0:
             bid, off = divmod(pos, self.block_size)
             take = min(n, self.block_size - off)
-            got = self._read_block(txn, bid, off, take, found)
+            got = self._read_block(txn, bid, off, take, found, ready)
             if out is None:
                 if len(got) == n:           # most reads: one fragment, no second copy
                     return got
@@ -331,7 +336,8 @@ class StreamReader:
             n -= len(got)
         return bytes(out) if out is not None else b""
 
-    def _read_block(self, txn, bid: int, off: int, n: int, found: Optional[dict] = None) -> bytes:
+    def _read_block(self, txn, bid: int, off: int, n: int, found: Optional[dict] = None,
+                    ready: bool = False) -> bytes:
         got = found.get(bid) if found is not None else None
         loc = got[0].locate(off) if got is not None else None
         if loc is None:
@@ -343,6 +349,8 @@ class StreamReader:
             frag, frame = got
             p, live = loc
             take = min(n, live)
+            if ready:
+                return self._ready(frag, p, take)
             dec = self.decoder(frag, frame)
             self.cache.reserve((frag.key, frag.hd.hash), dec, p + take)
             with dec.lock:
@@ -352,6 +360,17 @@ class StreamReader:
             return out
         raise Corrupt(f"stream position {bid * self.block_size + off} is not stored "
                       f"(block {bid}: a record points at bytes that are gone)")
+
+    def _ready(self, frag: Fragment, p: int, take: int) -> bytes:
+        dec = None if frag.hd.raw_len < limits.CACHED_FRAGMENT_MIN else self.cache.get((frag.key, frag.hd.hash))
+        if dec is None or not dec.lock.acquire(blocking=False):
+            raise NotReady()
+        try:
+            if dec.checked < p + take:
+                raise NotReady()
+            return bytes(memoryview(dec.buf)[p:p + take])
+        finally:
+            dec.lock.release()
 
     def whole(self, frag: Fragment, frame) -> bytes:
         """A fragment's whole payload, decoded and checked (through the cache)."""
