@@ -734,7 +734,7 @@ class Store:
         the decoded-block cache holds them checked (else None; nothing is decoded): a
         read quick enough for a thread that must not wait."""
         def work(txn):
-            parts = []
+            parts, found = [], {}       # a fragment found once for the extents it holds
             pos, want = 0, size
             for spos, n in extents:
                 if want <= 0:
@@ -744,7 +744,7 @@ class Store:
                     continue
                 a = max(offset + size - want - pos, 0)
                 take = min(n - a, want)
-                parts.append(self._reader.read(txn, spos + a, take, ready=ready))
+                parts.append(self._reader.read(txn, spos + a, take, found, ready))
                 want -= take
                 pos += n
             return parts[0] if len(parts) == 1 else b"".join(parts)
