@@ -1063,6 +1063,54 @@ def test_warm_files_read_again_in_order_queue_nothing_to_place(fs, store):
         assert not fs.readahead.pending()
 
 
+def test_files_read_again_after_the_kernel_let_their_pages_go_are_placed_again(fs, store):
+    """A reader going through files it read before sends no READ while the kernel holds
+    their pages (keep_cache). Once it lets them go (memory pressure), the first READ of a
+    file opened again starts a new read-ahead epoch: the files after it are placed again,
+    except one open now (the kernel may be reading it)."""
+    data = {f"d/f{i:02d}.json": conv(f"message {i}") for i in range(30)}
+    for name, d in data.items():
+        store.put(name, d)
+    names = sorted(listdir(fs, "conversations/d"))
+    ino = {n: walk(fs, f"conversations/d/{n}")[0] for n in names}
+    for n in names:                                         # the first pass
+        fs.release(fs.open(ino[n], os.O_RDONLY)[0])
+        while push_next(fs) is not None:
+            pass
+    held, _, _ = fs.open(ino[names[6]], os.O_RDONLY)        # another reader has it open
+    # warm: the kernel serves the reads; nothing is queued, the epoch stays
+    fh, _, _ = fs.open(ino[names[0]], os.O_RDONLY)
+    fs.release(fh)
+    assert not fs.readahead.pending() and fs.epoch == 0
+    # one READ of a file it was given before, here and there: no new epoch
+    def read_again(n):
+        fh, _, _ = fs.open(ino[n], os.O_RDONLY)
+        assert fs.read_cached(fh, 0, 4096) in (None, data[f"d/{n}"])
+        assert fs.read(fh, 0, 4096) == data[f"d/{n}"]
+        fs.release(fh)
+    read_again(names[20])
+    for n in names[21:21 + 9]:
+        fs.release(fs.open(ino[n], os.O_RDONLY)[0])
+    assert fs.epoch == 0 and not fs.readahead.pending()
+    # the pages are gone: the kernel READs the files it was given before, one by one
+    read_again(names[0])
+    assert fs.epoch == 0
+    read_again(names[1])
+    assert fs.epoch == 1                                    # the second in order: placing starts
+    read_again(names[2])
+    assert fs.epoch == 1                                    # opened in this epoch: no new one
+    placed = {}
+    while (got := push_next(fs)) is not None:
+        placed[got[0]] = got[1]
+    assert placed == {ino[n]: data[f"d/{n}"] for n in names[3:19] if n != names[6]}
+    assert not fs.unopened(ino[names[6]])
+    fs.release(held)
+    # placed in this epoch, opened for the first time in it: it moves the order on
+    fh, _, _ = fs.open(ino[names[3]], os.O_RDONLY)
+    fs.release(fh)
+    assert fs.epoch == 1
+
+
 def test_a_file_opened_while_its_batch_was_decoded_is_not_placed(fs, store):
     """push_batch decodes several files ahead; one the kernel opens before the adapter
     places it must not be placed (unopened() says so right before the placing)."""

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 # Files up to this size are decoded whole on open and served from the LRU; larger ones are
 # read range by range (ViewReader.read decodes only what a range touches).
+LOST_OPENS = 8              # two READs of warm files this close: the kernel let pages go
 SMALL_FILE = 256 << 10      # decoded inline by the adapter, see small()
 SMALL_DIR = 128             # entries of a directory the adapter lists inline, see small_dir()
 KEPT_LISTING = 64           # entries of a directory whose listing is kept per store generation
@@ -118,6 +119,9 @@ class Filesystem:
         self._stale_sizes: dict[tuple, int] = {}
         self._seen_generation = store.generation
         self.readahead = Readahead(wanted=self._placeable)
+        self.epoch = 0          # read-ahead epoch: see _pages_lost
+        self._opens = 0         # stored files opened, ever
+        self._lost_at = -LOST_OPENS - 1     # self._opens at the last READ of a warm file
 
     # ================================================================== inode table
     def _node(self, ino: int) -> Node:
@@ -606,19 +610,53 @@ class Filesystem:
                 # kernel look the name up again and open what it names now.
                 raise fs_error(errno.ESTALE)
             node.checked = gen
-        if node.view in STORE_VIEWS and not node.opened:
-            # marked before the reply: once the kernel may read a file, it is never placed
-            # ahead (see push_batch). Opened again (a warm reader): nothing follows it that
-            # the first open did not queue, and the order is picked up again at the next
-            # file opened for the first time.
-            node.opened = True
-            self.readahead.opened(dir_ino(node.view, split(node.path)[0]), node.ino)
-        return self._open_stored(node, node.view), True, False
+        fh = self._open_stored(node, node.view)
+        if node.view in STORE_VIEWS:
+            # counted before the reply: while the kernel may read a file it is never
+            # placed ahead (see push_batch)
+            h = self._handles[fh]
+            with self._lock:
+                node.opens += 1
+                h.counted = True
+            self._opens += 1
+            if node.seen != self.epoch:
+                node.seen = self.epoch
+                self.readahead.opened(dir_ino(node.view, split(node.path)[0]), node.ino)
+            else:
+                # opened again (a warm reader): nothing follows it that the first open did
+                # not queue, and the kernel holds its pages (keep_cache); a READ of it
+                # says otherwise (read_cached)
+                h.expect_cached = True
+        return fh, True, False
 
     def _placeable(self, ino: int) -> bool:
         """Whether push_batch may still place ino (its cheap tests; push_batch has them all)."""
         node = self._nodes.get(ino)
-        return node is not None and not node.opened and not node.placed
+        return node is not None and self._may_place(node)
+
+    def _may_place(self, node: Node) -> bool:
+        """Not open now (no READ of it can be in flight: the kernel sends RELEASE only
+        once its last READ is answered), and neither opened nor placed in this
+        read-ahead epoch (the kernel holds its pages, as far as the mount knows)."""
+        epoch = self.epoch
+        return node.opens == 0 and node.seen != epoch and node.placed != epoch
+
+    def _pages_lost(self, node: Node) -> None:
+        """A file opened again in this read-ahead epoch was asked for by a READ from its
+        start: the kernel let its pages go (memory pressure, drop_caches). When another
+        did within LOST_OPENS opens before, the kernel let many go: a new epoch begins,
+        files opened or placed before may be placed again (once not open), and the
+        reader's order is picked up from this file. A reader going through warm files
+        sends no READ (or one here and there: a warm cat of chats, 2-3 of 5,000 on this
+        machine), and re-placing every file after such a one was wasted work."""
+        if self._opens - self._lost_at > LOST_OPENS:
+            self._lost_at = self._opens
+            return
+        self._lost_at = -LOST_OPENS - 1
+        self.epoch += 1
+        self.readahead.restart()
+        node.seen = self.epoch
+        self.readahead.opened(dir_ino(node.view, split(node.path)[0]), node.ino)
 
     def push_batch(self, limit: int = PLACE_BATCH) -> list[tuple[int, bytes]]:
         """(inode, bytes) of the next stored files (any view of conversations/, text/,
@@ -626,12 +664,14 @@ class Filesystem:
         limit of them; [] when none is due. The originals among them are decoded in one
         store transaction (Store.read_files).
 
-        Only a file the kernel knows (listed or looked up), has never opened and had
-        not placed before, up to SMALL_FILE bytes. Never opened is what makes placing
-        safe: the kernel locks a page while a READ of it is in flight, and placing into
-        it waits for that READ, which the event loop would never answer if it were the
-        one placing. There is no READ without an open, and stored files are opened on
-        the event loop, so the adapter must place each file on the event loop, right
+        Only a file the kernel knows (listed or looked up), up to SMALL_FILE bytes, not
+        open now, and neither opened nor placed in this read-ahead epoch (_may_place,
+        _pages_lost). Not open now is what makes placing safe: the kernel locks a page
+        while a READ of it is in flight, and placing into it waits for that READ, which
+        the event loop would never answer if it were the one placing. There is no READ
+        without an open handle (the kernel sends RELEASE only once the handle's last
+        READ is answered), and OPEN is answered on the event loop (the count is taken
+        before the reply), so the adapter must place each file on the event loop, right
         after unopened(ino) said yes, with no await in between (a file may be opened
         while the batch is decoded). A file that does not decode is skipped (its READ
         reports the damage)."""
@@ -641,11 +681,11 @@ class Filesystem:
             if ino is None:
                 break
             node = self._nodes.get(ino)
-            if node is None or node.view not in STORE_VIEWS or node.kind != FILE or node.opened \
-                    or node.placed or node.nlookup <= 0 or node.info is None \
+            if node is None or node.view not in STORE_VIEWS or node.kind != FILE \
+                    or not self._may_place(node) or node.nlookup <= 0 or node.info is None \
                     or self.inbox.spooled(node.path):
                 continue
-            node.placed = True
+            node.placed = self.epoch
             meta = node.info
             try:
                 size = self._view_size(meta, node.view)
@@ -680,9 +720,10 @@ class Filesystem:
         return out
 
     def unopened(self, ino: int) -> bool:
-        """Whether ino was never opened (push_batch: then it may be placed now)."""
+        """Whether ino is not open and was not opened in this read-ahead epoch
+        (push_batch: then it may be placed now)."""
         node = self._nodes.get(ino)
-        return node is not None and not node.opened
+        return node is not None and node.opens == 0 and node.seen != self.epoch
 
     def _open_stored(self, node: Node, folder: str) -> int:
         """A handle on view folder of the stored file node.path (node.info, or as stored
@@ -739,6 +780,9 @@ class Filesystem:
         """The bytes if they can be served without I/O, else None (then call read())."""
         h = self._handle(fh)
         self._last_read = time.monotonic()
+        if h.expect_cached and offset == 0:
+            h.expect_cached = False
+            self._pages_lost(h.node)
         if h.data is not None:
             return h.data[offset:offset + size]
         if h.key is not None:
@@ -806,6 +850,8 @@ class Filesystem:
     def release(self, fh: int) -> None:
         with self._lock:
             h = self._handles.pop(fh, None)
+            if h is not None and h.counted:
+                h.node.opens -= 1
         if h is not None and h.fd >= 0:
             self.inbox.release(h)
 

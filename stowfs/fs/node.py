@@ -85,8 +85,9 @@ class Node:
     listed: int = -1                # directories: entries at the last listing
     listing: Any = None             # small directories: (store generation, entries)
     unlinked: bool = False          # inbox: removed or renamed over by the user
-    opened: bool = False            # stored files: opened at least once (never placed ahead)
-    placed: bool = False            # stored files: placed in the kernel's page cache ahead
+    opens: int = 0                  # stored files: handles open now (never placed while > 0)
+    seen: int = -1                  # stored files: read-ahead epoch it was last opened in
+    placed: int = -1                # stored files: read-ahead epoch it was placed ahead in
 
 
 @dataclass
@@ -112,6 +113,9 @@ class Handle:
     fd: int = -1                    # inbox/: the spool file
     writable: bool = False
     pending: Any = None             # inbox/: the spool file's inbox.Pending (writable handles)
+    counted: bool = False           # counted in node.opens (stored files)
+    expect_cached: bool = False     # opened before in this read-ahead epoch: the kernel
+                                    # should hold its pages (a READ says it let them go)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 

@@ -11,7 +11,8 @@ keep_cache) and no READ is sent.
 
 This class only keeps the order: the inodes of each listing the kernel took, where the
 reader is in it, and the queue of inodes to place. Filesystem.push_batch decides whether
-an inode still qualifies (known to the kernel, never opened, small) and decodes it.
+an inode still qualifies (known to the kernel, not open, not opened or placed since the
+kernel last let pages go, small) and decodes it.
 Thread-safe (listings are taken in worker threads).
 """
 from __future__ import annotations
@@ -94,6 +95,14 @@ class Readahead:
             due = lst.inos[lo:hi] if self.wanted is None else [n for n in lst.inos[lo:hi] if self.wanted(n)]
             self._queue.extend(due)
             return bool(due)
+
+    def restart(self) -> None:
+        """Forget where readers are in every listing and what was queued (the kernel let
+        its pages go: files queued before may be due again)."""
+        with self._lock:
+            for lst in self._dirs.values():
+                lst.cursor, lst.queued_to, lst.streak = -1, 0, 0
+            self._queue.clear()
 
     def take(self) -> Optional[int]:
         """The next inode to place, or None."""
