@@ -99,6 +99,38 @@ def test_cp_corpus_then_cmp_and_grep(mount):
             assert (mount / "conversations" / info.name).read_bytes() == s.get(info.name)
 
 
+def test_files_read_again_after_the_page_cache_was_dropped_are_placed_ahead_again(mounter, tmp_path):
+    """A warm second cat costs no placing; once the kernel let the pages go (the page
+    cache dropped under the running mount), a cat in listed order finds the files placed
+    ahead again, while a reader in reverse order opens them at the same time: the same
+    bytes for both, nothing hangs."""
+    drop = Path("/proc/sys/vm/drop_caches")
+    if not os.access(drop, os.W_OK):
+        pytest.skip("needs root to drop the page cache")
+    files = sharegpt_files(tmp_path / "sg", 300)
+    m = mounter()
+    subprocess.run([*m.cmd, "ingest", str(m.store), str(tmp_path / "sg"), "-q"], check=True, timeout=300)
+    m.start()
+    d = m / "conversations" / "sg"
+    order = [d / n for n in os.listdir(d)]
+    want = b"".join((tmp_path / "sg" / p.name).read_bytes() for p in order)
+    cat = f"find {d} -type f -print0 | xargs -0 cat"
+    assert subprocess.run(cat, shell=True, capture_output=True, timeout=120, check=True).stdout == want
+    first = m.requests()
+    assert subprocess.run(cat, shell=True, capture_output=True, timeout=120, check=True).stdout == want
+    warm = m.requests()
+    assert warm["placed-ahead"] - first["placed-ahead"] < len(files) // 4, warm
+    drop.write_text("1\n")
+    back = subprocess.Popen(f"ls {d} | sort -r | sed 's|^|{d}/|' | xargs cat", shell=True,
+                            stdout=subprocess.PIPE)
+    got = subprocess.run(cat, shell=True, capture_output=True, timeout=120, check=True).stdout
+    rev, _ = back.communicate(timeout=120)
+    assert got == want and back.returncode == 0
+    assert rev == b"".join((tmp_path / "sg" / p.name).read_bytes() for p in sorted(order, reverse=True))
+    after = m.requests()
+    assert after["placed-ahead"] - warm["placed-ahead"] > len(files) // 3, after
+
+
 def test_a_reader_going_through_a_directory_finds_the_files_placed_ahead(mounter, tmp_path):
     """Reading a directory's files in listed order (find | xargs cat, grep -r), the
     files after the first two are in the page cache before they are opened: far fewer
