@@ -59,10 +59,10 @@ log = logging.getLogger(__name__)
 
 # Files up to this size are decoded whole on open and served from the LRU; larger ones are
 # read range by range (ViewReader.read decodes only what a range touches).
-LOST_OPENS = 8              # two READs of warm files this close: the kernel let pages go
 SMALL_FILE = 256 << 10      # decoded inline by the adapter, see small()
 SMALL_DIR = 128             # entries of a directory the adapter lists inline, see small_dir()
 KEPT_LISTING = 64           # entries of a directory whose listing is kept per store generation
+LOST_OPENS = 8              # two READs of warm files this close: the kernel let pages go
 WHOLE_LIMIT = 16 << 20
 STORE_VIEWS = STORE_FOLDERS        # folder -> view, every view of the registry (names.py)
 PLACE_BATCH = 8                     # files read ahead are decoded this many at a time
@@ -618,7 +618,7 @@ class Filesystem:
             with self._lock:
                 node.opens += 1
                 h.counted = True
-            self._opens += 1
+                self._opens += 1
             if node.seen != self.epoch:
                 node.seen = self.epoch
                 self.readahead.opened(dir_ino(node.view, split(node.path)[0]), node.ino)
@@ -647,7 +647,7 @@ class Filesystem:
         did within LOST_OPENS opens before, the kernel let many go: a new epoch begins,
         files opened or placed before may be placed again (once not open), and the
         reader's order is picked up from this file. A reader going through warm files
-        sends no READ (or one here and there: a warm cat of chats, 2-3 of 5,000 on this
+        sends no READ (or a stray one: 2-15 in a warm cat of chats' 5,000 files on this
         machine), and re-placing every file after such a one was wasted work."""
         if self._opens - self._lost_at > LOST_OPENS:
             self._lost_at = self._opens
