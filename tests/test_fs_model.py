@@ -258,26 +258,38 @@ def test_large_file_read_by_range(store, tmp_path):
 def test_a_large_file_is_read_at_hand_only_where_its_block_is_decoded(tmp_path):
     """read_ready (what the adapter tries on the event loop before handing a READ to a
     worker thread) gives read()'s bytes where the store's cache holds them decoded and
-    checked, and None everywhere else, decoding nothing."""
+    checked as read() checks a part of a file (its blocks whole against their frame
+    hash), and None everywhere else, decoding nothing."""
+    from stowfs.maintenance import compact
     from stowfs.store import Store
-    st = Store(tmp_path / "st")
+    st = Store(tmp_path / "st", block_size=1 << 20)
     data = conv(*["m%05d %s " % (i, "x" * (i % 97)) * 9 for i in range(4000)])
+    small = conv("a file in the large one's first block")
+    st.put("a-small.json", small)
     st.put("big.json", data)
+    st.close()
+    compact(tmp_path / "st")
+    st = Store(tmp_path / "st")
     fs = Filesystem(st, tmp_path / "spool", cache_bytes=4 << 20)   # whole_limit 1 MiB
     try:
         assert len(data) > 2 * fs.whole_limit
         ino, _ = walk(fs, "conversations/big.json")
         fh, _, _ = fs.open(ino, os.O_RDONLY)
-        assert fs.read_ready(fh, 0, 4096) is None               # not read yet: no reader
-        assert fs.read(fh, 0, 4096) == data[:4096]
-        (dec,) = st.cache._d.values()
-        assert 4096 <= dec.checked < len(data) // 2
-        assert fs.read_ready(fh, 0, 4096) == data[:4096]
-        far = len(data) - 5000
-        assert fs.read_ready(fh, far, 4096) is None              # not decoded there
-        assert dec.checked < len(data) // 2                      # and nothing decoded
-        assert fs.read(fh, far, 4096) == data[far:far + 4096]
-        assert fs.read_ready(fh, far, 4096) == data[far:far + 4096]
+        mid, near = (1 << 20) + 5000, 5000                       # in its second and first block
+        assert fs.read_ready(fh, mid, 4096) is None               # not read yet: no reader
+        assert fs.read(fh, mid, 4096) == data[mid:mid + 4096]     # the second block, whole
+        assert fs.read_ready(fh, mid + 4096, 4096) == data[mid + 4096:mid + 8192]
+        assert fs.read_ready(fh, near, 4096) is None              # not decoded there
+        # the first block partly decoded, by a whole read of a file in it (checked by
+        # that file's checksum): not enough for a part of another file
+        assert cat(fs, "conversations/a-small.json") == small
+        assert fs.read_ready(fh, near, 4096) is None
+        assert fs.read(fh, near, 4096) == data[near:near + 4096]
+        assert fs.read_ready(fh, near, 4096) == data[near:near + 4096]
+        # its last block is a small fragment (decoded at each read, never cached)
+        end = len(data) - 100
+        assert fs.read(fh, end, 4096) == data[end:]
+        assert fs.read_ready(fh, end, 4096) is None
         assert fs.read_ready(fh, len(data), 10) == b""
         st.release_caches()
         assert fs.read_ready(fh, 0, 4096) is None                # let go: read() decodes

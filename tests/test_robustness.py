@@ -199,6 +199,60 @@ def test_corrupted_frame_is_found_and_never_read_as_wrong_bytes(tmp_path):
         assert ok.stdout == (root / "agent-history-redacted" / "codex-session-01.jsonl").read_bytes()
 
 
+def test_a_damaged_fragment_range_never_shifts_a_file_into_other_bytes(tmp_path):
+    """A block fragment's ranges map stream positions to its payload; its pieces' hashes
+    cover the payload alone. A flipped gap (one byte, the ranges' total unchanged)
+    shifted every later file onto its neighbours' bytes, with every piece sound: `cat`
+    printed other bytes and exited 0. Now a whole file is checked against its record's
+    checksum, and a part of one is read only from fragments checked whole against their
+    frame hash: every file reads right or fails loudly, whichever way it is read."""
+    from stowfs.maintenance import compact
+    from stowfs.packing import get_uvarint
+    from stowfs.store import blocks
+    from stowfs.errors import Corrupt
+    root = corpus_dir()
+    src = root / "claude-code-spotter"                 # 3.7 MB: one fragment, read in parts
+    store = tmp_path / "store"
+    run("ingest", store, src)
+    compact(store)
+    key = b"\x02" + (0).to_bytes(8, "big")              # block 0, fragment 0
+    import lmdb
+    env = lmdb.open(str(store / "lmdb"), max_dbs=8)
+    with env.begin(write=True, db=env.open_db(b"store")) as txn:
+        v = bytearray(txn.get(key))
+        _, i = get_uvarint(v, 11)                       # raw_len
+        _, i = get_uvarint(v, i)                        # extra_len
+        n, i = get_uvarint(v, i)                        # ranges
+        assert n == 1 and v[i] == 0                     # one range, from the block's start
+        v[i] = 1
+        txn.put(key, bytes(v))
+    env.close()
+    want = {str(p.relative_to(root)): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()}
+    shifted = 0
+    with Store(store, readonly=True) as s:
+        for name, data in want.items():
+            r = s.reader(name)
+            for how in ("whole", "parts"):
+                try:
+                    if how == "whole":
+                        got = s.get(name)
+                    else:
+                        got = b"".join(r.read(o, 4096) for o in range(0, r.size, 4096))
+                except Corrupt:
+                    shifted += how == "whole"
+                    continue
+                assert got == data, (name, how)
+        fids = [(n, s.info(n).file_id) for n in want]
+        for (name, _), got in zip(fids, s.read_files(fids)):
+            assert isinstance(got, Corrupt) or got == want[name], name
+    assert shifted >= len(want) // 2
+    p = run("cat", store, *want, check=False)
+    assert p.returncode == 2 and b"Traceback" not in p.stderr
+    assert want[next(iter(want))].startswith(p.stdout) or not p.stdout
+    p = run("verify", store, "--json", check=False)
+    assert p.returncode == 1 and len(json.loads(p.stdout)["damaged_files"]) >= len(want) // 2
+
+
 def test_a_damaged_table_key_still_lets_verify_name_every_file(tmp_path):
     """One flipped bit in the tag byte of the record group's key (a compacted store of
     real files has one group): its table's cursor, which finds the table by a binary

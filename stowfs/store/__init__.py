@@ -696,7 +696,7 @@ class Store:
             rec = self._read(lambda txn: self._record(txn, name))
         else:
             rec = self._read(lambda txn: self._version(txn, name, file_id))
-        r = FileReader(self, rec)
+        r = FileReader(self, rec, name)
         if view == "original":
             return r
         return BytesReader(views.render(view, r.read(0, r.size), name))
@@ -714,6 +714,8 @@ class Store:
                     data = b"".join(self._reader.read(txn, pos, n, found) for pos, n in r.extents)
                     if len(data) != r.size:
                         raise Corrupt(f"{name}: decoded {len(data)} bytes, expected {r.size}")
+                    if records.checksum(data) != r.checksum:
+                        raise Corrupt(f"{name}: its bytes do not match its checksum")
                     out.append(data)
                 except StowError as e:
                     out.append(e)
@@ -729,10 +731,13 @@ class Store:
         got = info.view_size(view)
         return got if got is not None else len(self.get(info.name, view))
 
-    def read_extents(self, extents, offset: int, size: int, ready: bool = False) -> Optional[bytes]:
+    def read_extents(self, extents, offset: int, size: int, ready: bool = False,
+                     whole: bool = False) -> Optional[bytes]:
         """Bytes [offset, offset+size) of a file made of these extents. ready: only if
         the decoded-block cache holds them checked (else None; nothing is decoded): a
-        read quick enough for a thread that must not wait."""
+        read quick enough for a thread that must not wait. whole: only from fragments
+        checked whole against their frame hash (a part of a file, which no file
+        checksum covers: FileReader.read)."""
         def work(txn):
             parts, found = [], {}       # a fragment found once for the extents it holds
             pos, want = 0, size
@@ -744,7 +749,7 @@ class Store:
                     continue
                 a = max(offset + size - want - pos, 0)
                 take = min(n - a, want)
-                parts.append(self._reader.read(txn, spos + a, take, found, ready))
+                parts.append(self._reader.read(txn, spos + a, take, found, ready, whole))
                 want -= take
                 pos += n
             return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -922,24 +927,41 @@ def stats_json(stats: dict) -> bytes:
 class FileReader:
     """Reads any byte range of a stored file, decoding only the blocks it touches."""
 
-    def __init__(self, store: Store, r: Record):
+    def __init__(self, store: Store, r: Record, name: str):
         self._s = store
         self.file_id = r.file_id
         self.size = r.size
         self._extents = r.extents
+        self._checksum = r.checksum
+        self._name = name
 
     def read(self, offset: int, size: int) -> bytes:
+        """The bytes [offset, offset+size). The whole file is checked against its
+        record's checksum; a part of it comes only from block fragments whose frame hash
+        was checked (each is decoded whole first): the pieces' own hashes cover the
+        decoded payload, not the fragment's ranges, so a damaged range would hand out
+        other bytes of a sound payload (FORMAT.md, "What a read checks")."""
         if offset >= self.size or size <= 0:
             return b""
         size = min(size, self.size - offset)
-        return self._s.read_extents(self._extents, offset, size)
+        if offset == 0 and size == self.size:
+            return self._checked(self._s.read_extents(self._extents, 0, size))
+        return self._s.read_extents(self._extents, offset, size, whole=True)
 
     def read_ready(self, offset: int, size: int) -> Optional[bytes]:
-        """read(), if the bytes are decoded already (else None, nothing decoded)."""
+        """read(), if the bytes are decoded (and checked as read() checks them) already;
+        else None, and nothing is decoded."""
         if offset >= self.size or size <= 0:
             return b""
         size = min(size, self.size - offset)
-        return self._s.read_extents(self._extents, offset, size, ready=True)
+        whole = offset == 0 and size == self.size
+        data = self._s.read_extents(self._extents, offset, size, ready=True, whole=not whole)
+        return self._checked(data) if whole and data is not None else data
+
+    def _checked(self, data: bytes) -> bytes:
+        if records.checksum(data) != self._checksum:
+            raise Corrupt(f"{self._name}: its bytes do not match its checksum")
+        return data
 
 
 class BytesReader:

@@ -317,16 +317,19 @@ class StreamReader:
         self.cache = cache
         self.copied = copied
 
-    def read(self, txn, pos: int, n: int, found: Optional[dict] = None, ready: bool = False) -> bytes:
+    def read(self, txn, pos: int, n: int, found: Optional[dict] = None, ready: bool = False,
+             whole: bool = False) -> bytes:
         """found: {block id: (fragment, frame)} of this transaction, kept across calls
         (many files read in one transaction: their fragment is looked up and parsed
         once, not once a file). ready: only from what the cache holds decoded and
-        checked, else NotReady (nothing is decoded, no lock waited for)."""
+        checked, else NotReady (nothing is decoded, no lock waited for). whole: each
+        fragment read from is decoded whole and checked against its frame hash first
+        (its pieces' hashes do not cover its ranges)."""
         out = None
         while n > 0:
             bid, off = divmod(pos, self.block_size)
             take = min(n, self.block_size - off)
-            got = self._read_block(txn, bid, off, take, found, ready)
+            got = self._read_block(txn, bid, off, take, found, ready, whole)
             if out is None:
                 if len(got) == n:           # most reads: one fragment, no second copy
                     return got
@@ -337,7 +340,7 @@ class StreamReader:
         return bytes(out) if out is not None else b""
 
     def _read_block(self, txn, bid: int, off: int, n: int, found: Optional[dict] = None,
-                    ready: bool = False) -> bytes:
+                    ready: bool = False, whole: bool = False) -> bytes:
         got = found.get(bid) if found is not None else None
         loc = got[0].locate(off) if got is not None else None
         if loc is None:
@@ -350,23 +353,27 @@ class StreamReader:
             p, live = loc
             take = min(n, live)
             if ready:
-                return self._ready(frag, p, take)
+                return self._ready(frag, p, take, whole)
             dec = self.decoder(frag, frame)
-            self.cache.reserve((frag.key, frag.hd.hash), dec, p + take)
+            end = frag.hd.raw_len if whole else p + take
+            self.cache.reserve((frag.key, frag.hd.hash), dec, end)
             with dec.lock:
-                dec.need(p + take)
+                dec.need(end)
+                if whole and not dec.whole_ok:
+                    raise Corrupt(f"block fragment {frag.key >> 16}.{frag.key & 0xFFFF} is damaged "
+                                  "(its content does not match its hash)")
                 out = bytes(memoryview(dec.buf)[p:p + take])    # one copy, bytes or bytearray
             self.cache.grew()
             return out
         raise Corrupt(f"stream position {bid * self.block_size + off} is not stored "
                       f"(block {bid}: a record points at bytes that are gone)")
 
-    def _ready(self, frag: Fragment, p: int, take: int) -> bytes:
+    def _ready(self, frag: Fragment, p: int, take: int, whole: bool) -> bytes:
         dec = None if frag.hd.raw_len < limits.CACHED_FRAGMENT_MIN else self.cache.get((frag.key, frag.hd.hash))
         if dec is None or not dec.lock.acquire(blocking=False):
             raise NotReady()
         try:
-            if dec.checked < p + take:
+            if (not dec.whole_ok) if whole else (dec.checked < p + take):
                 raise NotReady()
             return bytes(memoryview(dec.buf)[p:p + take])
         finally:

@@ -196,6 +196,11 @@ class PartialDecoder:
         return len(self.buf) if self._reader is not None else 0
 
     @property
+    def whole_ok(self) -> bool:
+        """The whole payload is decoded and matched the frame hash."""
+        return self._whole
+
+    @property
     def done(self) -> bool:
         """Nothing left to decode (what is not checked yet is checked as it is needed)."""
         return self._frame is None
