@@ -711,10 +711,12 @@ class Store:
             for name, fid in files:
                 try:
                     r = self._version(txn, name, fid, groups)
-                    data = b"".join(self._reader.read(txn, pos, n, found) for pos, n in r.extents)
+                    partly: list = []
+                    data = b"".join(self._reader.read(txn, pos, n, found, partly=partly)
+                                    for pos, n in r.extents)
                     if len(data) != r.size:
                         raise Corrupt(f"{name}: decoded {len(data)} bytes, expected {r.size}")
-                    if records.checksum(data) != r.checksum:
+                    if partly and records.checksum(data) != r.checksum:
                         raise Corrupt(f"{name}: its bytes do not match its checksum")
                     out.append(data)
                 except StowError as e:
@@ -732,12 +734,12 @@ class Store:
         return got if got is not None else len(self.get(info.name, view))
 
     def read_extents(self, extents, offset: int, size: int, ready: bool = False,
-                     whole: bool = False) -> Optional[bytes]:
+                     whole: bool = False, partly: Optional[list] = None) -> Optional[bytes]:
         """Bytes [offset, offset+size) of a file made of these extents. ready: only if
         the decoded-block cache holds them checked (else None; nothing is decoded): a
         read quick enough for a thread that must not wait. whole: only from fragments
         checked whole against their frame hash (a part of a file, which no file
-        checksum covers: FileReader.read)."""
+        checksum covers: FileReader.read). partly: see StreamReader.read."""
         def work(txn):
             parts, found = [], {}       # a fragment found once for the extents it holds
             pos, want = 0, size
@@ -749,7 +751,7 @@ class Store:
                     continue
                 a = max(offset + size - want - pos, 0)
                 take = min(n - a, want)
-                parts.append(self._reader.read(txn, spos + a, take, found, ready, whole))
+                parts.append(self._reader.read(txn, spos + a, take, found, ready, whole, partly))
                 want -= take
                 pos += n
             return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -937,15 +939,18 @@ class FileReader:
 
     def read(self, offset: int, size: int) -> bytes:
         """The bytes [offset, offset+size). The whole file is checked against its
-        record's checksum; a part of it comes only from block fragments whose frame hash
-        was checked (each is decoded whole first): the pieces' own hashes cover the
-        decoded payload, not the fragment's ranges, so a damaged range would hand out
-        other bytes of a sound payload (FORMAT.md, "What a read checks")."""
+        record's checksum unless every fragment it came from was checked whole against
+        its frame hash; a part of it comes only from fragments so checked (each is
+        decoded whole first): the pieces' own hashes cover the decoded payload, not the
+        fragment's ranges, so a damaged range would hand out other bytes of a sound
+        payload (FORMAT.md, "What a read checks")."""
         if offset >= self.size or size <= 0:
             return b""
         size = min(size, self.size - offset)
         if offset == 0 and size == self.size:
-            return self._checked(self._s.read_extents(self._extents, 0, size))
+            partly: list = []
+            data = self._s.read_extents(self._extents, 0, size, partly=partly)
+            return self._checked(data) if partly else data
         return self._s.read_extents(self._extents, offset, size, whole=True)
 
     def read_ready(self, offset: int, size: int) -> Optional[bytes]:
@@ -959,6 +964,8 @@ class FileReader:
         return self._checked(data) if whole and data is not None else data
 
     def _checked(self, data: bytes) -> bytes:
+        """data, the whole file read from fragments not all checked whole, if it matches
+        the record's checksum (which then covers the fragments' ranges)."""
         if records.checksum(data) != self._checksum:
             raise Corrupt(f"{self._name}: its bytes do not match its checksum")
         return data

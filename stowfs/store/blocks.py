@@ -318,18 +318,20 @@ class StreamReader:
         self.copied = copied
 
     def read(self, txn, pos: int, n: int, found: Optional[dict] = None, ready: bool = False,
-             whole: bool = False) -> bytes:
+             whole: bool = False, partly: Optional[list] = None) -> bytes:
         """found: {block id: (fragment, frame)} of this transaction, kept across calls
         (many files read in one transaction: their fragment is looked up and parsed
         once, not once a file). ready: only from what the cache holds decoded and
         checked, else NotReady (nothing is decoded, no lock waited for). whole: each
         fragment read from is decoded whole and checked against its frame hash first
-        (its pieces' hashes do not cover its ranges)."""
+        (its pieces' hashes do not cover its ranges). partly: a list, given an item for
+        each read from a fragment not yet checked whole (its ranges not checked: the
+        caller checks what it read another way, a file's checksum)."""
         out = None
         while n > 0:
             bid, off = divmod(pos, self.block_size)
             take = min(n, self.block_size - off)
-            got = self._read_block(txn, bid, off, take, found, ready, whole)
+            got = self._read_block(txn, bid, off, take, found, ready, whole, partly)
             if out is None:
                 if len(got) == n:           # most reads: one fragment, no second copy
                     return got
@@ -340,7 +342,7 @@ class StreamReader:
         return bytes(out) if out is not None else b""
 
     def _read_block(self, txn, bid: int, off: int, n: int, found: Optional[dict] = None,
-                    ready: bool = False, whole: bool = False) -> bytes:
+                    ready: bool = False, whole: bool = False, partly: Optional[list] = None) -> bytes:
         got = found.get(bid) if found is not None else None
         loc = got[0].locate(off) if got is not None else None
         if loc is None:
@@ -359,9 +361,12 @@ class StreamReader:
             self.cache.reserve((frag.key, frag.hd.hash), dec, end)
             with dec.lock:
                 dec.need(end)
-                if whole and not dec.whole_ok:
-                    raise Corrupt(f"block fragment {frag.key >> 16}.{frag.key & 0xFFFF} is damaged "
-                                  "(its content does not match its hash)")
+                if not dec.whole_ok:
+                    if whole:
+                        raise Corrupt(f"block fragment {frag.key >> 16}.{frag.key & 0xFFFF} is "
+                                      "damaged (its content does not match its hash)")
+                    if partly is not None:
+                        partly.append(frag.key)
                 out = bytes(memoryview(dec.buf)[p:p + take])    # one copy, bytes or bytearray
             self.cache.grew()
             return out
@@ -462,16 +467,26 @@ def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder) -> None:
         hd = dec.hd
         cache.reserve(ck, dec, hd.raw_len)
         raw = frames.payload(frame, hd)
+        hashing = threading.Event()
         with dec.lock:
             taken = dec.adopt(raw)
+            if taken:
+                dec.hashing = hashing   # a read that needs the whole checked waits for this
             if dec.ahead is ahead:
                 dec.ahead = None
         if ahead is not None:
             ahead.set()
         cache.grew()
-        if taken and frames.content_hash(hd.tag, hd.key, hd.extra, raw) == hd.hash:
-            with dec.lock:
-                dec.whole_checked(raw)
+        try:
+            if taken and frames.content_hash(hd.tag, hd.key, hd.extra, raw) == hd.hash:
+                with dec.lock:
+                    dec.whole_checked(raw)
+        finally:
+            if taken:
+                with dec.lock:
+                    if dec.hashing is hashing:
+                        dec.hashing = None
+                hashing.set()
     except Exception as e:   # the reads of this block meet whatever this met, and say so
         log.debug("decoding %s ahead: %s", ck, e)
     finally:

@@ -188,6 +188,7 @@ class PartialDecoder:
         self._whole = False              # the whole payload checked against the frame hash
         self._reader = None              # the stream decoder, made when first needed
         self.ahead = None                # an Event while another thread decodes the whole (adopt)
+        self.hashing = None              # an Event while that thread checks the whole it adopted
 
     def stream_state(self) -> int:
         """Memory the stream decoder holds: its window, which zstd sizes to the payload
@@ -259,6 +260,20 @@ class PartialDecoder:
                 self._frame = self._reader = None
         except zstd.ZstdError as e:
             raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} does not decode: {e}") from None
+        if end == raw_len and not self._whole and self._frame is None and len(self.buf) == raw_len:
+            hashing = self.hashing
+            if hashing is not None:     # the decode-ahead thread is checking the whole
+                self.lock.release()
+                try:
+                    hashing.wait()
+                finally:
+                    self.lock.acquire()
+                if self._whole:
+                    return
+            # the whole at once, one pass over it (not every piece and then the whole)
+            check(self.hd, self.buf)
+            self.checked, self._whole = raw_len, True
+            return
         self._check_pieces(end)
         if self.checked < end:
             raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} is truncated")
