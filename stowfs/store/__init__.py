@@ -716,9 +716,7 @@ class Store:
                                     for pos, n in r.extents)
                     if len(data) != r.size:
                         raise Corrupt(f"{name}: decoded {len(data)} bytes, expected {r.size}")
-                    if partly and records.checksum(data) != r.checksum:
-                        raise Corrupt(f"{name}: its bytes do not match its checksum")
-                    out.append(data)
+                    out.append(records.check_bytes(name, data, r.checksum) if partly else data)
                 except StowError as e:
                     out.append(e)
             self._reader.decode_ahead(found)
@@ -950,7 +948,7 @@ class FileReader:
         if offset == 0 and size == self.size:
             partly: list = []
             data = self._s.read_extents(self._extents, 0, size, partly=partly)
-            return self._checked(data) if partly else data
+            return records.check_bytes(self._name, data, self._checksum) if partly else data
         return self._s.read_extents(self._extents, offset, size, whole=True)
 
     def read_ready(self, offset: int, size: int) -> Optional[bytes]:
@@ -959,15 +957,10 @@ class FileReader:
         if offset >= self.size or size <= 0:
             return b""
         size = min(size, self.size - offset)
-        whole = offset == 0 and size == self.size
-        data = self._s.read_extents(self._extents, offset, size, ready=True, whole=not whole)
-        return self._checked(data) if whole and data is not None else data
-
-    def _checked(self, data: bytes) -> bytes:
-        """data, the whole file read from fragments not all checked whole, if it matches
-        the record's checksum (which then covers the fragments' ranges)."""
-        if records.checksum(data) != self._checksum:
-            raise Corrupt(f"{self._name}: its bytes do not match its checksum")
+        entire = offset == 0 and size == self.size
+        data = self._s.read_extents(self._extents, offset, size, ready=True, whole=not entire)
+        if entire and data is not None:
+            return records.check_bytes(self._name, data, self._checksum)
         return data
 
 

@@ -227,13 +227,8 @@ class PartialDecoder:
         end = min(end, raw_len)
         if self.checked >= end:
             return
-        ahead = self.ahead
-        if ahead is not None and self.hd.codec == ZSTD and self._frame is not None:
-            self.lock.release()
-            try:
-                ahead.wait()
-            finally:
-                self.lock.acquire()
+        if self.ahead is not None and self.hd.codec == ZSTD and self._frame is not None:
+            self._wait(self.ahead)
             if self.checked >= end:
                 return
         want = self._want(end)
@@ -261,13 +256,8 @@ class PartialDecoder:
         except zstd.ZstdError as e:
             raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} does not decode: {e}") from None
         if end == raw_len and not self._whole and self._frame is None and len(self.buf) == raw_len:
-            hashing = self.hashing
-            if hashing is not None:     # the decode-ahead thread is checking the whole
-                self.lock.release()
-                try:
-                    hashing.wait()
-                finally:
-                    self.lock.acquire()
+            if self.hashing is not None:     # the decode-ahead thread is checking the whole
+                self._wait(self.hashing)
                 if self._whole:
                     return
             # the whole at once, one pass over it (not every piece and then the whole)
@@ -281,6 +271,15 @@ class PartialDecoder:
             check(self.hd, self.buf)
             self._whole = True
             self._frame = self._reader = None
+
+    def _wait(self, event) -> None:
+        """Wait for the decode-ahead thread's event, letting the lock go meanwhile (that
+        thread takes it to hand its result over). Called holding the lock."""
+        self.lock.release()
+        try:
+            event.wait()
+        finally:
+            self.lock.acquire()
 
     def _want(self, end: int) -> int:
         """What need(end) decodes to: whole pieces, as each is checked whole."""

@@ -34,7 +34,7 @@ def pending_groups(store) -> list[int]:
 def _take(store, todo: list) -> dict[int, tuple[bytes, dict]]:
     """{file id: (checksum, later facts)} of the pending files in todo."""
     from ..formats import parse
-    from .records import checksum
+    from .records import check_bytes
     keys = facts.later_keys()
     staged = facts.staged(store)
     out = {}
@@ -44,8 +44,7 @@ def _take(store, todo: list) -> dict[int, tuple[bytes, dict]]:
         got = {k: early[k] for k in keys} if keys <= set(early) else None
         if got is None:
             data = store.read_extents(extents, 0, size)
-            if checksum(data) != ck:
-                raise Corrupt(f"{name}: its bytes do not match its checksum")
+            check_bytes(name, data, ck)
             try:
                 got = facts.compute_later(parse(data, name), data)
             except Exception:       # a provider's bug must not stop compaction for good

@@ -43,6 +43,13 @@ def checksum(data) -> bytes:
     return hashlib.blake2b(data, digest_size=CHECKSUM_SIZE).digest()
 
 
+def check_bytes(name: str, data, ck: bytes):
+    """data, a whole file read back, if it matches its record's checksum ck."""
+    if checksum(data) != ck:
+        raise Corrupt(f"{name}: its bytes do not match its checksum")
+    return data
+
+
 def encode_extents(extents: list[tuple[int, int]], prev: int = 0) -> bytes:
     """prev: the position the first extent is relative to (the end of the previous
     record's last extent: files stored one after the other then cost a zero)."""
