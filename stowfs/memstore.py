@@ -211,14 +211,18 @@ class MemoryStore:
             infos = [e[0] for n, e in self._files.items() if n.startswith(prefix)]
         return iter(sorted(infos, key=lambda i: i.name))
 
-    def listdir(self, dirpath: str = "", reuse=None) -> list:
-        """As Store.listdir (reuse included)."""
+    def listdir(self, dirpath: str = "", reuse=None, below: Optional[dict] = None) -> list:
+        """As Store.listdir (reuse and below included)."""
         d = dirpath.strip("/")
         prefix = d + "/" if d else ""
         out: dict = {}
+        if below is not None:
+            below.clear()
         for info in self.iter_files(prefix):
             rest = info.name[len(prefix):]
             child, slash, _ = rest.partition("/")
+            if slash and below is not None:
+                below[child] = below.get(child, 0) + 1
             held = reuse(info.name, info.file_id) if reuse is not None and not slash else None
             out[child] = None if slash else info if held is None else held
         return sorted(out.items(), key=lambda e: e[0])

@@ -215,6 +215,44 @@ def test_a_directory_small_when_last_listed_is_listed_inline(ops, store, monkeyp
     assert handed_off == ["readdir", "readdir", "readdir"]   # small: once; big: each time
 
 
+def test_a_directory_its_parents_listing_found_small_is_listed_inline_the_first_time(ops, store, monkeypatch):
+    """A parent's listing counts the files below each of its directories, at any depth
+    (no more than the directory's own listing can hold), so `find` of a deep tree of
+    small directories is not handed to a worker thread at each one; a directory found
+    big, or not yet counted, still is."""
+    from stowfs.fs import model
+    monkeypatch.setattr(model, "SMALL_DIR", 3)
+    store.put("small/a/b/f0.json", conv("0"))
+    store.put("small/f1.json", conv("1"))
+    for i in range(4):
+        store.put(f"big/f{i}.json", conv(str(i)))
+    replied = []
+    monkeypatch.setattr(pyfuse3, "readdir_reply",
+                        lambda token, name, attr, next_id: replied.append(name) or True)
+    handed_off = []
+    real = fuse_ops._blocking
+
+    async def counting(fn, *args, **kw):
+        handed_off.append(fn.__name__)
+        return await real(fn, *args, **kw)
+    monkeypatch.setattr(fuse_ops, "_blocking", counting)
+
+    def listing(path):
+        replied.clear()
+        fh = call(ops.opendir, lookup_path(ops, path).st_ino, None)
+        call(ops.readdir, fh, 0, None)
+        call(ops.releasedir, fh)
+        return sorted(replied)
+    assert listing("conversations") == [b"big", b"small"]
+    assert handed_off == ["readdir"]            # not counted: conversations/ itself
+    assert listing("conversations/small") == [b"a", b"f1.json"]
+    assert listing("conversations/small/a") == [b"b"]
+    assert listing("conversations/small/a/b") == [b"f0.json"]
+    assert handed_off == ["readdir"]            # 2, 1 and 1 files below: inline
+    assert listing("conversations/big") == [f"f{i}.json".encode() for i in range(4)]
+    assert handed_off == ["readdir", "readdir"]  # 4 files below: handed off
+
+
 def test_unmount_waits_for_queued_kernel_notifications():
     """pyfuse3 submits invalidate_entry_async requests from a thread of its own; the
     daemon lets it finish before the session is destroyed (else they go to no session:

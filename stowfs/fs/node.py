@@ -83,6 +83,7 @@ class Node:
     nlookup: int = 0                # how many references the kernel holds
     checked: int = -1               # store generation at which info was last found current
     listed: int = -1                # directories: entries at the last listing
+    holds: int = -1                 # directories: files at any depth below, when the parent was listed
     listing: Any = None             # small directories: (store generation, entries)
     unlinked: bool = False          # inbox: removed or renamed over by the user
     opens: int = 0                  # stored files: handles open now (never placed while > 0)

@@ -784,16 +784,21 @@ class Store:
                 return
             start, first = rows[-1].name, False
 
-    def listdir(self, dirpath: str = "", reuse=None) -> list[tuple[str, Optional[FileInfo]]]:
+    def listdir(self, dirpath: str = "", reuse=None,
+                below: Optional[dict] = None) -> list[tuple[str, Optional[FileInfo]]]:
         """(name, FileInfo) of each file directly in dirpath, (name, None) of each
         directory, in name order. reuse(full name, file id), when given, may return what
         the caller already holds of that file as current: it stands in the place of the
         FileInfo, and the file's record is not read (a warm `find` lists every directory
-        again: the mount then decodes no record group)."""
+        again: the mount then decodes no record group). below, when given, gets each
+        directory's count of files at any depth (the names under it are gone through
+        anyway): no more than its own listing will hold."""
         prefix = (dirpath.strip("/") + "/") if dirpath.strip("/") else ""
 
         def work(txn):
             out, last_dir = [], None
+            if below is not None:
+                below.clear()
             for name, fid in self._names.iterate(txn, prefix):
                 if not name.startswith(prefix):
                     break
@@ -804,6 +809,8 @@ class Store:
                     if child != last_dir:
                         out.append((child, None))
                         last_dir = child
+                    if below is not None:
+                        below[child] = below.get(child, 0) + 1
                     continue
                 held = reuse(name, fid) if reuse is not None else None
                 if held is not None:
