@@ -1193,3 +1193,67 @@ def test_blocks_read_in_order_are_decoded_whole_ahead_and_only_if_they_check(tmp
     blocks._decode_whole(cache, "k2", dec)
     with pytest.raises(Corrupt):
         dec.need(len(raw))
+
+
+def test_a_read_of_a_whole_block_waits_for_the_decode_ahead_threads_hash(monkeypatch):
+    """The decode-ahead thread hands its whole payload over before it hashes it
+    (PartialDecoder.hashing is set meanwhile). A read that needs the whole checked waits
+    for that hash instead of making a second pass of its own beside it (16 MiB: ~20 ms
+    here); if that hash did not match, the read checks the whole itself and fails."""
+    import threading
+    from stowfs import limits
+    from stowfs.store import blocks, frames
+    raw = b"".join(json.dumps(openai_form(r)).encode() for r in sharegpt_records(900))
+    raw = (raw * 3)[:6 * limits.PIECE_HASH_STEP + 999]
+    key = blocks.frag_key(7, 0)
+    frame = blocks.encode_fragment(key, [(0, len(raw))], raw, 3)
+    frag = blocks.parse_fragment(frame, key)
+    _, pieces = blocks.decode_extra(frag.hd.extra, frag.hd.raw_len, key)
+    hashed = []
+    real = frames.check
+    monkeypatch.setattr(frames, "check", lambda hd, data: hashed.append(len(data)) or real(hd, data))
+
+    def handed_over(whole: bytes):
+        """A decoder that handed out its first piece, then took whole from the thread,
+        which is hashing it now."""
+        dec = frames.PartialDecoder(frame, frag.hd, pieces, limits.PIECE_HASH_STEP)
+        dec.need(100)
+        with dec.lock:
+            assert dec.adopt(whole)
+            dec.hashing = threading.Event()
+        return dec
+
+    def read_all(dec, out: list):
+        def run():
+            with dec.lock:
+                try:
+                    dec.need(len(raw))
+                    out.append(bytes(dec.buf))
+                except Corrupt as e:
+                    out.append(e)
+        t = threading.Thread(target=run)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and not out                       # waiting for the thread's hash
+        return t
+
+    def thread_done(dec, matched: bool):                      # what _decode_whole ends with
+        with dec.lock:
+            if matched:
+                dec.whole_checked(dec.buf)
+            ev, dec.hashing = dec.hashing, None
+        ev.set()
+
+    whole = bytes(bytearray(raw))
+    dec, got = handed_over(whole), []
+    t = read_all(dec, got)
+    thread_done(dec, matched=True)
+    t.join(10)
+    assert got == [raw] and dec.whole_ok and hashed == []     # no second pass
+    damaged = bytearray(raw)
+    damaged[-10] ^= 0x01                                      # past what was handed out
+    dec, got = handed_over(bytes(damaged)), []
+    t = read_all(dec, got)
+    thread_done(dec, matched=False)
+    t.join(10)
+    assert hashed == [len(raw)] and isinstance(got[0], Corrupt) and not dec.whole_ok
