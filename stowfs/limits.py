@@ -95,6 +95,10 @@ PARTIAL_DECODE_STEP = 64 << 10   # compressed bytes fed to the decoder at a time
 # a mount that takes inbox files is hundreds of fragments of a few KB, whose decode costs
 # microseconds, and the files read from them are cached whole by the mount (fs/cache.py).
 CACHED_FRAGMENT_MIN = 64 << 10
+# A part of a file whose block does not match its frame hash (its pieces do: its ranges
+# are not vouched for) is served from the whole file, read once and checked against the
+# file's checksum, and kept by its reader: files up to this size (verify names the larger).
+UNMATCHED_WHOLE_MAX = 256 << 20
 DECODED_ENTRY_COST = 2 << 10     # what a cached decoder holds besides its bytes
 LEVEL_INGEST = 9                 # blocks sealed by ingest (chats: 1.14x of level 19, 70 MB/s)
 LEVEL_FRAGMENT = 3               # fragments of the open block, rewritten later

@@ -966,7 +966,8 @@ def test_a_block_decoded_whole_is_checked_in_one_pass_and_damage_still_fails_onl
     """Once a read needs more than a quarter of a block, the block is decoded whole and
     checked against the frame hash in one pass (not piece by piece as well). A frame
     whose hash does not match falls back to the pieces: reads of sound pieces succeed,
-    the read that reaches the end fails."""
+    also the one that reaches the end, and the decoder says the whole is unmatched (the
+    reader then takes only whole files checked against their checksums from it)."""
     import dataclasses
     from stowfs import limits
     from stowfs.errors import Corrupt
@@ -985,6 +986,12 @@ def test_a_block_decoded_whole_is_checked_in_one_pass_and_damage_still_fails_onl
     dec = frames.PartialDecoder(frame, wrong, pieces, limits.PIECE_HASH_STEP)
     dec.need(len(raw) // 2)                        # decoded whole: the pieces it needs check
     assert dec.checked < len(raw) and bytes(dec.buf[:len(raw) // 2]) == raw[:len(raw) // 2]
+    assert dec.unmatched and not dec.whole_ok
+    dec.need(len(raw))
+    assert dec.checked == len(raw) and bytes(dec.buf) == raw and not dec.whole_ok
+    bad = bytearray(frame)
+    bad[-40] ^= 0xFF                               # and a damaged piece still fails its read
+    dec = frames.PartialDecoder(bytes(bad), wrong, pieces, limits.PIECE_HASH_STEP)
     with pytest.raises(Corrupt):
         dec.need(len(raw))
 
@@ -1182,8 +1189,8 @@ def test_blocks_read_in_order_are_decoded_whole_ahead_and_only_if_they_check(tmp
     blocks._decode_whole(cache, "k", dec)
     assert dec.done and dec.ahead is None and dec.checked < len(raw)
     dec.need(5 * limits.PIECE_HASH_STEP)                     # every piece but the last checks
-    with pytest.raises(Corrupt, match="does not match its hash"):
-        dec.need(len(raw))                                   # the whole does not
+    dec.need(len(raw))                                       # so does the last; the whole does not
+    assert dec.unmatched and not dec.whole_ok and bytes(dec.buf) == raw
     # a damaged piece in a frame decoded ahead fails the read that reaches it
     bad = bytearray(frame)
     bad[-40] ^= 0xFF
@@ -1210,8 +1217,9 @@ def test_a_read_of_a_whole_block_waits_for_the_decode_ahead_threads_hash(monkeyp
     frag = blocks.parse_fragment(frame, key)
     _, pieces = blocks.decode_extra(frag.hd.extra, frag.hd.raw_len, key)
     hashed = []
-    real = frames.check
-    monkeypatch.setattr(frames, "check", lambda hd, data: hashed.append(len(data)) or real(hd, data))
+    real = frames.content_hash
+    monkeypatch.setattr(frames, "content_hash",
+                        lambda tag, key, extra, data: hashed.append(len(data)) or real(tag, key, extra, data))
 
     def handed_over(whole: bytes):
         """A decoder that handed out its first piece, then took whole from the thread,

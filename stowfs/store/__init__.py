@@ -941,6 +941,7 @@ class FileReader:
         self._extents = r.extents
         self._checksum = r.checksum
         self._name = name
+        self._checked_whole: Optional[bytes] = None    # see _whole_checked
 
     def read(self, offset: int, size: int) -> bytes:
         """The bytes [offset, offset+size). The whole file is checked against its
@@ -952,11 +953,30 @@ class FileReader:
         if offset >= self.size or size <= 0:
             return b""
         size = min(size, self.size - offset)
+        if self._checked_whole is not None:
+            return self._checked_whole[offset:offset + size]
         if offset == 0 and size == self.size:
             partly: list = []
             data = self._s.read_extents(self._extents, 0, size, partly=partly)
             return records.check_bytes(self._name, data, self._checksum) if partly else data
-        return self._s.read_extents(self._extents, offset, size, whole=True)
+        try:
+            return self._s.read_extents(self._extents, offset, size, whole=True)
+        except blocks.Unmatched:
+            return self._whole_checked()[offset:offset + size]
+
+    def _whole_checked(self) -> bytes:
+        """The whole file, checked against its checksum, and kept: a part of it comes
+        from a fragment whose whole does not match its frame hash though its pieces do
+        (a damaged hash or range: the pieces vouch for the payload, not for where the
+        file's bytes lie in it). Its checksum vouches for the file, read whole, as it
+        does for every file read whole; so `cat` and the mount give what verify found
+        readable. Larger files than limits.UNMATCHED_WHOLE_MAX fail (verify names them)."""
+        if self.size > limits.UNMATCHED_WHOLE_MAX:
+            raise Corrupt(f"{self._name}: its block is damaged (does not match its hash) and "
+                          "the file is too large to be checked whole")
+        data = self._s.read_extents(self._extents, 0, self.size, partly=[True])
+        self._checked_whole = records.check_bytes(self._name, data, self._checksum)
+        return self._checked_whole
 
     def read_ready(self, offset: int, size: int) -> Optional[bytes]:
         """read(), if the bytes are decoded (and checked as read() checks them) already;
@@ -964,6 +984,8 @@ class FileReader:
         if offset >= self.size or size <= 0:
             return b""
         size = min(size, self.size - offset)
+        if self._checked_whole is not None:
+            return self._checked_whole[offset:offset + size]
         entire = offset == 0 and size == self.size
         data = self._s.read_extents(self._extents, offset, size, ready=True, whole=not entire)
         if entire and data is not None:

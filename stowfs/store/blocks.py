@@ -306,6 +306,13 @@ class NotReady(Exception):
     """StreamReader.read(ready=True): the bytes are not decoded and checked yet."""
 
 
+class Unmatched(Corrupt):
+    """StreamReader.read(whole=True): a fragment read from does not match its frame hash
+    while every piece of its payload does (frames.PartialDecoder.unmatched): its ranges
+    are not vouched for, so no part of a file may be taken from it; the whole file,
+    checked against its own checksum, may (FileReader)."""
+
+
 class StreamReader:
     """Reads committed stream ranges inside a transaction."""
 
@@ -363,8 +370,8 @@ class StreamReader:
                 dec.need(end)
                 if not dec.whole_ok:
                     if whole:
-                        raise Corrupt(f"block fragment {frag.key >> 16}.{frag.key & 0xFFFF} is "
-                                      "damaged (its content does not match its hash)")
+                        raise Unmatched(f"block fragment {frag.key >> 16}.{frag.key & 0xFFFF} is "
+                                        "damaged (its content does not match its hash)")
                     if partly is not None:
                         partly.append(frag.key)
                 out = bytes(memoryview(dec.buf)[p:p + take])    # one copy, bytes or bytearray
@@ -390,6 +397,9 @@ class StreamReader:
         self.cache.reserve((frag.key, frag.hd.hash), dec, frag.hd.raw_len)
         with dec.lock:
             dec.need(frag.hd.raw_len)
+            if not dec.whole_ok:        # written anew, it would be vouched for as it is
+                raise Corrupt(f"block fragment {frag.key >> 16}.{frag.key & 0xFFFF} is "
+                              "damaged (its content does not match its hash)")
             out = bytes(dec.buf)
         self.cache.grew()
         return out

@@ -173,7 +173,10 @@ class PartialDecoder:
     """Decodes a frame's payload a piece at a time, so a read near the start of a large
     block does not decode all of it. Bytes are handed out only once checked: each
     `step`-byte piece against its own 8-byte hash (`pieces`), the whole against the
-    frame hash when the end is reached. A damaged piece raises Corrupt."""
+    frame hash when the end is reached. A damaged piece raises Corrupt. A whole that
+    does not match while every piece does is `unmatched`, not an error here: the payload
+    is sound, but the frame's `extra` (a fragment's ranges) or its hash is not, and only
+    what a file's own checksum vouches for may be taken from it (the caller's part)."""
 
     def __init__(self, frame, hd: Header, pieces: bytes, step: int):
         self.hd = hd
@@ -186,6 +189,7 @@ class PartialDecoder:
         self._frame = frame
         self._pos = hd.body
         self._whole = False              # the whole payload checked against the frame hash
+        self._unmatched = False          # ... and found not to match it
         self._reader = None              # the stream decoder, made when first needed
         self.ahead = None                # an Event while another thread decodes the whole (adopt)
         self.hashing = None              # an Event while that thread checks the whole it adopted
@@ -200,6 +204,12 @@ class PartialDecoder:
     def whole_ok(self) -> bool:
         """The whole payload is decoded and matched the frame hash."""
         return self._whole
+
+    @property
+    def unmatched(self) -> bool:
+        """The whole payload is decoded and does not match the frame hash (see the class;
+        whether its pieces all check is known once need() reached the end)."""
+        return self._unmatched
 
     @property
     def done(self) -> bool:
@@ -260,17 +270,26 @@ class PartialDecoder:
                 self._wait(self.hashing)
                 if self._whole:
                     return
-            # the whole at once, one pass over it (not every piece and then the whole)
-            check(self.hd, self.buf)
-            self.checked, self._whole = raw_len, True
-            return
+            # the whole at once, one pass over it (not every piece and then the whole);
+            # if it does not match, the pieces say whether the payload is damaged
+            if not self._unmatched and self._matches(self.buf):
+                self.checked, self._whole = raw_len, True
+                return
         self._check_pieces(end)
         if self.checked < end:
             raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} is truncated")
-        if self.checked == raw_len and not self._whole:
-            check(self.hd, self.buf)
-            self._whole = True
-            self._frame = self._reader = None
+        if self.checked == raw_len and not self._whole and not self._unmatched:
+            if self._matches(self.buf):
+                self._whole = True
+                self._frame = self._reader = None
+
+    def _matches(self, raw) -> bool:
+        """Whether raw, the whole payload, matches the frame hash (else: unmatched)."""
+        if len(raw) == self.hd.raw_len \
+                and content_hash(self.hd.tag, self.hd.key, self.hd.extra, raw) == self.hd.hash:
+            return True
+        self._unmatched = True
+        return False
 
     def _wait(self, event) -> None:
         """Wait for the decode-ahead thread's event, letting the lock go meanwhile (that
@@ -327,7 +346,7 @@ class PartialDecoder:
         # One pass of the frame hash checks every piece at once (the pieces were a second
         # pass over the whole block). If it fails, the pieces say which part is damaged:
         # a read of the parts that are not still succeeds.
-        if content_hash(self.hd.tag, self.hd.key, self.hd.extra, raw) == self.hd.hash:
+        if self._matches(raw):
             self.checked = self.hd.raw_len
             self._whole = True
 

@@ -19,6 +19,7 @@ from ..errors import Corrupt, StowError
 
 def walk(path: str) -> dict:
     """The checks themselves (in the child)."""
+    from .. import limits
     from . import Store, blocks, frames, records
     from .anchors import decode_run
     problems: list[str] = []
@@ -62,6 +63,7 @@ def walk(path: str) -> dict:
         # blocks: every fragment decodes whole and matches its hashes; coverage per block
         covered: dict[int, list] = defaultdict(list)
         bad_blocks: set[int] = set()
+        unmatched: set[int] = set()     # blocks with a fragment that is (frames.PartialDecoder)
         nfrag = 0
 
         for k, v in scan(store._blocks, "blocks"):
@@ -72,6 +74,14 @@ def walk(path: str) -> dict:
                 _, pieces = blocks.decode_extra(frag.hd.extra, frag.hd.raw_len, key)
                 dec = frames.PartialDecoder(v, frag.hd, pieces, frames_step())
                 dec.need(frag.hd.raw_len)
+                if dec.unmatched:
+                    # every piece checks: the payload is sound, its ranges (or the hash)
+                    # are not; a read takes from it only whole files that match their
+                    # checksums, and those are checked below as every file is
+                    problems.append(f"block fragment {key >> 16}.{key & 0xFFFF} is damaged (its "
+                                    "content does not match its hash; its pieces do: each file "
+                                    "in it is checked against its own checksum)")
+                    unmatched.add(key >> 16)
                 for s, n in frag.ranges:
                     covered[key >> 16].append((s, s + n))
             except Corrupt as e:
@@ -141,6 +151,10 @@ def walk(path: str) -> dict:
             try:
                 if sum(n for _, n in r.extents) != r.size:
                     raise Corrupt(f"{r.name}: its extents do not add up to its size")
+                if r.size > limits.UNMATCHED_WHOLE_MAX and any(
+                        pos // B <= b <= (pos + n - 1) // B for pos, n in r.extents for b in unmatched):
+                    raise Corrupt(f"{r.name}: its block is damaged (does not match its hash) and "
+                                  "the file is too large to be checked whole")
                 h = hashlib.blake2b(digest_size=records.CHECKSUM_SIZE)
                 for pos, n in r.extents:
                     off = 0
