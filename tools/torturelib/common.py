@@ -234,8 +234,11 @@ def check_files(store, expected: dict[str, bytes], tally: Tally, *, what: str = 
     failure: counted as missing_is unless None), "crashed" (counted in tally.crashed).
     One `cat` of all names first; on a difference, the file where it starts is read
     alone and the rest again, so a damaged store costs one run per affected file. When
-    three files in a row fail with the same message (the store as a whole does not
-    open) the rest are taken to fail with it too."""
+    three files in a row fail with the same message that names none of them (the store
+    as a whole does not open) the rest are taken to fail with it too. A message that
+    names its file ("no such file: c/x") says nothing of the next one: a damaged key
+    that misleads the name lookup of some names leaves others found, and taking them
+    as failed too counted one such file as lost that read back intact."""
     names = list(expected)
     bad: dict[str, str] = {}
     same, last = 0, None          # how many files in a row failed the same way, and how
@@ -278,7 +281,7 @@ def check_files(store, expected: dict[str, bytes], tally: Tally, *, what: str = 
             bad[n] = f"failed: {msg}"
             if missing_is:
                 tally.add(missing_is, f"{what}{n}: {msg}")
-            outcome = ("failed", msg.replace(n, "NAME"))
+            outcome = ("failed", msg.replace(n, "NAME")) if n not in msg else None
         same = same + 1 if outcome is not None and outcome == last else (1 if outcome else 0)
         last = outcome
         names = names[k + 1:]
