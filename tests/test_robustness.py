@@ -325,6 +325,36 @@ def test_a_damaged_table_key_still_lets_verify_name_every_file(tmp_path):
     assert any("no table" in x for x in report["problems"])
 
 
+@pytest.mark.parametrize("where", ["tag", "name"])
+def test_a_name_page_under_a_damaged_key_still_has_its_files_named(tmp_path, where):
+    """One flipped bit in the key of the only name page (a compacted store of real
+    files): its tag byte into the anchors' range, or a byte of the first name. No lookup
+    finds the page, so no file reads ("no such file"), and verify, which knows files by
+    their names, named none of them (the corruption torture's field-aware seed 2 run).
+    A sound page under a damaged key says what it is: its frame matches its hash and its
+    first name gives the key it holds. verify now names every file on it."""
+    files = [p for p in corpus_files() if p.stat().st_size < (256 << 10)][:12]
+    store = tmp_path / "store"
+    run("ingest", store, *files, "--prefix", "c")
+    run("compact", store)
+    names = run("ls", store).stdout.decode().split()
+    assert len(names) >= 8
+    data_file = store / "lmdb" / "data.mdb"
+    raw = bytearray(data_file.read_bytes())
+    key = b"\x04" + names[0].encode()
+    at = raw.find(len(key).to_bytes(2, "little") + key)
+    assert at >= 0
+    raw[at + 2 + (0 if where == "tag" else 3)] ^= 0x01   # 0x04 -> 0x05, or "c/x" -> "c/y"
+    data_file.write_bytes(bytes(raw))
+    p = run("cat", store, names[-1], check=False)
+    assert p.returncode == 2 and b"Traceback" not in p.stderr
+    p = run("verify", store, "--json", check=False)
+    assert p.returncode == 1 and b"Traceback" not in p.stderr
+    report = json.loads(p.stdout)
+    assert sorted(report["damaged_files"]) == sorted(names)
+    assert any("damaged key" in x for x in report["problems"])
+
+
 HOLD_WRITER = """
 import sys, time, lmdb
 env = lmdb.open(sys.argv[1], max_dbs=12)

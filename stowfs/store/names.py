@@ -41,7 +41,30 @@ def encode_page(k: bytes, entries: list, level: int) -> bytes:
 
 
 def decode_page(k: bytes, frame) -> list:
-    _, raw = frames.decode(frame, frames.NAMES, frame_key(k))
+    return _entries(k, frames.decode(frame, frames.NAMES, frame_key(k))[1])
+
+
+def recover_page(frame) -> Optional[tuple[bytes, list]]:
+    """(table key, entries) of a name page found where its key is damaged (under another
+    key, or under another table's tag: no lookup reaches it), or None when it is not a
+    sound name page. Sound: the frame matches its own hash, and the key it says it has
+    is the one its first name gives. verify names its files: else a damaged key made
+    every name on the page vanish, and nothing named the files that no longer read."""
+    try:
+        if frame is None or len(frame) < 9 or frame[0] != frames.NAMES:
+            return None
+        key = int.from_bytes(bytes(frame[1:9]), "big")
+        _, raw = frames.decode(frame, frames.NAMES, key)
+        names, _ = unpack(raw)
+        k = page_key(names[0])
+        if frame_key(k) != key:
+            return None
+        return k, _entries(k, raw)
+    except (Corrupt, ValueError, TypeError, IndexError):     # not a sound name page
+        return None
+
+
+def _entries(k: bytes, raw) -> list:
     try:
         names, deltas = unpack(raw)
         if len(names) != len(deltas):

@@ -22,11 +22,23 @@ def walk(path: str) -> dict:
     from .. import limits
     from . import Store, blocks, frames, records
     from .anchors import decode_run
+    from .names import recover_page
     problems: list[str] = []
     damaged: set[str] = set()
     store = Store(path, readonly=True, cache_bytes=64 << 20)
     broken: list[str] = []
     known = {t.prefix for t in store._tables.values()}
+
+    lost_names: dict[str, str] = {}     # names on sound pages no lookup reaches: why
+
+    def misplaced(k: bytes, v) -> None:
+        """An entry that did not decode where it is: if it is a sound name page whose
+        key is damaged, its names are the files no read finds any more."""
+        got = recover_page(v)
+        if got is not None:
+            for n, _ in got[1]:
+                lost_names.setdefault(n, f"{n}: its name page is stored under a damaged key "
+                                         f"({k[:12].hex()}...): no lookup finds it")
 
     def scan(table, what: str) -> list:
         """A table's entries, as many as its B-tree gives: a damaged page stops the walk
@@ -52,6 +64,7 @@ def walk(path: str) -> dict:
                 elif what == "blocks" and k[:1] not in known:
                     problems.append(f"store structure damaged: an entry under no table "
                                     f"(key {bytes(k[:9]).hex()}...): a damaged key")
+                    misplaced(bytes(k), bytes(cur.value()))
         try:
             store._read(work)
         except Exception as e:      # lmdb.Error on a damaged page, Corrupt, ...
@@ -87,6 +100,7 @@ def walk(path: str) -> dict:
             except Corrupt as e:
                 problems.append(str(e))
                 bad_blocks.add(key >> 16 if key >= 0 else -1)
+                misplaced(store._blocks.prefix + k, v)
         # records
         recs: dict[int, records.Record] = {}
 
@@ -96,6 +110,7 @@ def walk(path: str) -> dict:
                 recs.update(records.decode_group(v, gid))
             except Corrupt as e:
                 problems.append(str(e) + " (the files it describes cannot be read)")
+                misplaced(store._tables["groups"].prefix + k, v)
         # names
         names: dict[str, int] = {}
 
@@ -108,6 +123,7 @@ def walk(path: str) -> dict:
                     names[n] = fid
             except Corrupt as e:
                 problems.append(str(e) + " (names on it cannot be found)")
+                misplaced(store._tables["names"].prefix + k, v)
         by_id = {}
         ids_named = defaultdict(list)
         for n, fid in names.items():
@@ -145,6 +161,11 @@ def walk(path: str) -> dict:
                 decode_run(v, int.from_bytes(k, "big"))
             except Corrupt as e:
                 problems.append(str(e) + " (dedup index: rebuilt by `stowfs compact`)")
+                misplaced(store._tables["anchors"].prefix + k, v)
+        for n, why in lost_names.items():
+            if n not in names:
+                problems.append(why)
+                damaged.add(n)
         # every file: extents inside stored ranges, bytes against the checksum
         import hashlib
         for r in sorted(by_id.values(), key=lambda r: r.name):
