@@ -211,6 +211,9 @@ class MemoryStore:
             infos = [e[0] for n, e in self._files.items() if n.startswith(prefix)]
         return iter(sorted(infos, key=lambda i: i.name))
 
+    def prefetch(self, file_id: int) -> None:
+        """As Store.prefetch: nothing to decode here."""
+
     def listdir(self, dirpath: str = "", reuse=None, below: Optional[dict] = None) -> list:
         """As Store.listdir (reuse and below included)."""
         d = dirpath.strip("/")

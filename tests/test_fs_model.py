@@ -1139,3 +1139,36 @@ def test_a_file_opened_while_its_batch_was_decoded_is_not_placed(fs, store):
     assert all(fs.unopened(ino) for ino in want)
     fs.release(fs.open(want[1], os.O_RDONLY)[0])           # the reader got there first
     assert [fs.unopened(ino) for ino in want] == [True, False, True, True]
+
+
+def test_a_listing_starts_decoding_the_first_block_when_none_is_decoded(tmp_path, monkeypatch):
+    """A cold `find | xargs cat` lists every directory before its first read: the block
+    its first file begins in is decoded and checked in the background meanwhile (~30 ms
+    for 16 MiB), not after the first READ. Only while no block is decoded: a listing of
+    a warm mount decodes nothing."""
+    from realdata import openai_form, sharegpt_records
+    from stowfs.store import Store, blocks, compaction
+    st = Store(tmp_path / "st")
+    try:
+        for i, r in enumerate(sharegpt_records(200)):
+            st.put(f"d/f{i:03d}.json", json.dumps(openai_form(r)).encode())
+        compaction.compact(st)              # one block, one frame: decoded as a whole
+        st.release_caches()
+        started = []
+        real = blocks._decode_whole
+        monkeypatch.setattr(blocks, "_decode_whole", lambda *a: started.append(a[1]) or real(*a))
+        fs = Filesystem(st, tmp_path / "spool", cache_bytes=4 << 20)
+        listdir(fs, "conversations/d")
+        blocks._ahead_pool().submit(lambda: None).result()     # the background work is done
+        blocks._ahead_pool().submit(lambda: None).result()
+        assert len(started) == 1
+        decs = list(st.cache._d.values())
+        assert len(decs) == 1 and decs[0].whole_ok          # decoded and checked, no read yet
+        listdir(fs, "conversations")
+        listdir(fs, "conversations/d")
+        blocks._ahead_pool().submit(lambda: None).result()
+        blocks._ahead_pool().submit(lambda: None).result()
+        assert len(started) == 1                            # decoded already: nothing more
+        assert cat(fs, "conversations/d/f000.json") == st.get("d/f000.json")
+    finally:
+        st.close()

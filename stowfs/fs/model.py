@@ -546,7 +546,10 @@ class Filesystem:
 
     def _listed(self, dh: DirHandle) -> None:
         if dh.node.view in STORE_VIEWS:           # the order a reader may follow (readahead.py)
-            self.readahead.listed(dh.node.ino, [n.ino for _, n in dh.entries if n.kind == FILE])
+            files = [n for _, n in dh.entries if n.kind == FILE]
+            self.readahead.listed(dh.node.ino, [n.ino for n in files])
+            if files and files[0].info is not None:
+                self.store.prefetch(files[0].info.file_id)
 
     def _entries(self, dh: DirHandle, first: int):
         for i in range(first, len(dh.entries)):

@@ -7,6 +7,7 @@ owns one job. The stored format is written down in FORMAT.md beside this file.
 """
 from __future__ import annotations
 
+import logging
 import os
 import stat as stat_mod
 import threading
@@ -28,6 +29,7 @@ from .records import Groups, Record, group_of
 
 FORMAT_VERSION = 5
 DEFAULT_MODE = 0o644
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,8 @@ class Store:
         limits.BLOCK_SIZE). level: zstd level of blocks written by ingest."""
         self.path = Path(path)
         self.readonly = readonly
+        self._background = threading.Lock()    # held by a prefetch while it reads; close waits
+        self._closed = False
         from .upgrade import open_tables, upgrade_if_needed
         if not readonly:
             upgrade_if_needed(self.path)
@@ -204,6 +208,8 @@ class Store:
         return self._env.read(fn)
 
     def close(self) -> None:
+        with self._background:          # a prefetch reading now ends first; none starts after
+            self._closed = True
         if self._preparer is not None:
             self._preparer.close()
             self._preparer = None
@@ -722,6 +728,29 @@ class Store:
             self._reader.decode_ahead(found)
             return out
         return self._env.read(work, buffers=True)
+
+    def prefetch(self, file_id: int) -> None:
+        """Begin decoding the block the file's bytes begin in, in the background, when no
+        block is decoded yet: the kernel just listed a directory, and a reader going
+        through it (`find | xargs cat` lists every directory before its first read)
+        then finds the block decoded and checked, not waits ~30 ms for it."""
+        if self.cache.empty():
+            blocks.in_background(self._prefetch, file_id)
+
+    def _prefetch(self, file_id: int) -> None:
+        def work(txn):
+            r = self._groups.get(txn, file_id)
+            if r is not None and r.extents:
+                self._reader.ahead_at(txn, r.extents[0][0])
+        with self._background:
+            if self._closed:            # unmounted meanwhile
+                return
+            try:
+                self._env.read(work, buffers=True)
+            except StowError as e:      # the read that needs it reports the damage
+                log.debug("prefetch of file %d: %s", file_id, e)
+            except Exception:           # a bug: said, not shared with any reader
+                log.exception("prefetch of file %d failed", file_id)
 
     def get(self, name: str, view: str = "original") -> bytes:
         r = self.reader(name, view)

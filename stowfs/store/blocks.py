@@ -208,6 +208,9 @@ class DecodedCache:
         self._redecodes = 0
         self._reads = 0
 
+    def empty(self) -> bool:
+        return not self._d
+
     def get(self, k):
         with self._lock:
             self._reads += 1
@@ -404,6 +407,18 @@ class StreamReader:
         self.cache.grew()
         return out
 
+    def ahead_at(self, txn, pos: int) -> None:
+        """decode_ahead of the fragment holding stream position pos, when the cache holds
+        no fragment at all (a reader's first block: Store.prefetch)."""
+        if not self.cache.empty():
+            return
+        bid, off = divmod(pos, self.block_size)
+        got = find_fragment(txn, self.table, bid, off)
+        if got is None or got[0].hd.raw_len < limits.CACHED_FRAGMENT_MIN:
+            return
+        self.decoder(*got)
+        self.decode_ahead({bid: got})
+
     def decode_ahead(self, found: dict) -> None:
         """Decode the rest of each cached fragment in found (read_files' {block id:
         (fragment, frame)}) in a background thread: for a reader going through the
@@ -461,6 +476,15 @@ def _ahead_pool():
             from concurrent.futures import ThreadPoolExecutor
             _AHEAD_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stowfs-decode-ahead")
         return _AHEAD_POOL
+
+
+def in_background(fn, *args) -> None:
+    """fn(*args) on the decode-ahead thread, after what it was given before; nothing
+    when the interpreter is shutting down."""
+    try:
+        _ahead_pool().submit(fn, *args)
+    except RuntimeError:
+        pass
 
 
 def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder) -> None:
