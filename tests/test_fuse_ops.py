@@ -187,6 +187,18 @@ def test_requests_are_counted_by_kind(ops, store):
     assert dict(ops.requests) == {"lookup": 3, "open": 1, "read": 1, "flush": 1, "release": 1}
 
 
+def counted_hand_offs(monkeypatch) -> list:
+    """The names of the model's methods the adapter hands to a worker thread, in order."""
+    handed_off = []
+    real = fuse_ops._blocking
+
+    async def counting(fn, *args, **kw):
+        handed_off.append(fn.__name__)
+        return await real(fn, *args, **kw)
+    monkeypatch.setattr(fuse_ops, "_blocking", counting)
+    return handed_off
+
+
 def test_a_directory_small_when_last_listed_is_listed_inline(ops, store, monkeypatch):
     """readdir from the start hands a directory to a worker thread only the first time
     and when it was big: the listing of a small one costs less than the hand-off."""
@@ -197,13 +209,7 @@ def test_a_directory_small_when_last_listed_is_listed_inline(ops, store, monkeyp
     for i in range(5):
         store.put(f"big/f{i}.json", conv(str(i)))
     monkeypatch.setattr(pyfuse3, "readdir_reply", lambda token, name, attr, next_id: True)
-    handed_off = []
-    real = fuse_ops._blocking
-
-    async def counting(fn, *args, **kw):
-        handed_off.append(fn.__name__)
-        return await real(fn, *args, **kw)
-    monkeypatch.setattr(fuse_ops, "_blocking", counting)
+    handed_off = counted_hand_offs(monkeypatch)
 
     def listing(path):
         fh = call(ops.opendir, lookup_path(ops, path).st_ino, None)
@@ -229,13 +235,7 @@ def test_a_directory_its_parents_listing_found_small_is_listed_inline_the_first_
     replied = []
     monkeypatch.setattr(pyfuse3, "readdir_reply",
                         lambda token, name, attr, next_id: replied.append(name) or True)
-    handed_off = []
-    real = fuse_ops._blocking
-
-    async def counting(fn, *args, **kw):
-        handed_off.append(fn.__name__)
-        return await real(fn, *args, **kw)
-    monkeypatch.setattr(fuse_ops, "_blocking", counting)
+    handed_off = counted_hand_offs(monkeypatch)
 
     def listing(path):
         replied.clear()

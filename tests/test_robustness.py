@@ -199,6 +199,29 @@ def test_corrupted_frame_is_found_and_never_read_as_wrong_bytes(tmp_path):
         assert ok.stdout == (root / "agent-history-redacted" / "codex-session-01.jsonl").read_bytes()
 
 
+def _spotter_store_with_damaged_block(tmp_path, damage) -> tuple:
+    """(store, {name: bytes}): a compacted store of claude-code-spotter (3.7 MB: one
+    block fragment, its large file read in parts) whose fragment frame was handed to
+    damage(frame as a bytearray, offset of its extra_len field) and written back."""
+    from stowfs.maintenance import compact
+    from stowfs.packing import get_uvarint
+    import lmdb
+    root = corpus_dir()
+    src = root / "claude-code-spotter"
+    store = tmp_path / "store"
+    run("ingest", store, src)
+    compact(store)
+    key = b"\x02" + (0).to_bytes(8, "big")              # block 0, fragment 0
+    env = lmdb.open(str(store / "lmdb"), max_dbs=8)
+    with env.begin(write=True, db=env.open_db(b"store")) as txn:
+        v = bytearray(txn.get(key))
+        _, at = get_uvarint(v, 11)                      # past raw_len
+        damage(v, at)
+        txn.put(key, bytes(v))
+    env.close()
+    return store, {str(p.relative_to(root)): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()}
+
+
 def test_a_damaged_fragment_range_never_shifts_a_file_into_other_bytes(tmp_path):
     """A block fragment's ranges map stream positions to its payload; its pieces' hashes
     cover the payload alone. A flipped gap (one byte, the ranges' total unchanged)
@@ -206,28 +229,15 @@ def test_a_damaged_fragment_range_never_shifts_a_file_into_other_bytes(tmp_path)
     printed other bytes and exited 0. Now a whole file is checked against its record's
     checksum, and a part of one is read only from fragments checked whole against their
     frame hash: every file reads right or fails loudly, whichever way it is read."""
-    from stowfs.maintenance import compact
     from stowfs.packing import get_uvarint
-    from stowfs.store import blocks
     from stowfs.errors import Corrupt
-    root = corpus_dir()
-    src = root / "claude-code-spotter"                 # 3.7 MB: one fragment, read in parts
-    store = tmp_path / "store"
-    run("ingest", store, src)
-    compact(store)
-    key = b"\x02" + (0).to_bytes(8, "big")              # block 0, fragment 0
-    import lmdb
-    env = lmdb.open(str(store / "lmdb"), max_dbs=8)
-    with env.begin(write=True, db=env.open_db(b"store")) as txn:
-        v = bytearray(txn.get(key))
-        _, i = get_uvarint(v, 11)                       # raw_len
-        _, i = get_uvarint(v, i)                        # extra_len
+
+    def gap(v: bytearray, at: int) -> None:
+        _, i = get_uvarint(v, at)                       # extra_len
         n, i = get_uvarint(v, i)                        # ranges
         assert n == 1 and v[i] == 0                     # one range, from the block's start
         v[i] = 1
-        txn.put(key, bytes(v))
-    env.close()
-    want = {str(p.relative_to(root)): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()}
+    store, want = _spotter_store_with_damaged_block(tmp_path, gap)
     shifted = 0
     with Store(store, readonly=True) as s:
         for name, data in want.items():
@@ -262,24 +272,12 @@ def test_a_damaged_frame_hash_of_sound_content_loses_no_file(tmp_path):
     file that reaches the block's end failed, and large files read in parts failed,
     while verify (which checks each file against its checksum) named none of them:
     the corruption torture's field-aware flips found it."""
-    from stowfs.maintenance import compact
     from stowfs.packing import get_uvarint
-    root = corpus_dir()
-    src = root / "claude-code-spotter"                 # 3.7 MB: one fragment, read in parts
-    store = tmp_path / "store"
-    run("ingest", store, src)
-    compact(store)
-    key = b"\x02" + (0).to_bytes(8, "big")              # block 0, fragment 0
-    import lmdb
-    env = lmdb.open(str(store / "lmdb"), max_dbs=8)
-    with env.begin(write=True, db=env.open_db(b"store")) as txn:
-        v = bytearray(txn.get(key))
-        _, i = get_uvarint(v, 11)                       # raw_len
-        extra_len, i = get_uvarint(v, i)
+
+    def hash_byte(v: bytearray, at: int) -> None:
+        extra_len, i = get_uvarint(v, at)
         v[i + extra_len + 5] ^= 0x40                    # a byte of the frame hash
-        txn.put(key, bytes(v))
-    env.close()
-    want = {str(p.relative_to(root)): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()}
+    store, want = _spotter_store_with_damaged_block(tmp_path, hash_byte)
     assert max(len(d) for d in want.values()) > 1 << 20   # the CLI reads it in parts
     with Store(store, readonly=True) as s:
         for name, data in want.items():
@@ -299,12 +297,9 @@ def test_a_damaged_frame_hash_of_sound_content_loses_no_file(tmp_path):
     assert p.returncode == 1 and any("does not match its hash" in m for m in json.loads(p.stdout)["problems"])
 
 
-def test_a_damaged_table_key_still_lets_verify_name_every_file(tmp_path):
-    """One flipped bit in the tag byte of the record group's key (a compacted store of
-    real files has one group): its table's cursor, which finds the table by a binary
-    search, then saw no names at all, and verify failed without naming a file. It walks
-    the whole database in leaf order now, and names every file whose record is gone."""
-    root = corpus_dir()
+def _small_files_store(tmp_path) -> tuple:
+    """(store, names, data file, its bytes as a bytearray): a compacted store of 12 small
+    real files (one record group, one name page)."""
     files = [p for p in corpus_files() if p.stat().st_size < (256 << 10)][:12]
     store = tmp_path / "store"
     run("ingest", store, *files, "--prefix", "c")
@@ -312,7 +307,15 @@ def test_a_damaged_table_key_still_lets_verify_name_every_file(tmp_path):
     names = run("ls", store).stdout.decode().split()
     assert len(names) >= 8
     data_file = store / "lmdb" / "data.mdb"
-    raw = bytearray(data_file.read_bytes())
+    return store, names, data_file, bytearray(data_file.read_bytes())
+
+
+def test_a_damaged_table_key_still_lets_verify_name_every_file(tmp_path):
+    """One flipped bit in the tag byte of the record group's key (a compacted store of
+    real files has one group): its table's cursor, which finds the table by a binary
+    search, then saw no names at all, and verify failed without naming a file. It walks
+    the whole database in leaf order now, and names every file whose record is gone."""
+    store, names, data_file, raw = _small_files_store(tmp_path)
     key = b"\x09\x00" + b"\x03" + bytes(8)         # leaf node: key size 9, tag 0x03, group 0
     at = raw.find(key)
     assert at >= 0 and raw.find(key, at + 1) < 0
@@ -333,14 +336,7 @@ def test_a_name_page_under_a_damaged_key_still_has_its_files_named(tmp_path, whe
     their names, named none of them (the corruption torture's field-aware seed 2 run).
     A sound page under a damaged key says what it is: its frame matches its hash and its
     first name gives the key it holds. verify now names every file on it."""
-    files = [p for p in corpus_files() if p.stat().st_size < (256 << 10)][:12]
-    store = tmp_path / "store"
-    run("ingest", store, *files, "--prefix", "c")
-    run("compact", store)
-    names = run("ls", store).stdout.decode().split()
-    assert len(names) >= 8
-    data_file = store / "lmdb" / "data.mdb"
-    raw = bytearray(data_file.read_bytes())
+    store, names, data_file, raw = _small_files_store(tmp_path)
     key = b"\x04" + names[0].encode()
     at = raw.find(len(key).to_bytes(2, "little") + key)
     assert at >= 0
