@@ -297,6 +297,34 @@ def test_a_damaged_frame_hash_of_sound_content_loses_no_file(tmp_path):
     assert p.returncode == 1 and any("does not match its hash" in m for m in json.loads(p.stdout)["problems"])
 
 
+def test_a_damaged_store_database_name_is_never_taken_for_a_new_store(tmp_path):
+    """One flipped byte in the name of the `store` database, in LMDB's main database (a
+    leaf key there): the writable open of the mount (and of `ingest`) saw no store
+    database and made a new, empty one beside the damaged one. The store then read as
+    empty and sound: verify said OK with 0 files, and the next compaction would have
+    given the old pages away. Every command now fails loudly and writes nothing."""
+    store, names, data_file, raw = _small_files_store(tmp_path)
+    at = raw.find(b"\x05\x00store")                   # key size 5, then the name
+    assert at >= 0 and raw.find(b"\x05\x00store", at + 1) < 0
+    raw[at + 3] ^= 0x01                                 # "store" -> "suore"
+    data_file.write_bytes(bytes(raw))
+    before = data_file.read_bytes()
+    for args in (("ls", store), ("cat", store, names[0]), ("ingest", store, corpus_files()[0])):
+        p = run(*args, check=False)
+        assert p.returncode == 2 and b"missing" in p.stderr and b"Traceback" not in p.stderr, args
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    p = run("mount", store, mp, check=False)
+    try:
+        assert p.returncode == 2 and b"missing" in p.stderr and not os.path.ismount(mp)
+    finally:
+        if os.path.ismount(mp):
+            run("umount", mp, check=False)
+    p = run("verify", store, "--json", check=False)
+    assert p.returncode == 1 and json.loads(p.stdout)["structure_damaged"]
+    assert data_file.read_bytes() == before
+
+
 def _small_files_store(tmp_path) -> tuple:
     """(store, names, data file, its bytes as a bytearray): a compacted store of 12 small
     real files (one record group, one name page)."""

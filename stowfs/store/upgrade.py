@@ -186,7 +186,17 @@ def _names(env) -> set:
     deadline = time.monotonic() + 3.0
     while True:
         names = env.database_names()
-        if keyspace.STORE_DB in names or b"meta" in names or not env.readonly:
+        if keyspace.STORE_DB in names or b"meta" in names:
+            return names
+        if names:
+            # Other databases but not the store's: the main database's record of it is
+            # damaged (one flipped byte of its name). A writable open took this for a
+            # new store and made an empty one beside it, and the store then read as
+            # empty and sound (verify: OK, 0 files): never create over it.
+            shown = ", ".join(repr(bytes(n)[:40]) for n in sorted(names)[:4])
+            raise Corrupt(f"{env.path}: the store's database is missing, only {shown} is "
+                          "there (a damaged name in LMDB's main database)")
+        if not env.readonly:
             return names
         if time.monotonic() > deadline:
             raise NotFound(f"no store at {env.path} (database missing)")
