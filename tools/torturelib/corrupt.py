@@ -2,11 +2,13 @@
 aimed at every named database the file holds (found by walking its pages, lmdbpages.py).
 
 Each trial starts from a pristine copy of the store, damages one place, then reads every
-file with `stowfs cat`, lists with `stowfs ls` and runs `stowfs verify`:
+file with `stowfs cat`, lists with `stowfs ls` and runs `stowfs verify`; when something
+was found, a writable open (`stowfs ingest` of an empty directory) and `verify` again:
   wrong   - a cat that exited 0 with bytes other than the original's;
   crashed - a traceback, an abort or other signal, or a hang, in any of them;
   lost    - a file that no longer reads (or is no longer listed) while verify does not
-            report it: verify exits 0, or its output does not name the file.
+            report it: verify exits 0, or its output does not name the file; or verify
+            says OK after the writable open of a store it found damaged.
 Targeted trials pick a database in turn, a page of it (leaf, branch or overflow), and
 flip a byte of one entry's key, of its value, of one field of its value when that is a
 frame (FIELD_MODE), anywhere in the page, or zero the page.
@@ -228,6 +230,19 @@ def trial(pristine: Path, trial_dir: Path, expected: dict[str, bytes], damage, t
         outcomes["verify found damage no read saw"] += 1
     else:
         outcomes["no effect"] += 1
+    # a writable open (here `ingest` of nothing) must not hide the damage: one took a
+    # damaged name of the store's database for a new store and made an empty, sound one
+    if v.rc != 0 or affected:
+        empty = trial_dir.parent / "empty"
+        empty.mkdir(exist_ok=True)
+        w = stowfs("ingest", trial_dir, empty)
+        v2 = stowfs("verify", trial_dir, timeout=300)
+        if w.crash() or v2.crash():
+            tally.add("crashed", f"{label}: ingest of nothing, then verify: {w.crash() or v2.crash()}")
+        elif v2.rc == 0:
+            tally.add("lost", f"{label}: verify said OK after a writable open (ingest of nothing, "
+                      f"exit {w.rc}) of a store it had found damaged", n=max(1, len(affected)))
+            outcomes["a writable open hid the damage"] += 1
     if tally.crashed > crashed_before:
         outcomes["a command crashed"] += 1
     return ("crashed" if tally.crashed > crashed_before else
