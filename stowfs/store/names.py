@@ -64,6 +64,36 @@ def recover_page(frame) -> Optional[tuple[bytes, list]]:
         return None
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def salvage_page(frame) -> list:
+    """The [name, file id] entries a damaged name page seems to hold, unverified (its
+    hash or header is what is damaged, or its payload): for verify's report alone, so
+    that a damaged page's files are named, not just counted. [] when nothing sound-
+    looking is found. Never used to read a file."""
+    if frame is None or len(frame) < 12 or frame[0] != frames.NAMES:
+        return []
+    data = bytes(frame)
+    at = data.find(ZSTD_MAGIC, 11)
+    if at < 0:
+        return []
+    try:
+        raw = frames.decompressor().decompressobj().decompress(data[at:])
+        names, deltas = unpack(raw)
+        if not (isinstance(names, list) and isinstance(deltas, list) and len(names) == len(deltas)):
+            return []
+        out, acc = [], 0
+        for i, (n, d) in enumerate(zip(names, deltas)):
+            if not isinstance(n, str) or not isinstance(d, int):
+                return []
+            acc = d if i == 0 else acc + d
+            out.append([n, acc])
+        return out
+    except (ValueError, TypeError, frames.zstd.ZstdError):    # nothing that looks sound
+        return []
+
+
 def _entries(k: bytes, raw) -> list:
     try:
         names, deltas = unpack(raw)

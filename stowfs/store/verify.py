@@ -22,7 +22,7 @@ def walk(path: str) -> dict:
     from .. import limits
     from . import Store, blocks, frames, records
     from .anchors import decode_run
-    from .names import recover_page
+    from .names import recover_page, salvage_page
     problems: list[str] = []
     damaged: set[str] = set()
     store = Store(path, readonly=True, cache_bytes=64 << 20)
@@ -30,6 +30,7 @@ def walk(path: str) -> dict:
     known = {t.prefix for t in store._tables.values()}
 
     lost_names: dict[str, str] = {}     # names on sound pages no lookup reaches: why
+    salvaged: list = []                 # [name, file id] read from damaged name pages
 
     def misplaced(k: bytes, v) -> None:
         """An entry that did not decode where it is: if it is a sound name page whose
@@ -124,6 +125,7 @@ def walk(path: str) -> dict:
             except Corrupt as e:
                 problems.append(str(e) + " (names on it cannot be found)")
                 misplaced(store._tables["names"].prefix + k, v)
+                salvaged.extend(salvage_page(v))
         by_id = {}
         ids_named = defaultdict(list)
         for n, fid in names.items():
@@ -165,6 +167,13 @@ def walk(path: str) -> dict:
         for n, why in lost_names.items():
             if n not in names:
                 problems.append(why)
+                damaged.add(n)
+        # names read from a damaged page, unverified: each named only when it leads to
+        # a record that exists and no sound name reaches
+        for n, fid in salvaged:
+            if n not in names and n not in lost_names and fid in recs and fid not in ids_named:
+                problems.append(f"{n}: on a damaged name page (read from it unverified): "
+                                "no lookup finds it")
                 damaged.add(n)
         # every file: extents inside stored ranges, bytes against the checksum
         import hashlib
