@@ -2,7 +2,8 @@
 aimed at every named database the file holds (found by walking its pages, lmdbpages.py).
 
 Each trial starts from a pristine copy of the store, damages one place, then reads every
-file with `stowfs cat`, lists with `stowfs ls` and runs `stowfs verify`; when something
+file with `stowfs cat`, lists with `stowfs ls` and runs `stowfs verify`; a targeted trial
+then mounts the damaged store and reads every file through it with `cat`; when something
 was found, a writable open (`stowfs ingest` of an empty directory) and `verify` again:
   wrong   - a cat that exited 0 with bytes other than the original's;
   crashed - a traceback, an abort or other signal, or a hang, in any of them;
@@ -21,11 +22,12 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
-from .common import Tally, check_files, list_names, stowfs
+from .common import Mount, Tally, check_files, is_mounted, list_names, log_crashes, stowfs
 from .lmdbpages import by_lead_byte, walk_checked
 
 # A frame (the value of stowfs's blocks, groups, names and anchors: stowfs/store/FORMAT.md)
@@ -185,8 +187,61 @@ class Target:
                 [(off, bytes([self.lay.data[off] ^ self._mask()]))])
 
 
+def through_mount(trial_dir: Path, expected: dict[str, bytes], tally: Tally, label: str,
+                  reported, outcomes: Counter) -> None:
+    """The damaged store read through a real mount with `cat`: never other bytes with
+    success; a file that does not read must be one verify reported (reported(name)); a
+    store that does not mount must be one verify found damaged; the daemon's log holds no
+    traceback. The CLI alone never saw a writable open make an empty store over a
+    damaged one (the mount's open is writable)."""
+    mp = trial_dir.parent / "mp"
+    m = Mount(trial_dir, mp, log=trial_dir.parent / "damaged.mount.log")
+    try:
+        m.log.unlink()
+    except FileNotFoundError:
+        pass
+    r = m.start()
+    if r.crash():
+        tally.add("crashed", f"{label}: mount: {r.crash()}")
+        return
+    if r.rc != 0:
+        if reported(None):
+            outcomes["mount: the store does not open, verify said so"] += 1
+        else:
+            tally.add("lost", f"{label}: the mount fails ({r.text.strip()[:200]}) while verify says OK")
+            outcomes["mount: the store does not open, verify said OK"] += 1
+        return
+    failed = []
+    try:
+        for name, data in expected.items():
+            try:
+                c = subprocess.run(["cat", "--", str(mp / "conversations" / name)],
+                                   capture_output=True, timeout=120)
+            except subprocess.TimeoutExpired:
+                tally.add("crashed", f"{label}: mount: cat {name} hung")
+                return
+            if c.returncode == 0 and c.stdout != data:
+                tally.add("wrong", f"{label}: mount: {name}: exit 0 with {len(c.stdout)} bytes that "
+                          f"differ from the original's {len(data)}")
+            elif c.returncode != 0:
+                failed.append(name)
+    finally:
+        m.umount()
+        if is_mounted(str(mp)):
+            tally.add("crashed", f"{label}: the damaged store's mount did not unmount")
+    for problem in log_crashes(m.log.read_text(errors="replace") if m.log.exists() else ""):
+        tally.add("crashed", f"{label}: mount: {problem}")
+    unreported = [n for n in failed if not reported(n)]
+    if unreported:
+        tally.add("lost", f"{label}: mount: {unreported[0]} does not read and verify did not report it "
+                  f"({len(unreported)} of {len(failed)})", n=len(unreported))
+        outcomes["mount: a file fails that verify did not report"] += 1
+    elif failed:
+        outcomes["mount: files fail, verify reported them"] += 1
+
+
 def trial(pristine: Path, trial_dir: Path, expected: dict[str, bytes], damage, tally: Tally,
-          label: str, outcomes: Counter) -> str:
+          label: str, outcomes: Counter, mount: bool = False) -> str:
     """One damaged copy, checked; returns its outcome ("ok" when nothing went wrong)."""
     if trial_dir.exists():
         shutil.rmtree(trial_dir)
@@ -230,6 +285,11 @@ def trial(pristine: Path, trial_dir: Path, expected: dict[str, bytes], damage, t
         outcomes["verify found damage no read saw"] += 1
     else:
         outcomes["no effect"] += 1
+    if mount:
+        def reported(name) -> bool:
+            # loud, and naming the file, or the store as a whole failed (nothing listed)
+            return v.rc != 0 and (name is None or names is None or name in vtext)
+        through_mount(trial_dir, expected, tally, label, reported, outcomes)
     # a writable open (here `ingest` of nothing) must not hide the damage: one took a
     # damaged name of the store's database for a new store and made an empty, sound one
     if v.rc != 0 or affected:
@@ -275,7 +335,8 @@ def run(work: Path, quick: bool, rng: random.Random, tally: Tally, files: list[P
             if db != tg.content:
                 meta_trials += 1
         label = ("compacted store, " if k else "") + label
-        result = trial(pristine, trial_dir, expected, damage, tally, label, outcomes)
+        result = trial(pristine, trial_dir, expected, damage, tally, label, outcomes,
+                       mount=i >= n_random)
         if i >= n_random and result != "ok":
             bad_db.setdefault(db, Counter())[result] += 1
     tally.note(f"{n_random} random (a fifth zeroed pages), {n_targeted} targeted, {meta_trials} of them "
