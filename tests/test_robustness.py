@@ -325,6 +325,37 @@ def test_a_damaged_store_database_name_is_never_taken_for_a_new_store(tmp_path):
     assert data_file.read_bytes() == before
 
 
+def test_zeroed_lmdb_meta_pages_make_every_command_say_damaged(tmp_path):
+    """Both LMDB meta pages zeroed: the read-only commands said the store is damaged, and
+    a writable open (`ingest`, the mount) died with "internal error: InvalidError"
+    (the torture's writable-open check, 15 trials of the full tier)."""
+    store, names, data_file, raw = _small_files_store(tmp_path)
+    raw[:2 * 4096] = bytes(2 * 4096)
+    data_file.write_bytes(bytes(raw))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args in (("ls", store), ("ingest", store, empty), ("verify", store)):
+        p = run(*args, check=False)
+        assert p.returncode in (1, 2) and b"damaged" in p.stdout + p.stderr, args
+        assert b"internal error" not in p.stderr and b"Traceback" not in p.stderr, args
+
+
+def test_a_damaged_store_generation_is_reported_by_verify(tmp_path):
+    """A flipped byte in the meta value `generation`: the mount reads it at every open
+    and refused the store, while verify said OK (the full tier's mount phase)."""
+    import lmdb
+    store, names, data_file, raw = _small_files_store(tmp_path)
+    env = lmdb.open(str(store / "lmdb"), max_dbs=8)
+    with env.begin(write=True, db=env.open_db(b"store")) as txn:
+        v = bytearray(txn.get(b"\x01generation"))
+        v[0] ^= 0x01
+        txn.put(b"\x01generation", bytes(v))
+    env.close()
+    p = run("verify", store, "--json", check=False)
+    assert p.returncode == 1
+    assert any("'generation' is damaged" in x for x in json.loads(p.stdout)["problems"])
+
+
 def _small_files_store(tmp_path) -> tuple:
     """(store, names, data file, its bytes as a bytearray): a compacted store of 12 small
     real files (one record group, one name page)."""

@@ -88,6 +88,8 @@ class Env:
             except lmdb.Error as e:
                 if disk_full(e):
                     raise StoreFull(f"no space left on device: cannot open the store at {self.path}") from None
+                if isinstance(e, (lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.CorruptedError)):
+                    raise Corrupt(f"store structure damaged: {e}") from None    # e.g. zeroed meta pages
                 raise StowError(f"cannot open store at {self.path}: {e}") from None
             if not readonly:
                 for f in ("data.mdb", "lock.mdb"):

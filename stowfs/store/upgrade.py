@@ -52,7 +52,11 @@ def stored_format(envdir: Path):
     except lmdb.Error as e:
         if "already open" in str(e):
             return None                     # this process has it open: it is current
-        raise
+        # a zeroed or damaged meta page: the writable open said "internal error" where
+        # the read-only one says damaged
+        if isinstance(e, (lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.CorruptedError)):
+            raise Corrupt(f"store structure damaged: {e}") from None
+        raise StowError(f"cannot open store at {envdir.parent}: {e}") from None
     span = mapguard.Span(str(data))
     span.guard()
     try:

@@ -200,6 +200,16 @@ def walk(path: str) -> dict:
             except Exception as e:      # the LMDB library on a damaged page of a table it read
                 problems.append(f"{r.name}: cannot be read: {type(e).__name__}: {e}")
                 damaged.add(r.name)
+        # every meta value but the format number carries its own check bytes; the mount
+        # reads `generation` at every open, and a damaged one made it refuse a store
+        # verify called sound
+        from .lmdbenv import meta_get
+        for k, _ in scan(store._meta, "meta"):
+            if k != b"format":
+                try:
+                    store._read(lambda txn, k=k: meta_get(txn, store._meta, k))
+                except Corrupt as e:
+                    problems.append(f"store structure damaged: {e}")
         try:
             c = store._read(store._counters)
         except Exception as e:
