@@ -340,6 +340,36 @@ def test_zeroed_lmdb_meta_pages_make_every_command_say_damaged(tmp_path):
         assert b"internal error" not in p.stderr and b"Traceback" not in p.stderr, args
 
 
+def test_a_zeroed_page_never_makes_a_writable_open_an_internal_error(tmp_path):
+    """Each B-tree page of the store's database zeroed in turn, then `ingest` of an empty
+    directory (a writable open, as the mount's): a damaged page the write transaction
+    met (the appender's look at the open block) died as "internal error: CorruptedError"
+    where every read-only command said the store is damaged (the corrupt torture's
+    writable-open check, 11 of 200 targeted trials)."""
+    import shutil
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from torturelib.lmdbpages import walk_checked
+    import random
+    small = [p for p in corpus_files() if p.stat().st_size <= (400 << 10)]
+    files = sorted(random.Random("1-corrupt").sample(small, min(24, len(small))))  # the torture's
+    store = tmp_path / "store"
+    run("ingest", store, *files, "--prefix", "c")
+    run("compact", store)
+    lay = walk_checked(str(store / "lmdb" / "data.mdb"))
+    pages = [p.pgno for p in lay.databases["store"].pages if p.kind != "overflow"]
+    assert len(pages) >= 2                             # a branch page and its leaves
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for pgno in pages:
+        copy = tmp_path / f"zeroed-{pgno}"
+        shutil.copytree(store, copy)
+        with open(copy / "lmdb" / "data.mdb", "r+b") as f:
+            f.seek(pgno * lay.psize)
+            f.write(bytes(lay.psize))
+        p = run("ingest", copy, empty, check=False)
+        assert b"internal error" not in p.stderr and b"Traceback" not in p.stderr, (pgno, p.stderr)
+
+
 def test_a_damaged_store_generation_is_reported_by_verify(tmp_path):
     """A flipped byte in the meta value `generation`: the mount reads it at every open
     and refused the store, while verify said OK (the full tier's mount phase)."""

@@ -272,6 +272,11 @@ class Env:
             except lmdb.Error as e:
                 if disk_full(e):
                     raise StoreFull(f"no space left on device: nothing was stored ({self.path})") from None
+                if isinstance(e, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError)):
+                    # a damaged page a write met (the read path says the same): nothing
+                    # was written; it was "internal error" on the CLI
+                    self._faulted(faults)
+                    raise Corrupt(f"store structure damaged: {e}") from None
                 raise
             except OSError as e:
                 if e.errno == errno.ENOSPC:
