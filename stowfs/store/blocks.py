@@ -316,6 +316,11 @@ class Unmatched(Corrupt):
     checked against its own checksum, may (FileReader)."""
 
 
+def _unmatched(frag: Fragment) -> str:
+    return (f"block fragment {frag.key >> 16}.{frag.key & 0xFFFF} is damaged (its content "
+            "does not match its hash)")
+
+
 class StreamReader:
     """Reads committed stream ranges inside a transaction."""
 
@@ -373,8 +378,7 @@ class StreamReader:
                 dec.need(end)
                 if not dec.whole_ok:
                     if whole:
-                        raise Unmatched(f"block fragment {frag.key >> 16}.{frag.key & 0xFFFF} is "
-                                        "damaged (its content does not match its hash)")
+                        raise Unmatched(_unmatched(frag))
                     if partly is not None:
                         partly.append(frag.key)
                 out = bytes(memoryview(dec.buf)[p:p + take])    # one copy, bytes or bytearray
@@ -401,8 +405,7 @@ class StreamReader:
         with dec.lock:
             dec.need(frag.hd.raw_len)
             if not dec.whole_ok:        # written anew, it would be vouched for as it is
-                raise Corrupt(f"block fragment {frag.key >> 16}.{frag.key & 0xFFFF} is "
-                              "damaged (its content does not match its hash)")
+                raise Corrupt(_unmatched(frag))
             out = bytes(dec.buf)
         self.cache.grew()
         return out

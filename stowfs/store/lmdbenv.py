@@ -21,6 +21,10 @@ from ..errors import Busy, Corrupt, NotFound, ReadOnly, StoreFull, StowError
 from ..packing import pack, unpack
 from . import keyspace, mapguard
 
+# what the LMDB library says of a damaged file (zeroed meta pages, a page of the wrong
+# type or past the end): Corrupt wherever an open, a read or a write meets it
+DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError)
+
 MAX_DBS = 32            # the store's database, a format-3 store's five while converted, aux:<name>
 _U64 = struct.Struct(">Q")
 
@@ -88,7 +92,7 @@ class Env:
             except lmdb.Error as e:
                 if disk_full(e):
                     raise StoreFull(f"no space left on device: cannot open the store at {self.path}") from None
-                if isinstance(e, (lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.CorruptedError)):
+                if isinstance(e, DAMAGE):
                     raise Corrupt(f"store structure damaged: {e}") from None    # e.g. zeroed meta pages
                 raise StowError(f"cannot open store at {self.path}: {e}") from None
             if not readonly:
@@ -272,7 +276,7 @@ class Env:
             except lmdb.Error as e:
                 if disk_full(e):
                     raise StoreFull(f"no space left on device: nothing was stored ({self.path})") from None
-                if isinstance(e, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError)):
+                if isinstance(e, DAMAGE):
                     # a damaged page a write met (the read path says the same): nothing
                     # was written; it was "internal error" on the CLI
                     self._faulted(faults)

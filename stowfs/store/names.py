@@ -79,34 +79,31 @@ def salvage_page(frame) -> list:
     if at < 0:
         return []
     try:
-        raw = frames.decompressor().decompressobj().decompress(data[at:])
-        names, deltas = unpack(raw)
-        if not (isinstance(names, list) and isinstance(deltas, list) and len(names) == len(deltas)):
-            return []
-        out, acc = [], 0
-        for i, (n, d) in enumerate(zip(names, deltas)):
-            if not isinstance(n, str) or not isinstance(d, int):
-                return []
-            acc = d if i == 0 else acc + d
-            out.append([n, acc])
-        return out
+        return _columns(frames.decompressor().decompressobj().decompress(data[at:]))
     except (ValueError, TypeError, frames.zstd.ZstdError):    # nothing that looks sound
         return []
 
 
+def _columns(raw) -> list:
+    """[name, file id] of a page's payload (names, then ids: the first absolute, then
+    deltas); ValueError when it is not that shape."""
+    names, deltas = unpack(raw)
+    if not (isinstance(names, list) and isinstance(deltas, list)) or len(names) != len(deltas):
+        raise ValueError("columns differ in length")
+    entries, acc = [], 0
+    for i, (n, d) in enumerate(zip(names, deltas)):
+        if not isinstance(n, str) or not isinstance(d, int):
+            raise ValueError("bad entry")
+        acc = d if i == 0 else acc + d
+        entries.append([n, acc])
+    return entries
+
+
 def _entries(k: bytes, raw) -> list:
     try:
-        names, deltas = unpack(raw)
-        if len(names) != len(deltas):
-            raise ValueError("columns differ in length")
-        entries, acc = [], 0
-        for i, (n, d) in enumerate(zip(names, deltas)):
-            acc = d if i == 0 else acc + d
-            entries.append([n, acc])
+        entries = _columns(raw)
         prev = None
         for e in entries:
-            if not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], int)):
-                raise ValueError("bad entry")
             if prev is not None and e[0] <= prev:
                 raise ValueError("not sorted")
             prev = e[0]

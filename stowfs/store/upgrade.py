@@ -54,7 +54,7 @@ def stored_format(envdir: Path):
             return None                     # this process has it open: it is current
         # a zeroed or damaged meta page: the writable open said "internal error" where
         # the read-only one says damaged
-        if isinstance(e, (lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.CorruptedError)):
+        if isinstance(e, lmdbenv.DAMAGE):
             raise Corrupt(f"store structure damaged: {e}") from None
         raise StowError(f"cannot open store at {envdir.parent}: {e}") from None
     span = mapguard.Span(str(data))
