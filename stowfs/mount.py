@@ -8,7 +8,7 @@ not cross fork()). The daemon opens the store, recovers the spool, mounts, and o
 reports "ready" through a pipe; the calling process waits on that pipe, so `stowfs mount`
 returns once the mount is usable, and any error (busy store, failed mount) reaches the
 user as one line with exit code 2. The daemon ingests inbox/ files once they have settled
-(--settle seconds without a writer or a change), and at unmount whatever no writer holds.
+(--settle seconds without a writer or a change), and at unmount whatever it holds.
 SIGINT/SIGTERM/SIGHUP unmount cleanly; SIGUSR1 logs how
 many requests of each kind the daemon has handled, and how many files it placed in the
 page cache ahead of readers ("placed-ahead"; so does the unmount). The daemon
@@ -449,11 +449,12 @@ def _drain_notifications(timeout: float = 5.0) -> None:
 
 
 def _settle_all(fs) -> None:
-    """At unmount, ingest what the inbox holds that no writer has open (the kernel is gone:
-    no notifications). A failure leaves the spool file for the next mount."""
+    """At unmount, ingest what the inbox holds (the kernel is gone: no notifications, and
+    no writer can write any more). A failure leaves the spool file for the next mount."""
     from .fs import Notifier
     fs.notifier = Notifier()
     try:
+        fs.release_all()
         n = fs.settle(everything=True)
         if n:
             log.info("ingested %d inbox files at unmount", n)

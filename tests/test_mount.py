@@ -415,6 +415,27 @@ def test_sigterm_unmounts_cleanly(mount):
     mount.umount()
 
 
+def test_sigterm_ingests_an_inbox_file_whose_release_never_came(mount):
+    """The kernel sends RELEASE after close() returns; a SIGTERM between the two (seen on a
+    loaded machine) or a writer that still holds the file ends the session with the file
+    counted as written to. Once the kernel is gone no writer can write: it is stored."""
+    text = (CORPUS / "claude-code-spotter" / "transcripts" / "short.jsonl").read_bytes()
+    fd = os.open(mount / "inbox" / "held.jsonl", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, text)
+        os.kill(mount.pid, signal.SIGTERM)
+        assert wait_for(lambda: not mount.mounted() and not _alive(mount.pid), 10)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass                                # ENOTCONN: the session is gone
+    assert "held.jsonl" in store_files(mount.store)
+    mount.start()
+    assert (mount / "conversations" / "held.jsonl").read_bytes() == text
+    mount.umount()
+
+
 def test_mount_and_cli_agree(mount, tmp_path):
     cli = Path(sys.executable).with_name("stowfs")
     if not cli.exists():

@@ -867,6 +867,19 @@ class Filesystem:
         if h is not None and h.fd >= 0:
             self.inbox.release(h)
 
+    def release_all(self) -> None:
+        """At unmount, once the kernel is gone: the handles it never released are closed. A
+        RELEASE still queued when the session ended (cp closed its file, then SIGTERM came)
+        or a writer of a detached mount left its inbox file counted as written to, and
+        settle(everything=True) passed it over."""
+        with self._lock:
+            handles = list(self._handles)
+        for fh in handles:
+            if isinstance(self._handles.get(fh), DirHandle):
+                self.releasedir(fh)
+            else:
+                self.release(fh)
+
     def settle(self, everything: bool = False) -> int:
         """Ingest the inbox files that have settled (everything: all that no writer holds,
         as at unmount). Returns how many were stored."""
