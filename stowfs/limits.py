@@ -90,6 +90,7 @@ MIN_DECODED_BLOCKS = 2           # the decoded-block cache holds at least this m
 MAX_FRAME_RAW = 64 << 20         # no frame decodes to more than this (bounded decode)
 ZSTD_MAX_WINDOW_LOG = 26         # compression window: the whole block
 PIECE_HASH_STEP = 256 << 10      # a partial decode checks what it hands out per piece
+STORED_PIECE_STEP = 64 << 10     # ... of the stored payload (format 6): ~0.3-1 MiB decoded
 PARTIAL_DECODE_STEP = 64 << 10   # compressed bytes fed to the decoder at a time
 # Fragments that decode to less are decoded on each read and not cached: the open block of
 # a mount that takes inbox files is hundreds of fragments of a few KB, whose decode costs

@@ -44,12 +44,14 @@ def frame(value: bytes, tag: int, key: int):
     pos += n_extra
     h = value[pos:pos + 16]
     body = value[pos + 16:]
+    assert codec in (0, 1, 2)
     raw = body if codec == 0 else zstandard.ZstdDecompressor().decompress(body)
     assert len(raw) == raw_len
-    want = hashlib.blake2b(bytes([tag]) + struct.pack(">Q", key) + extra + raw, digest_size=16,
-                           person=b"stowfs-frame-3").digest()
+    # codec 2 (format 6): the hash covers the payload as stored, else as decoded
+    want = hashlib.blake2b(bytes([tag]) + struct.pack(">Q", key) + extra + (body if codec == 2 else raw),
+                           digest_size=16, person=b"stowfs-frame-3").digest()
     assert h == want
-    return extra, raw, level
+    return extra, raw, level, body
 
 
 TAGS = {b"meta": 0x01, b"blocks": 0x02, b"groups": 0x03, b"names": 0x04, b"anchors": 0x05}
@@ -82,10 +84,10 @@ def undelta(d, r):
     return d
 
 
-def parse_store(path: Path, fmt: int = 5) -> dict:
+def parse_store(path: Path, fmt: int = 6) -> dict:
     env = lmdb.open(str(path / "lmdb"), readonly=True, max_dbs=32, lock=False)
     out = {}
-    refs_seen, planes_seen = [], []
+    refs_seen, planes_seen, codecs_seen = [], [], []
     with env.begin() as txn:
         dbs = read_tables(env, txn, fmt)
         meta = dict(dbs[b"meta"])
@@ -97,7 +99,7 @@ def parse_store(path: Path, fmt: int = 5) -> dict:
         stream = {}
         for k, v in dbs[b"blocks"]:
             key = struct.unpack(">Q", k)[0]
-            extra, raw, _ = frame(v, 0x20, key)
+            extra, raw, _, body = frame(v, 0x20, key)
             n, pos = uvarint(extra, 0)
             prev, acc = 0, 0
             for _ in range(n):
@@ -108,12 +110,16 @@ def parse_store(path: Path, fmt: int = 5) -> dict:
                 acc += length
                 prev += gap + length
             pieces = extra[pos:]
-            assert pieces == b"".join(hashlib.blake2b(raw[i:i + (256 << 10)], digest_size=8).digest()
-                                      for i in range(0, len(raw), 256 << 10))
+            # of the stored payload, 64 KiB each (codec 2), else of the decoded, 256 KiB each
+            step, of = (64 << 10, body) if v[9] == 2 else (256 << 10, raw)
+            assert pieces == b"".join(hashlib.blake2b(of[i:i + step], digest_size=8).digest()
+                                      for i in range(0, len(of), step))
+            assert fmt >= 6 or v[9] != 2
+            codecs_seen.append(v[9])
         records = {}
         for k, v in dbs[b"groups"]:
             gid = struct.unpack(">Q", k)[0]
-            _, raw, _ = frame(v, 0x21, gid)
+            _, raw, _, _ = frame(v, 0x21, gid)
             cols = msgpack.unpackb(raw, strict_map_key=False)
             assert len(cols) == 15
             paths, values, absent = cols[12][:3]
@@ -156,7 +162,7 @@ def parse_store(path: Path, fmt: int = 5) -> dict:
         names = {}
         for k, v in dbs[b"names"]:
             fk = int.from_bytes(hashlib.blake2b(k, digest_size=8).digest(), "big")
-            _, raw, _ = frame(v, 0x22, fk)
+            _, raw, _, _ = frame(v, 0x22, fk)
             ns, deltas = msgpack.unpackb(raw)
             assert ns == sorted(ns) and ns[0].encode()[:480] == k
             acc = 0
@@ -165,7 +171,7 @@ def parse_store(path: Path, fmt: int = 5) -> dict:
                 names[n] = acc
         anchors = 0
         for k, v in dbs[b"anchors"]:
-            extra, raw, _ = frame(v, 0x23, struct.unpack(">Q", k)[0])
+            extra, raw, _, _ = frame(v, 0x23, struct.unpack(">Q", k)[0])
             assert len(raw) % 9 == 0
             n = len(raw) // 9
             if extra == b"\x01":                   # format 5: key deltas in byte planes
@@ -201,7 +207,8 @@ def parse_store(path: Path, fmt: int = 5) -> dict:
         assert len(data) == row[1]
         assert hashlib.blake2b(data, digest_size=4).digest() == row[13]
         files[name] = data
-    out.update(files=files, anchors=anchors, config=config, refs=refs_seen, planes=planes_seen)
+    out.update(files=files, anchors=anchors, config=config, refs=refs_seen, planes=planes_seen,
+               block_codecs=codecs_seen)
     return out
 
 
@@ -220,6 +227,8 @@ def test_the_format_document_reads_a_real_store(tmp_path):
     assert after["files"] == got["files"]
     # compaction wrote format 5's layouts: facts stored against others, anchors in planes
     assert "views\x00lean" in after["refs"] and after["planes"] and not got["refs"]
+    # and format 6's: every block checked as stored (ingest's fragments too)
+    assert set(got["block_codecs"]) == set(after["block_codecs"]) == {2}
 
 
 def _fixture4(tmp_path) -> tuple[Path, dict]:
@@ -228,7 +237,7 @@ def _fixture4(tmp_path) -> tuple[Path, dict]:
     return path, json.loads((FIXTURES / "format4-store.json").read_text())
 
 
-def test_a_format_4_store_becomes_format_5_and_reads_the_same(tmp_path):
+def test_a_format_4_store_becomes_format_6_and_reads_the_same(tmp_path):
     path, expected = _fixture4(tmp_path)
     assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
     old = parse_store(path, fmt=4)                       # the fixture is what FORMAT.md says format 4 is
@@ -238,14 +247,14 @@ def test_a_format_4_store_becomes_format_5_and_reads_the_same(tmp_path):
         _reads_back(s, expected["files"])
     assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
     with Store(path) as s:
-        assert s.stored_format == 5
+        assert s.stored_format == 6
         _reads_back(s, expected["files"])
         before = {i.name: s.info(i.name) for i in s.iter_files()}
         assert verify(s)["ok"]
     assert parse_store(path)["files"] == old["files"]   # only the number changed
     compact(path)
     new = parse_store(path)
-    assert new["files"] == old["files"] and new["planes"]
+    assert new["files"] == old["files"] and new["planes"] and set(new["block_codecs"]) == {2}
     with Store(path, readonly=True) as s:
         _reads_back(s, expected["files"])
         for name, info in before.items():                 # the facts read back the same
@@ -258,9 +267,10 @@ def test_a_format_4_store_becomes_format_5_and_reads_the_same(tmp_path):
 
 
 def test_a_format_4_store_another_process_has_open_stays_format_4(tmp_path):
-    """Format 5's layouts are unknown to the code that wrote format 4: while another
-    process has the store open, a writable open reads and writes format 4 (no facts
-    stored against others, no anchor planes), and the first open alone converts it."""
+    """Format 5's and 6's layouts are unknown to the code that wrote format 4: while
+    another process has the store open, a writable open reads and writes format 4 (no
+    facts stored against others, no anchor planes, blocks checked as decoded), and the
+    first open alone converts it."""
     import fcntl
     path, expected = _fixture4(tmp_path)
     root = corpus_dir()
@@ -274,14 +284,58 @@ def test_a_format_4_store_another_process_has_open_stays_format_4(tmp_path):
             compaction.compact(s)
             assert verify(s)["ok"]
         got = parse_store(path, fmt=4)
-        assert not got["refs"] and not got["planes"]
+        assert not got["refs"] and not got["planes"] and 2 not in got["block_codecs"]
         assert got["files"]["more/" + str(extra[0].relative_to(root))] == extra[0].read_bytes()
         fcntl.flock(other, fcntl.LOCK_UN)
     with Store(path) as s:
-        assert s.stored_format == 5
+        assert s.stored_format == 6
         assert len(list(s.iter_files())) == len(expected["files"]) + len(extra)
     compact(path)
     assert parse_store(path)["files"] == got["files"]
+
+
+def test_a_format_5_store_becomes_format_6_and_its_blocks_are_checked_as_stored(tmp_path):
+    """The fixture made by the code before format 6: read as it is (read-only, and by a
+    writable open while another process has it open, which writes blocks checked as
+    decoded); a writable open alone makes it format 6, reading every old block as it
+    is; compaction rewrites them checked as stored. Every file reads back the same."""
+    import fcntl
+    path = tmp_path / "old5"
+    shutil.copytree(FIXTURES / "format5-store", path)
+    expected = json.loads((FIXTURES / "format5-store.json").read_text())
+    assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
+    old = parse_store(path, fmt=5)
+    assert old["files"].keys() == expected["files"].keys() and set(old["block_codecs"]) == {1}
+    with Store(path, readonly=True) as s:
+        assert s.stored_format == 5
+        _reads_back(s, expected["files"])
+    assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
+    more = [p for p in corpus_files() if p.stat().st_size < 1 << 20][:6]
+    root = corpus_dir()
+    with open(path / "stowfs.lock", "a+b") as other:
+        fcntl.flock(other, fcntl.LOCK_SH)
+        with Store(path) as s:
+            assert s.stored_format == 5
+            for p in more:
+                s.put_file("more/" + str(p.relative_to(root)), p)
+            s.seal()
+        assert set(parse_store(path, fmt=5)["block_codecs"]) == {1}
+        fcntl.flock(other, fcntl.LOCK_UN)
+    with Store(path) as s:
+        assert s.stored_format == 6
+        _reads_back(s, expected["files"], more=True)
+        assert verify(s)["ok"]
+    mixed = parse_store(path)
+    assert set(mixed["block_codecs"]) == {1}                # nothing rewritten yet
+    compact(path)
+    new = parse_store(path)
+    assert new["files"] == mixed["files"] and set(new["block_codecs"]) == {2}
+    assert {n: new["files"][n] for n in expected["files"]} == old["files"]
+    for p in more:
+        assert new["files"]["more/" + str(p.relative_to(root))] == p.read_bytes()
+    with Store(path, readonly=True) as s:
+        _reads_back(s, expected["files"], more=True)
+        assert verify(s)["ok"]
 
 
 def test_a_format_2_store_is_upgraded_without_loss(tmp_path):
@@ -324,9 +378,10 @@ def _fixture3(tmp_path) -> tuple[Path, dict]:
     return path, json.loads((FIXTURES / "format3-store.json").read_text())
 
 
-def _reads_back(s: Store, files: dict) -> None:
+def _reads_back(s: Store, files: dict, more: bool = False) -> None:
+    """files read back as the fixture's JSON says (more: other files may be there too)."""
     infos = {i.name: i for i in s.iter_files()}
-    assert sorted(infos) == sorted(files)
+    assert set(files) <= set(infos) if more else sorted(infos) == sorted(files)
     for name, e in files.items():
         data = s.get(name)
         assert len(data) == e["size"] and hashlib.sha256(data).hexdigest() == e["sha256"], name
@@ -339,7 +394,7 @@ def test_a_format_3_store_is_converted_to_format_4_in_place(tmp_path):
     assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
     old = parse_store(path, fmt=3)                       # the fixture is what FORMAT.md says format 3 was
     with Store(path) as s:
-        assert s.stored_format == 5                     # 3 -> 4 -> 5
+        assert s.stored_format == 6                     # 3 -> 4 -> 6
         _reads_back(s, files)
         assert verify(s)["ok"]
         assert s.stats()["block_fragments"] == 5          # the open block's fragments, as they were
@@ -350,8 +405,8 @@ def test_a_format_3_store_is_converted_to_format_4_in_place(tmp_path):
         assert {k for k, _ in txn.cursor()} == {b"store", b"aux:search"}   # the search index kept
     env.close()
     from stowfs.analytics import search_index
-    with Store(path) as s:                              # the next open finds format 5: nothing to do
-        assert s.stored_format == 5
+    with Store(path) as s:                              # the next open finds format 6: nothing to do
+        assert s.stored_format == 6
         assert search_index.exists(s)                     # the derived index kept its database
         s.put("corpus/new.json", b'{"messages": []}')
         assert verify(s)["ok"]
@@ -392,7 +447,7 @@ def test_a_format_3_store_another_process_has_open_is_used_as_format_3(tmp_path)
         assert parse_store(path, fmt=3)["files"]["corpus/added.json"] == b'{"messages": []}'
         fcntl.flock(other, fcntl.LOCK_UN)
     with Store(path) as s:
-        assert s.stored_format == 5
+        assert s.stored_format == 6
         assert s.get("corpus/added.json") == b'{"messages": []}'
         assert len(list(s.iter_files())) == len(expected["files"])
         assert verify(s)["ok"]
@@ -418,7 +473,7 @@ def test_a_conversion_killed_midway_leaves_format_3(tmp_path):
     assert p.returncode == -9, p.stderr.decode()
     assert parse_store(path, fmt=3)["files"].keys() == expected["files"].keys()
     with Store(path) as s:
-        assert s.stored_format == 5
+        assert s.stored_format == 6
         _reads_back(s, expected["files"])
 
 
@@ -439,7 +494,7 @@ def test_a_conversion_that_fills_the_map_grows_it_and_tries_again(tmp_path, monk
     path, expected = _fixture3(tmp_path)
     _failing_u64(monkeypatch, [lmdb.MapFullError("mdb_put: MDB_MAP_FULL"), lmdb.MapFullError("mdb_put: MDB_MAP_FULL")])
     with Store(path) as s:
-        assert s.stored_format == 5
+        assert s.stored_format == 6
         _reads_back(s, expected["files"])
         assert verify(s)["ok"]
 
@@ -453,5 +508,5 @@ def test_a_conversion_without_disk_space_leaves_format_3_in_use(tmp_path, monkey
         s.put("corpus/after.json", b"{}")
         assert s.get("corpus/after.json") == b"{}"
     with Store(path) as s:                                # room again: converted
-        assert s.stored_format == 5 and s.get("corpus/after.json") == b"{}"
+        assert s.stored_format == 6 and s.get("corpus/after.json") == b"{}"
         assert verify(s)["ok"]

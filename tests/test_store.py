@@ -963,7 +963,8 @@ def test_anchors_are_the_documented_window_hash():
 
 
 def test_a_block_decoded_whole_is_checked_in_one_pass_and_damage_still_fails_only_its_reads():
-    """Once a read needs more than a quarter of a block, the block is decoded whole and
+    """A block checked decoded (format 5 and before; format 6 reads them as they are):
+    once a read needs more than a quarter of a block, the block is decoded whole and
     checked against the frame hash in one pass (not piece by piece as well). A frame
     whose hash does not match falls back to the pieces: reads of sound pieces succeed,
     also the one that reaches the end, and the decoder says the whole is unmatched (the
@@ -975,7 +976,7 @@ def test_a_block_decoded_whole_is_checked_in_one_pass_and_damage_still_fails_onl
 
     raw = b"".join(json.dumps(openai_form(r)).encode() for r in sharegpt_records(400))[:3 * limits.PIECE_HASH_STEP + 999]
     key = blocks.frag_key(5, 0)
-    frame = blocks.encode_fragment(key, [(0, len(raw))], raw, 3)
+    frame = blocks.encode_fragment(key, [(0, len(raw))], raw, 3, stored_check=False)
     frag = blocks.parse_fragment(frame, key)
     _, pieces = blocks.decode_extra(frag.hd.extra, frag.hd.raw_len, key)
     dec = frames.PartialDecoder(frame, frag.hd, pieces, limits.PIECE_HASH_STEP)
@@ -1096,7 +1097,7 @@ def test_blocks_read_in_order_are_decoded_whole_ahead_and_only_if_they_check(tmp
     raw = b"".join(json.dumps(openai_form(r)).encode() for r in sharegpt_records(900))[:5 * limits.PIECE_HASH_STEP + 999]
     assert len(raw) == 5 * limits.PIECE_HASH_STEP + 999      # a first piece is under a quarter
     key = blocks.frag_key(5, 0)
-    frame = blocks.encode_fragment(key, [(0, len(raw))], raw, 3)
+    frame = blocks.encode_fragment(key, [(0, len(raw))], raw, 3, stored_check=False)
     frag = blocks.parse_fragment(frame, key)
     _, pieces = blocks.decode_extra(frag.hd.extra, frag.hd.raw_len, key)
     dec = frames.PartialDecoder(frame, frag.hd, pieces, limits.PIECE_HASH_STEP)
@@ -1121,7 +1122,7 @@ def test_blocks_read_in_order_are_decoded_whole_ahead_and_only_if_they_check(tmp
     import threading
     big = (raw * 3)[:12 * limits.PIECE_HASH_STEP + 999]
     key = blocks.frag_key(6, 0)
-    bframe = blocks.encode_fragment(key, [(0, len(big))], big, 3)
+    bframe = blocks.encode_fragment(key, [(0, len(big))], big, 3, stored_check=False)
     bfrag = blocks.parse_fragment(bframe, key)
     _, bpieces = blocks.decode_extra(bfrag.hd.extra, bfrag.hd.raw_len, key)
     for end in (limits.PIECE_HASH_STEP + 10, len(big)):
@@ -1213,7 +1214,7 @@ def test_a_read_of_a_whole_block_waits_for_the_decode_ahead_threads_hash(monkeyp
     raw = b"".join(json.dumps(openai_form(r)).encode() for r in sharegpt_records(900))
     raw = (raw * 3)[:6 * limits.PIECE_HASH_STEP + 999]
     key = blocks.frag_key(7, 0)
-    frame = blocks.encode_fragment(key, [(0, len(raw))], raw, 3)
+    frame = blocks.encode_fragment(key, [(0, len(raw))], raw, 3, stored_check=False)
     frag = blocks.parse_fragment(frame, key)
     _, pieces = blocks.decode_extra(frag.hd.extra, frag.hd.raw_len, key)
     hashed = []

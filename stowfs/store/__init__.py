@@ -27,7 +27,7 @@ from .lmdbenv import Env, from_u64, meta_get, meta_put, u64
 from .names import Names
 from .records import Groups, Record, group_of
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 DEFAULT_MODE = 0o644
 log = logging.getLogger(__name__)
 
@@ -259,9 +259,17 @@ class Store:
             self._lean = True
             self._writer = None
 
+    @property
+    def stored_check(self) -> bool:
+        """Blocks are written checked as stored (format 6: frames.ZSTD_STORED_CHECK); a
+        store of an older format, which another process of older code may have open, is
+        written as that format."""
+        return self.stored_format >= 6
+
     def writer(self) -> Writer:
         if self._writer is None:
-            app = Appender(self._blocks, self._meta, self.block_size, self.level, lean=self._lean)
+            app = Appender(self._blocks, self._meta, self.block_size, self.level, lean=self._lean,
+                           stored_check=self.stored_check)
             self._writer = Writer(app, Index(self._tables["anchors"], planes=self.stored_format >= 5), self._reader)
         return self._writer
 
@@ -928,7 +936,7 @@ class Store:
                 n += 1
                 frames_bytes += len(v)
                 raw += hd.raw_len
-                low += 1 if (hd.codec == fr.ZSTD and hd.level < limits.LEVEL_COMPACT) else 0
+                low += 1 if (hd.codec != fr.RAW and hd.level < limits.LEVEL_COMPACT) else 0
             return {"fragments": n, "stored_bytes": frames_bytes, "raw_bytes": raw, "low_level_fragments": low}
         return self._read(work)
 
@@ -1016,8 +1024,10 @@ class FileReader:
         if self._checked_whole is not None:
             return self._checked_whole[offset:offset + size]
         entire = offset == 0 and size == self.size
-        data = self._s.read_extents(self._extents, offset, size, ready=True, whole=not entire)
-        if entire and data is not None:
+        partly: Optional[list] = [] if entire else None
+        data = self._s.read_extents(self._extents, offset, size, ready=True, whole=not entire,
+                                    partly=partly)
+        if partly and data is not None:
             return records.check_bytes(self._name, data, self._checksum)
         return data
 

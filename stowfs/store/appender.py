@@ -43,17 +43,21 @@ def pool() -> ThreadPoolExecutor:
 class _Full:
     """A block that filled up: its frame is being compressed."""
 
-    def __init__(self, block_id: int, ranges, raw: bytearray, old_frags: list[int], level: Optional[int]):
+    def __init__(self, block_id: int, ranges, raw: bytearray, old_frags: list[int], level: Optional[int],
+                 stored_check: bool):
         self.block_id, self.ranges, self.raw, self.old_frags = block_id, ranges, raw, old_frags
         key = blocks.frag_key(block_id, 0)
         # level None (a lean appender): no frame; what was not saved goes in as a fragment
-        self.future = None if level is None else pool().submit(blocks.encode_fragment, key, ranges, raw, level)
+        self.future = None if level is None else pool().submit(
+            blocks.encode_fragment, key, ranges, raw, level, stored_check)
 
 
 class Appender:
-    def __init__(self, blocks_table, meta_table, block_size: int, level: int, lean: bool = False):
+    def __init__(self, blocks_table, meta_table, block_size: int, level: int, lean: bool = False,
+                 stored_check: bool = True):
+        """stored_check: write blocks checked as stored (format 6; blocks.encode_fragment)."""
         self.table, self.meta, self.B, self.level = blocks_table, meta_table, block_size, level
-        self.lean = lean
+        self.lean, self.stored_check = lean, stored_check
         self.epoch = None          # (end, epoch) this cache reflects; None: not loaded
         self.full: list[_Full] = []
 
@@ -139,7 +143,7 @@ class Appender:
 
     def _close_open_block(self) -> None:
         self.full.append(_Full(self.open_id, [tuple(r) for r in self.ranges], self.raw,
-                               self.frags, None if self.lean else self.level))
+                               self.frags, None if self.lean else self.level, self.stored_check))
         self.open_id += 1
         self.ranges, self.raw, self.frags = [], bytearray(), []
 
@@ -226,7 +230,7 @@ class Appender:
         key = blocks.frag_key(bid, no)
         body = b"".join(parts)
         self.table.put(txn, blocks.key_bytes(key),
-                       blocks.encode_fragment(key, new_ranges, body, limits.LEVEL_FRAGMENT))
+                       blocks.encode_fragment(key, new_ranges, body, limits.LEVEL_FRAGMENT, self.stored_check))
         frags.append(key)
 
     def seal(self, txn, level: Optional[int] = None) -> bool:
@@ -241,7 +245,7 @@ class Appender:
 
     def _seal(self, txn, level: int) -> None:
         key = blocks.frag_key(self.open_id, 0)
-        frame = blocks.encode_fragment(key, [tuple(r) for r in self.ranges], self.raw, level)
+        frame = blocks.encode_fragment(key, [tuple(r) for r in self.ranges], self.raw, level, self.stored_check)
         for k in self.frags:
             self.table.delete(txn, blocks.key_bytes(k))
         self.table.put(txn, blocks.key_bytes(key), frame)

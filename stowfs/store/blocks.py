@@ -48,7 +48,13 @@ def key_bytes(k: int) -> bytes:
     return _KEY.pack(k)
 
 
-def encode_extra(ranges: list[tuple[int, int]], raw) -> bytes:
+def piece_step(codec: int) -> int:
+    """The piece a fragment's piece hashes each cover: of its stored payload when it is
+    checked as stored, else of its decoded payload."""
+    return limits.STORED_PIECE_STEP if codec == frames.ZSTD_STORED_CHECK else limits.PIECE_HASH_STEP
+
+
+def encode_extra(ranges: list[tuple[int, int]], payload, step: int = limits.PIECE_HASH_STEP) -> bytes:
     out = bytearray()
     put_uvarint(out, len(ranges))
     prev = 0
@@ -56,7 +62,7 @@ def encode_extra(ranges: list[tuple[int, int]], raw) -> bytes:
         put_uvarint(out, start - prev)
         put_uvarint(out, length)
         prev = start + length
-    out += frames.chunk_hashes(raw, limits.PIECE_HASH_STEP)
+    out += frames.chunk_hashes(payload, step)
     return bytes(out)
 
 
@@ -77,8 +83,14 @@ def decode_extra(extra: bytes, raw_len: int, key: int) -> tuple[list[tuple[int, 
     return ranges, extra[pos:]
 
 
-def encode_fragment(key: int, ranges: list[tuple[int, int]], raw, level: int) -> bytes:
-    return frames.encode(frames.BLOCK, key, bytes(raw), level, encode_extra(ranges, raw))
+def encode_fragment(key: int, ranges: list[tuple[int, int]], raw, level: int,
+                    stored_check: bool = True) -> bytes:
+    """A BLOCK frame; stored_check (format 6): a zstd payload checked as stored
+    (frames.ZSTD_STORED_CHECK), its piece hashes over the stored bytes."""
+    if not stored_check:
+        return frames.encode(frames.BLOCK, key, bytes(raw), level, encode_extra(ranges, raw))
+    return frames.encode(frames.BLOCK, key, bytes(raw), level,
+                         extra_of=lambda payload, codec: encode_extra(ranges, payload, piece_step(codec)))
 
 
 @dataclass
@@ -370,9 +382,10 @@ class StreamReader:
             p, live = loc
             take = min(n, live)
             if ready:
-                return self._ready(frag, p, take, whole)
+                return self._ready(frag, p, take, whole, partly)
             dec = self.decoder(frag, frame)
-            end = frag.hd.raw_len if whole else p + take
+            # whole: its ranges must be sound; a frame checked as stored is from the start
+            end = frag.hd.raw_len if whole and not dec.whole_ok else p + take
             self.cache.reserve((frag.key, frag.hd.hash), dec, end)
             with dec.lock:
                 dec.need(end)
@@ -387,13 +400,15 @@ class StreamReader:
         raise Corrupt(f"stream position {bid * self.block_size + off} is not stored "
                       f"(block {bid}: a record points at bytes that are gone)")
 
-    def _ready(self, frag: Fragment, p: int, take: int, whole: bool) -> bytes:
+    def _ready(self, frag: Fragment, p: int, take: int, whole: bool, partly: Optional[list]) -> bytes:
         dec = None if frag.hd.raw_len < limits.CACHED_FRAGMENT_MIN else self.cache.get((frag.key, frag.hd.hash))
         if dec is None or not dec.lock.acquire(blocking=False):
             raise NotReady()
         try:
-            if (not dec.whole_ok) if whole else (dec.checked < p + take):
+            if (whole and not dec.whole_ok) or dec.checked < p + take:
                 raise NotReady()
+            if partly is not None and not dec.whole_ok:
+                partly.append(frag.key)
             return bytes(memoryview(dec.buf)[p:p + take])
         finally:
             dec.lock.release()
@@ -460,7 +475,7 @@ class StreamReader:
         dec = None if small else self.cache.get(ck)
         if dec is None:
             _, pieces = decode_extra(frag.hd.extra, frag.hd.raw_len, frag.key)
-            dec = frames.PartialDecoder(bytes(frame), frag.hd, pieces, limits.PIECE_HASH_STEP)
+            dec = frames.PartialDecoder(bytes(frame), frag.hd, pieces, piece_step(frag.hd.codec))
             if not small:
                 self.cache.put(ck, dec)
                 if self.copied is not None:
@@ -506,8 +521,9 @@ def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder) -> None:
         raw = frames.payload(frame, hd)
         hashing = threading.Event()
         with dec.lock:
-            taken = dec.adopt(raw)
-            if taken:
+            # to check here: not a frame checked as stored (what it decodes to is sound)
+            check = dec.adopt(raw) and hd.codec == frames.ZSTD
+            if check:
                 dec.hashing = hashing   # a read that needs the whole checked waits for this
             if dec.ahead is ahead:
                 dec.ahead = None
@@ -515,11 +531,11 @@ def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder) -> None:
             ahead.set()
         cache.grew()
         try:
-            if taken and frames.content_hash(hd.tag, hd.key, hd.extra, raw) == hd.hash:
+            if check and frames.content_hash(hd.tag, hd.key, hd.extra, raw) == hd.hash:
                 with dec.lock:
                     dec.whole_checked(raw)
         finally:
-            if taken:
+            if check:
                 with dec.lock:
                     if dec.hashing is hashing:
                         dec.hashing = None

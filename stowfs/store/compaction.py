@@ -5,7 +5,7 @@ Each step is one write transaction and leaves a store that reads the same bytes:
 - drop bytes no record uses any more (a fragment is rewritten with fewer ranges;
   positions never move, so no record changes);
 - merge a block's fragments into one frame, and raise frames written at a low level to
-  the compaction level (same decoded bytes, same content hash);
+  the compaction level (same decoded bytes), checked as stored (format 6);
 - take the facts ingest left for later (token counts: latefacts.py) into the records;
 - rewrite record groups and name pages at the compaction level;
 - merge the anchor runs, without anchors in dropped bytes.
@@ -99,7 +99,8 @@ def compact_block(store, bid: int, live: Optional[list], level: int) -> Optional
         ranges = [r for frag, _ in frs for r in frag.ranges]
         keep = ranges if live is None else _intersect(ranges, live)
         hd0 = frs[0][0].hd
-        if len(frs) == 1 and keep == ranges and (hd0.level >= level or hd0.codec == frames.RAW):
+        if len(frs) == 1 and keep == ranges and (hd0.codec == frames.RAW or (
+                hd0.level >= level and (hd0.codec == frames.ZSTD_STORED_CHECK or not store.stored_check))):
             return None
         return frs, ranges, keep
 
@@ -132,7 +133,7 @@ def compact_block(store, bid: int, live: Optional[list], level: int) -> Optional
                 else:
                     merged.append((s, n))
             key = blocks.frag_key(bid, 0)
-            frame = blocks.encode_fragment(key, merged, body, level)
+            frame = blocks.encode_fragment(key, merged, body, level, store.stored_check)
             store._blocks.put(txn, blocks.key_bytes(key), frame)
             new_bytes = len(frame)
         st = meta_get(txn, store._meta, b"stream", {"end": 0, "epoch": 0})
@@ -163,7 +164,7 @@ def rewrite_metadata(store, level: int) -> int:
         def work(txn):
             for k, v in table.cursor(txn):
                 hd = frames.header(v, tag, key_of(bytes(k)))
-                if hd.codec == frames.ZSTD and hd.level < level:
+                if hd.codec != frames.RAW and hd.level < level:
                     return True
             return False
         return store._read(work)

@@ -1,7 +1,9 @@
 """Opening an older store.
 
-Format 4 -> 5 (`open_tables`): the format number only (see _to_format_5), while no other
-process has the store open; until then the store is read and written as format 4.
+Format 4 or 5 -> 6 (`open_tables`): the format number only (see _to_newest), while no
+other process has the store open; until then the store is read and written as the
+format it is in (format 4: no facts stored against others, no anchor planes; 4 and 5: no
+blocks checked as stored).
 
 Format 3 -> 4 (`open_tables`): the five named databases of format 3 become key ranges of
 one (keyspace.py). In place, in one LMDB write transaction: every entry is copied under
@@ -131,13 +133,13 @@ def _copy(path: Path, new: Path) -> None:
 
 def open_tables(env, init=None) -> int:
     """Open the store's databases in env (env.db, env.tables); init(txn) writes a new
-    store's meta (when writable). Returns the stored format the store is in: 5; or 4 or
-    3 for an older store not converted now (read-only, or another process has it open)."""
+    store's meta (when writable). Returns the stored format the store is in: 6; or 5, 4
+    or 3 for an older store not converted now (read-only, or another process has it open)."""
     names = _names(env)
     if keyspace.STORE_DB in names or b"meta" not in names:
         env.open_databases((keyspace.STORE_DB,), init)
         fmt = _format(env)
-        return _newest(env) if fmt == 4 else fmt
+        return _newest(env, fmt) if fmt in (4, 5) else fmt
     env.open_databases((b"meta",))
     fmt = _format(env)
     if fmt < 3:
@@ -149,21 +151,21 @@ def open_tables(env, init=None) -> int:
                 # the old databases' pages are free now: give them back to the disk
                 if env.free_share() >= limits.RECLAIM_SLACK:
                     env.compact_copy()
-                return _newest(env)
+                return _newest(env, 4)
         except StoreFull as e:
             print(f"stowfs: {env.path} stays in format 3 for now: {e}", file=sys.stderr)
     return 3
 
 
-def _newest(env) -> int:
-    """A format-4 store made format 5 if this process has it alone (else it stays 4);
-    returns the format it is in."""
+def _newest(env, fmt: int) -> int:
+    """A format-4 or 5 store made format 6 if this process has it alone (else it stays
+    as it is); returns the format it is in."""
     try:
-        if env.alone(lambda: _to_format_5(env)):
-            return 5
+        if env.alone(lambda: _to_newest(env)):
+            return NEWEST
     except StoreFull as e:
-        print(f"stowfs: {env.path} stays in format 4 for now: {e}", file=sys.stderr)
-    return 4
+        print(f"stowfs: {env.path} stays in format {fmt} for now: {e}", file=sys.stderr)
+    return fmt
 
 
 def _format(env) -> int:
@@ -174,13 +176,17 @@ def _format(env) -> int:
     return fmt
 
 
-def _to_format_5(env) -> None:
-    """Format 4 -> 5: only the number. Format 5 reads every format-4 value as it is; what
-    it adds are layouts a format-4 reader does not know (facts stored against each
-    other, anchor runs in byte planes), written from now on, so no process of the older
-    code may have the store open (the caller holds it alone)."""
+NEWEST = 6
+
+
+def _to_newest(env) -> None:
+    """Format 4 or 5 -> 6: only the number. Format 6 reads every format-4 and 5 value as
+    it is; what it adds are layouts older readers do not know (format 5: facts stored
+    against each other, anchor runs in byte planes; format 6: blocks checked as stored),
+    written from now on, so no process of the older code may have the store open (the
+    caller holds it alone). Compaction rewrites the blocks in the new layout."""
     def work(txn):
-        env.tables["meta"].put(txn, b"format", lmdbenv.u64(5))
+        env.tables["meta"].put(txn, b"format", lmdbenv.u64(NEWEST))
     env.write(work)
 
 

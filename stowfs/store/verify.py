@@ -86,7 +86,7 @@ def walk(path: str) -> dict:
             try:
                 frag = blocks.parse_fragment(v, key)
                 _, pieces = blocks.decode_extra(frag.hd.extra, frag.hd.raw_len, key)
-                dec = frames.PartialDecoder(v, frag.hd, pieces, frames_step())
+                dec = frames.PartialDecoder(v, frag.hd, pieces, blocks.piece_step(frag.hd.codec))
                 dec.need(frag.hd.raw_len)
                 if dec.unmatched:
                     # every piece checks: the payload is sound, its ranges (or the hash)
@@ -224,11 +224,6 @@ def walk(path: str) -> dict:
                 "structure_damaged": bool(broken)}
     finally:
         store.close()
-
-
-def frames_step() -> int:
-    from .. import limits
-    return limits.PIECE_HASH_STEP
 
 
 def verify(path) -> dict:
