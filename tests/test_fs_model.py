@@ -258,8 +258,9 @@ def test_large_file_read_by_range(store, tmp_path):
 def test_a_large_file_is_read_at_hand_only_where_its_block_is_decoded(tmp_path):
     """read_ready (what the adapter tries on the event loop before handing a READ to a
     worker thread) gives read()'s bytes where the store's cache holds them decoded and
-    checked as read() checks a part of a file (its blocks whole against their frame
-    hash), and None everywhere else, decoding nothing."""
+    checked as read() checks a part of a file (its blocks against their frame hash), and
+    None everywhere else, decoding nothing. (For blocks checked as decoded, format 5 and
+    before, a part comes only from a block decoded whole: tests/test_store.py.)"""
     from stowfs.maintenance import compact
     from stowfs.store import Store
     st = Store(tmp_path / "st", block_size=1 << 20)
@@ -280,10 +281,10 @@ def test_a_large_file_is_read_at_hand_only_where_its_block_is_decoded(tmp_path):
         assert fs.read(fh, mid, 4096) == data[mid:mid + 4096]     # the second block, whole
         assert fs.read_ready(fh, mid + 4096, 4096) == data[mid + 4096:mid + 8192]
         assert fs.read_ready(fh, near, 4096) is None              # not decoded there
-        # the first block partly decoded, by a whole read of a file in it (checked by
-        # that file's checksum): not enough for a part of another file
+        # the first block partly decoded, by a whole read of a file in it: checked as
+        # stored (format 6), what it decoded serves a part of another file as well
         assert cat(fs, "conversations/a-small.json") == small
-        assert fs.read_ready(fh, near, 4096) is None
+        assert fs.read_ready(fh, near, 4096) == data[near:near + 4096]
         assert fs.read(fh, near, 4096) == data[near:near + 4096]
         assert fs.read_ready(fh, near, 4096) == data[near:near + 4096]
         # its last block is a small fragment (decoded at each read, never cached)

@@ -1266,3 +1266,92 @@ def test_a_read_of_a_whole_block_waits_for_the_decode_ahead_threads_hash(monkeyp
     thread_done(dec, matched=False)
     t.join(10)
     assert hashed == [len(raw)] and isinstance(got[0], Corrupt) and not dec.whole_ok
+
+
+def _stored_check_frame(n: int):
+    """A BLOCK frame checked as stored (format 6) of n bytes of real chat JSON, with
+    its fragment, piece hashes and raw bytes."""
+    from stowfs.store import blocks, frames
+    raw = b"".join(json.dumps(openai_form(r)).encode() for r in sharegpt_records(900))
+    raw = (raw * (n // len(raw) + 1))[:n]
+    key = blocks.frag_key(9, 0)
+    frame = blocks.encode_fragment(key, [(0, len(raw))], raw, 3)
+    frag = blocks.parse_fragment(frame, key)
+    assert frag.hd.codec == frames.ZSTD_STORED_CHECK
+    _, pieces = blocks.decode_extra(frag.hd.extra, frag.hd.raw_len, key)
+    return frame, frag, pieces, raw
+
+
+def test_a_block_checked_as_stored_is_sound_before_it_is_decoded_and_damage_stays_local(monkeypatch):
+    """Format 6: the frame hash covers the stored (compressed) payload, checked once
+    before any decode; then every decoded byte is sound and the ranges too (whole_ok
+    from the start), so a read near the start decodes a step, not the block, and no
+    decoded byte is hashed. A damaged stored piece: the sound pieces before it still
+    decode (what they give is taken as a part whose ranges nobody vouches for), and
+    nothing past it is ever handed to zstd. A damaged hash with every piece sound:
+    unmatched, as with blocks checked decoded."""
+    import dataclasses
+    from stowfs import limits
+    from stowfs.store import blocks, frames
+    frame, frag, pieces, raw = _stored_check_frame(24 << 20)
+    step = blocks.piece_step(frag.hd.codec)
+    stored = len(frame) - frag.hd.body
+    assert step == limits.STORED_PIECE_STEP and len(pieces) == 8 * -(-stored // step) >= 24
+    hashed = []
+    real = frames.content_hash
+    monkeypatch.setattr(frames, "content_hash",
+                        lambda tag, key, extra, data: hashed.append(len(data)) or real(tag, key, extra, data))
+    dec = frames.PartialDecoder(frame, frag.hd, pieces, step)
+    assert dec.whole_ok and hashed == [stored]                    # the stored bytes, once
+    dec.need(1000)
+    assert dec.checked >= 1000 and len(dec.buf) < len(raw) // 4 and not dec.done
+    assert bytes(dec.buf[:1000]) == raw[:1000]
+    dec.need(len(raw))
+    assert dec.checked == len(raw) and bytes(dec.buf) == raw and dec.done
+    assert hashed == [stored]                                     # nothing decoded was hashed
+    # a damaged stored byte in the fifth piece: the pieces before it decode, no further
+    bad = bytearray(frame)
+    bad[frag.hd.body + 4 * step + 100] ^= 0x20
+    dec = frames.PartialDecoder(bytes(bad), frag.hd, pieces, step)
+    assert not dec.whole_ok and not dec.unmatched and dec.frame_left() is None
+    dec.need(1000)
+    assert bytes(dec.buf[:1000]) == raw[:1000]
+    with pytest.raises(Corrupt, match="damaged at offset"):
+        dec.need(len(raw))
+    assert dec._pos <= frag.hd.body + 4 * step                      # nothing past it went to zstd
+    assert bytes(dec.buf) == raw[:len(dec.buf)]
+    # a damaged hash over sound pieces: unmatched, decodes whole, its ranges not vouched for
+    wrong = dataclasses.replace(frag.hd, hash=bytes(16))
+    dec = frames.PartialDecoder(frame, wrong, pieces, step)
+    assert dec.unmatched and not dec.whole_ok
+    dec.need(len(raw))
+    assert bytes(dec.buf) == raw and not dec.whole_ok
+    # every byte of the stored payload flipped in turn at a sample of offsets: never a
+    # wrong byte, always Corrupt or the right ones
+    for off in range(frag.hd.body, len(frame), len(frame) // 97):
+        bad = bytearray(frame)
+        bad[off] ^= 0x01
+        try:
+            dec = frames.PartialDecoder(bytes(bad), frag.hd, pieces, step)
+            dec.need(len(raw))
+        except Corrupt:
+            continue
+        pytest.fail(f"a flip at {off} read without error")
+
+
+def test_a_part_of_a_file_in_a_block_checked_as_stored_is_read_without_decoding_the_block(tmp_path):
+    """The mount reads a large file in parts (whole=True: from fragments whose ranges are
+    vouched for). A block checked decoded had to be decoded whole for that; one checked
+    as stored is vouched for before its decode, so a part near the start decodes a step."""
+    from stowfs.store import compaction
+    raw = b"".join(json.dumps(openai_form(r)).encode() for r in sharegpt_records(900))
+    big = (raw * (12 * 1024 * 1024 // len(raw) + 1))[:12 * 1024 * 1024]
+    with Store(tmp_path / "s") as s:
+        s.put("big.json", big)
+        compaction.compact(s)
+        r = s.reader("big.json")
+        assert r.read(4096, 131072) == big[4096:4096 + 131072]
+        decs = list(s.cache._d.values())
+        assert len(decs) == 1 and decs[0].whole_ok and len(decs[0].buf) < len(big) // 4
+        assert r.read(len(big) - 5000, 131072) == big[-5000:]
+        assert s.get("big.json") == big
