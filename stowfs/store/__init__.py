@@ -982,11 +982,11 @@ class FileReader:
 
     def read(self, offset: int, size: int) -> bytes:
         """The bytes [offset, offset+size). The whole file is checked against its
-        record's checksum unless every fragment it came from was checked whole against
-        its frame hash; a part of it comes only from fragments so checked (each is
-        decoded whole first): the pieces' own hashes cover the decoded payload, not the
-        fragment's ranges, so a damaged range would hand out other bytes of a sound
-        payload (FORMAT.md, "What a read checks")."""
+        record's checksum unless every fragment it came from matched its frame hash; a
+        part of it comes only from fragments so matched (one checked as stored is, before
+        its decode; one checked decoded is decoded whole first): the pieces' own hashes
+        do not cover the fragment's ranges, so a damaged range would hand out other bytes
+        of a sound payload (FORMAT.md, "What a read checks")."""
         if offset >= self.size or size <= 0:
             return b""
         size = min(size, self.size - offset)

@@ -350,10 +350,11 @@ class StreamReader:
         (many files read in one transaction: their fragment is looked up and parsed
         once, not once a file). ready: only from what the cache holds decoded and
         checked, else NotReady (nothing is decoded, no lock waited for). whole: each
-        fragment read from is decoded whole and checked against its frame hash first
-        (its pieces' hashes do not cover its ranges). partly: a list, given an item for
-        each read from a fragment not yet checked whole (its ranges not checked: the
-        caller checks what it read another way, a file's checksum)."""
+        fragment read from is matched against its frame hash first (its ranges are
+        vouched for by nothing else): one checked as stored is from the start, one
+        checked decoded is decoded whole for it. partly: a list, given an item for each
+        read from a fragment not matched against its frame hash (its ranges not checked:
+        the caller checks what it read another way, a file's checksum)."""
         out = None
         while n > 0:
             bid, off = divmod(pos, self.block_size)
@@ -443,9 +444,11 @@ class StreamReader:
         stream in order (the mount's read-ahead), which would otherwise decode each
         block whole on its own thread when it reaches a quarter of it. zstd and BLAKE2
         run without the GIL, beside the thread that answers requests. Reads of the
-        fragment meanwhile wait for the whole (PartialDecoder.need) and check the pieces
-        they reach until that thread has checked the whole against the frame hash; in a
-        frame that does not match, the pieces say which part is damaged."""
+        fragment meanwhile wait for the whole (PartialDecoder.need). A fragment checked
+        as stored was matched before: what the thread decodes is sound. One checked
+        decoded: the reads check the pieces they reach until that thread has checked the
+        whole against the frame hash; in a frame that does not match, the pieces say
+        which part is damaged."""
         for frag, _ in found.values():
             ck = (frag.key, frag.hd.hash)
             dec = self.cache.get(ck)
@@ -507,9 +510,9 @@ def in_background(fn, *args) -> None:
 
 def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder) -> None:
     """StreamReader.decode_ahead's work, in its thread: decode dec's frame whole and hand
-    it over (the reads waiting for it go on as soon as it is taken, checking the pieces
-    they reach), then check the whole against the frame hash, which spares the reads
-    their piece checks. Ends by clearing dec.ahead and waking the reads that waited for
+    it over (the reads waiting for it go on as soon as it is taken). A frame checked
+    decoded: the reads check the pieces they reach, and this thread then checks the
+    whole against the frame hash, which spares them that. Ends by clearing dec.ahead and waking the reads that waited for
     it, whatever happened."""
     ahead = dec.ahead
     try:
