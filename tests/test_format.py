@@ -231,6 +231,20 @@ def test_the_format_document_reads_a_real_store(tmp_path):
     assert set(got["block_codecs"]) == set(after["block_codecs"]) == {2}
 
 
+def _put_while_another_has_it_open(path: Path, fmt: int, files: list, then) -> None:
+    """A writable open while another process holds the store's shared lock: the store
+    stays in format fmt; each file is put under more/, then then(store) must be true."""
+    import fcntl
+    root = corpus_dir()
+    with open(path / "stowfs.lock", "a+b") as other:
+        fcntl.flock(other, fcntl.LOCK_SH)
+        with Store(path) as s:
+            assert s.stored_format == fmt
+            for p in files:
+                s.put_file("more/" + str(p.relative_to(root)), p)
+            assert then(s)
+
+
 def _fixture4(tmp_path) -> tuple[Path, dict]:
     path = tmp_path / "old4"
     shutil.copytree(FIXTURES / "format4-store", path)
@@ -271,22 +285,13 @@ def test_a_format_4_store_another_process_has_open_stays_format_4(tmp_path):
     another process has the store open, a writable open reads and writes format 4 (no
     facts stored against others, no anchor planes, blocks checked as decoded), and the
     first open alone converts it."""
-    import fcntl
     path, expected = _fixture4(tmp_path)
     root = corpus_dir()
     extra = [p for p in corpus_files() if p.stat().st_size < 1 << 20][:12]
-    with open(path / "stowfs.lock", "a+b") as other:
-        fcntl.flock(other, fcntl.LOCK_SH)
-        with Store(path) as s:
-            assert s.stored_format == 4
-            for p in extra:
-                s.put_file("more/" + str(p.relative_to(root)), p)
-            compaction.compact(s)
-            assert verify(s)["ok"]
-        got = parse_store(path, fmt=4)
-        assert not got["refs"] and not got["planes"] and 2 not in got["block_codecs"]
-        assert got["files"]["more/" + str(extra[0].relative_to(root))] == extra[0].read_bytes()
-        fcntl.flock(other, fcntl.LOCK_UN)
+    _put_while_another_has_it_open(path, 4, extra, lambda s: (compaction.compact(s), verify(s)["ok"])[1])
+    got = parse_store(path, fmt=4)
+    assert not got["refs"] and not got["planes"] and 2 not in got["block_codecs"]
+    assert got["files"]["more/" + str(extra[0].relative_to(root))] == extra[0].read_bytes()
     with Store(path) as s:
         assert s.stored_format == 6
         assert len(list(s.iter_files())) == len(expected["files"]) + len(extra)
@@ -299,7 +304,6 @@ def test_a_format_5_store_becomes_format_6_and_its_blocks_are_checked_as_stored(
     writable open while another process has it open, which writes blocks checked as
     decoded); a writable open alone makes it format 6, reading every old block as it
     is; compaction rewrites them checked as stored. Every file reads back the same."""
-    import fcntl
     path = tmp_path / "old5"
     shutil.copytree(FIXTURES / "format5-store", path)
     expected = json.loads((FIXTURES / "format5-store.json").read_text())
@@ -312,15 +316,8 @@ def test_a_format_5_store_becomes_format_6_and_its_blocks_are_checked_as_stored(
     assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
     more = [p for p in corpus_files() if p.stat().st_size < 1 << 20][:6]
     root = corpus_dir()
-    with open(path / "stowfs.lock", "a+b") as other:
-        fcntl.flock(other, fcntl.LOCK_SH)
-        with Store(path) as s:
-            assert s.stored_format == 5
-            for p in more:
-                s.put_file("more/" + str(p.relative_to(root)), p)
-            s.seal()
-        assert set(parse_store(path, fmt=5)["block_codecs"]) == {1}
-        fcntl.flock(other, fcntl.LOCK_UN)
+    _put_while_another_has_it_open(path, 5, more, lambda s: s.seal() or True)
+    assert set(parse_store(path, fmt=5)["block_codecs"]) == {1}
     with Store(path) as s:
         assert s.stored_format == 6
         _reads_back(s, expected["files"], more=True)
