@@ -304,7 +304,8 @@ def cmd_stats(args) -> int:
     print(f"files            {s['files']} ({s['conversations']} conversations, {s['messages']} messages, "
           f"{s['unparsed_files']} stored opaque)")
     print(f"original bytes   {_human(s['naive_bytes'])}")
-    print(f"on disk          {_human(s['disk_bytes'])}  ratio {s['ratio']}x, saves {s['savings_percent']}%")
+    print(f"on disk          {_human(s['disk_bytes'])}  ratio {s['ratio']}x, saves {s['savings_percent']}% "
+          f"(stored format {s['store_format']})")
     print(f"content          {_human(s['stream_bytes'])} stored once ({_human(s['naive_bytes'] - s['stream_bytes'])} "
           f"were repeats, dedup {s['dedup_ratio']}x), in {s['block_fragments']} block frames of "
           f"{_human(s['block_bytes'])} (compression {s['compression_ratio']}x"

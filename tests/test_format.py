@@ -322,6 +322,8 @@ def test_a_format_5_store_becomes_format_6_and_its_blocks_are_checked_as_stored(
         assert s.stored_format == 6
         _reads_back(s, expected["files"], more=True)
         assert verify(s)["ok"]
+        st = s.stats()                                     # what compaction will rewrite
+        assert st["store_format"] == 6 and st["uncompacted_fragments"] == st["block_fragments"] > 1
     mixed = parse_store(path)
     assert set(mixed["block_codecs"]) == {1}                # nothing rewritten yet
     compact(path)
@@ -332,7 +334,7 @@ def test_a_format_5_store_becomes_format_6_and_its_blocks_are_checked_as_stored(
         assert new["files"]["more/" + str(p.relative_to(root))] == p.read_bytes()
     with Store(path, readonly=True) as s:
         _reads_back(s, expected["files"], more=True)
-        assert verify(s)["ok"]
+        assert verify(s)["ok"] and s.stats()["uncompacted_fragments"] == 0
 
 
 def test_a_format_2_store_is_upgraded_without_loss(tmp_path):

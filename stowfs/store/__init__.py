@@ -936,7 +936,9 @@ class Store:
                 n += 1
                 frames_bytes += len(v)
                 raw += hd.raw_len
-                low += 1 if (hd.codec != fr.RAW and hd.level < limits.LEVEL_COMPACT) else 0
+                # what compaction rewrites: a low level, or (format 6) checked as decoded
+                low += 1 if hd.codec != fr.RAW and (hd.level < limits.LEVEL_COMPACT or (
+                    hd.codec == fr.ZSTD and self.stored_check)) else 0
             return {"fragments": n, "stored_bytes": frames_bytes, "raw_bytes": raw, "low_level_fragments": low}
         return self._read(work)
 
@@ -947,6 +949,7 @@ class Store:
         tables = self.table_bytes()
         content = tables.get("blocks", 0)
         return {
+            "store_format": self.stored_format,
             "files": c["files"], "conversations": c["conversations"], "messages": c["messages"],
             "unparsed_files": c["unparsed"], "naive_bytes": c["bytes"], "disk_bytes": disk,
             "ratio": round(c["bytes"] / disk, 3) if disk else None,
