@@ -512,8 +512,8 @@ def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder) -> None:
     """StreamReader.decode_ahead's work, in its thread: decode dec's frame whole and hand
     it over (the reads waiting for it go on as soon as it is taken). A frame checked
     decoded: the reads check the pieces they reach, and this thread then checks the
-    whole against the frame hash, which spares them that. Ends by clearing dec.ahead and waking the reads that waited for
-    it, whatever happened."""
+    whole against the frame hash, which spares them that. Ends by clearing dec.ahead
+    and waking the reads that waited for it, whatever happened."""
     ahead = dec.ahead
     try:
         frame = dec.frame_left()        # none decodes it while ahead is set
