@@ -85,3 +85,38 @@ def test_kill_9_during_background_compaction_loses_nothing(mounter):
     wait_compacted(m)
     for rel in names:
         assert (m / "conversations" / "cc" / rel).read_bytes() == (src / rel).read_bytes()
+
+
+def test_a_mounted_format_5_store_becomes_format_6_and_its_blocks_are_rewritten_when_idle(mounter, tmp_path):
+    """An upgrade as a user meets it: the store the code before format 6 wrote
+    (tests/fixtures/format5-store), mounted. The mount has it alone, so it becomes
+    format 6; reads are right throughout; the idle compaction rewrites its blocks
+    checked as stored (stats.json: nothing left to compact); verify is clean."""
+    import hashlib
+    import lmdb
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures")
+    store = tmp_path / "old5"
+    shutil.copytree(os.path.join(fixtures, "format5-store"), store)
+    expected = json.loads(open(os.path.join(fixtures, "format5-store.json")).read())["files"]
+    m = mounter(store)
+    m.start("--idle-compact", "1")
+    for name, e in expected.items():
+        assert hashlib.sha256((m / "conversations" / name).read_bytes()).hexdigest() == e["sha256"]
+    deadline = time.monotonic() + 120                # (64 KiB blocks: wait_compacted's
+    while True:                                       # one-block bound does not apply)
+        st = json.loads((m / "stats.json").read_text())
+        if st["uncompacted_fragments"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert st["uncompacted_fragments"] == 0 and st["block_fragments"] == 3
+    assert st["store_format"] == 6 and st["files"] == len(expected)
+    for name, e in expected.items():
+        assert hashlib.sha256((m / "conversations" / name).read_bytes()).hexdigest() == e["sha256"]
+    m.umount()
+    env = lmdb.open(str(store / "lmdb"), readonly=True, lock=False, max_dbs=8)
+    with env.begin() as txn:
+        db = env.open_db(b"store", txn=txn, create=False)
+        codecs = {bytes(v)[9] for k, v in txn.cursor(db=db) if k[:1] == b"\x02"}
+    env.close()
+    assert codecs == {2}
+    assert subprocess.run([*CLI, "verify", str(store)], capture_output=True).returncode == 0
