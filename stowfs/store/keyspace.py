@@ -1,4 +1,4 @@
-"""The store's tables as key ranges of one LMDB database (formats 4 and 5): each table's entries
+"""The store's tables as key ranges of one LMDB database (formats 4 to 6): each table's entries
 are stored under its tag byte followed by the table's own key, so a small store pays for
 one B-tree instead of five (a compacted store's named database costs at least one nearly
 empty leaf page; its values are mostly in overflow pages).

@@ -160,9 +160,10 @@ def open_tables(env, init=None) -> int:
 def _newest(env, fmt: int) -> int:
     """A format-4 or 5 store made format 6 if this process has it alone (else it stays
     as it is); returns the format it is in."""
+    from . import FORMAT_VERSION
     try:
         if env.alone(lambda: _to_newest(env)):
-            return NEWEST
+            return FORMAT_VERSION
     except StoreFull as e:
         print(f"stowfs: {env.path} stays in format {fmt} for now: {e}", file=sys.stderr)
     return fmt
@@ -176,17 +177,16 @@ def _format(env) -> int:
     return fmt
 
 
-NEWEST = 6
-
-
 def _to_newest(env) -> None:
     """Format 4 or 5 -> 6: only the number. Format 6 reads every format-4 and 5 value as
     it is; what it adds are layouts older readers do not know (format 5: facts stored
     against each other, anchor runs in byte planes; format 6: blocks checked as stored),
     written from now on, so no process of the older code may have the store open (the
     caller holds it alone). Compaction rewrites the blocks in the new layout."""
+    from . import FORMAT_VERSION
+
     def work(txn):
-        env.tables["meta"].put(txn, b"format", lmdbenv.u64(NEWEST))
+        env.tables["meta"].put(txn, b"format", lmdbenv.u64(FORMAT_VERSION))
     env.write(work)
 
 
