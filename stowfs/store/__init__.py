@@ -936,9 +936,7 @@ class Store:
                 n += 1
                 frames_bytes += len(v)
                 raw += hd.raw_len
-                # what compaction rewrites: a low level, or (format 6) checked as decoded
-                low += 1 if hd.codec != fr.RAW and (hd.level < limits.LEVEL_COMPACT or (
-                    hd.codec == fr.ZSTD and self.stored_check)) else 0
+                low += 0 if blocks.final(hd, limits.LEVEL_COMPACT, self.stored_check) else 1
             return {"fragments": n, "stored_bytes": frames_bytes, "raw_bytes": raw, "low_level_fragments": low}
         return self._read(work)
 

@@ -54,6 +54,14 @@ def piece_step(codec: int) -> int:
     return limits.STORED_PIECE_STEP if codec == frames.ZSTD_STORED_CHECK else limits.PIECE_HASH_STEP
 
 
+def final(hd: frames.Header, level: int, stored_check: bool) -> bool:
+    """Whether a fragment's frame is as compaction leaves it (given it is its block's only
+    fragment and holds only live bytes): raw, or zstd at `level` or above, checked as
+    stored where the store writes so (format 6)."""
+    return hd.codec == frames.RAW or (
+        hd.level >= level and (hd.codec == frames.ZSTD_STORED_CHECK or not stored_check))
+
+
 def encode_extra(ranges: list[tuple[int, int]], payload, step: int = limits.PIECE_HASH_STEP) -> bytes:
     out = bytearray()
     put_uvarint(out, len(ranges))

@@ -99,8 +99,7 @@ def compact_block(store, bid: int, live: Optional[list], level: int) -> Optional
         ranges = [r for frag, _ in frs for r in frag.ranges]
         keep = ranges if live is None else _intersect(ranges, live)
         hd0 = frs[0][0].hd
-        if len(frs) == 1 and keep == ranges and (hd0.codec == frames.RAW or (
-                hd0.level >= level and (hd0.codec == frames.ZSTD_STORED_CHECK or not store.stored_check))):
+        if len(frs) == 1 and keep == ranges and blocks.final(hd0, level, store.stored_check):
             return None
         return frs, ranges, keep
 
