@@ -108,6 +108,7 @@ class Fragment:
     starts: list            # range starts, for bisect
     offsets: list           # payload offset of each range
     hd: frames.Header
+    pieces: bytes           # the piece hashes (of piece_step(hd.codec) bytes each)
 
     @property
     def first(self) -> int:
@@ -130,12 +131,17 @@ class Fragment:
 
 def parse_fragment(frame, key: int) -> Fragment:
     hd = frames.header(frame, frames.BLOCK, key)
-    ranges, _ = decode_extra(hd.extra, hd.raw_len, key)
+    ranges, pieces = decode_extra(hd.extra, hd.raw_len, key)
     offsets, acc = [], 0
     for _, length in ranges:
         offsets.append(acc)
         acc += length
-    return Fragment(key, ranges, [r[0] for r in ranges], offsets, hd)
+    return Fragment(key, ranges, [r[0] for r in ranges], offsets, hd, pieces)
+
+
+def new_decoder(frag: Fragment, frame) -> frames.PartialDecoder:
+    """A decoder of a fragment's payload (frame: the fragment's value, held by it)."""
+    return frames.PartialDecoder(frame, frag.hd, frag.pieces, piece_step(frag.hd.codec))
 
 
 def _block_key(k) -> int:
@@ -485,8 +491,7 @@ class StreamReader:
         ck = (frag.key, frag.hd.hash)
         dec = None if small else self.cache.get(ck)
         if dec is None:
-            _, pieces = decode_extra(frag.hd.extra, frag.hd.raw_len, frag.key)
-            dec = frames.PartialDecoder(bytes(frame), frag.hd, pieces, piece_step(frag.hd.codec))
+            dec = new_decoder(frag, bytes(frame))
             if not small:
                 self.cache.put(ck, dec)
                 if self.copied is not None:

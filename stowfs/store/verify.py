@@ -20,7 +20,7 @@ from ..errors import Corrupt, StowError
 def walk(path: str) -> dict:
     """The checks themselves (in the child)."""
     from .. import limits
-    from . import Store, blocks, frames, records
+    from . import Store, blocks, records
     from .anchors import decode_run
     from .names import recover_page, salvage_page
     problems: list[str] = []
@@ -85,8 +85,7 @@ def walk(path: str) -> dict:
             key = int.from_bytes(k, "big") if len(k) == 8 else -1
             try:
                 frag = blocks.parse_fragment(v, key)
-                _, pieces = blocks.decode_extra(frag.hd.extra, frag.hd.raw_len, key)
-                dec = frames.PartialDecoder(v, frag.hd, pieces, blocks.piece_step(frag.hd.codec))
+                dec = blocks.new_decoder(frag, v)
                 dec.need(frag.hd.raw_len)
                 if dec.unmatched:
                     # every piece checks: the payload is sound, its ranges (or the hash)
