@@ -295,30 +295,7 @@ class PartialDecoder:
         if self.hd.codec == ZSTD_STORED_CHECK:
             self._need_stored(end)
             return
-        want = self._want(end)
-        try:
-            if self.decodes_whole(end):
-                self._decode_rest()
-            while len(self.buf) < want and self._frame is not None and self._pos < len(self._frame):
-                if self.hd.codec != ZSTD:
-                    self.buf += memoryview(self._frame)[self._pos:]
-                    self._pos = len(self._frame)
-                else:
-                    if self._reader is None:
-                        self._reader = zstd.ZstdDecompressor(
-                            max_window_size=1 << limits.ZSTD_MAX_WINDOW_LOG).decompressobj()
-                    chunk = memoryview(self._frame)[self._pos:self._pos + limits.PARTIAL_DECODE_STEP]
-                    self._pos += len(chunk)
-                    self.buf += self._reader.decompress(chunk)
-                if len(self.buf) > raw_len:
-                    raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} decodes to more than it declares")
-            if self._frame is not None and self._pos >= len(self._frame):
-                # all of it decoded (a step of highly repetitive input decodes to MBs):
-                # the stream, its window and the frame are let go; pieces are still
-                # checked as reads reach them, and the whole at the end
-                self._frame = self._reader = None
-        except zstd.ZstdError as e:
-            raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} does not decode: {e}") from None
+        self._decode_to(end, self._want(end))
         if end == raw_len and not self._whole and self._frame is None and len(self.buf) == raw_len:
             if self.hashing is not None:     # the decode-ahead thread is checking the whole
                 self._wait(self.hashing)
@@ -337,29 +314,42 @@ class PartialDecoder:
                 self._whole = True
                 self._frame = self._reader = None
 
-    def _need_stored(self, end: int) -> None:
-        """need() of a ZSTD_STORED_CHECK frame: decode on, never past the stored bytes
-        found sound; whatever is decoded is checked."""
+    def _decode_to(self, end: int, want: int) -> None:
+        """Decode until buf holds want bytes or the frame is used up: the rest at once when
+        decodes_whole(end), else a step of the stored frame at a time, never past the
+        stored bytes found sound (a frame checked as stored with a damaged piece)."""
         stop = self.hd.body + self._sound
         try:
             if self.decodes_whole(end):
                 self._decode_rest()
-            while len(self.buf) < end and self._frame is not None:
+            while len(self.buf) < want and self._frame is not None:
                 if self._pos >= stop:
-                    raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} is damaged at offset "
-                                  f"{self._sound} of its stored payload")
-                if self._reader is None:
-                    self._reader = zstd.ZstdDecompressor(
-                        max_window_size=1 << limits.ZSTD_MAX_WINDOW_LOG).decompressobj()
-                chunk = memoryview(self._frame)[self._pos:min(self._pos + limits.PARTIAL_DECODE_STEP, stop)]
-                self._pos += len(chunk)
-                self.buf += self._reader.decompress(chunk)
+                    if stop < len(self._frame):
+                        raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} is damaged at offset "
+                                      f"{self._sound} of its stored payload")
+                    break
+                if self.hd.codec == RAW:
+                    self.buf += memoryview(self._frame)[self._pos:]
+                    self._pos = len(self._frame)
+                else:
+                    if self._reader is None:
+                        self._reader = zstd.ZstdDecompressor(
+                            max_window_size=1 << limits.ZSTD_MAX_WINDOW_LOG).decompressobj()
+                    chunk = memoryview(self._frame)[self._pos:min(self._pos + limits.PARTIAL_DECODE_STEP, stop)]
+                    self._pos += len(chunk)
+                    self.buf += self._reader.decompress(chunk)
                 if len(self.buf) > self.hd.raw_len:
                     raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} decodes to more than it declares")
             if self._frame is not None and self._pos >= len(self._frame):
+                # all of it decoded (a step of highly repetitive input decodes to MBs):
+                # the stream, its window and the frame are let go
                 self._frame = self._reader = None
         except zstd.ZstdError as e:
             raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} does not decode: {e}") from None
+
+    def _need_stored(self, end: int) -> None:
+        """need() of a ZSTD_STORED_CHECK frame: whatever is decoded is checked."""
+        self._decode_to(end, end)
         if self._frame is None and len(self.buf) != self.hd.raw_len:
             raise Corrupt(f"{TAG_NAMES[self.hd.tag]} {self.hd.key} decodes to {len(self.buf)} bytes, "
                           f"not the {self.hd.raw_len} it declares")
