@@ -145,6 +145,7 @@ class Store:
         self.readonly = readonly
         self._background = threading.Lock()    # held by a prefetch while it reads; close waits
         self._closed = False
+        self._prefetched = None         # the generation a listing last asked a prefetch at
         from .upgrade import open_tables, upgrade_if_needed
         if not readonly:
             upgrade_if_needed(self.path)
@@ -741,9 +742,15 @@ class Store:
         """Begin decoding the block the file's bytes begin in, in the background, when no
         block is decoded yet: the kernel just listed a directory, and a reader going
         through it (`find | xargs cat` lists every directory before its first read)
-        then finds the block decoded and checked, not waits ~30 ms for it."""
+        then finds the block decoded and checked, not waits ~30 ms for it. Once a
+        generation: a store whose blocks are all too small to cache keeps its cache
+        empty, and every listing decoded a record group in the background for nothing
+        (a warm listing is meant to read no record)."""
         if self.cache.empty():
-            blocks.in_background(self._prefetch, file_id)
+            gen = self.generation
+            if gen != self._prefetched:
+                self._prefetched = gen
+                blocks.in_background(self._prefetch, file_id)
 
     def _prefetch(self, file_id: int) -> None:
         def work(txn):
