@@ -602,6 +602,10 @@ class Store:
         batches.committed()
         return out
 
+    def free_share(self) -> float:
+        """The share of the LMDB file's pages that are free (what reclaim gives back)."""
+        return self._env.free_share()
+
     def reclaim(self, slack: float = limits.RECLAIM_SLACK) -> bool:
         """Give the LMDB file's free pages back to the disk (a compacting copy that takes
         the file's place), when they are more than `slack` of it and no other process
@@ -964,7 +968,7 @@ class Store:
             "block_fragments": b["fragments"], "block_bytes": b["stored_bytes"],
             "compression_ratio": round(b["raw_bytes"] / b["stored_bytes"], 3) if b["stored_bytes"] else None,
             "uncompacted_fragments": b["low_level_fragments"],
-            "free_page_share": round(self._env.free_share(), 4),
+            "free_page_share": round(self.free_share(), 4),
             "table_bytes": tables,
             "metadata_share": round(1 - content / sum(tables.values()), 4) if sum(tables.values()) else None,
         }
