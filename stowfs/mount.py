@@ -383,6 +383,7 @@ def _serve(args, store: Path, mp: str, report) -> int:
             st = Store(store, create=True, cache_bytes=budget * 5 // 6)
             st.prepare_in_child()   # parsing and token counts of inbox files: not in the daemon
             st.defer_block_merges() # nor the open block, nor compressing whole blocks
+            st.decode_blocks_ahead()
         fs = Filesystem(st, store / SPOOL_NAME, cache_bytes=budget // 6, notifier=KernelNotifier(),
                         settle=getattr(args, "settle", DEFAULT_SETTLE))
         found, leftovers = fs.inbox.recover()

@@ -1282,6 +1282,137 @@ def _stored_check_frame(n: int):
     return frame, frag, pieces, raw
 
 
+def _stored_checked_decoder(n_records: int = 900):
+    """A block fragment of real chat JSON checked as stored, several decode steps long,
+    and a fresh decoder of it."""
+    from stowfs import limits
+    from stowfs.store import blocks
+    raw = b"".join(json.dumps(openai_form(r)).encode() for r in sharegpt_records(n_records))
+    key = blocks.frag_key(9, 0)
+    frame = blocks.encode_fragment(key, [(0, len(raw))], raw, 3, stored_check=True)
+    frag = blocks.parse_fragment(frame, key)
+    assert len(frame) - frag.hd.body > 4 * limits.PARTIAL_DECODE_STEP
+    return raw, frag, frame, blocks.new_decoder(frag, frame)
+
+
+def test_a_block_checked_as_stored_is_decoded_ahead_in_steps_and_a_read_waits_only_for_its_own(monkeypatch):
+    """The decode-ahead thread decodes a block checked as stored a step at a time into
+    one buffer (zstream), handing each step's bytes out as it goes: a cold reader of the
+    first files waits for the first step, not for the whole block (mixed: ~20 ms). A
+    read further on waits for the step that reaches it. If the decode in steps fails,
+    the reads decode the block themselves and meet the error, if any."""
+    import threading
+    from stowfs.store import blocks, zstream
+    if not zstream.available():
+        pytest.skip("the system's libzstd.so.1 is not there")
+    raw, frag, frame, dec = _stored_checked_decoder()
+    calls, gate = [], threading.Event()
+    real_feed = zstream.Into.feed
+
+    def held_feed(self, data, start, end):      # the thread stops in its second step
+        calls.append(start)
+        if len(calls) == 2:
+            gate.wait(30)
+        return real_feed(self, data, start, end)
+    monkeypatch.setattr(zstream.Into, "feed", held_feed)
+    cache = blocks.DecodedCache(64 << 20)
+    cache.put("k", dec)
+    with dec.lock:
+        assert dec.begin_ahead(steps_only=True) is not None
+    t = threading.Thread(target=blocks._decode_whole, args=(cache, "k", dec))
+    t.start()
+    first = []
+
+    def read_first():
+        with dec.lock:
+            dec.need(1000)
+            first.append((bytes(dec.buf[:1000]), dec.checked, dec.done))
+    r = threading.Thread(target=read_first)
+    r.start()
+    r.join(5)
+    assert not r.is_alive() and not gate.is_set()   # served while the thread is held
+    assert first == [(raw[:1000], first[0][1], False)] and 1000 <= first[0][1] < len(raw)
+    got = []
+
+    def read_all():
+        with dec.lock:
+            dec.need(len(raw))
+            got.append(bytes(dec.buf))
+    r = threading.Thread(target=read_all)
+    r.start()
+    r.join(0.3)
+    assert r.is_alive() and not got                 # waiting for the steps to reach it
+    gate.set()
+    t.join(10)
+    r.join(10)
+    assert got == [raw] and dec.done and dec.whole_ok and dec.ahead is None
+
+    # the decode in steps fails half way: the reads decode it themselves, from the start
+    raw, frag, frame, dec = _stored_checked_decoder()
+    calls.clear()
+
+    def failing_feed(self, data, start, end):
+        calls.append(start)
+        if len(calls) == 2:
+            raise zstream.ZstreamError("as if the library failed")
+        return real_feed(self, data, start, end)
+    monkeypatch.setattr(zstream.Into, "feed", failing_feed)
+    cache.put("k2", dec)
+    with dec.lock:
+        assert dec.begin_ahead() is not None
+    blocks._decode_whole(cache, "k2", dec)
+    assert dec.ahead is None and not dec.done and dec.checked == 0
+    with dec.lock:
+        dec.need(len(raw))
+        assert bytes(dec.buf) == raw and dec.whole_ok
+
+    # without the library: decoded whole ahead as before; steps_only asks for nothing
+    monkeypatch.setattr(zstream, "_lib", None)
+    raw, frag, frame, dec = _stored_checked_decoder()
+    with dec.lock:
+        assert dec.begin_ahead(steps_only=True) is None
+        assert dec.begin_ahead() is not None and dec._steps is None
+    cache.put("k3", dec)
+    blocks._decode_whole(cache, "k3", dec)
+    assert dec.done and bytes(dec.buf) == raw
+
+
+def test_a_read_that_starts_a_block_in_the_mount_has_the_rest_decoded_ahead(tmp_path):
+    """Store.decode_blocks_ahead (the mount): a read of a part of a file that starts a
+    block leaves the rest of the block decoded by the decode-ahead thread, so the next
+    READs (the kernel's read-ahead of a large file) find their bytes at hand. A whole
+    file read does not (its reader may go to another block next), nor does a command
+    that reads and exits (the default), which decodes only as far as it reads."""
+    from stowfs.store import blocks, compaction, zstream
+    if not zstream.available():
+        pytest.skip("the system's libzstd.so.1 is not there")
+    records = sharegpt_records(300)
+    names = [f"c/{i:04d}.json" for i in range(len(records))]
+    with Store(tmp_path / "s") as s:
+        for name, r in zip(names, records):
+            s.put(name, json.dumps(openai_form(r)).encode())
+        compaction.compact(s)
+        originals = {n: s.get(n) for n in names}
+    for ahead, part in ((False, True), (True, False), (True, True)):
+        with Store(tmp_path / "s") as s:
+            if ahead:
+                s.decode_blocks_ahead()
+            first = s.reader(names[0])
+            if part:
+                assert first.read(0, 100) == originals[names[0]][:100]
+            else:
+                assert first.read(0, first.size) == originals[names[0]]
+            ahead = ahead and part
+            blocks._ahead_pool().submit(lambda: None).result()
+            decs = list(s.cache._d.values())
+            assert len(decs) == 1 and decs[0].hd.codec == 2
+            assert decs[0].done == ahead
+            last = s.reader(names[-1])
+            ready = last.read_ready(0, last.size)
+            assert (ready == originals[names[-1]]) if ahead else ready is None
+            assert [s.get(n) for n in names] == [originals[n] for n in names]
+
+
 def test_a_block_checked_as_stored_is_sound_before_it_is_decoded_and_damage_stays_local(monkeypatch):
     """Format 6: the frame hash covers the stored (compressed) payload, checked once
     before any decode; then every decoded byte is sound and the ranges too (whole_ok

@@ -146,6 +146,7 @@ class Store:
         self._background = threading.Lock()    # held by a prefetch while it reads; close waits
         self._closed = False
         self._prefetched = None         # the generation a listing last asked a prefetch at
+        self._ahead_on_read = False     # see decode_blocks_ahead
         from .upgrade import open_tables, upgrade_if_needed
         if not readonly:
             upgrade_if_needed(self.path)
@@ -259,6 +260,16 @@ class Store:
         with self._wlock:
             self._lean = True
             self._writer = None
+
+    def decode_blocks_ahead(self) -> None:
+        """From now on a read of a part of a file that starts a block checked as stored
+        has the rest of the block decoded in steps on the decode-ahead thread
+        (blocks.StreamReader.ahead_on_read). For the mount, whose READs of a large file
+        go on through the block (the kernel's read-ahead): they find their bytes decoded
+        or wait only for the step that reaches them. Not for a command that reads and
+        exits (it would wait for the whole block at exit)."""
+        self._ahead_on_read = True
+        self._reader.ahead_on_read = True
 
     @property
     def stored_check(self) -> bool:
@@ -628,6 +639,7 @@ class Store:
         """The readers and writers over the tables (again after a compacting copy swapped
         the file: the handles are new)."""
         self._reader = blocks.StreamReader(self._blocks, self.block_size, self.cache, self._env.drop_mapped_here)
+        self._reader.ahead_on_read = self._ahead_on_read
         self._groups = Groups(self._tables["groups"], refs=self.stored_format >= 5)
         self._names = Names(self._tables["names"])
         self._writer: Optional[Writer] = None

@@ -357,6 +357,10 @@ class StreamReader:
         self.block_size = block_size
         self.cache = cache
         self.copied = copied
+        # the mount's (Store.decode_blocks_ahead): a read of a part of a file that starts
+        # a block checked as stored has the rest of it decoded in steps on the
+        # decode-ahead thread
+        self.ahead_on_read = False
 
     def read(self, txn, pos: int, n: int, found: Optional[dict] = None, ready: bool = False,
              whole: bool = False, partly: Optional[list] = None) -> bytes:
@@ -399,6 +403,13 @@ class StreamReader:
             if ready:
                 return self._ready(frag, p, take, whole, partly)
             dec = self.decoder(frag, frame)
+            if self.ahead_on_read and whole and dec.ahead is None:
+                # a part of a file (the mount's READs of a large one): the kernel's
+                # read-ahead goes on through the block, and its next READs find their
+                # bytes decoded or wait only for the step that reaches them. Not a
+                # whole small file: its reader may go to another block next, and would
+                # wait for this one's decode to end first (one decode-ahead thread)
+                self.decode_ahead({bid: got}, steps_only=True)
             # whole: its ranges must be sound; a frame checked as stored is from the start
             end = frag.hd.raw_len if whole and not dec.whole_ok else p + take
             self.cache.reserve((frag.key, frag.hd.hash), dec, end)
@@ -452,7 +463,7 @@ class StreamReader:
         self.decoder(*got)
         self.decode_ahead({bid: got})
 
-    def decode_ahead(self, found: dict) -> None:
+    def decode_ahead(self, found: dict, steps_only: bool = False) -> None:
         """Decode the rest of each cached fragment in found (read_files' {block id:
         (fragment, frame)}) in a background thread: for a reader going through the
         stream in order (the mount's read-ahead), which would otherwise decode each
@@ -462,7 +473,9 @@ class StreamReader:
         as stored was matched before: what the thread decodes is sound. One checked
         decoded: the reads check the pieces they reach until that thread has checked the
         whole against the frame hash; in a frame that does not match, the pieces say
-        which part is damaged."""
+        which part is damaged. steps_only: only the fragments decoded in steps
+        (PartialDecoder.decode_in_steps), whose reads wait only for the step that reaches
+        them."""
         for frag, _ in found.values():
             ck = (frag.key, frag.hd.hash)
             dec = self.cache.get(ck)
@@ -471,17 +484,17 @@ class StreamReader:
             if dec is None or not dec.lock.acquire(blocking=False):
                 continue
             try:
-                if dec.frame_left() is None or dec.ahead is not None:
+                if dec.begin_ahead(steps_only) is None:
                     continue            # decoded, or being decoded ahead already
-                dec.ahead = threading.Event()   # from now on a read about to decode the
-            finally:                            # whole waits for this one (need)
+            finally:
                 dec.lock.release()
             try:
                 _ahead_pool().submit(_decode_whole, self.cache, ck, dec)
             except RuntimeError:        # the interpreter is shutting down: no thread
                 with dec.lock:
-                    ahead, dec.ahead = dec.ahead, None
-                ahead.set()
+                    ahead = dec.cancel_ahead()
+                if ahead is not None:
+                    ahead.set()
 
     def decoder(self, frag: Fragment, frame) -> frames.PartialDecoder:
         """The cached decoder of a fragment (a new one, not cached, for a small fragment:
@@ -534,6 +547,9 @@ def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder) -> None:
             return                      # dropped meanwhile: the next read starts anew
         hd = dec.hd
         cache.reserve(ck, dec, hd.raw_len)
+        if dec.decode_in_steps():       # a frame checked as stored: handed out as it goes
+            cache.grew()
+            return
         raw = frames.payload(frame, hd)
         hashing = threading.Event()
         with dec.lock:
@@ -561,6 +577,6 @@ def _decode_whole(cache: DecodedCache, ck, dec: frames.PartialDecoder) -> None:
     finally:
         with dec.lock:
             if dec.ahead is ahead:
-                dec.ahead = None
+                dec.cancel_ahead()
         if ahead is not None:
             ahead.set()

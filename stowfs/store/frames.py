@@ -25,6 +25,7 @@ Every decode is bounded by limits.MAX_FRAME_RAW.
 from __future__ import annotations
 
 import hashlib
+import logging
 import struct
 import threading
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ import zstandard as zstd
 from .. import limits
 from ..errors import Corrupt
 from ..packing import get_uvarint, put_uvarint
+from . import zstream
+
+log = logging.getLogger(__name__)
 
 BLOCK, GROUP, NAMES, ANCHORS = 0x20, 0x21, 0x22, 0x23
 TAG_NAMES = {BLOCK: "block", GROUP: "record group", NAMES: "name page", ANCHORS: "anchor run"}
@@ -223,6 +227,7 @@ class PartialDecoder:
         self._unmatched = False          # ... and found not to match it
         self._reader = None              # the stream decoder, made when first needed
         self.ahead = None                # an Event while another thread decodes the whole (adopt)
+        self._steps = None               # a Condition on lock while that thread decodes in steps
         self.hashing = None              # an Event while that thread checks the whole it adopted
         self._stored = self._sound = stored     # stored payload bytes; those a decode may take
         if hd.codec == ZSTD_STORED_CHECK:
@@ -289,7 +294,11 @@ class PartialDecoder:
         if self.checked >= end:
             return
         if self.ahead is not None and self.hd.codec != RAW and self._frame is not None:
-            self._wait(self.ahead)
+            if self._steps is not None:
+                while self._steps is not None and self.checked < end:
+                    self._steps.wait()
+            else:
+                self._wait(self.ahead)
             if self.checked >= end:
                 return
         if self.hd.codec == ZSTD_STORED_CHECK:
@@ -410,6 +419,86 @@ class PartialDecoder:
         self._frame = self._reader = None
         if self.hd.codec == ZSTD_STORED_CHECK:     # decoded from stored bytes found sound
             self.checked = self.hd.raw_len
+        return True
+
+    def may_step(self) -> bool:
+        """Whether decode_in_steps would decode this frame: checked as stored and found
+        sound, nothing of it decoded yet, libzstd there."""
+        return (self.hd.codec == ZSTD_STORED_CHECK and self._whole and isinstance(self._frame, bytes)
+                and self.hd.raw_len > 0 and not self.buf and self._reader is None
+                and zstream.available())
+
+    def begin_ahead(self, steps_only: bool = False):
+        """Mark the frame as decoded by the decode-ahead thread (blocks.decode_ahead),
+        holding the lock: from now on a read that would decode it waits for that thread
+        (need): for the step that reaches its end if the frame is one decode_in_steps
+        decodes, else for the whole. Returns the Event set when that thread is done, or
+        None when there is nothing to decode ahead (decoded, or being decoded ahead
+        already; with steps_only, also a frame not decoded in steps)."""
+        if self.frame_left() is None or self.ahead is not None:
+            return None
+        steps = self.may_step()
+        if steps_only and not steps:
+            return None
+        self.ahead = threading.Event()
+        if steps:
+            self._steps = threading.Condition(self.lock)
+        return self.ahead
+
+    def cancel_ahead(self):
+        """begin_ahead undone, holding the lock (the thread will not run): the reads
+        waiting go on and decode for themselves. Returns the Event to set."""
+        ahead, self.ahead = self.ahead, None
+        steps, self._steps = self._steps, None
+        if steps is not None:
+            steps.notify_all()
+        return ahead
+
+    def decode_in_steps(self) -> bool:
+        """The decode-ahead thread's decode of a frame planned so (begin_ahead): into a
+        buffer as long as the payload, PARTIAL_DECODE_STEP stored bytes at a time, each
+        step's bytes handed out as soon as it is decoded (zstream.py). What it decodes is
+        sound, as every decode of a stored payload that matched. Returns False, having
+        done nothing, for a frame begin_ahead did not plan so: then decode it whole. If the decode
+        fails, the reads start again from the beginning on their own, and meet the
+        error. Call with self.ahead set (no read decodes meanwhile), not holding the
+        lock."""
+        with self.lock:
+            if self._steps is None:
+                return False
+        frame, hd = self._frame, self.hd
+        ok, into = False, None
+        try:
+            out = bytearray(hd.raw_len)      # zeroed here, not under the lock
+            with self.lock:
+                self.buf, self.checked = out, 0
+            into = zstream.Into(out, limits.ZSTD_MAX_WINDOW_LOG)
+            pos, step = hd.body, limits.PARTIAL_DECODE_STEP
+            while pos < len(frame):
+                nxt = min(pos + step, len(frame))
+                step = min(2 * step, 1 << 20)
+                n = into.feed(frame, pos, nxt)
+                pos = nxt
+                with self.lock:
+                    self.checked = n
+                    self._steps.notify_all()
+            ok = into.finished and into.decoded == hd.raw_len
+            if not ok:
+                log.debug("%s %d decodes to %d bytes in steps, not %d", TAG_NAMES[hd.tag], hd.key,
+                          into.decoded, hd.raw_len)
+        except zstream.ZstreamError as e:
+            log.debug("%s %d does not decode in steps: %s", TAG_NAMES[hd.tag], hd.key, e)
+        finally:
+            if into is not None:
+                into.close()
+            with self.lock:
+                steps, self._steps = self._steps, None
+                if ok:
+                    self.checked = hd.raw_len
+                    self._frame = self._reader = None
+                else:                    # the reads decode it themselves, from the start
+                    self.buf, self.checked, self._pos = bytearray(), 0, hd.body
+                steps.notify_all()
         return True
 
     def whole_checked(self, raw) -> None:
