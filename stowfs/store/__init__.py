@@ -856,7 +856,7 @@ class Store:
         prefix = (dirpath.strip("/") + "/") if dirpath.strip("/") else ""
 
         def work(txn):
-            out, last_dir = [], None
+            out, last_dir, groups = [], None, {}
             if below is not None:
                 below.clear()
             for name, fid in self._names.iterate(txn, prefix):
@@ -876,7 +876,11 @@ class Store:
                 if held is not None:
                     out.append((rest, held))
                     continue
-                r = self._groups.get(txn, fid)
+                gid = group_of(fid)     # a group looked up once a listing, not once a file
+                recs = groups.get(gid)
+                if recs is None:
+                    recs = groups[gid] = self._groups.load(txn, gid)
+                r = recs.get(fid)
                 if r is None:
                     raise Corrupt(f"{name}: the name table and the records disagree")
                 out.append((rest, _info(r, name)))
