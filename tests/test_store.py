@@ -1486,3 +1486,36 @@ def test_a_part_of_a_file_in_a_block_checked_as_stored_is_read_without_decoding_
         assert len(decs) == 1 and decs[0].whole_ok and len(decs[0].buf) < len(big) // 4
         assert r.read(len(big) - 5000, 131072) == big[-5000:]
         assert s.get("big.json") == big
+
+
+def test_the_next_block_is_decoded_ahead_when_it_fits_beside_the_one_being_read(tmp_path):
+    """In the mount, once a reader's block is decoded ahead, the next block's first
+    fragment is too, if the cache holds it without dropping anything (a store's last,
+    partly filled block): a large file that goes on into it, or the last files, find it
+    decoded. A next block as large as the first is left for its reader (it would push
+    the one being read out of the cache)."""
+    from stowfs.store import blocks, compaction, zstream
+    if not zstream.available():
+        pytest.skip("the system's libzstd.so.1 is not there")
+    records = sharegpt_records(300)
+    names = [f"c/{i:04d}.json" for i in range(len(records))]
+    data = {n: json.dumps(openai_form(r)).encode() for n, r in zip(names, records)}
+    with Store(tmp_path / "probe") as s:
+        for n in names:
+            s.put(n, data[n])
+        compaction.compact(s)
+        stream = s.stats()["stream_bytes"]
+    for share, decoded in ((0.85, 2), (0.5, 1)):        # a small tail block; a full next one
+        path = tmp_path / f"s{share}"
+        with Store(path, block_size=int(stream * share)) as s:
+            for n in names:
+                s.put(n, data[n])
+            compaction.compact(s)
+        with Store(path, cache_bytes=1 << 20) as s:     # the bound at its floor: 1.25 blocks
+            s.decode_blocks_ahead()
+            assert s.reader(names[0]).read(0, 100) == data[names[0]][:100]
+            blocks._ahead_pool().submit(lambda: None).result()
+            decs = sorted(s.cache._d.values(), key=lambda d: d.hd.key)
+            assert len(decs) == decoded and all(d.done for d in decs)
+            assert [d.hd.key >> 16 for d in decs] == list(range(decoded))
+            assert [s.get(n) for n in names] == [data[n] for n in names]
