@@ -270,6 +270,9 @@ class Store:
         exits (it would wait for the whole block at exit)."""
         self._ahead_on_read = True
         self._reader.ahead_on_read = True
+        # the decode-ahead thread starts now, not at the first listing's prefetch, which
+        # waited ~2 ms for it to start while the kernel waited for the listing
+        blocks.in_background(lambda: None)
 
     @property
     def stored_check(self) -> bool:
