@@ -1366,6 +1366,16 @@ def test_a_block_checked_as_stored_is_decoded_ahead_in_steps_and_a_read_waits_on
         dec.need(len(raw))
         assert bytes(dec.buf) == raw and dec.whole_ok
 
+    # a block whose stored bytes do not match its hash is never decoded in steps: only
+    # its sound pieces are decoded, by the reads, as before
+    raw, frag, frame, _ = _stored_checked_decoder()
+    bad = bytearray(frame)
+    bad[-100] ^= 0x01
+    dec = blocks.new_decoder(frag, bytes(bad))
+    with dec.lock:
+        assert not dec.whole_ok and not dec.may_step()
+        assert dec.begin_ahead(steps_only=True) is None
+
     # without the library: decoded whole ahead as before; steps_only asks for nothing
     monkeypatch.setattr(zstream, "_lib", None)
     raw, frag, frame, dec = _stored_checked_decoder()
