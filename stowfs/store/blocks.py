@@ -408,7 +408,7 @@ class StreamReader:
             if ready:
                 return self._ready(frag, p, take, whole, partly)
             dec = self.decoder(frag, frame)
-            if self.ahead_on_read and whole and dec.ahead is None:
+            if self.ahead_on_read and whole and dec.ahead is None and not dec.done:
                 # a part of a file (the mount's READs of a large one): the kernel's
                 # read-ahead goes on through the block, and its next READs find their
                 # bytes decoded or wait only for the step that reaches them. Not a

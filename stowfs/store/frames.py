@@ -457,13 +457,14 @@ class PartialDecoder:
 
     def decode_in_steps(self) -> bool:
         """The decode-ahead thread's decode of a frame planned so (begin_ahead): into a
-        buffer as long as the payload, PARTIAL_DECODE_STEP stored bytes at a time, each
-        step's bytes handed out as soon as it is decoded (zstream.py). What it decodes is
-        sound, as every decode of a stored payload that matched. Returns False, having
-        done nothing, for a frame begin_ahead did not plan so: then decode it whole. If the decode
-        fails, the reads start again from the beginning on their own, and meet the
-        error. Call with self.ahead set (no read decodes meanwhile), not holding the
-        lock."""
+        buffer as long as the payload, from PARTIAL_DECODE_STEP stored bytes at a time
+        (doubling up to 1 MiB: each step takes the GIL back once), each step's bytes
+        handed out as soon as it is decoded (zstream.py). What it decodes is sound, as
+        every decode of a stored payload that matched. Returns False, having done
+        nothing, for a frame begin_ahead did not plan so: then decode it whole. If the
+        decode fails, the reads start again from the beginning on their own, and meet
+        the error. Call with self.ahead set (no read decodes meanwhile), not holding
+        the lock."""
         with self.lock:
             if self._steps is None:
                 return False

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 from typing import Optional
-
-log = logging.getLogger(__name__)
 
 _D_WINDOW_LOG_MAX = 100             # ZSTD_d_windowLogMax
 _D_STABLE_OUT_BUFFER = 1001         # ZSTD_d_stableOutBuffer (ZSTD_d_experimentalParam2)
@@ -44,7 +41,7 @@ def _load() -> Optional[ctypes.CDLL]:
         try:
             lib = ctypes.CDLL(name)
             lib.ZSTD_versionNumber.restype = ctypes.c_uint
-            if lib.ZSTD_versionNumber() < 10400:     # stableOutBuffer: zstd 1.4.4
+            if lib.ZSTD_versionNumber() < 10404:     # ZSTD_d_stableOutBuffer: 1.4.4
                 continue
             lib.ZSTD_createDCtx.restype = ctypes.c_void_p
             lib.ZSTD_createDCtx.argtypes = []
