@@ -261,10 +261,15 @@ class DecodedCache:
                         self.cap = self.limit
             self._trim()
 
-    def fits(self, more: int) -> bool:
-        """Whether more bytes fit beside what the cache holds, within its bound now."""
+    def fits(self, raw_len: int) -> bool:
+        """Whether a fragment decoding to raw_len bytes fits, decoded, beside what the
+        cache holds once that is decoded too, within its bound now. (A fragment being
+        decoded holds its compressed frame as well, until it is done: the decode-ahead
+        thread decodes one at a time, so the next one begins when the last one let its
+        frame go.)"""
         with self._lock:
-            return sum(self._cost(d) for d in self._d.values()) + more <= self.cap
+            held = sum(d.hd.raw_len + limits.DECODED_ENTRY_COST for d in self._d.values())
+            return held + raw_len + limits.DECODED_ENTRY_COST <= self.cap
 
     def grew(self) -> None:
         with self._lock:
@@ -414,8 +419,7 @@ class StreamReader:
                 # bytes decoded or wait only for the step that reaches them. Not a
                 # whole small file: its reader may go to another block next, and would
                 # wait for this one's decode to end first (one decode-ahead thread)
-                self.decode_ahead({bid: got}, steps_only=True)
-                if dec.ahead is not None:
+                if self.decode_ahead({bid: got}, steps_only=True):
                     self._ahead_next(txn, bid)
             # whole: its ranges must be sound; a frame checked as stored is from the start
             end = frag.hd.raw_len if whole and not dec.whole_ok else p + take
@@ -468,8 +472,8 @@ class StreamReader:
         if got is None or got[0].hd.raw_len < limits.CACHED_FRAGMENT_MIN:
             return
         self.decoder(*got)
-        self.decode_ahead({bid: got})
-        self._ahead_next(txn, bid)
+        if self.decode_ahead({bid: got}):
+            self._ahead_next(txn, bid)
 
     def _ahead_next(self, txn, bid: int) -> None:
         """Once a reader's block is decoded ahead: the next block's first fragment too,
@@ -483,12 +487,12 @@ class StreamReader:
             return
         frag, frame = got
         if self.cache.get((frag.key, frag.hd.hash)) is not None \
-                or not self.cache.fits(frag.hd.raw_len + len(frame) + limits.DECODED_ENTRY_COST):
+                or not self.cache.fits(frag.hd.raw_len):
             return
         self.decoder(frag, frame)
         self.decode_ahead({bid + 1: got}, steps_only=True)
 
-    def decode_ahead(self, found: dict, steps_only: bool = False) -> None:
+    def decode_ahead(self, found: dict, steps_only: bool = False) -> int:
         """Decode the rest of each cached fragment in found (read_files' {block id:
         (fragment, frame)}) in a background thread: for a reader going through the
         stream in order (the mount's read-ahead), which would otherwise decode each
@@ -500,7 +504,8 @@ class StreamReader:
         whole against the frame hash; in a frame that does not match, the pieces say
         which part is damaged. steps_only: only the fragments decoded in steps
         (PartialDecoder.decode_in_steps), whose reads wait only for the step that reaches
-        them."""
+        them. Returns how many it handed to the thread."""
+        handed = 0
         for frag, _ in found.values():
             ck = (frag.key, frag.hd.hash)
             dec = self.cache.get(ck)
@@ -515,11 +520,13 @@ class StreamReader:
                 dec.lock.release()
             try:
                 _ahead_pool().submit(_decode_whole, self.cache, ck, dec)
+                handed += 1
             except RuntimeError:        # the interpreter is shutting down: no thread
                 with dec.lock:
                     ahead = dec.cancel_ahead()
                 if ahead is not None:
                     ahead.set()
+        return handed
 
     def decoder(self, frag: Fragment, frame) -> frames.PartialDecoder:
         """The cached decoder of a fragment (a new one, not cached, for a small fragment:
