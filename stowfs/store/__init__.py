@@ -1046,9 +1046,11 @@ class FileReader:
         self._checked_whole = records.check_bytes(self._name, data, self._checksum)
         return self._checked_whole
 
-    def read_ready(self, offset: int, size: int) -> Optional[bytes]:
+    def read_ready(self, offset: int, size: int):
         """read(), if the bytes are decoded (and checked as read() checks them) already;
-        else None, and nothing is decoded."""
+        else None, and nothing is decoded. From a block decoded in steps, the bytes are
+        a read-only memoryview of it (no copy): pass them on, do not keep them (they
+        keep the whole block)."""
         if offset >= self.size or size <= 0:
             return b""
         size = min(size, self.size - offset)

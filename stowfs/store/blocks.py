@@ -23,6 +23,7 @@ piece checked against its own hash before it is handed out.
 from __future__ import annotations
 
 import logging
+import mmap
 import struct
 import threading
 from bisect import bisect_right
@@ -446,6 +447,12 @@ class StreamReader:
                 raise NotReady()
             if partly is not None and not dec.whole_ok:
                 partly.append(frag.key)
+            if isinstance(dec.buf, mmap.mmap):
+                # decoded in steps: the map never changes size, nor a byte once handed
+                # out, so the reply takes the bytes without a copy (256 KiB a READ of a
+                # large file, on the thread that answers requests). Only this path: a
+                # view kept (a cache of whole files) would keep the whole block
+                return memoryview(dec.buf).toreadonly()[p:p + take]
             return bytes(memoryview(dec.buf)[p:p + take])
         finally:
             dec.lock.release()
