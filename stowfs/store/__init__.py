@@ -366,16 +366,21 @@ class Store:
         """The record of file fid, a version of name, found without the name lookup;
         NotFound once that version is gone. groups: record groups already loaded in this
         transaction (kept across calls: many files read at once)."""
+        r = self._loaded(txn, fid, groups)
+        if r is None or r.file_id != fid:
+            raise NotFound(f"{name}: this version (file {fid}) is no longer stored")
+        return r
+
+    def _loaded(self, txn, fid: int, groups: Optional[dict] = None) -> Optional[Record]:
+        """File fid's record. groups: the record groups loaded in this transaction so far
+        (kept across calls: a listing, many files read at once), each loaded once."""
         gid = group_of(fid)
         recs = groups.get(gid) if groups is not None else None
         if recs is None:
             recs = self._groups.load(txn, gid)
             if groups is not None:
                 groups[gid] = recs
-        r = recs.get(fid)
-        if r is None or r.file_id != fid:
-            raise NotFound(f"{name}: this version (file {fid}) is no longer stored")
-        return r
+        return recs.get(fid)
 
     def _record_by_id(self, txn, fid: int) -> Optional[Record]:
         r = self._groups.get(txn, fid)
@@ -879,11 +884,7 @@ class Store:
                 if held is not None:
                     out.append((rest, held))
                     continue
-                gid = group_of(fid)     # a group looked up once a listing, not once a file
-                recs = groups.get(gid)
-                if recs is None:
-                    recs = groups[gid] = self._groups.load(txn, gid)
-                r = recs.get(fid)
+                r = self._loaded(txn, fid, groups)     # a group loaded once a listing
                 if r is None:
                     raise Corrupt(f"{name}: the name table and the records disagree")
                 out.append((rest, _info(r, name)))
