@@ -92,6 +92,7 @@ ZSTD_MAX_WINDOW_LOG = 26         # compression window: the whole block
 PIECE_HASH_STEP = 256 << 10      # a partial decode checks what it hands out per piece
 STORED_PIECE_STEP = 64 << 10     # ... of the stored payload (format 6): ~0.3-1 MiB decoded
 PARTIAL_DECODE_STEP = 64 << 10   # compressed bytes fed to the decoder at a time
+AHEAD_STEP_MAX = 1 << 20         # ... by the decode-ahead thread, doubling up to this
 # Fragments that decode to less are decoded on each read and not cached: the open block of
 # a mount that takes inbox files is hundreds of fragments of a few KB, whose decode costs
 # microseconds, and the files read from them are cached whole by the mount (fs/cache.py).

@@ -23,7 +23,6 @@ piece checked against its own hash before it is handed out.
 from __future__ import annotations
 
 import logging
-import mmap
 import struct
 import threading
 from bisect import bisect_right
@@ -414,7 +413,7 @@ class StreamReader:
             if ready:
                 return self._ready(frag, p, take, whole, partly)
             dec = self.decoder(frag, frame)
-            if self.ahead_on_read and whole and dec.ahead is None and not dec.done:
+            if self.ahead_on_read and whole and dec.ahead is None and dec.may_step():
                 # a part of a file (the mount's READs of a large one): the kernel's
                 # read-ahead goes on through the block, and its next READs find their
                 # bytes decoded or wait only for the step that reaches them. Not a
@@ -447,11 +446,10 @@ class StreamReader:
                 raise NotReady()
             if partly is not None and not dec.whole_ok:
                 partly.append(frag.key)
-            if isinstance(dec.buf, mmap.mmap):
-                # decoded in steps: the map never changes size, nor a byte once handed
-                # out, so the reply takes the bytes without a copy (256 KiB a READ of a
-                # large file, on the thread that answers requests). Only this path: a
-                # view kept (a cache of whole files) would keep the whole block
+            if dec.fixed:
+                # the reply takes the bytes without a copy (256 KiB a READ of a large
+                # file, on the thread that answers requests). Only this path: a view
+                # kept (a cache of whole files) would keep the whole block
                 return memoryview(dec.buf).toreadonly()[p:p + take]
             return bytes(memoryview(dec.buf)[p:p + take])
         finally:
@@ -475,12 +473,23 @@ class StreamReader:
         if not self.cache.empty():
             return
         bid, off = divmod(pos, self.block_size)
+        if self._ahead_fragment(txn, bid, off):
+            self._ahead_next(txn, bid)
+
+    def _ahead_fragment(self, txn, bid: int, off: int, steps_only: bool = False,
+                        room: bool = False) -> bool:
+        """decode_ahead of the fragment holding block bid's offset off, if it is one the
+        cache keeps; room: only if not cached yet and it fits beside what the cache
+        holds (DecodedCache.fits). Whether it was handed to the thread."""
         got = find_fragment(txn, self.table, bid, off)
         if got is None or got[0].hd.raw_len < limits.CACHED_FRAGMENT_MIN:
-            return
-        self.decoder(*got)
-        if self.decode_ahead({bid: got}):
-            self._ahead_next(txn, bid)
+            return False
+        frag, frame = got
+        if room and (self.cache.get((frag.key, frag.hd.hash)) is not None
+                     or not self.cache.fits(frag.hd.raw_len)):
+            return False
+        self.decoder(frag, frame)
+        return self.decode_ahead({bid: got}, steps_only) > 0
 
     def _ahead_next(self, txn, bid: int) -> None:
         """Once a reader's block is decoded ahead: the next block's first fragment too,
@@ -489,15 +498,7 @@ class StreamReader:
         after a full one). A reader going on past the end of the block (a large file
         that continues in the next, `cat` of the last files) then finds it decoded; on
         the mixed corpus its 2 MB tail block cost the READs that reached it ~8 ms."""
-        got = find_fragment(txn, self.table, bid + 1, 0)
-        if got is None or got[0].hd.raw_len < limits.CACHED_FRAGMENT_MIN:
-            return
-        frag, frame = got
-        if self.cache.get((frag.key, frag.hd.hash)) is not None \
-                or not self.cache.fits(frag.hd.raw_len):
-            return
-        self.decoder(frag, frame)
-        self.decode_ahead({bid + 1: got}, steps_only=True)
+        self._ahead_fragment(txn, bid + 1, 0, steps_only=True, room=True)
 
     def decode_ahead(self, found: dict, steps_only: bool = False) -> int:
         """Decode the rest of each cached fragment in found (read_files' {block id:

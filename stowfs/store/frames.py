@@ -429,6 +429,12 @@ class PartialDecoder:
                 and self.hd.raw_len > 0 and not self.buf and self._reader is None
                 and zstream.available())
 
+    @property
+    def fixed(self) -> bool:
+        """buf never changes size, nor a byte once checked (decoded in steps into a map
+        of the payload's size): a view of it may be handed out instead of a copy."""
+        return isinstance(self.buf, mmap.mmap)
+
     def begin_ahead(self, steps_only: bool = False):
         """Mark the frame as decoded by the decode-ahead thread (blocks.decode_ahead),
         holding the lock: from now on a read that would decode it waits for that thread
@@ -458,7 +464,7 @@ class PartialDecoder:
     def decode_in_steps(self) -> bool:
         """The decode-ahead thread's decode of a frame planned so (begin_ahead): into a
         buffer as long as the payload, from PARTIAL_DECODE_STEP stored bytes at a time
-        (doubling up to 1 MiB: each step takes the GIL back once), each step's bytes
+        (doubling up to AHEAD_STEP_MAX: each step takes the GIL back once), each step's bytes
         handed out as soon as it is decoded (zstream.py). What it decodes is sound, as
         every decode of a stored payload that matched. Returns False, having done
         nothing, for a frame begin_ahead did not plan so: then decode it whole. If the
@@ -481,7 +487,7 @@ class PartialDecoder:
             pos, step = hd.body, limits.PARTIAL_DECODE_STEP
             while pos < len(frame):
                 nxt = min(pos + step, len(frame))
-                step = min(2 * step, 1 << 20)
+                step = min(2 * step, limits.AHEAD_STEP_MAX)
                 n = into.feed(frame, pos, nxt)
                 pos = nxt
                 with self.lock:
@@ -502,7 +508,7 @@ class PartialDecoder:
                     self.checked = hd.raw_len
                     self._frame = self._reader = None
                 else:                    # the reads decode it themselves, from the start
-                    self.buf, self.checked, self._pos = bytearray(), 0, hd.body
+                    self.buf, self.checked = bytearray(), 0
                 steps.notify_all()
         return True
 
