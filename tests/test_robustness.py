@@ -482,6 +482,44 @@ def test_readers_work_while_a_writer_holds_the_store_and_a_second_writer_waits(t
         holder.wait()
 
 
+WRITER_THREAD = """
+import subprocess, sys, threading, time
+from stowfs.store import Store
+s = Store(sys.argv[1])
+# another process makes a database after this one opened the store: its handle is
+# opened at first use, while a thread of this process writes
+subprocess.run([sys.executable, "-c", "import sys; from stowfs.store import Store; "
+                "Store(sys.argv[1]).aux_write('there', lambda txn, db: txn.put(b'k', b'v', db=db))",
+                sys.argv[1]], check=True)
+inside = threading.Event()
+
+def hold(txn):
+    inside.set()
+    time.sleep(0.5)     # lets the GIL go, and must take it back to end the transaction
+    return "written"
+
+written = []
+t = threading.Thread(target=lambda: written.append(s._env.write(hold)))
+t.start()
+inside.wait()
+missing = s.aux_read("missing", lambda txn, db: "found")    # at once: a reader
+there = s.aux_read("there", lambda txn, db: bytes(txn.get(b"k", db=db)))
+t.join()
+s.aux_write("new", lambda txn, db: txn.put(b"k", b"v", db=db))
+print(missing, there, written, s.aux_read("new", lambda txn, db: bytes(txn.get(b"k", db=db))))
+"""
+
+
+def test_a_database_handle_is_opened_while_another_thread_writes(tmp_path):
+    """The mount reads stats.json on its event loop while a worker thread stores an inbox
+    file: opening a database handle then waited for LMDB's writer lock holding the GIL,
+    which the writing thread needed to finish, and the process hung for good."""
+    p = subprocess.run([sys.executable, "-c", WRITER_THREAD, str(tmp_path / "s")],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    assert p.stdout.decode().split() == ["None", "b'v'", "['written']", "b'v'"]
+
+
 def _blocks_value_sizes(data_file) -> list[int]:
     """File offsets of the size fields (mn_lo, mn_hi: 4 bytes before the flags) of the
     `blocks` leaf nodes (keys led by its tag, in the `store` database) whose values live

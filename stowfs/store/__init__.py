@@ -23,7 +23,7 @@ from . import blocks, keyspace, records
 from .anchors import Index
 from .appender import Appender
 from .ingest import Prepared, Writer, prepare, prepare_large, prepare_many, prepare_path
-from .lmdbenv import Env, from_u64, meta_get, meta_put, u64
+from .lmdbenv import AUX_PREFIX, Env, from_u64, meta_get, meta_put, u64
 from .names import Names
 from .records import Groups, Record, group_of
 
@@ -340,14 +340,14 @@ class Store:
         another module keeps data derived from the stored files (the search index).
         The store never reads it, and it must be rebuildable from the files. Returns
         None, without calling fn, when the database does not exist yet."""
-        key = b"aux:" + name.encode()
+        key = AUX_PREFIX + name.encode()
         if self._env.open_optional(key, create=False) is None:
             return None
         return self._read(lambda txn: fn(txn, self._env.db[key]))   # (the handle of now)
 
     def aux_write(self, name: str, fn):
         """fn(txn, db) in one write transaction over `aux:<name>` (created if missing)."""
-        key = b"aux:" + name.encode()
+        key = AUX_PREFIX + name.encode()
         self._env.open_optional(key, create=True)
         return self._write(lambda txn: fn(txn, self._env.db[key]))
 
@@ -952,7 +952,7 @@ class Store:
             psize = txn.stat(self._meta.db)["psize"]
             out = {name: int(round(n * psize)) for name, n in keyspace.pages(txn, self._tables).items()}
             for name, db in self._env.db.items():
-                if name.startswith(b"aux:"):
+                if name.startswith(AUX_PREFIX):
                     s = txn.stat(db)
                     out[name.decode()] = (s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]) * s["psize"]
             return out

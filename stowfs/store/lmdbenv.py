@@ -25,6 +25,7 @@ from . import keyspace, mapguard
 # type or past the end): Corrupt wherever an open, a read or a write meets it
 DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError)
 
+AUX_PREFIX = b"aux:"     # named databases of data derived elsewhere (Store.aux_read)
 MAX_DBS = 32            # the store's database, a format-3 store's five while converted, aux:<name>
 _U64 = struct.Struct(">Q")
 
@@ -109,6 +110,10 @@ class Env:
         self._growing = False
         self.db: dict[bytes, object] = {}
         self.tables: dict[str, keyspace.Table] = {}
+        # LMDB: a transaction that opens a database handle must end before another
+        # transaction of the process opens one. Taken only inside a transaction already
+        # begun, so no thread holds it while it waits for the writer lock or the gate.
+        self._dbi_lock = threading.Lock()
 
     def open_databases(self, names, init=None) -> None:
         """Open the named databases; when writable, create them and run init(txn) in the
@@ -120,17 +125,24 @@ class Env:
                 deadline = time.monotonic() + 3.0
                 while True:
                     try:
-                        for n in names:
-                            self.db[n] = self.env.open_db(n, create=False)
+                        with self._dbi_lock:
+                            for n in names:
+                                # (a read-only environment: open_db's own transaction
+                                # is a reader, which never waits for a writer)
+                                self.db[n] = self.env.open_db(n, create=False)
                         break
                     except lmdb.NotFoundError:
                         if time.monotonic() > deadline:
                             raise
                         time.sleep(0.05)
             else:
-                with self.env.begin(write=True) as txn:
+                with self.env.begin(write=True) as txn, self._dbi_lock:
                     for n in names:
                         self.db[n] = self.env.open_db(n, txn=txn, create=True)
+                    for n in txn.cursor().iternext(keys=True, values=False):
+                        n = bytes(n)    # the other named databases (aux:): see open_optional
+                        if n.startswith(AUX_PREFIX) and n not in self.db:
+                            self.db[n] = self.env.open_db(n, txn=txn, create=False)
                     self.tables = keyspace.tables(self.db)
                     if init is not None:
                         init(txn)
@@ -146,12 +158,39 @@ class Env:
         return self.read(lambda txn: {bytes(k) for k in txn.cursor().iternext(keys=True, values=False)})
 
     def open_optional(self, name: bytes, create: bool):
-        if name not in self.db:
-            try:
-                self.db[name] = self.env.open_db(name, create=create and not self.readonly)
-            except lmdb.NotFoundError:
+        """The handle of the named database `name`, created when create (and writable);
+        None when it does not exist and is not to be created.
+
+        Never through `Environment.open_db` alone in a writable environment: that
+        begins a write transaction of its own and waits for LMDB's writer lock holding
+        the GIL. While another thread of the process wrote (the mount storing an inbox
+        file), that thread could never take the GIL back to finish, and the process hung
+        for good (a `cat stats.json` during an rsync into inbox/). Here a reader, which
+        never waits for a writer, looks for the database, and a handle is opened in a
+        write transaction begun by `begin()`, which lets the GIL go while it waits (LMDB
+        keeps a handle only from a committed write transaction: a reader's is dropped).
+        The databases that exist when the store opens are opened then (open_databases),
+        so the mount waits for no writer to read them."""
+        db = self.db.get(name)
+        if db is not None:
+            return db
+        if not (create and not self.readonly) and not self.read(lambda txn: txn.get(name) is not None):
+            return None     # (the main database holds the names of the others)
+        if self.readonly:
+            with self._dbi_lock:
+                db = self.env.open_db(name, create=False)   # its own transaction is a reader
+        else:
+            def open_handle(txn):
+                with self._dbi_lock:
+                    try:
+                        return self.env.open_db(name, txn=txn, create=create)
+                    except lmdb.NotFoundError:
+                        return None     # dropped since it was looked for
+            db = self.write(open_handle, changed=lambda: False)
+            if db is None:
                 return None
-        return self.db[name]
+        self.db[name] = db
+        return db
 
     def _take_lock(self, mode: int, what: str):
         lock = self.path / "stowfs.lock"
