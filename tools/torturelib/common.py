@@ -389,6 +389,13 @@ class Mount:
         deadline = time.monotonic() + 30
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
+        if self.alive():
+            # a daemon that hung (it is what the run reports): none is left behind
+            os.kill(self.pid, signal.SIGKILL)
+            while self.alive() and time.monotonic() < deadline + 10:
+                time.sleep(0.05)
+            r.rc = r.rc or 1
+            r.err += b"\nthe daemon did not end after the unmount: killed"
         return r
 
     def log_problems(self, expected: tuple[str, ...] = ()) -> list[str]:

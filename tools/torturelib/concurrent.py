@@ -5,12 +5,17 @@ several overlapping in content so dedup races), while readers `cat` and `ls` wha
 already acknowledged in a loop. Every read must return the original bytes; afterwards
 every file of every finished ingest reads back byte for byte and verify is clean.
 
-Mount: writers `cp` files into inbox/ while readers read conversations/ and grep text/;
-every copy whose close() returned reads back byte for byte; the daemon stays up.
+Mount: writers `cp` files into inbox/ (one of them the largest file: a long write
+transaction) while readers read conversations/ and grep text/, and a watcher reads
+stats.json and reports/ over and over until the mount has stored every copy; every
+copy whose close() returned reads back byte for byte; the daemon stays up and answers.
 """
 from __future__ import annotations
 
+import json
+import os
 import random
+import signal
 import subprocess
 import threading
 import time
@@ -102,6 +107,22 @@ def cli(work: Path, files: list[Path], writers: int, rng: random.Random, tally: 
     tally.note(f"CLI: {writers} concurrent ingests + 2 readers; {len(acked)} acknowledged files checked")
 
 
+def _cat(path: Path, m: Mount, timeout: float = 120):
+    """(exit status, stdout, stderr) of `cat path` on the mount; None if it hung. Then the
+    daemon is killed: a request it never answers leaves cat waiting where no signal
+    reaches it, until the daemon is gone."""
+    p = subprocess.Popen(["cat", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = p.communicate(timeout=timeout)
+        return p.returncode, out, err
+    except subprocess.TimeoutExpired:
+        if m.alive():
+            os.kill(m.pid, signal.SIGKILL)
+        p.kill()
+        p.communicate()
+        return None
+
+
 def mount(work: Path, files: list[Path], writers: int, rng: random.Random, tally: Tally) -> None:
     data = {p: p.read_bytes() for p in files}
     store, mp = work / "mount-store", work / "mnt-concurrent"
@@ -131,13 +152,40 @@ def mount(work: Path, files: list[Path], writers: int, rng: random.Random, tally
                 with lock:
                     tally.add("failed", f"grep -r text/: exit {g.returncode}: {g.stderr.decode()[-200:]}")
             time.sleep(0.05)
+    def watcher():
+        # what the mount makes of the whole store (counters, token facts, reports), read
+        # over and over while the writers store files: once, a read of stats.json made
+        # the daemon wait for its own writer for good
+        while not stop.is_set():
+            for rel in ("stats.json", "reports/cost.txt"):
+                c = _cat(mp / rel, m)
+                if c is None:
+                    with lock:
+                        tally.add("crashed", f"cat {rel} hung while writers stored files (the daemon is killed)")
+                    stop.set()
+                    return
+                rc, out, err = c
+                with lock:
+                    tally.tried += 1
+                    if rc != 0 or not out:
+                        tally.add("failed", f"cat {rel}: exit {rc}: {err.decode()[-200:]}")
+                    elif rel == "stats.json":
+                        try:
+                            json.loads(out)
+                        except ValueError as e:
+                            tally.add("wrong", f"stats.json is not JSON: {e}")
     rt = [threading.Thread(target=reader, daemon=True) for _ in range(2)]
+    rt.append(threading.Thread(target=watcher, daemon=True))
     for t in rt:
         t.start()
     try:
         ws = []
+        largest = max(files, key=lambda q: q.stat().st_size)
         for w in range(writers):
             batch = rng.sample(files, min(len(files), rng.randint(5, 15)))
+            if w == 0 and largest not in batch:
+                # a long write transaction (the watcher's reads meet it)
+                batch.append(largest)
             items = [(q, f"mw{w}/{j}-{q.name}") for j, q in enumerate(batch)]
             ws.append((items, start_writer(mp / "inbox", items)))
         for items, p in ws:
@@ -151,7 +199,20 @@ def mount(work: Path, files: list[Path], writers: int, rng: random.Random, tally
                         acked[f"conversations/{rel}"] = data[q]
                 else:
                     tally.add("lost", f"mount writer: {rel}: {res.get(rel, 'never written')}")
-        time.sleep(1)
+        # the watcher goes on while the mount stores what the writers left in inbox/
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not stop.is_set():
+            c = _cat(mp / "stats.json", m)
+            if c is None:
+                tally.add("crashed", "cat stats.json hung while the mount stored inbox files (the daemon is killed)")
+                break
+            try:
+                st = json.loads(c[1])
+            except ValueError:
+                break       # (the watcher says what it got)
+            if st.get("files", 0) >= len(acked):
+                break
+            time.sleep(0.2)
         stop.set()
         for t in rt:
             t.join(300)
@@ -170,7 +231,7 @@ def mount(work: Path, files: list[Path], writers: int, rng: random.Random, tally
             tally.add("failed", f"umount: {u.text.strip()}")
     for c in log_crashes(m.log_since(0))[:5]:
         tally.add("crashed", f"daemon log: {c}")
-    tally.note(f"mount: {writers} writers into inbox/ + 2 readers (cat, grep -r text/); {len(acked)} copies checked")
+    tally.note(f"mount: {writers} writers into inbox/ + 2 readers (cat, grep -r text/) + stats.json and reports/ read over and over; {len(acked)} copies checked")
 
 
 def run(work: Path, quick: bool, rng: random.Random, tally: Tally, files: list[Path], scale: dict) -> None:
