@@ -109,9 +109,10 @@ class Operations(pyfuse3.Operations):
     # ------------------------------------------------------------------ names and attributes
     @_handler
     async def lookup(self, parent_inode, name, ctx):
-        if self.fs.renders(parent_inode):      # budget/N/: the lookup renders the file
-            return self._entry(*await _blocking(self.fs.lookup, parent_inode, fsdecode(name)))
-        return self._entry(*self.fs.lookup(parent_inode, fsdecode(name)))
+        name = fsdecode(name)
+        if self.fs.renders(parent_inode, name):     # budget/N/, stats.json, reports/
+            return self._entry(*await _blocking(self.fs.lookup, parent_inode, name))
+        return self._entry(*self.fs.lookup(parent_inode, name))
 
     @_handler
     async def forget(self, inode_list):
@@ -179,7 +180,7 @@ class Operations(pyfuse3.Operations):
         # No decode here: with keep_cache the kernel serves a warm file from its page
         # cache and sends no READ at all, so decoding at open would be wasted work; the
         # first READ decodes (off the event loop), see read().
-        if self.fs.open_blocks(inode, flags):     # may copy a stored file into the spool
+        if self.fs.open_blocks(inode, flags):     # a copy into the spool, a report made
             fh, keep_cache, direct_io = await _blocking(self.fs.open, inode, flags)
         else:
             fh, keep_cache, direct_io = self.fs.open(inode, flags)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import stat
 from types import SimpleNamespace
 
@@ -251,6 +252,44 @@ def test_a_directory_its_parents_listing_found_small_is_listed_inline_the_first_
     assert handed_off == ["readdir"]            # 2, 1 and 1 files below: inline
     assert listing("conversations/big") == [f"f{i}.json".encode() for i in range(4)]
     assert handed_off == ["readdir", "readdir"]  # 4 files below: handed off
+
+
+def test_stats_json_and_reports_are_made_in_a_worker_thread(ops, store, monkeypatch):
+    """stats.json and reports/ are made from every record of the store (~0.1-1 s on a
+    large one, again after every change): every request that makes one (the lookup, the
+    listing of their directory, getattr, open) runs in a worker thread, so the mount
+    answers other requests meanwhile. A file of conversations/ is served inline."""
+    store.put("x.json", conv("x"))
+    monkeypatch.setattr(pyfuse3, "readdir_reply", lambda token, name, attr, next_id: True)
+    handed_off = counted_hand_offs(monkeypatch)
+    made = []
+    model = ops.fs
+
+    def making(real):
+        def wrapper(*a, **kw):
+            made.append(threading.current_thread() is threading.main_thread())
+            return real(*a, **kw)
+        return wrapper
+    monkeypatch.setattr(model, "_stats_json", making(model._stats_json))
+    monkeypatch.setattr(model, "_report", making(model._report))
+    for path in ("stats.json", "reports/cost.txt", "reports/by-model.json"):
+        attr = lookup_path(ops, path)
+        call(ops.getattr, attr.st_ino, None)
+        fi = call(ops.open, attr.st_ino, os.O_RDONLY, None)
+        assert call(ops.read, fi.fh, 0, 1 << 20)
+        call(ops.release, fi.fh)
+    for d in (pyfuse3.ROOT_INODE, TOP["reports"]):
+        fh = call(ops.opendir, d, None)
+        call(ops.readdir, fh, 0, None)
+        call(ops.releasedir, fh)
+    assert made and not any(made), "stats.json or a report was made on the event loop"
+    assert {"lookup", "getattr", "open", "readdir"} <= set(handed_off)
+    handed_off.clear()
+    attr = lookup_path(ops, "conversations/x.json")
+    call(ops.getattr, attr.st_ino, None)
+    fi = call(ops.open, attr.st_ino, os.O_RDONLY, None)
+    call(ops.release, fi.fh)
+    assert handed_off == []
 
 
 def test_unmount_waits_for_queued_kernel_notifications():

@@ -69,6 +69,8 @@ PLACE_BATCH = 8                     # files read ahead are decoded this many at 
 READER_VIEWS = ("original", "text")  # decoded range by range; the others are rendered whole
 BUDGET_ENTRY_TIMEOUT = 1.0          # budget/ names are not invalidated when a file changes
 INBOX_VIEWS = ("inbox", "spool", "inbox-error", "stats", "report")   # nodes with no stored record
+_COMPUTED = ("stats", "report")         # files made from the whole store when asked for
+_COMPUTED_PARENTS = ("root", "reports")     # directories holding them
 
 
 class Notifier:
@@ -528,7 +530,7 @@ class Filesystem:
             if memo is not None and memo[0] == gen:
                 dh.entries = memo[1]
                 self._listed(dh)
-                return self._entries(dh, start_id)
+                return self._readdir_entries(dh, start_id)
             seen, entries = set(), []
             for name, node in self._list(dh.node):
                 if name not in seen and fits(name):
@@ -542,6 +544,13 @@ class Filesystem:
                 # until the store changes (the inbox changes without it)
                 dh.node.listing = (gen, entries)
             self._listed(dh)
+        return self._readdir_entries(dh, start_id)
+
+    def _readdir_entries(self, dh: DirHandle, start_id: int):
+        if dh.node.view in _COMPUTED_PARENTS:
+            # their files' sizes are those of stats.json and the reports, made here (in
+            # the adapter's worker thread), not while the reply is filled
+            return iter(list(self._entries(dh, start_id)))
         return self._entries(dh, start_id)
 
     def _listed(self, dh: DirHandle) -> None:
@@ -567,16 +576,25 @@ class Filesystem:
         `find` of a deep tree of small directories waited for a worker thread at each:
         ~0.2 ms, a third of a cold walk of the sessions corpus)."""
         h = self._handles.get(fh)
-        if not isinstance(h, DirHandle) or budget_of(h.node.view) is not None:
+        if not isinstance(h, DirHandle) or budget_of(h.node.view) is not None \
+                or h.node.view in _COMPUTED_PARENTS:
             return False
         n = h.node.listed if h.node.listed >= 0 else h.node.holds
         return 0 <= n <= SMALL_DIR
 
-    def renders(self, ino: int) -> bool:
-        """Whether a lookup in ino, or a getattr of ino, may render a file (budget/N/:
-        sizes are known only once rendered): the adapter runs those in a worker thread."""
+    def renders(self, ino: int, name: Optional[str] = None) -> bool:
+        """Whether a getattr of ino, or a lookup of name in ino, may render a file
+        (budget/N/: sizes are known only once rendered; stats.json and reports/ are made
+        from every record of the store, ~0.1-1 s on a large one, again after every
+        change): the adapter runs those in a worker thread, so no other request waits."""
         node = self._nodes.get(ino)
-        return node is not None and budget_of(node.view) is not None
+        if node is None:
+            return False
+        if budget_of(node.view) is not None:
+            return True
+        if name is None:
+            return node.view in _COMPUTED
+        return node.view == "reports" or node.view == "root" and TOP.get(name) == STATS_INO
 
     def releasedir(self, fh: int) -> None:
         with self._lock:
@@ -843,9 +861,11 @@ class Filesystem:
         return node is not None and node.view == "inbox"
 
     def open_blocks(self, ino: int, flags: int) -> bool:
-        """Whether open(ino, flags) may take a while (copy a stored file into the spool)."""
+        """Whether open(ino, flags) may take a while (copy a stored file into the spool, make
+        stats.json or a report from the whole store)."""
         node = self._nodes.get(ino)
-        return node is not None and node.view == "inbox" and self.inbox.open_blocks(node, flags)
+        return node is not None and (node.view in _COMPUTED
+                                     or node.view == "inbox" and self.inbox.open_blocks(node, flags))
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         h = self._handle(fh)
