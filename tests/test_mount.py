@@ -353,6 +353,23 @@ def test_errors_entry_and_stats(mount, tmp_path):
     assert after != before and after["files"] == before["files"] + 1
 
 
+def test_stats_and_reports_hold_still_for_tar_until_the_store_changes(mount, tmp_path):
+    """stats.json and reports/ keep one mtime until the store changes (it was the time
+    of each getattr: `tar` said "file changed as we read it" of every one, exit 1)."""
+    a, b = sharegpt_files(tmp_path / "src", 2)
+    run("cp", a, mount / "inbox" / "a.json")
+    mount.settled()
+    t = run("tar", "cf", str(tmp_path / "x.tar"), "stats.json", "reports", cwd=mount.path, check=False)
+    assert t.returncode == 0 and not t.stderr, t.stderr
+    before = (mount / "stats.json").stat().st_mtime_ns
+    time.sleep(0.05)
+    assert (mount / "stats.json").stat().st_mtime_ns == before
+    run("cp", b, mount / "inbox" / "b.json")
+    mount.settled()
+    assert wait_for(lambda: json.loads((mount / "stats.json").read_text())["files"] == 2)
+    assert (mount / "stats.json").stat().st_mtime_ns > before
+
+
 def test_other_process_ingest_is_seen(mount, tmp_path):
     from stowfs.store import Store
     a, b = sharegpt_files(tmp_path / "src", 2)

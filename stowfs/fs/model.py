@@ -117,7 +117,7 @@ class Filesystem:
         self._fixed = set(self._nodes)
         self._handles: dict[int, object] = {}
         self._next_fh = 0
-        self._memos: dict[str, tuple[int, object]] = {}
+        self._memos: dict[str, tuple[int, object, int]] = {}   # generation, value, made (ns)
         self._stale_sizes: dict[tuple, int] = {}
         self._seen_generation = store.generation
         self.readahead = Readahead(wanted=self._placeable)
@@ -184,8 +184,19 @@ class Filesystem:
         if hit is not None and hit[0] == gen:
             return hit[1]
         value = fn()
-        self._memos[key] = (gen, value)
+        self._memos[key] = (gen, value, time.time_ns())
         return value
+
+    def _computed(self, node: Node) -> tuple[bytes, int]:
+        """stats.json's or a report's bytes, and the time they were made: their mtime,
+        the same until the store changes (it was the time of each getattr, and `tar`
+        said "file changed as we read it" of every one)."""
+        if node.view == "stats":
+            data, key = self._stats_json(), "stats"
+        else:
+            data, key = self._report(node.path), "report:" + node.path
+        hit = self._memos.get(key)
+        return data, hit[2] if hit is not None and hit[1] is data else time.time_ns()
 
     def _stats_json(self) -> bytes:
         from ..tokens import add_to_stats
@@ -348,12 +359,9 @@ class Filesystem:
         if node.kind == DIR:
             perm = 0o755 if v in ("inbox", "conversations") else 0o555
             return Attr(node.ino, stat.S_IFDIR | perm, 0, self.mount_time)
-        if v == "stats":
-            return Attr(node.ino, stat.S_IFREG | 0o444, len(self._stats_json()), time.time_ns(),
-                        attr_timeout=0)
-        if v == "report":
-            return Attr(node.ino, stat.S_IFREG | 0o444, len(self._report(node.path)), time.time_ns(),
-                        attr_timeout=0)
+        if v in _COMPUTED:
+            data, made = self._computed(node)
+            return Attr(node.ino, stat.S_IFREG | 0o444, len(data), made, attr_timeout=0)
         info = node.info
         if node.kind == LINK:
             return Attr(node.ino, stat.S_IFLNK | 0o777, len(link_target(info.name).encode()), info.mtime_ns)
