@@ -142,7 +142,11 @@ class Env:
                     for n in txn.cursor().iternext(keys=True, values=False):
                         n = bytes(n)    # the other named databases (aux:): see open_optional
                         if n.startswith(AUX_PREFIX) and n not in self.db:
-                            self.db[n] = self.env.open_db(n, txn=txn, create=False)
+                            try:
+                                self.db[n] = self.env.open_db(n, txn=txn, create=False)
+                            except (lmdb.NotFoundError, lmdb.IncompatibleError):
+                                pass    # a damaged entry: derived data, the store opens without
+                                        # it and its first use says what is wrong
                     self.tables = keyspace.tables(self.db)
                     if init is not None:
                         init(txn)
