@@ -843,6 +843,9 @@ def test_failed_ingest_is_logged_listed_and_retried_after_a_change(fs, store, mo
     assert "inbox/f.json: not stored: store is full" in caplog.text
     assert listdir(fs, "errors").keys() == {"f.json.txt"}
     assert cat(fs, "errors/f.json.txt") == b"inbox/f.json: not stored: store is full\n"
+    ino, attr = walk(fs, "errors/f.json.txt")
+    time.sleep(0.01)            # its mtime is when it failed: it holds still for tar
+    assert fs.getattr(ino).mtime_ns == attr.mtime_ns <= time.time_ns() - 10**7
     assert cat(fs, "conversations/f.json") == conv("data")   # still there, from the spool
     monkeypatch.undo()
     assert fs.settle(everything=True) == 0                # not retried while unchanged

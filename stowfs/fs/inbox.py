@@ -96,6 +96,7 @@ class Pending:
     writers: int = 0                    # open writable handles
     stored_version: int = -1            # the version the store holds under path (-1: none)
     failed_version: int = -1            # the version whose ingest failed (not retried)
+    failed_ns: int = 0                  # when it failed: its errors/ entry's mtime
     write_error: int = 0                # errno of a failed write: the file is incomplete
     gone: bool = False                  # removed or renamed away
     alias: Optional[Node] = None        # its node under conversations/
@@ -407,6 +408,12 @@ class Inbox:
                 p.error_node = Node(self._new_ino(), FILE, "inbox-error", path)
             return p.error_node
 
+    def error_time(self, path: str) -> int:
+        """When path's ingest failed (now if it is not known): its errors/ entry's mtime,
+        the same while the message is, so `tar` and `rsync` see a file that holds still."""
+        p = self._pending.get(path)
+        return p.failed_ns if p is not None and p.failed_ns and path in self.failures else time.time_ns()
+
     def error_text(self, path: str) -> bytes:
         why = self.failures.get(path, "stored since")
         return f"inbox/{path}: not stored: {why}\n".encode("utf-8", "surrogateescape")
@@ -415,6 +422,7 @@ class Inbox:
         log.error("inbox/%s: not stored: %s (the file stays in inbox/)", p.path, why)
         with self._lock:
             p.failed_version = p.version
+            p.failed_ns = time.time_ns()
             self.failures[p.path] = why
             self.epoch += 1
 

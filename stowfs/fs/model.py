@@ -355,7 +355,7 @@ class Filesystem:
             return attr
         if v == "inbox-error":
             return Attr(node.ino, stat.S_IFREG | 0o444, len(self.inbox.error_text(node.path)),
-                        time.time_ns(), attr_timeout=0, entry_timeout=0)
+                        self.inbox.error_time(node.path), attr_timeout=0, entry_timeout=0)
         if node.kind == DIR:
             perm = 0o755 if v in ("inbox", "conversations") else 0o555
             return Attr(node.ino, stat.S_IFDIR | perm, 0, self.mount_time)
