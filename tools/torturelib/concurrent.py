@@ -152,6 +152,7 @@ def mount(work: Path, files: list[Path], writers: int, rng: random.Random, tally
                 with lock:
                     tally.add("failed", f"grep -r text/: exit {g.returncode}: {g.stderr.decode()[-200:]}")
             time.sleep(0.05)
+
     def watcher():
         # what the mount makes of the whole store (counters, token facts, reports), read
         # over and over while the writers store files: once, a read of stats.json made
@@ -204,7 +205,8 @@ def mount(work: Path, files: list[Path], writers: int, rng: random.Random, tally
         while time.monotonic() < deadline and not stop.is_set():
             c = _cat(mp / "stats.json", m)
             if c is None:
-                tally.add("crashed", "cat stats.json hung while the mount stored inbox files (the daemon is killed)")
+                with lock:
+                    tally.add("crashed", "cat stats.json hung while the mount stored inbox files (the daemon is killed)")
                 break
             try:
                 st = json.loads(c[1])
