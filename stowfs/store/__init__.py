@@ -146,7 +146,6 @@ class Store:
         self._background = threading.Lock()    # held by a prefetch while it reads; close waits
         self._closed = False
         self._prefetched = None         # the generation a listing last asked a prefetch at
-        self._ahead_on_read = False     # see decode_blocks_ahead
         from .upgrade import open_tables, upgrade_if_needed
         if not readonly:
             upgrade_if_needed(self.path)
@@ -268,7 +267,6 @@ class Store:
         go on through the block (the kernel's read-ahead): they find their bytes decoded
         or wait only for the step that reaches them. Not for a command that reads and
         exits (it would wait for the whole block at exit)."""
-        self._ahead_on_read = True
         self._reader.ahead_on_read = True
         # the decode-ahead thread starts now, not at the first listing's prefetch, which
         # waited ~2 ms for it to start while the kernel waited for the listing
@@ -646,8 +644,9 @@ class Store:
     def _bind_tables(self) -> None:
         """The readers and writers over the tables (again after a compacting copy swapped
         the file: the handles are new)."""
+        before = getattr(self, "_reader", None)
         self._reader = blocks.StreamReader(self._blocks, self.block_size, self.cache, self._env.drop_mapped_here)
-        self._reader.ahead_on_read = self._ahead_on_read
+        self._reader.ahead_on_read = before is not None and before.ahead_on_read
         self._groups = Groups(self._tables["groups"], refs=self.stored_format >= 5)
         self._names = Names(self._tables["names"])
         self._writer: Optional[Writer] = None

@@ -70,12 +70,13 @@ def available() -> bool:
 
 
 class Into:
-    """Decodes one zstd frame, fed a piece at a time (`feed`), into out, a bytearray as
+    """Decodes one zstd frame, fed a piece at a time (`feed`), into out, a writable
+    buffer (a bytearray, or the anonymous map PartialDecoder.decode_in_steps uses) as
     long as the frame decodes to. `decoded` is how much of out holds decoded bytes; they
     never change once written. `close()` gives the decoder back (also after an error);
-    out may be resized again only after it."""
+    out may be resized or closed only after it."""
 
-    def __init__(self, out: bytearray, window_log_max: int):
+    def __init__(self, out, window_log_max: int):
         if _lib is None:
             raise ZstreamError("libzstd is not available")
         self._dctx = _lib.ZSTD_createDCtx()
