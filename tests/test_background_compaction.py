@@ -14,6 +14,7 @@ import time
 import pytest
 
 from realdata import corpus_dir
+from stowfs.store import frames, records
 
 CLI = [sys.executable, "-m", "stowfs"]
 pytestmark = pytest.mark.mount
@@ -87,11 +88,12 @@ def test_kill_9_during_background_compaction_loses_nothing(mounter):
         assert (m / "conversations" / "cc" / rel).read_bytes() == (src / rel).read_bytes()
 
 
-def test_a_mounted_format_5_store_becomes_format_6_and_its_blocks_are_rewritten_when_idle(mounter, tmp_path):
+def test_a_mounted_format_5_store_becomes_format_7_and_its_blocks_are_rewritten_when_idle(mounter, tmp_path):
     """An upgrade as a user meets it: the store the code before format 6 wrote
     (tests/fixtures/format5-store), mounted. The mount has it alone, so it becomes
-    format 6; reads are right throughout; the idle compaction rewrites its blocks
-    checked as stored (stats.json: nothing left to compact); verify is clean."""
+    the newest format; reads are right throughout; the idle compaction rewrites its
+    blocks checked as stored (stats.json: nothing left to compact) and its record
+    groups packed (format 7); verify is clean."""
     import hashlib
     import lmdb
     fixtures = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -109,7 +111,7 @@ def test_a_mounted_format_5_store_becomes_format_6_and_its_blocks_are_rewritten_
             break
         time.sleep(0.5)
     assert st["uncompacted_fragments"] == 0 and st["block_fragments"] == 3
-    assert st["store_format"] == 6 and st["files"] == len(expected)
+    assert st["store_format"] == 7 and st["files"] == len(expected)
     for name, e in expected.items():
         assert hashlib.sha256((m / "conversations" / name).read_bytes()).hexdigest() == e["sha256"]
     m.umount()
@@ -117,6 +119,8 @@ def test_a_mounted_format_5_store_becomes_format_6_and_its_blocks_are_rewritten_
     with env.begin() as txn:
         db = env.open_db(b"store", txn=txn, create=False)
         codecs = {bytes(v)[9] for k, v in txn.cursor(db=db) if k[:1] == b"\x02"}
+        layouts = {frames.header(bytes(v), frames.GROUP, int.from_bytes(k[1:], "big")).extra
+                   for k, v in txn.cursor(db=db) if k[:1] == b"\x03"}
     env.close()
-    assert codecs == {2}
+    assert codecs == {2} and layouts == {records.PACKED}
     assert subprocess.run([*CLI, "verify", str(store)], capture_output=True).returncode == 0

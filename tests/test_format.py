@@ -84,10 +84,85 @@ def undelta(d, r):
     return d
 
 
-def parse_store(path: Path, fmt: int = 6) -> dict:
+def unzigzag(z):
+    return z // 2 if z % 2 == 0 else -(z + 1) // 2
+
+
+def ints(buf, n):
+    """FORMAT.md, "Packed records": integers in byte planes."""
+    mode, width = buf[0], buf[1]
+    assert mode in (0, 1) and len(buf) == 2 + width * n
+    planes = buf[2:]
+    vals = [unzigzag(sum(planes[b * n + i] << (8 * b) for b in range(width))) for i in range(n)]
+    return [sum(vals[:i + 1]) for i in range(n)] if mode == 1 else vals
+
+
+def value_column(col, m):
+    kind, data = col
+    if kind == 1:
+        return ints(data, m)
+    if kind == 2:
+        items = [ints(d, m) for d in data]
+        return [[it[i] for it in items] for i in range(m)]
+    assert kind == 0 and len(data) == m
+    return data
+
+
+def packed_group(cols):
+    """Format 7's packed group -> the columns of the layout before (file ids as deltas,
+    extents one item a record, as format 6 wrote them)."""
+    n = len(cols[4])
+    for c in (0, 1, 2, 3, 10, 11):
+        cols[c] = value_column(cols[c], n)
+    ids = cols[0]
+    cols[0] = ids[:1] + [b - a for a, b in zip(ids, ids[1:])]
+    cols[7] = [([m] if m is not None else []) if type(x) is int and x == 0 else x for x, m in zip(cols[7], cols[6])]
+    if type(cols[13]) is bytes:
+        assert len(cols[13]) == 4 * n
+        cols[13] = [cols[13][4 * i:4 * i + 4] for i in range(n)]
+    paths, values, presence = cols[12][:3]
+    full, absent = [], []
+    for col, bits in zip(values, presence):
+        has = list(range(n)) if bits is None else [j for j in range(n) if bits[j >> 3] >> (j & 7) & 1]
+        vals = value_column(col, len(has))
+        row = [None] * n
+        for j, v in zip(has, vals):
+            row[j] = v
+        full.append(row)
+        absent.append([j for j in range(n) if j not in has])
+    cols[12] = [paths, full, absent] + cols[12][3:]
+    ext, p, out = cols[14], 0, []
+    for size in cols[1]:
+        c, p = uvarint(ext, p)
+        count, left = c >> 1, size
+        mine = encode_uvarint(count)     # as format 6 has it: the same chain of positions
+        for i in range(count):
+            z, p = uvarint(ext, p)
+            if c & 1 or i < count - 1:
+                length, p = uvarint(ext, p)
+                left -= length
+            else:
+                length = left
+            mine += encode_uvarint(z) + encode_uvarint(length)
+        out.append(mine)
+    assert p == len(ext)
+    cols[14] = out
+    return cols
+
+
+def encode_uvarint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def parse_store(path: Path, fmt: int = 7) -> dict:
     env = lmdb.open(str(path / "lmdb"), readonly=True, max_dbs=32, lock=False)
     out = {}
-    refs_seen, planes_seen, codecs_seen = [], [], []
+    refs_seen, planes_seen, codecs_seen, layouts_seen = [], [], [], []
     with env.begin() as txn:
         dbs = read_tables(env, txn, fmt)
         meta = dict(dbs[b"meta"])
@@ -119,9 +194,15 @@ def parse_store(path: Path, fmt: int = 6) -> dict:
         records = {}
         for k, v in dbs[b"groups"]:
             gid = struct.unpack(">Q", k)[0]
-            _, raw, _, _ = frame(v, 0x21, gid)
+            extra, raw, _, _ = frame(v, 0x21, gid)
             cols = msgpack.unpackb(raw, strict_map_key=False)
             assert len(cols) == 15
+            if extra == b"\x01":
+                assert fmt >= 7
+                layouts_seen.append(len(cols[4]))
+                cols = packed_group(cols)
+            else:
+                assert extra == b""
             paths, values, absent = cols[12][:3]
             refs = cols[12][3] if len(cols[12]) == 4 else [None] * len(paths)
             assert fmt >= 5 or len(cols[12]) == 3
@@ -208,7 +289,7 @@ def parse_store(path: Path, fmt: int = 6) -> dict:
         assert hashlib.blake2b(data, digest_size=4).digest() == row[13]
         files[name] = data
     out.update(files=files, anchors=anchors, config=config, refs=refs_seen, planes=planes_seen,
-               block_codecs=codecs_seen)
+               block_codecs=codecs_seen, packed_groups=layouts_seen)
     return out
 
 
@@ -227,7 +308,9 @@ def test_the_format_document_reads_a_real_store(tmp_path):
     assert after["files"] == got["files"]
     # compaction wrote format 5's layouts: facts stored against others, anchors in planes
     assert "views\x00lean" in after["refs"] and after["planes"] and not got["refs"]
-    # and format 6's: every block checked as stored (ingest's fragments too)
+    # format 6's: every block checked as stored (ingest's fragments too); and format
+    # 7's: every record group packed, as written by a put and by compaction
+    assert got["packed_groups"] == after["packed_groups"] == [len(files)]
     assert set(got["block_codecs"]) == set(after["block_codecs"]) == {2}
 
 
@@ -251,7 +334,7 @@ def _fixture4(tmp_path) -> tuple[Path, dict]:
     return path, json.loads((FIXTURES / "format4-store.json").read_text())
 
 
-def test_a_format_4_store_becomes_format_6_and_reads_the_same(tmp_path):
+def test_a_format_4_store_becomes_format_7_and_reads_the_same(tmp_path):
     path, expected = _fixture4(tmp_path)
     assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
     old = parse_store(path, fmt=4)                       # the fixture is what FORMAT.md says format 4 is
@@ -261,7 +344,7 @@ def test_a_format_4_store_becomes_format_6_and_reads_the_same(tmp_path):
         _reads_back(s, expected["files"])
     assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
     with Store(path) as s:
-        assert s.stored_format == 6
+        assert s.stored_format == 7
         _reads_back(s, expected["files"])
         before = {i.name: s.info(i.name) for i in s.iter_files()}
         assert verify(s)["ok"]
@@ -293,17 +376,17 @@ def test_a_format_4_store_another_process_has_open_stays_format_4(tmp_path):
     assert not got["refs"] and not got["planes"] and 2 not in got["block_codecs"]
     assert got["files"]["more/" + str(extra[0].relative_to(root))] == extra[0].read_bytes()
     with Store(path) as s:
-        assert s.stored_format == 6
+        assert s.stored_format == 7
         assert len(list(s.iter_files())) == len(expected["files"]) + len(extra)
     compact(path)
     assert parse_store(path)["files"] == got["files"]
 
 
-def test_a_format_5_store_becomes_format_6_and_its_blocks_are_checked_as_stored(tmp_path):
+def test_a_format_5_store_becomes_format_7_and_its_blocks_are_checked_as_stored(tmp_path):
     """The fixture made by the code before format 6: read as it is (read-only, and by a
     writable open while another process has it open, which writes blocks checked as
-    decoded); a writable open alone makes it format 6, reading every old block as it
-    is; compaction rewrites them checked as stored. Every file reads back the same."""
+    decoded); a writable open alone makes it the newest format, reading every old block
+    as it is; compaction rewrites them checked as stored. Every file reads back the same."""
     path = tmp_path / "old5"
     shutil.copytree(FIXTURES / "format5-store", path)
     expected = json.loads((FIXTURES / "format5-store.json").read_text())
@@ -319,11 +402,11 @@ def test_a_format_5_store_becomes_format_6_and_its_blocks_are_checked_as_stored(
     _put_while_another_has_it_open(path, 5, more, lambda s: s.seal() or True)
     assert set(parse_store(path, fmt=5)["block_codecs"]) == {1}
     with Store(path) as s:
-        assert s.stored_format == 6
+        assert s.stored_format == 7
         _reads_back(s, expected["files"], more=True)
         assert verify(s)["ok"]
         st = s.stats()                                     # what compaction will rewrite
-        assert st["store_format"] == 6 and st["uncompacted_fragments"] == st["block_fragments"] > 1
+        assert st["store_format"] == 7 and st["uncompacted_fragments"] == st["block_fragments"] > 1
     mixed = parse_store(path)
     assert set(mixed["block_codecs"]) == {1}                # nothing rewritten yet
     compact(path)
@@ -335,6 +418,45 @@ def test_a_format_5_store_becomes_format_6_and_its_blocks_are_checked_as_stored(
     with Store(path, readonly=True) as s:
         _reads_back(s, expected["files"], more=True)
         assert verify(s)["ok"] and s.stats()["uncompacted_fragments"] == 0
+
+
+def test_a_format_6_store_becomes_format_7_and_its_groups_are_packed(tmp_path):
+    """The fixture made by the code before format 7 (record groups as msgpack lists):
+    read as it is read-only and by a writable open while another process has it open
+    (which writes groups in the old layout); a writable open alone makes it format 7,
+    reading every old group as it is; compaction rewrites every group packed. Every
+    file, and every record's facts, read back the same."""
+    path = tmp_path / "old6"
+    shutil.copytree(FIXTURES / "format6-store", path)
+    expected = json.loads((FIXTURES / "format6-store.json").read_text())
+    digest = expected["made"]["data_mdb_sha256"]
+    assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == digest
+    old = parse_store(path, fmt=6)
+    assert old["files"].keys() == expected["files"].keys() and not old["packed_groups"]
+    with Store(path, readonly=True) as s:
+        assert s.stored_format == 6
+        _reads_back(s, expected["files"])
+    assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == digest
+    more = [p for p in corpus_files() if p.stat().st_size < 1 << 20][:6]
+    root = corpus_dir()
+    _put_while_another_has_it_open(path, 6, more, lambda s: (compaction.compact(s), verify(s)["ok"])[1])
+    shared = parse_store(path, fmt=6)
+    assert not shared["packed_groups"]                  # compaction kept the old layout
+    with Store(path) as s:
+        assert s.stored_format == 7
+        _reads_back(s, expected["files"], more=True)
+        before = {i.name: s.info(i.name).facts for i in s.iter_files()}
+        assert verify(s)["ok"]
+    assert parse_store(path)["files"] == shared["files"]  # only the number changed
+    compact(path)
+    new = parse_store(path)
+    assert new["files"] == shared["files"] and new["packed_groups"] == [len(before)]
+    for p in more:
+        assert new["files"]["more/" + str(p.relative_to(root))] == p.read_bytes()
+    with Store(path, readonly=True) as s:
+        _reads_back(s, expected["files"], more=True)
+        assert {i.name: s.info(i.name).facts for i in s.iter_files()} == before
+        assert verify(s)["ok"]
 
 
 def test_a_format_2_store_is_upgraded_without_loss(tmp_path):
@@ -393,7 +515,7 @@ def test_a_format_3_store_is_converted_to_format_4_in_place(tmp_path):
     assert hashlib.sha256((path / "lmdb" / "data.mdb").read_bytes()).hexdigest() == expected["made"]["data_mdb_sha256"]
     old = parse_store(path, fmt=3)                       # the fixture is what FORMAT.md says format 3 was
     with Store(path) as s:
-        assert s.stored_format == 6                     # 3 -> 4 -> 6
+        assert s.stored_format == 7                     # 3 -> 4 -> 7
         _reads_back(s, files)
         assert verify(s)["ok"]
         assert s.stats()["block_fragments"] == 5          # the open block's fragments, as they were
@@ -404,8 +526,8 @@ def test_a_format_3_store_is_converted_to_format_4_in_place(tmp_path):
         assert {k for k, _ in txn.cursor()} == {b"store", b"aux:search"}   # the search index kept
     env.close()
     from stowfs.analytics import search_index
-    with Store(path) as s:                              # the next open finds format 6: nothing to do
-        assert s.stored_format == 6
+    with Store(path) as s:                              # the next open finds format 7: nothing to do
+        assert s.stored_format == 7
         assert search_index.exists(s)                     # the derived index kept its database
         s.put("corpus/new.json", b'{"messages": []}')
         assert verify(s)["ok"]
@@ -446,7 +568,7 @@ def test_a_format_3_store_another_process_has_open_is_used_as_format_3(tmp_path)
         assert parse_store(path, fmt=3)["files"]["corpus/added.json"] == b'{"messages": []}'
         fcntl.flock(other, fcntl.LOCK_UN)
     with Store(path) as s:
-        assert s.stored_format == 6
+        assert s.stored_format == 7
         assert s.get("corpus/added.json") == b'{"messages": []}'
         assert len(list(s.iter_files())) == len(expected["files"])
         assert verify(s)["ok"]
@@ -472,7 +594,7 @@ def test_a_conversion_killed_midway_leaves_format_3(tmp_path):
     assert p.returncode == -9, p.stderr.decode()
     assert parse_store(path, fmt=3)["files"].keys() == expected["files"].keys()
     with Store(path) as s:
-        assert s.stored_format == 6
+        assert s.stored_format == 7
         _reads_back(s, expected["files"])
 
 
@@ -493,7 +615,7 @@ def test_a_conversion_that_fills_the_map_grows_it_and_tries_again(tmp_path, monk
     path, expected = _fixture3(tmp_path)
     _failing_u64(monkeypatch, [lmdb.MapFullError("mdb_put: MDB_MAP_FULL"), lmdb.MapFullError("mdb_put: MDB_MAP_FULL")])
     with Store(path) as s:
-        assert s.stored_format == 6
+        assert s.stored_format == 7
         _reads_back(s, expected["files"])
         assert verify(s)["ok"]
 
@@ -507,5 +629,5 @@ def test_a_conversion_without_disk_space_leaves_format_3_in_use(tmp_path, monkey
         s.put("corpus/after.json", b"{}")
         assert s.get("corpus/after.json") == b"{}"
     with Store(path) as s:                                # room again: converted
-        assert s.stored_format == 6 and s.get("corpus/after.json") == b"{}"
+        assert s.stored_format == 7 and s.get("corpus/after.json") == b"{}"
         assert verify(s)["ok"]

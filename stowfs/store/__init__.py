@@ -27,7 +27,7 @@ from .lmdbenv import AUX_PREFIX, Env, from_u64, meta_get, meta_put, u64
 from .names import Names
 from .records import Groups, Record, group_of
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 DEFAULT_MODE = 0o644
 log = logging.getLogger(__name__)
 
@@ -647,7 +647,8 @@ class Store:
         before = getattr(self, "_reader", None)
         self._reader = blocks.StreamReader(self._blocks, self.block_size, self.cache, self._env.drop_mapped_here)
         self._reader.ahead_on_read = before is not None and before.ahead_on_read
-        self._groups = Groups(self._tables["groups"], refs=self.stored_format >= 5)
+        self._groups = Groups(self._tables["groups"], refs=self.stored_format >= 5,
+                              packed=self.stored_format >= 7)
         self._names = Names(self._tables["names"])
         self._writer: Optional[Writer] = None
 

@@ -145,11 +145,17 @@ def compact_block(store, bid: int, live: Optional[list], level: int) -> Optional
 
 def rewrite_metadata(store, level: int) -> int:
     """Record groups and name pages at `level`, one transaction each kind."""
+    packed = store._groups.packed
+
+    def final_group(hd) -> bool:
+        # a group of format 6's layout in a format-7 store is rewritten packed
+        return hd.level >= level and (hd.extra == records.PACKED or not packed)
+
     def groups(txn):
         n = 0
         for gid in list(store._groups.all_ids(txn)):
             frame = store._groups.table.get(txn, records._KEY.pack(gid))
-            if frames.header(frame, frames.GROUP, gid).level >= level:
+            if final_group(frames.header(frame, frames.GROUP, gid)):
                 continue
             store._groups.put(txn, store._groups.load(txn, gid), gid, level)
             n += 1
@@ -159,19 +165,19 @@ def rewrite_metadata(store, level: int) -> int:
         # a value in overflow pages takes whole pages, after a 16-byte page header
         return store._names.rewrite_all(txn, level, fit=store.env.stat()["psize"] - 16)
 
-    def low(table, tag, key_of):
+    def low(table, tag, key_of, final):
         def work(txn):
             for k, v in table.cursor(txn):
                 hd = frames.header(v, tag, key_of(bytes(k)))
-                if hd.codec != frames.RAW and hd.level < level:
+                if hd.codec != frames.RAW and not final(hd):
                     return True
             return False
         return store._read(work)
     from .names import frame_key
     n = 0
-    if low(store._groups.table, frames.GROUP, lambda k: records._KEY.unpack(k)[0]):
+    if low(store._groups.table, frames.GROUP, lambda k: records._KEY.unpack(k)[0], final_group):
         n += store._write(groups)
-    if low(store._names.table, frames.NAMES, frame_key):
+    if low(store._names.table, frames.NAMES, frame_key, lambda hd: hd.level >= level):
         n += store._write(names)
     return n
 

@@ -9,13 +9,17 @@ list:
     [file id, size, mtime_ns, mode, format, application, model, [models],
      day, error, messages, conversations, {facts}, checksum, extents]
 
-stored column by column (all file ids, as deltas, then all sizes, ...). The name is not
-in the record: it is in the name table, the only way to a record (a record found by
-id gets its name from there).
+stored column by column (all file ids, then all sizes, ...). The name is not in the
+record: it is in the name table, the only way to a record (a record found by id gets
+its name from there).
 
 - checksum: BLAKE2b-32 of the file's bytes (verify rebuilds every file against it);
-- extents: uvarint count, then per extent zigzag(position - end of the previous) and
-  length, as uvarints: a file stored in one piece costs three or four bytes.
+- extents: per extent zigzag(position - end of the previous) and length, as uvarints.
+
+Two layouts, named by the frame's extra (FORMAT.md, "Records"): format 7 packs the
+columns (PACKED, columns.py: numbers in byte planes, facts only where present, a
+file's last extent length left to its size); formats 2-6 wrote msgpack lists (file ids
+as deltas). Both are read; a store writes the one its format has.
 
 A read reaches a record through its name; the record holds its id, the group frame
 its group id, and both frames are hash-checked, so a damaged table fails loudly.
@@ -30,7 +34,7 @@ from typing import Optional
 from .. import limits
 from ..errors import Corrupt
 from ..packing import get_uvarint, pack, put_uvarint, unpack, unpack_list
-from . import frames
+from . import columns, frames
 from .tables import FrameCache, ThreadDirty
 
 _KEY = struct.Struct(">Q")
@@ -281,13 +285,15 @@ class FactsColumn:
     """A decoded group's facts column, kept packed (~25 bytes a record) and unpacked
     when a record's facts are asked for: unpacked, it is ~20 ints a record, which were
     most of what the cached groups held. The last two unpacked stay unpacked."""
-    __slots__ = ("packed", "n", "gid", "sizes", "key")
+    __slots__ = ("packed", "n", "gid", "sizes", "key", "layout")
     # by the group frame's hash: it names the content (the packed column alone does not:
     # numbers stored against the file sizes read back differently in another group)
     _unpacked = FrameCache(2)
 
-    def __init__(self, packed: bytes, n: int, gid: int, sizes: list, key: bytes):
+    def __init__(self, packed: bytes, n: int, gid: int, sizes: list, key: bytes,
+                 layout: bytes = b""):
         self.packed, self.n, self.gid, self.sizes, self.key = packed, n, gid, sizes, key
+        self.layout = layout
 
     def column(self) -> tuple:
         """(paths, values per path, absent positions per path, each path's keys)."""
@@ -300,6 +306,8 @@ class FactsColumn:
                 raise ValueError("bad shape")
             paths, values, absent = cols[:3]
             refs = cols[3] if len(cols) == 4 else [None] * len(paths) if isinstance(paths, list) else None
+            if self.layout == PACKED and isinstance(values, list) and isinstance(absent, list):
+                values, absent = _present_to_full(values, absent, self.n)
             if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)
                     and isinstance(values, list) and isinstance(absent, list)
                     and isinstance(refs, list)
@@ -338,11 +346,72 @@ class FactsColumn:
         return out
 
 
-def encode_group(gid: int, recs: dict[int, Record], level: int, refs: bool = False) -> bytes:
+# A group frame's extra names its layout: empty, msgpack lists (formats 2-6); PACKED,
+# the columns of columns.py (format 7).
+PACKED = b"\x01"
+_INT_COLS = (0, 1, 2, 3, 10, 11)     # ids, size, mtime_ns, mode, messages, conversations
+
+
+def _full_to_present(values: list, absent: list, n: int) -> tuple[list, list]:
+    """Facts columns of every record (None where absent) -> the present values packed
+    (columns.pack_values) and a presence bitmap per path (nil: every record has it)."""
+    out_v, out_p = [], []
+    for vals, gone in zip(values, absent):
+        if gone:
+            g = set(gone)
+            vals = [v for i, v in enumerate(vals) if i not in g]
+        out_v.append(columns.pack_values(vals))
+        out_p.append(columns.presence(n, gone) if gone else None)
+    return out_v, out_p
+
+
+def _present_to_full(values: list, pres: list, n: int) -> tuple[list, list]:
+    if len(values) != len(pres):
+        raise ValueError("bad shape")
+    full, absent = [], []
+    for col, bits in zip(values, pres):
+        if bits is None:
+            full.append(columns.unpack_values(col, n))
+            absent.append([])
+            continue
+        at = columns.present_positions(bits, n)
+        vals = columns.unpack_values(col, len(at))
+        row = [None] * n
+        for i, v in zip(at, vals):
+            row[i] = v
+        full.append(row)
+        have = set(at)
+        absent.append([i for i in range(n) if i not in have])
+    return full, absent
+
+
+def _encode_packed(order: list, refs: bool) -> list:
+    """Format 7's columns (FORMAT.md, "Records")."""
+    n = len(order)
+    cols = [list(c) for c in zip(*(r.to_list() for r in order))]
+    sizes = cols[1]
+    for c in _INT_COLS:
+        cols[c] = columns.pack_values(cols[c])
+    # models: 0 where they are [model] (or [] without a model), as nearly always
+    cols[7] = [0 if ms == ([m] if m is not None else []) else ms for ms, m in zip(cols[7], cols[6])]
+    f = _facts_columns([r.flat_facts() for r in order], sizes, refs)
+    f[1], f[2] = _full_to_present(f[1], f[2], n)
+    cols[12] = f
+    cks = cols[13]
+    cols[13] = b"".join(cks) if all(type(c) is bytes and len(c) == CHECKSUM_SIZE for c in cks) else cks
+    cols[14] = columns.pack_extents([r.extents for r in order], sizes)
+    return cols
+
+
+def encode_group(gid: int, recs: dict[int, Record], level: int, refs: bool = False,
+                 packed: bool = True) -> bytes:
     """Columns, not rows: each field of every record together (names next to names,
-    sizes next to sizes) compresses far better. File ids are stored as deltas. refs:
-    numeric facts may be stored against another column (format 5; _facts_columns)."""
+    sizes next to sizes) compresses far better. refs: numeric facts may be stored
+    against another column (format 5; _facts_columns). packed: format 7's layout
+    (columns.py); else format 6's msgpack lists, file ids stored as deltas."""
     order = [recs[k] for k in sorted(recs)]
+    if packed:
+        return frames.encode(frames.GROUP, gid, pack(_encode_packed(order, refs)), level, PACKED)
     rows = [r.to_list() for r in order]
     cols = [list(c) for c in zip(*rows)] if rows else [[] for _ in range(15)]
     ids = cols[0]
@@ -361,29 +430,48 @@ def encode_group(gid: int, recs: dict[int, Record], level: int, refs: bool = Fal
 def decode_group(frame, gid: int) -> dict[int, Record]:
     hd, raw = frames.decode(frame, frames.GROUP, gid)
     try:
+        if hd.extra not in (b"", PACKED):
+            raise ValueError(f"unknown layout {hd.extra.hex()}")
         cols = unpack_list(raw, keep_packed={12})
-        if len(cols) != 15:
+        if len(cols) != 15 or not isinstance(cols[4], list):
             raise ValueError("bad columns")
-        n = len(cols[0])
-        fcol = FactsColumn(cols[12], n, gid, cols[1], hd.hash)
+        n = len(cols[4])
+        if hd.extra == PACKED:
+            for c in _INT_COLS:
+                cols[c] = columns.unpack_values(cols[c], n)
+            cols[7] = [([m] if m is not None else []) if type(ms) is int and ms == 0 else ms
+                       for ms, m in zip(cols[7], cols[6])]
+            cks = cols[13]
+            if type(cks) is bytes:
+                if len(cks) != CHECKSUM_SIZE * n:
+                    raise ValueError("checksums of the wrong length")
+                cols[13] = [cks[i:i + CHECKSUM_SIZE] for i in range(0, len(cks), CHECKSUM_SIZE)]
+            exts = columns.unpack_extents(cols[14], cols[1])
+            encs = [None] * n
+        else:
+            ids, acc = [], 0
+            for i, d in enumerate(cols[0]):
+                acc = d if i == 0 else acc + d
+                ids.append(acc)
+            cols[0] = ids
+            exts, encs, prev = [], [], 0
+            for e in cols[14]:
+                ext = decode_extents(e, prev)
+                exts.append(ext)
+                encs.append((prev, bytes(e)))
+                if ext:
+                    prev = ext[-1][0] + ext[-1][1]
+        fcol = FactsColumn(cols[12], n, gid, cols[1], hd.hash, hd.extra)
         cols[12] = [None] * n
         for c in (4, 5, 6, 8):      # format, application, model, day: a few values, shared
-            if isinstance(cols[c], list):
-                cols[c] = [sys.intern(v) if type(v) is str else v for v in cols[c]]
-        if len({len(c) for c in cols}) != 1:
+            cols[c] = [sys.intern(v) if type(v) is str else v for v in cols[c]]
+        cols[14] = exts
+        if len({len(c) for c in cols}) != 1 or len(encs) != n:
             raise ValueError("columns differ in length")
-        ids, acc = [], 0
-        for i, d in enumerate(cols[0]):
-            acc = d if i == 0 else acc + d
-            ids.append(acc)
-        cols[0] = ids
-        out, prev = {}, 0
+        out = {}
         for i, v in enumerate(zip(*cols)):
-            ext = decode_extents(v[14], prev)
-            r = Record(v[0], None, *v[1:14], extents=ext)
-            r._src, r._enc = (fcol, i), (prev, bytes(v[14]))
-            if ext:
-                prev = ext[-1][0] + ext[-1][1]
+            r = Record(v[0], None, *v[1:14], extents=v[14])
+            r._src, r._enc = (fcol, i), encs[i]
             if group_of(r.file_id) != gid:
                 raise ValueError(f"record {r.file_id} in group {gid}")
             out[r.file_id] = r
@@ -401,11 +489,12 @@ class Groups(ThreadDirty):
     """Read and write record groups. Decoded groups are cached by content hash; a write
     transaction changes groups in `dirty` and writes each once, at `flush`."""
 
-    def __init__(self, table, cache_entries: int = limits.GROUP_CACHE, refs: bool = False):
+    def __init__(self, table, cache_entries: int = limits.GROUP_CACHE, refs: bool = False,
+                 packed: bool = False):
         """refs: groups written at the compaction level store facts against each other
-        (format 5)."""
+        (format 5); packed: groups are written in format 7's layout."""
         super().__init__()
-        self.table, self.refs = table, refs
+        self.table, self.refs, self.packed = table, refs, packed
         self._cache = FrameCache(cache_entries)
 
     def release(self) -> None:
@@ -467,7 +556,8 @@ class Groups(ThreadDirty):
     def put(self, txn, recs: dict[int, Record], gid: int, level: int) -> None:
         key = _KEY.pack(gid)
         if recs:
-            frame = encode_group(gid, recs, level, self.refs and level >= limits.LEVEL_COMPACT)
+            frame = encode_group(gid, recs, level, self.refs and level >= limits.LEVEL_COMPACT,
+                                 self.packed)
             self.table.put(txn, key, frame)
             # the next read of this group needs no decode
             self._cache.put(frames.header(frame, frames.GROUP, gid).hash, dict(recs))

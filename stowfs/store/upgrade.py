@@ -1,9 +1,9 @@
 """Opening an older store.
 
-Format 4 or 5 -> 6 (`open_tables`): the format number only (see _to_newest), while no
-other process has the store open; until then the store is read and written as the
+Format 4, 5 or 6 -> 7 (`open_tables`): the format number only (see _to_newest), while
+no other process has the store open; until then the store is read and written as the
 format it is in (format 4: no facts stored against others, no anchor planes; 4 and 5: no
-blocks checked as stored).
+blocks checked as stored; 4 to 6: record groups as msgpack lists, not packed).
 
 Format 3 -> 4 (`open_tables`): the five named databases of format 3 become key ranges of
 one (keyspace.py). In place, in one LMDB write transaction: every entry is copied under
@@ -139,7 +139,7 @@ def open_tables(env, init=None) -> int:
     if keyspace.STORE_DB in names or b"meta" not in names:
         env.open_databases((keyspace.STORE_DB,), init)
         fmt = _format(env)
-        return _newest(env, fmt) if fmt in (4, 5) else fmt
+        return _newest(env, fmt) if fmt in (4, 5, 6) else fmt
     env.open_databases((b"meta",))
     fmt = _format(env)
     if fmt < 3:
@@ -158,8 +158,8 @@ def open_tables(env, init=None) -> int:
 
 
 def _newest(env, fmt: int) -> int:
-    """A format-4 or 5 store made format 6 if this process has it alone (else it stays
-    as it is); returns the format it is in."""
+    """A format-4, 5 or 6 store made the newest format if this process has it alone
+    (else it stays as it is); returns the format it is in."""
     from . import FORMAT_VERSION
     try:
         if env.alone(lambda: _to_newest(env)):
@@ -178,11 +178,12 @@ def _format(env) -> int:
 
 
 def _to_newest(env) -> None:
-    """Format 4 or 5 -> 6: only the number. Format 6 reads every format-4 and 5 value as
-    it is; what it adds are layouts older readers do not know (format 5: facts stored
-    against each other, anchor runs in byte planes; format 6: blocks checked as stored),
-    written from now on, so no process of the older code may have the store open (the
-    caller holds it alone). Compaction rewrites the blocks in the new layout."""
+    """Format 4, 5 or 6 -> 7: only the number. Format 7 reads every older value as it
+    is; what the later formats add are layouts older readers do not know (format 5: facts
+    stored against each other, anchor runs in byte planes; format 6: blocks checked as
+    stored; format 7: packed record groups), written from now on, so no process of the
+    older code may have the store open (the caller holds it alone). Compaction rewrites
+    blocks and groups in the new layouts."""
     from . import FORMAT_VERSION
 
     def work(txn):
