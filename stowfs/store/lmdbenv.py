@@ -467,8 +467,12 @@ class Env:
         return map_size_for(cur)
 
     def disk_bytes(self) -> int:
+        """The bytes the environment keeps on disk: its files but the reader table
+        (lock.mdb), which is there only while the store is open (close)."""
         total = 0
         for f in (self.path / "lmdb").iterdir():
+            if f.name == "lock.mdb":
+                continue
             try:
                 total += f.stat().st_blocks * 512
             except FileNotFoundError:
