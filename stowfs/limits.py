@@ -145,4 +145,4 @@ ALONE_BYTES = 64 << 20          # ingest stores a larger file in a transaction o
 IDLE_COMPACT_SECONDS = 5.0       # the mount compacts once nothing was written for this long
 IDLE_RELEASE_SECONDS = 10.0      # the mount lets its decoded caches go once nothing was read for this long
 SWAP_WAIT_SECONDS = 120          # opening a store waits this long for a compacting copy to finish
-MAX_READERS = 126                # LMDB reader slots (lock.mdb: 8 KiB); threads and processes reading at once
+MAX_READERS = 126                # LMDB reader slots (lock.mdb, 8 KiB, while the store is open); threads and processes reading at once

@@ -384,6 +384,30 @@ def test_other_process_ingest_is_seen(mount, tmp_path):
     assert (mount / "conversations" / "other.json").read_bytes() == a.read_bytes()
 
 
+def test_an_unmounted_store_keeps_no_lmdb_lock_file(mounter, tmp_path):
+    """LMDB's lock file (lmdb/lock.mdb, 8 KiB, no data) is there while the daemon, its
+    background compaction child or another process has the store open; the last of them
+    to close removes it, so an unmounted store is its data file alone."""
+    from stowfs.store import Store
+    m = mounter()
+    m.start("--idle-compact", "0.2", "--settle", "0.2")
+    lock = m.store / "lmdb" / "lock.mdb"
+    a, b = sharegpt_files(tmp_path / "src", 2)
+    run("cp", a, m / "inbox" / "a.json")
+    m.settled()
+    with Store(m.store) as s:                   # closes while the daemon has the store open
+        s.put_file("b.json", str(b))
+    assert lock.exists()
+    assert wait_for(lambda: "background compaction pass 1 done" in m.log_text(), 60), m.log_text()[-2000:]
+    m.umount()
+    assert sorted(p.name for p in (m.store / "lmdb").iterdir()) == ["data.mdb"]
+    m.start()
+    assert (m / "conversations" / "a.json").read_bytes() == a.read_bytes()
+    assert (m / "conversations" / "b.json").read_bytes() == b.read_bytes()
+    m.umount()
+    assert not lock.exists()
+
+
 # ---------------------------------------------------------------------- mount and umount
 def test_mount_errors_are_one_line(mounter, tmp_path):
     (tmp_path / "a-file").write_text("x")

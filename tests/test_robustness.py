@@ -452,7 +452,9 @@ def test_a_name_page_under_a_damaged_key_still_has_its_files_named(tmp_path, whe
 
 
 HOLD_WRITER = """
-import sys, time, lmdb
+import fcntl, os, sys, time, lmdb
+lock = open(os.path.join(os.path.dirname(sys.argv[1]), "stowfs.lock"), "a+b")
+fcntl.flock(lock, fcntl.LOCK_SH)    # as every process that opens the store (FORMAT.md)
 env = lmdb.open(sys.argv[1], max_dbs=12)
 txn = env.begin(write=True)
 print("holding", flush=True)

@@ -1579,3 +1579,97 @@ def test_the_next_block_is_decoded_ahead_when_it_fits_beside_the_one_being_read(
             assert len(decs) == decoded and all(d.done for d in decs)
             assert [d.hd.key >> 16 for d in decs] == list(range(decoded))
             assert [s.get(n) for n in names] == [data[n] for n in names]
+
+
+# ------------------------------------------------------------ LMDB's reader table
+# lmdb/lock.mdb (8 KiB, no data) is there only while a process has the store open: the
+# last writable process to close removes it, when it finds itself alone (lmdbenv.Env.close).
+
+HOLD_OPEN = """
+import sys
+from stowfs.store import Store
+s = Store(sys.argv[1], readonly=sys.argv[2] == "ro")
+print("open", flush=True)
+sys.stdin.readline()
+s.close()
+"""
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "stowfs", *map(str, args)], capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode()
+    return p
+
+
+def test_a_closed_store_keeps_no_lmdb_lock_file_and_opens_again(tmp_path):
+    src = corpus_dir() / "claude-code-spotter" / "transcripts"
+    store, lock = tmp_path / "s", tmp_path / "s" / "lmdb" / "lock.mdb"
+    _cli("ingest", store, src, "-q")
+    assert sorted(p.name for p in (store / "lmdb").iterdir()) == ["data.mdb"]
+    name, data = "transcripts/short.jsonl", (src / "short.jsonl").read_bytes()
+    with Store(store) as s:                             # LMDB makes it again, private
+        assert lock.exists() and os.stat(lock).st_mode & 0o777 == 0o600
+        assert s.get(name) == data
+        s.put("again.jsonl", data)
+    assert not lock.exists()                            # alone at close: removed
+    assert _cli("cat", store, "again.jsonl").stdout == data
+    with Store(store, readonly=True) as s:
+        assert s.get(name) == data
+    assert lock.exists()                                # a read-only open removes nothing
+    os.unlink(lock)
+    _cli("compact", store)                              # the compacting copy reopens it
+    assert not lock.exists()
+    with Store(store) as s:
+        assert s.get("again.jsonl") == data and verify(s)["ok"]
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize("other", ["rw", "ro"])
+def test_the_lmdb_lock_file_stays_while_another_process_has_the_store_open(tmp_path, other):
+    import subprocess
+    import sys
+    store, lock = tmp_path / "s", tmp_path / "s" / "lmdb" / "lock.mdb"
+    with Store(store) as s:
+        s.put("a.json", b'{"a": 1}')
+    assert not lock.exists()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(store), other],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"open\n"
+        with Store(store) as s:
+            s.put("b.json", b'{"b": 2}')
+        assert lock.exists()                    # the other process still reads through it
+        with Store(store, readonly=True) as s:
+            assert s.get("a.json") == b'{"a": 1}'
+        holder.stdin.write(b"\n")
+        holder.stdin.flush()
+        assert holder.wait(60) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert lock.exists() == (other == "ro")     # the last writable one to close removes it
+    with Store(store) as s:
+        assert s.get("b.json") == b'{"b": 2}'
+    assert not lock.exists()
+
+
+def test_a_store_without_its_lmdb_lock_file_opens_read_only_on_a_read_only_mount(tmp_path):
+    """LMDB runs a read-only open without the lock file where it cannot make one (EROFS)."""
+    import subprocess
+    store, ro = tmp_path / "s", tmp_path / "ro"
+    with Store(store) as s:
+        s.put("a.json", b'{"a": 1}')
+    assert not (store / "lmdb" / "lock.mdb").exists()
+    ro.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(store), str(ro)], capture_output=True).returncode:
+        pytest.skip("needs a bind mount (root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True, capture_output=True)
+        with Store(ro, readonly=True) as s:
+            assert s.get("a.json") == b'{"a": 1}'
+        assert not (ro / "lmdb" / "lock.mdb").exists()
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)

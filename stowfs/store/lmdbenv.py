@@ -207,7 +207,8 @@ class Env:
                 raise StowError(f"cannot open {lock}: {e.strerror}") from None
         f = os.fdopen(fd, "rb")
         # the exclusive lock is held only while a compacting copy replaces the data file
-        # (seconds for a large store): wait for it rather than fail
+        # (seconds for a large store), a format is converted, or the last process to close
+        # removes the reader table (a moment): wait for it rather than fail
         deadline = time.monotonic() + limits.SWAP_WAIT_SECONDS
         while True:
             try:
@@ -222,16 +223,27 @@ class Env:
     def alone(self, fn) -> bool:
         """fn() holding the exclusive store lock: no other process has the store open
         meanwhile. False, without running fn, when one has (or the store is read-only).
+        Waits for its turn (_converted)."""
+        if self.readonly:
+            return False
+        return self._converted(fn, wait=True)
+
+    def _converted(self, fn, wait: bool) -> bool:
+        """fn() holding the exclusive store lock, if this process can convert its shared
+        lock to it now; False, without running fn, if it cannot.
 
         This process's shared lock is converted to the exclusive one and back. flock
         converts by dropping the lock first: two processes trying at once could each see
         the other's lock gone for a moment and one change the file under the other's map.
         So attempts take turns on a second lock file, held until the shared lock is back
-        (a failed attempt takes it back before the next may try)."""
-        if self.readonly:
-            return False
+        (a failed attempt takes it back before the next may try). wait: for the turn,
+        else False at once when another process has it (a conversion may hold it for
+        seconds: a compacting copy)."""
         with open(os.open(self.path / "upgrade.lock", os.O_RDWR | os.O_CREAT, 0o600), "rb") as turn:
-            fcntl.flock(turn, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(turn, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
             try:
                 fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -253,8 +265,26 @@ class Env:
             self.env = None
         f = getattr(self, "_lockf", None)
         if f is not None:
+            if not self.readonly:
+                self._drop_reader_table()
             f.close()
             self._lockf = None
+
+    def _drop_reader_table(self) -> None:
+        """Remove lmdb/lock.mdb (LMDB's reader table, 8 KiB, no data) when this process,
+        its environment closed, is the last to have the store open: a closed store is its
+        data file alone. LMDB makes the file again at the next open (and resets it at the
+        first open anyway). Never waits for the turn and never fails: the file stays when
+        another process has the store open or the turn, or cannot be removed."""
+        def unlink():
+            try:
+                os.unlink(self.path / "lmdb" / "lock.mdb")
+            except OSError:
+                pass
+        try:
+            self._converted(unlink, wait=False)
+        except OSError:
+            pass
 
     # ------------------------------------------------------------ transactions
     def _enter(self):
@@ -437,8 +467,12 @@ class Env:
         return map_size_for(cur)
 
     def disk_bytes(self) -> int:
+        """The bytes the environment keeps on disk: its files but the reader table
+        (lock.mdb), which is there only while the store is open (close)."""
         total = 0
         for f in (self.path / "lmdb").iterdir():
+            if f.name == "lock.mdb":
+                continue
             try:
                 total += f.stat().st_blocks * 512
             except FileNotFoundError:
