@@ -265,17 +265,18 @@ class Env:
             self.env = None
         f = getattr(self, "_lockf", None)
         if f is not None:
-            if not self.readonly:
-                self._drop_reader_table()
+            self._drop_reader_table()
             f.close()
             self._lockf = None
 
     def _drop_reader_table(self) -> None:
         """Remove lmdb/lock.mdb (LMDB's reader table, 8 KiB, no data) when this process,
         its environment closed, is the last to have the store open: a closed store is its
-        data file alone. LMDB makes the file again at the next open (and resets it at the
-        first open anyway). Never waits for the turn and never fails: the file stays when
-        another process has the store open or the turn, or cannot be removed."""
+        data file alone. LMDB makes the file again at the next open, a read-only one too
+        (and resets it at the first open anyway), so a read-only process removes it as
+        well; the stored data is not touched. Never waits for the turn and never fails:
+        the file stays when another process has the store open or the turn, or cannot be
+        removed (a read-only filesystem)."""
         def unlink():
             try:
                 os.unlink(self.path / "lmdb" / "lock.mdb")
