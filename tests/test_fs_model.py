@@ -747,6 +747,54 @@ def test_writers_race_a_settling_inbox(fs, store):
     assert cat(fs, "conversations/r.jsonl") == expect
 
 
+def test_an_open_for_write_and_a_truncate_hold_the_copy_they_made_against_a_settle(fs, store, monkeypatch):
+    """A stored file opened for write (or truncated) is copied into the spool first. A
+    settle right after the copy, before the writer holds it, ingested it and removed
+    it: the open tried again, three times, then failed with EAGAIN. The writer now
+    holds the copy under the lock that made it."""
+    fs.inbox.quiet = 0
+    write_inbox(fs, "r.jsonl", b'{"i": 0}\n')
+    assert store.get("r.jsonl") == b'{"i": 0}\n'
+    real, settled = fs.inbox._copy_up, []
+
+    def copy_up_then_settle(*a, **kw):
+        got = real(*a, **kw)
+        settled.append(fs.settle())             # what a settling thread could do here
+        return got
+    monkeypatch.setattr(fs.inbox, "_copy_up", copy_up_then_settle)
+    ino, _ = walk(fs, "inbox/r.jsonl")
+    fh, _, _ = fs.open(ino, os.O_WRONLY | os.O_APPEND)
+    fs.write(fh, 9, b'{"i": 1}\n')
+    fs.release(fh)
+    fs.settle(everything=True)
+    assert len(settled) == 1 and store.get("r.jsonl") == b'{"i": 0}\n{"i": 1}\n'
+    fs.setattr(ino, None, size=0)                # truncate: copied up (empty), then held
+    fs.settle(everything=True)
+    assert len(settled) == 2 and store.get("r.jsonl") == b""
+
+
+def test_a_directory_keeps_its_mtime_when_its_subdirectories_are_stored_at_different_times(fs, store):
+    """rsync -a sets a directory's mtime after its contents. An emptied spool directory
+    goes into the record; removing it changed its parent's mtime, and the parent, put in
+    the record later with its other subdirectories, showed the time of that removal."""
+    d = fs.remember(fs.mkdir(TOP["inbox"], "d", 0o755)[0]).ino
+    for sub in ("a", "b"):
+        fs.remember(fs.mkdir(d, sub, 0o755)[0])
+    write_inbox(fs, "d/a/x.json", b'{"x": 1}', settle=False)
+    write_inbox(fs, "d/b/y.json", b'{"y": 2}', settle=False)
+    ino, _ = walk(fs, "inbox/d")
+    fs.setattr(ino, None, mtime_ns=1_600_000_000_000_000_007)
+    yino, _ = walk(fs, "inbox/d/b/y.json")
+    fh, _, _ = fs.open(yino, os.O_WRONLY | os.O_APPEND)     # y stays unsettled meanwhile
+    fs.settle(everything=True)                  # x stored, d/a pruned into the record
+    assert store.get("d/a/x.json") == b'{"x": 1}' and "d/b/y.json" not in {i.name for i in store.iter_files()}
+    assert walk(fs, "inbox/d")[1].mtime_ns == 1_600_000_000_000_000_007
+    fs.release(fh)
+    fs.settle(everything=True)                  # y stored, d/b and d pruned
+    assert store.get("d/b/y.json") == b'{"y": 2}'
+    assert walk(fs, "inbox/d")[1].mtime_ns == 1_600_000_000_000_000_007
+
+
 NAMES = ["a.json", "b.json", "d/c.json", "d/.c.json.Xy12Zq", "a.json~"]
 NAME = st.sampled_from(NAMES[:3]) | st.sampled_from(NAMES)     # mostly real names
 OPS = st.one_of(

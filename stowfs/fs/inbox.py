@@ -162,7 +162,16 @@ class Inbox:
                 attrs[d] = [stat.S_IMODE(st.st_mode), st.st_mtime_ns]
             self._rec.add(attrs)
             for d in sorted(empty, key=lambda x: -x.count("/")):     # deepest first
+                parent = split(d)[0]
+                if parent in empty:             # its attributes are in the record already
+                    os.rmdir(self._spool(d))
+                    continue
+                # a parent that stays keeps its mtime (rsync -a set it after its
+                # contents), as for a stored file (_unlink_stored): it goes into the
+                # record only once its other subdirectories are stored, maybe much later
+                st = os.lstat(self._spool(parent))
                 os.rmdir(self._spool(d))
+                os.utime(self._spool(parent), ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
             return len(empty)
 
     def _unlink_stored(self, rel: str) -> None:
@@ -478,9 +487,12 @@ class Inbox:
         if rec is not None:
             os.chmod(self._spool(d), rec[0])
 
-    def _copy_up(self, rel: str, truncate: bool) -> Pending:
+    def _copy_up(self, rel: str, truncate: bool, then=None):
         """Make spool file rel from the stored file rel (its bytes unless truncate, its
-        mode and mtime), unless a spool file is there already. Returns its Pending."""
+        mode and mtime), unless a spool file is there already. Returns its Pending, or
+        then(Pending) run under the lock that made or found it: a settle cannot ingest
+        and remove the spool file in between (at a quiet time of 0 it did, over and
+        over, and an open for write failed with EAGAIN)."""
         info = self._info(rel)
         if info is None:
             raise fs_error(errno.ENOENT)
@@ -501,18 +513,17 @@ class Inbox:
             os.close(fd)
             fd = -1
             with self._lock:
-                existing = self._spooled(rel)
-                if existing is not None:
-                    return existing                    # made by another writer meanwhile
-                self._make_parents(rel)
-                os.rename(tmp, self._spool(rel))
-                tmp = None
-                p = self._pending_at(rel)
-                if not truncate and self._info(rel) is not None:
-                    p.stored_version = p.version       # the same bytes as stored
-                else:
-                    p.touch()
-                return p
+                p = self._spooled(rel)                 # made by another writer meanwhile?
+                if p is None:
+                    self._make_parents(rel)
+                    os.rename(tmp, self._spool(rel))
+                    tmp = None
+                    p = self._pending_at(rel)
+                    if not truncate and self._info(rel) is not None:
+                        p.stored_version = p.version   # the same bytes as stored
+                    else:
+                        p.touch()
+                return p if then is None else then(p)
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -570,18 +581,19 @@ class Inbox:
             return Handle(node, reader=reader, key=(info.file_id, "original"), size=info.size)
         truncate = bool(flags & os.O_TRUNC)
         oflags = os.O_RDWR | (flags & (os.O_TRUNC | os.O_APPEND))
-        for _ in range(3):
-            with self._lock:     # the spool file cannot be ingested and removed meanwhile
-                p = self._spooled(rel)
-                if p is not None:
-                    fd = self._open_spool(rel, oflags)
-                    p.writers += 1
-                    if truncate:
-                        p.touch()
-                        p.write_error = 0
-                    return Handle(node, fd=fd, writable=True, pending=p)
-            self._copy_up(rel, truncate)        # a stored file: into the spool first
-        raise fs_error(errno.EAGAIN, f"inbox/{rel} kept changing while it was opened")
+
+        def claim(p: Pending) -> Handle:        # under the lock: not ingested meanwhile
+            fd = self._open_spool(rel, oflags)
+            p.writers += 1
+            if truncate:
+                p.touch()
+                p.write_error = 0
+            return Handle(node, fd=fd, writable=True, pending=p)
+        with self._lock:
+            p = self._spooled(rel)
+            if p is not None:
+                return claim(p)
+        return self._copy_up(rel, truncate, then=claim)     # a stored file: into the spool first
 
     def _spooled(self, rel: str) -> Optional[Pending]:
         """The Pending of spool file rel if there is one (the caller holds the lock)."""
@@ -620,20 +632,21 @@ class Inbox:
                 self._make_dir(rel)            # a directory of the store: its attributes kept
                 self._apply(self._spool(rel), size, mode, atime_ns, mtime_ns)
             return self.attr(node)
-        for _ in range(3):
-            with self._lock:     # the spool file cannot be ingested and removed meanwhile
-                if pending is not None and not pending.gone and fd >= 0:
-                    target = fd                         # a writable handle's own file
-                else:
-                    pending, target = self._spooled(rel), self._spool(rel)
-                if pending is not None:
-                    self._apply(target, size, mode, atime_ns, mtime_ns)
-                    if size == 0:
-                        pending.write_error = 0
-                    pending.touch()
-                    return self.attr(node, fd if target == fd else -1)
-            self._copy_up(rel, truncate=size == 0)    # a stored file: into the spool first
-        raise fs_error(errno.EAGAIN, f"inbox/{rel} kept changing while it was changed")
+
+        def change(p: Pending, target):         # under the lock: not ingested meanwhile
+            self._apply(target, size, mode, atime_ns, mtime_ns)
+            if size == 0:
+                p.write_error = 0
+            p.touch()
+            return self.attr(node, fd if target == fd else -1)
+        with self._lock:
+            if pending is not None and not pending.gone and fd >= 0:
+                return change(pending, fd)      # a writable handle's own file
+            p = self._spooled(rel)
+            if p is not None:
+                return change(p, self._spool(rel))
+        # a stored file: into the spool first
+        return self._copy_up(rel, truncate=size == 0, then=lambda p: change(p, self._spool(rel)))
 
     @staticmethod
     def _apply(target, size, mode, atime_ns, mtime_ns) -> None:
