@@ -388,7 +388,7 @@ def _present_to_full(values: list, pres: list, n: int) -> tuple[list, list]:
 def _encode_packed(order: list, refs: bool) -> list:
     """Format 7's columns (FORMAT.md, "Records")."""
     n = len(order)
-    cols = [list(c) for c in zip(*(r.to_list() for r in order))]
+    cols = [list(c) for c in zip(*(r.to_list() for r in order))] if order else [[] for _ in range(15)]
     sizes = cols[1]
     for c in _INT_COLS:
         cols[c] = columns.pack_values(cols[c])
