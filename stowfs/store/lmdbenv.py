@@ -6,6 +6,7 @@ they live (which database, which key prefix) is keyspace.py's.
 """
 from __future__ import annotations
 
+import logging
 import errno
 import fcntl
 import os
@@ -28,6 +29,7 @@ DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.V
 AUX_PREFIX = b"aux:"     # named databases of data derived elsewhere (Store.aux_read)
 MAX_DBS = 32            # the store's database, a format-3 store's five while converted, aux:<name>
 _U64 = struct.Struct(">Q")
+log = logging.getLogger(__name__)
 
 
 def u64(n: int) -> bytes:
@@ -280,12 +282,12 @@ class Env:
         def unlink():
             try:
                 os.unlink(self.path / "lmdb" / "lock.mdb")
-            except OSError:
-                pass
+            except OSError as e:
+                log.debug("%s: LMDB's lock file stays: %s", self.path, e)
         try:
             self._converted(unlink, wait=False)
-        except OSError:
-            pass
+        except OSError as e:            # upgrade.lock cannot be made (a read-only store)
+            log.debug("%s: LMDB's lock file stays: %s", self.path, e)
 
     # ------------------------------------------------------------ transactions
     def _enter(self):
