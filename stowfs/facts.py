@@ -121,3 +121,13 @@ def preload() -> None:
     """Import the modules that register providers (once)."""
     from . import views  # noqa: F401  (registers "views")
     from . import tokens, usage  # noqa: F401  (register "tokens", "usage")
+
+
+def views_fact(facts) -> dict:
+    """facts["views"] ({view: [renderer version, size]}) of a file's facts, or {}: from a
+    dict, or from a map that gives it without building the rest (the store's LazyFacts,
+    a decoded record's)."""
+    lazy = getattr(facts, "views", None)
+    if lazy is not None:
+        return lazy()
+    return (facts or {}).get("views") or {}

@@ -840,6 +840,31 @@ def _facts_strategy():
                            max_size=5)
 
 
+def test_a_listing_makes_no_records_facts_until_they_are_looked_into(tmp_path, monkeypatch):
+    """A listing gives a FileInfo of every file; the mount takes only the views' sizes
+    from its facts, so the nested facts are made only when a caller looks into them,
+    and then are the record's."""
+    root = corpus_dir()
+    files = [p for p in corpus_files() if p.stat().st_size < 1 << 20][:12]
+    with Store(tmp_path / "s") as s:
+        for p in files:
+            s.put_file("d/" + str(p.relative_to(root)).replace("/", "_"), p)
+    compact(tmp_path / "s")
+    built = []
+    real = records.FactsColumn.nested
+    monkeypatch.setattr(records.FactsColumn, "nested", lambda self, i: built.append(i) or real(self, i))
+    with Store(tmp_path / "s", readonly=True) as s:
+        listed = dict(s.listdir("d"))
+        sizes = {n: (i.text_size, i.view_size("lean"), i.view_size("compact")) for n, i in listed.items()}
+        assert built == [] and any(t for t, _, _ in sizes.values())
+        for n, info in listed.items():
+            full = s.info("d/" + n)
+            assert sizes[n] == (full.text_size, full.view_size("lean"), full.view_size("compact"))
+            assert info.facts == full.facts and dict(info.facts) == full.facts
+        assert built                            # looked into: made (and kept)
+    assert len(files) == len(listed)
+
+
 def test_facts_stored_against_each_other_read_back_exactly():
     """Format 5 stores a numeric fact as its difference from the file size or from
     another fact; any mix of values (huge, negative, bools, lists of other lengths,

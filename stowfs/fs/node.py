@@ -8,6 +8,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..facts import views_fact
+
 DIR, FILE, LINK = "dir", "file", "link"
 
 # Kernel cache lifetimes (seconds). Stored content is immutable per inode, so its entries
@@ -46,7 +48,7 @@ class FileMeta:
         # (view, version, size, view, version, size, ...) of the registry views other than
         # text (the "views" fact): one flat tuple, not a dict of tuples (~0.3 KB a file less,
         # and the mount holds one per file the kernel references)
-        stored = (getattr(info, "facts", None) or {}).get("views") or {}
+        stored = views_fact(getattr(info, "facts", None))
         self._views = tuple(x for k, v in stored.items() if k != "text" and len(v) == 2
                             for x in (_intern(k), v[0], v[1])) or None
 

@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 from .. import limits
 from ..conversation import PARTIAL
 from ..errors import Corrupt, Exists, InvalidName, NotFound, StoreFull, StowError
+from ..facts import views_fact
 from . import blocks, keyspace, records
 from .anchors import Index
 from .appender import Appender
@@ -59,7 +60,7 @@ class FileInfo:
             return self.size
         from .. import views
         v = views.VIEWS.get(view)
-        got = (self.facts.get("views") or {}).get(view)
+        got = views_fact(self.facts).get(view)
         if v is None or not got or got[0] != v.version:
             return None
         return got[1]
@@ -101,8 +102,8 @@ def check_name(name: str) -> str:
 
 def _info(r: Record, name: Optional[str] = None) -> FileInfo:
     """The FileInfo of r, named name (else r.name)."""
-    facts = r.facts             # made from the group's packed column: once
-    tv = (facts.get("views") or {}).get("text")
+    facts = r.lazy_facts()      # made from the group's packed column when looked into
+    tv = views_fact(facts).get("text")
     return FileInfo(name=r.name if name is None else name, file_id=r.file_id, size=r.size, text_size=tv[1] if tv else 0,
                     format=r.format, application=r.application, model=r.model,
                     models=tuple(r.models or ()), day=r.day, mtime=r.mtime_ns / 1e9,
