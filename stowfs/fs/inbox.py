@@ -107,6 +107,15 @@ class Pending:
         self.changed = time.monotonic()
 
 
+def _keeping_mtime(d: str, remove, path: str) -> None:
+    """remove(path), an entry of directory d, leaving d's mtime as it was: in inbox/ the
+    entry is still shown (rsync -a set the directory's time after its contents; a second
+    run would set it again)."""
+    st = os.lstat(d)
+    remove(path)
+    os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
 class Inbox:
     def __init__(self, store, root, lock: threading.RLock, *, quiet: float = DEFAULT_QUIET,
                  on_conv: Callable[[str], None] = lambda path: None,
@@ -166,22 +175,16 @@ class Inbox:
                 if parent in empty:             # its attributes are in the record already
                     os.rmdir(self._spool(d))
                     continue
-                # a parent that stays keeps its mtime (rsync -a set it after its
-                # contents), as for a stored file (_unlink_stored): it goes into the
-                # record only once its other subdirectories are stored, maybe much later
-                st = os.lstat(self._spool(parent))
-                os.rmdir(self._spool(d))
-                os.utime(self._spool(parent), ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+                # a parent that stays keeps its mtime, as for a stored file: it goes into
+                # the record only once its other subdirectories are stored, maybe much later
+                _keeping_mtime(self._spool(parent), os.rmdir, self._spool(d))
             return len(empty)
 
     def _unlink_stored(self, rel: str) -> None:
         """Remove spool file rel, now stored (the caller holds the lock), leaving its
         directory's mtime as it was: in inbox/ the file is still there (rsync -a set the
         directory's time after its files; a second run would set it again)."""
-        d = os.path.dirname(self._spool(rel))
-        st = os.lstat(d)
-        os.unlink(self._spool(rel))
-        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        _keeping_mtime(os.path.dirname(self._spool(rel)), os.unlink, self._spool(rel))
 
     def _spool(self, rel: str) -> str:
         return os.path.join(self.root, rel) if rel else str(self.root)
