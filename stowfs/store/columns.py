@@ -26,8 +26,12 @@ PLAIN, DELTA = 0, 1
 _CAST = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
-def _zz(d: int) -> int:
+def zigzag(d: int) -> int:
     return (d << 1) if d >= 0 else ((-d << 1) - 1)
+
+
+def unzigzag(z: int) -> int:
+    return (z >> 1) ^ -(z & 1)
 
 
 def all_ints(vals) -> bool:
@@ -35,7 +39,7 @@ def all_ints(vals) -> bool:
 
 
 def _zigzag(values) -> list:
-    return [v << 1 if v >= 0 else (~v << 1) | 1 for v in values]
+    return [v << 1 if v >= 0 else (~v << 1) | 1 for v in values]     # zigzag(), inline: per column
 
 
 def _diffs(values: list) -> list:
@@ -143,7 +147,7 @@ def pack_extents(records_extents, sizes) -> bytes:
         explicit = int(n > 0 and sum(ln for _, ln in ext) != size)
         put_uvarint(out, 2 * n + explicit)
         for k, (pos, ln) in enumerate(ext):
-            put_uvarint(out, _zz(pos - prev))
+            put_uvarint(out, zigzag(pos - prev))
             if explicit or k < n - 1:
                 put_uvarint(out, ln)
             prev = pos + ln
@@ -166,7 +170,7 @@ def unpack_extents(buf, sizes) -> list:
                 ln = left
                 if ln < 0:
                     raise ValueError("extents longer than the file")
-            pos = prev + ((z >> 1) ^ -(z & 1))
+            pos = prev + unzigzag(z)
             ext.append((pos, ln))
             prev = pos + ln
         out.append(ext)

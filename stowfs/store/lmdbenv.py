@@ -6,9 +6,9 @@ they live (which database, which key prefix) is keyspace.py's.
 """
 from __future__ import annotations
 
-import logging
 import errno
 import fcntl
+import logging
 import os
 import struct
 import threading

@@ -62,7 +62,7 @@ def encode_extents(extents: list[tuple[int, int]], prev: int = 0) -> bytes:
     put_uvarint(out, len(extents))
     for pos, length in extents:
         d = pos - prev
-        put_uvarint(out, (d << 1) if d >= 0 else ((-d << 1) - 1))
+        put_uvarint(out, columns.zigzag(d))
         put_uvarint(out, length)
         prev = pos + length
     return bytes(out)
@@ -74,7 +74,7 @@ def decode_extents(buf: bytes, prev: int = 0) -> list[tuple[int, int]]:
     for _ in range(n):
         z, p = get_uvarint(buf, p)
         length, p = get_uvarint(buf, p)
-        pos = prev + ((z >> 1) if not z & 1 else -((z + 1) >> 1))
+        pos = prev + columns.unzigzag(z)
         out.append((pos, length))
         prev = pos + length
     if p != len(buf):
